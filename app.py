@@ -1,0 +1,461 @@
+"""Attune's web UI: Gradio wiring and named handlers. All work is done by `assistant.service.ChatService`.
+
+    python app.py [--model embedded|gpt2|ID|FOLDER] [--data-dir DIR] [--host 127.0.0.1] [--port 7860]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402  (the environment must be set before gradio is imported)
+
+from assistant.config import DEFAULT_SYSTEM_PROMPT, AppConfig, GenerationSettings, ModelConfig  # noqa: E402
+from assistant.model import load_model  # noqa: E402
+from assistant.service import ChatService, ReplyUpdate  # noqa: E402
+from storage.db import DB_FILENAME  # noqa: E402
+from storage.errors import AttuneError  # noqa: E402
+from storage.store import Message, Pair, Store  # noqa: E402
+
+log = logging.getLogger("attune.app")
+
+APOLOGY = "Sorry, something went wrong on our side. It has been logged; please try again."
+LIKE, DISLIKE = "Like", "Dislike"
+CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
+CHOICE_CONFIRMATIONS = {
+    "a": "Saved: A is better. A continues the conversation.",
+    "b": "Saved: B is better. B continues the conversation.",
+    "tie": "Saved: a tie. A continues the conversation.",
+    "both_bad": "Saved: both bad. A is kept so the conversation can go on; use Retry for a new reply.",
+}
+
+
+def ui_errors(fn):
+    """Turn project errors into a message for the person, and anything else into a logged apology."""
+
+    def translate(exc: Exception) -> gr.Error:
+        if isinstance(exc, AttuneError):
+            return gr.Error(str(exc), print_exception=False)
+        log.exception("Unexpected error in %s", fn.__name__)
+        return gr.Error(APOLOGY, print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generator(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:
+                raise translate(exc) from exc
+        return generator
+
+    @functools.wraps(fn)
+    def plain(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise translate(exc) from exc
+    return plain
+
+
+def _chat_value(transcript: list[Message], pending_text: str | None = None, user_text: str | None = None) -> gr.Chatbot:
+    """The chatbot's messages and the earlier thumbs, one per assistant message."""
+    messages = [{"role": m.role, "content": m.content} for m in transcript]
+    feedback = [{1: LIKE, -1: DISLIKE}.get(m.vote) for m in transcript if m.role == "assistant"]
+    if user_text is not None:
+        messages.append({"role": "user", "content": user_text})
+    if pending_text is not None:
+        messages.append({"role": "assistant", "content": pending_text})
+        feedback.append(None)
+    return gr.Chatbot(value=messages, feedback_value=feedback)
+
+
+def _secret(data_dir: Path) -> str:
+    """A per-data-home secret so the browser's remembered profile survives a server restart."""
+    path = data_dir / "browser-state.secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+@dataclass(frozen=True)
+class UI:
+    """The components handlers read and write, by name (no positional tuples of outputs)."""
+
+    remembered: gr.BrowserState
+    profile: gr.Dropdown
+    profile_name: gr.Textbox
+    confirm_row: gr.Row
+    confirm_text: gr.Markdown
+    conversation: gr.Dropdown
+    chatbot: gr.Chatbot
+    message: gr.Textbox
+    status: gr.Markdown
+    compare: gr.Checkbox
+    compare_row: gr.Row
+    candidate_a: gr.Markdown
+    candidate_b: gr.Markdown
+    choice_row: gr.Row
+    comment_row: gr.Row
+    comment: gr.Textbox
+    disliked: gr.State
+    system_prompt: gr.Textbox
+    temperature: gr.Slider
+    top_p: gr.Slider
+    max_new_tokens: gr.Slider
+    buttons: dict
+
+
+def build_app(service: ChatService, config: AppConfig) -> gr.Blocks:
+    with gr.Blocks(title="Attune") as demo:
+        ui = _layout(service, config)
+        _wire(demo, ui, service)
+    return demo
+
+
+def _layout(service: ChatService, config: AppConfig) -> UI:
+    gr.Markdown("# Attune\nA chat assistant that learns what you prefer.")
+    remembered = gr.BrowserState({"user_id": None, "conversation_id": None}, storage_key="attune-session",
+                                 secret=_secret(config.data_dir))
+    with gr.Row(equal_height=True):
+        profile = gr.Dropdown(label="Profile", choices=[], value=None, scale=2, elem_id="profile",
+                              allow_custom_value=True)  # ids are checked by the service, with a clear message
+        profile_name = gr.Textbox(label="Profile name", placeholder="Name for a new profile, or a new name",
+                                  max_lines=1, scale=2, elem_id="profile-name")
+        create = gr.Button("Create profile", scale=1, elem_id="create-profile")
+        rename = gr.Button("Rename", scale=1, elem_id="rename-profile")
+        delete = gr.Button("Delete profile", variant="stop", scale=1, elem_id="delete-profile")
+    with gr.Row(visible=False) as confirm_row:
+        confirm_text = gr.Markdown()
+        confirm = gr.Button("Yes, delete it", variant="stop", elem_id="confirm-delete")
+        cancel = gr.Button("Cancel", elem_id="cancel-delete")
+    with gr.Row():
+        with gr.Column(scale=1, min_width=220):
+            conversation = gr.Dropdown(label="Conversation", choices=[], value=None, elem_id="conversation",
+                                       allow_custom_value=True)
+            new_conversation = gr.Button("New conversation", elem_id="new-conversation")
+            delete_conversation = gr.Button("Delete conversation", variant="stop", size="sm")
+        with gr.Column(scale=4):
+            chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chatbot", feedback_options=(LIKE, DISLIKE))
+            with gr.Row(visible=False) as comment_row:
+                comment = gr.Textbox(label="What was wrong? (optional)", max_lines=2, scale=4)
+                save_comment = gr.Button("Save comment", scale=1)
+            with gr.Row(visible=False) as compare_row:
+                candidate_a = gr.Markdown(label="A", elem_id="candidate-a", container=True)
+                candidate_b = gr.Markdown(label="B", elem_id="candidate-b", container=True)
+            with gr.Row(visible=False) as choice_row:
+                choice_buttons = {c: gr.Button(label, elem_id=f"choose-{c}") for c, label in CHOICE_LABELS.items()}
+            status = gr.Markdown(elem_id="status")
+            with gr.Row():
+                message = gr.Textbox(placeholder="Message Attune…", show_label=False, scale=6, lines=2,
+                                     elem_id="message")
+                send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+            with gr.Row():
+                retry = gr.Button("Retry", size="sm", elem_id="retry")
+                compare = gr.Checkbox(label="Compare two replies (A/B)", value=False, elem_id="compare")
+            with gr.Accordion("Settings", open=False):
+                defaults = GenerationSettings()
+                system_prompt = gr.Textbox(label="System prompt", value=DEFAULT_SYSTEM_PROMPT, lines=2)
+                temperature = gr.Slider(0, 2, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)")
+                top_p = gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top-p")
+                max_new_tokens = gr.Slider(1, 1024, value=defaults.max_new_tokens, step=1, label="Max new tokens")
+    gr.Markdown(f"Model: `{service.model_id}` · Data home: `{config.data_dir.resolve()}`", elem_id="footer")
+    buttons = dict(create=create, rename=rename, delete=delete, confirm=confirm, cancel=cancel,
+                   new_conversation=new_conversation, delete_conversation=delete_conversation,
+                   save_comment=save_comment, send=send, retry=retry, choices=choice_buttons)
+    return UI(remembered, profile, profile_name, confirm_row, confirm_text, conversation, chatbot, message, status,
+              compare, compare_row, candidate_a, candidate_b, choice_row, comment_row, comment, gr.State(None),
+              system_prompt, temperature, top_p, max_new_tokens, buttons)
+
+
+def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 (one place for all wiring)
+    b = ui.buttons
+    settings_inputs = [ui.system_prompt, ui.temperature, ui.top_p, ui.max_new_tokens]
+    view_outputs = [ui.profile, ui.conversation, ui.chatbot, ui.compare_row, ui.candidate_a, ui.candidate_b,
+                    ui.choice_row, ui.comment_row, ui.status]
+
+    def profile_choices() -> list[tuple[str, str]]:
+        return [(p["name"], p["id"]) for p in service.list_profiles()]
+
+    def view(user_id: str | None, conversation_id: str | None, status: str = "") -> dict:
+        """Everything shown for a profile and conversation, read fresh from storage."""
+        transcript: list[Message] = []
+        pair: Pair | None = None
+        conversations = []
+        if user_id:
+            conversations = service.list_conversations(user_id)
+            if conversation_id:
+                transcript = service.transcript(user_id, conversation_id)
+                pair = service.pending_pair(user_id, conversation_id)
+        return {
+            ui.profile: gr.Dropdown(choices=profile_choices(), value=user_id),
+            ui.conversation: gr.Dropdown(choices=[(c["title"], c["id"]) for c in conversations],
+                                         value=conversation_id),
+            ui.chatbot: _chat_value(transcript),
+            ui.compare_row: gr.Row(visible=pair is not None),
+            ui.candidate_a: "**A**\n\n" + pair.a.content if pair else "",
+            ui.candidate_b: "**B**\n\n" + pair.b.content if pair else "",
+            ui.choice_row: gr.Row(visible=pair is not None),
+            ui.comment_row: gr.Row(visible=False),
+            ui.status: status,
+        }
+
+    def settings_from(system_prompt, temperature, top_p, max_new_tokens) -> GenerationSettings:
+        return GenerationSettings(system_prompt=system_prompt or "", temperature=float(temperature),
+                                  top_p=float(top_p), max_new_tokens=int(max_new_tokens))
+
+    @ui_errors
+    def on_load(remembered: dict | None):
+        remembered = remembered or {}
+        user_id, conversation_id = remembered.get("user_id"), remembered.get("conversation_id")
+        known = {p["id"] for p in service.list_profiles()}
+        if user_id not in known:
+            user_id, conversation_id = None, None
+        elif conversation_id not in {c["id"] for c in service.list_conversations(user_id)}:
+            conversation_id = None
+        return view(user_id, conversation_id)
+
+    @ui_errors
+    def on_create_profile(name: str):
+        profile = service.create_profile(name)
+        gr.Info(f"Profile '{profile['name']}' created.")
+        return {**view(profile["id"], None), ui.profile_name: ""}
+
+    @ui_errors
+    def on_select_profile(user_id: str):
+        service.get_profile(user_id)
+        conversations = service.list_conversations(user_id)
+        return view(user_id, conversations[0]["id"] if conversations else None)
+
+    @ui_errors
+    def on_rename_profile(user_id: str, name: str):
+        profile = service.rename_profile(user_id, name)
+        gr.Info(f"Profile renamed to '{profile['name']}'.")
+        return {ui.profile: gr.Dropdown(choices=profile_choices(), value=user_id), ui.profile_name: ""}
+
+    @ui_errors
+    def on_delete_profile(user_id: str):
+        profile = service.get_profile(user_id)
+        return {ui.confirm_row: gr.Row(visible=True),
+                ui.confirm_text: f"Delete profile **{profile['name']}** with all its conversations and feedback? "
+                                 "This cannot be undone."}
+
+    @ui_errors
+    def on_confirm_delete_profile(user_id: str):
+        name = service.get_profile(user_id)["name"]
+        service.delete_profile(user_id)
+        gr.Info(f"Profile '{name}' deleted.")
+        return {**view(None, None), ui.confirm_row: gr.Row(visible=False)}
+
+    def on_cancel_delete_profile():
+        return gr.Row(visible=False)
+
+    @ui_errors
+    def on_new_conversation(user_id: str):
+        if not user_id:
+            raise gr.Error("Pick or create a profile first.", print_exception=False)
+        conversation = service.new_conversation(user_id)
+        return view(user_id, conversation["id"])
+
+    @ui_errors
+    def on_open_conversation(user_id: str, conversation_id: str):
+        service.transcript(user_id, conversation_id)  # ownership check before showing anything
+        return view(user_id, conversation_id)
+
+    @ui_errors
+    def on_delete_conversation(user_id: str, conversation_id: str):
+        if not conversation_id:
+            raise gr.Error("Open a conversation first.", print_exception=False)
+        service.delete_conversation(user_id, conversation_id)
+        return view(user_id, None, "Conversation deleted.")
+
+    def stream_view(user_id: str, updates, compare: bool, retrying: bool):
+        """Yield UI updates while a reply (or A and B) streams in, then the stored state."""
+        first = True
+        for update in updates:
+            update: ReplyUpdate
+            if first:
+                history = service.transcript(user_id, update.conversation_id)
+                if retrying and history and history[-1].role == "assistant":
+                    history = history[:-1]
+                if update.notice:
+                    gr.Info(update.notice)
+                first = False
+            if update.done:
+                yield view(user_id, update.conversation_id, update.notice or "")
+                continue
+            out = {ui.status: update.notice or "", ui.comment_row: gr.Row(visible=False)}
+            if compare:
+                out.update({ui.chatbot: _chat_value(history), ui.compare_row: gr.Row(visible=True),
+                            ui.candidate_a: "**A**\n\n" + update.texts[0],
+                            ui.candidate_b: "**B**\n\n" + update.texts[1], ui.choice_row: gr.Row(visible=False)})
+            else:
+                out[ui.chatbot] = _chat_value(history, pending_text=update.texts[0])
+            if not retrying:
+                out[ui.message] = ""
+            yield out
+
+    @ui_errors
+    def on_send(user_id, conversation_id, text, compare, system_prompt, temperature, top_p, max_new_tokens):
+        if not user_id:
+            raise gr.Error("Pick or create a profile first.", print_exception=False)
+        settings = settings_from(system_prompt, temperature, top_p, max_new_tokens)
+        updates = service.send(user_id, conversation_id or None, text, settings, compare=bool(compare))
+        yield from stream_view(user_id, updates, bool(compare), retrying=False)
+
+    @ui_errors
+    def on_retry(user_id, conversation_id, compare, system_prompt, temperature, top_p, max_new_tokens):
+        if not user_id or not conversation_id:
+            raise gr.Error("Open a conversation with a message first.", print_exception=False)
+        settings = settings_from(system_prompt, temperature, top_p, max_new_tokens)
+        updates = service.retry(user_id, conversation_id, settings, compare=bool(compare))
+        yield from stream_view(user_id, updates, bool(compare), retrying=True)
+
+    @ui_errors
+    def on_like(user_id: str, conversation_id: str, data: gr.LikeData):
+        if not user_id or not conversation_id:
+            raise gr.Error("Open a conversation first.", print_exception=False)
+        index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
+        value = 1 if data.liked is True or data.liked == LIKE else -1
+        shown = data.value if isinstance(data.value, str) else None
+        feedback = service.vote_at(user_id, conversation_id, int(index), value, shown)
+        if value > 0:
+            gr.Info("Thanks! Saved your 👍.")
+            return {ui.comment_row: gr.Row(visible=False), ui.disliked: None}
+        gr.Info("Saved your 👎. You can say what was wrong below.")
+        return {ui.comment_row: gr.Row(visible=True), ui.comment: "", ui.disliked: feedback["message_id"]}
+
+    @ui_errors
+    def on_save_comment(user_id: str, message_id: str | None, comment: str):
+        if not message_id:
+            raise gr.Error("Give a 👎 on a reply first, then add a comment.", print_exception=False)
+        service.comment(user_id, message_id, comment)
+        gr.Info("Comment saved.")
+        return {ui.comment_row: gr.Row(visible=False), ui.comment: "", ui.disliked: None}
+
+    @ui_errors
+    def on_choose(choice: str, user_id: str, conversation_id: str):
+        if not user_id or not conversation_id:
+            raise gr.Error("Open a conversation first.", print_exception=False)
+        service.choose_pending(user_id, conversation_id, choice)
+        gr.Info(CHOICE_CONFIRMATIONS[choice])
+        return view(user_id, conversation_id, CHOICE_CONFIRMATIONS[choice])
+
+    def on_remember(user_id: str | None, conversation_id: str | None) -> dict:
+        return {"user_id": user_id, "conversation_id": conversation_id}
+
+    # ---- API-only endpoints (gradio_client and scripts): ids in, plain data out ----------------------------
+
+    @ui_errors
+    def messages(user_id: str, conversation_id: str) -> list[dict]:
+        """The active messages of a conversation with their ids and thumbs."""
+        return [{"id": m.id, "role": m.role, "content": m.content, "vote": m.vote, "status": m.status,
+                 "model_id": m.model_id, "settings": m.settings} for m in service.transcript(user_id, conversation_id)]
+
+    @ui_errors
+    def vote(user_id: str, message_id: str, value: int, comment: str = "") -> dict:
+        """Thumbs on an assistant reply: value +1 (up) or -1 (down). Voting again replaces the vote."""
+        return service.vote(user_id, message_id, value, comment or None)
+
+    @ui_errors
+    def choose(user_id: str, pair_id: str, choice: str) -> dict:
+        """Decide a comparison: choice is one of a, b, tie, both_bad."""
+        pair = service.choose(user_id, pair_id, choice)
+        return {"pair_id": pair.id, "choice": pair.choice, "a": pair.a.content, "b": pair.b.content}
+
+    @ui_errors
+    def pending(user_id: str, conversation_id: str) -> dict:
+        """The comparison waiting for a choice in a conversation ({} if none)."""
+        pair = service.pending_pair(user_id, conversation_id)
+        return {"pair_id": pair.id, "a": pair.a.content, "b": pair.b.content} if pair else {}
+
+    # ---- wiring --------------------------------------------------------------------------------------------
+
+    demo.load(on_load, [ui.remembered], view_outputs, api_name="load")
+    b["create"].click(on_create_profile, [ui.profile_name], view_outputs + [ui.profile_name],
+                      api_name="create_profile")
+    ui.profile_name.submit(on_create_profile, [ui.profile_name], view_outputs + [ui.profile_name],
+                           api_visibility="private")
+    ui.profile.input(on_select_profile, [ui.profile], view_outputs, api_name="select_profile")
+    b["rename"].click(on_rename_profile, [ui.profile, ui.profile_name], [ui.profile, ui.profile_name],
+                      api_name="rename_profile")
+    b["delete"].click(on_delete_profile, [ui.profile], [ui.confirm_row, ui.confirm_text], api_name="ask_delete_profile")
+    b["confirm"].click(on_confirm_delete_profile, [ui.profile], view_outputs + [ui.confirm_row],
+                       api_name="delete_profile")
+    b["cancel"].click(on_cancel_delete_profile, None, [ui.confirm_row], api_visibility="private")
+    b["new_conversation"].click(on_new_conversation, [ui.profile], view_outputs, api_name="new_conversation")
+    ui.conversation.input(on_open_conversation, [ui.profile, ui.conversation], view_outputs,
+                          api_name="open_conversation")
+    b["delete_conversation"].click(on_delete_conversation, [ui.profile, ui.conversation], view_outputs,
+                                   api_name="delete_conversation")
+
+    chat_outputs = view_outputs + [ui.message]
+    send_inputs = [ui.profile, ui.conversation, ui.message, ui.compare] + settings_inputs
+    b["send"].click(on_send, send_inputs, chat_outputs, api_name="send")
+    ui.message.submit(on_send, send_inputs, chat_outputs, api_visibility="private")
+    b["retry"].click(on_retry, [ui.profile, ui.conversation, ui.compare] + settings_inputs, chat_outputs,
+                     api_name="retry")
+    ui.chatbot.like(on_like, [ui.profile, ui.conversation], [ui.comment_row, ui.comment, ui.disliked],
+                    api_visibility="private")
+    b["save_comment"].click(on_save_comment, [ui.profile, ui.disliked, ui.comment],
+                            [ui.comment_row, ui.comment, ui.disliked], api_visibility="private")
+    for choice, button in b["choices"].items():
+        button.click(functools.partial(on_choose, choice), [ui.profile, ui.conversation], view_outputs,
+                     api_name=f"choose_{choice}")
+    for component in (ui.profile, ui.conversation):
+        component.change(on_remember, [ui.profile, ui.conversation], [ui.remembered], api_visibility="private")
+    for fn in (messages, vote, choose, pending):
+        gr.api(fn, api_name=fn.__name__)
+
+
+def parse_args(argv: list[str] | None = None) -> AppConfig:
+    defaults = AppConfig()
+    parser = argparse.ArgumentParser(description="Attune: a chat assistant that learns your preferences.")
+    parser.add_argument("--model", default=defaults.model.model,
+                        help="'embedded' (SmolLM2-135M-Instruct, default), gpt2, distilgpt2, a hub id or a folder")
+    parser.add_argument("--data-dir", type=Path, default=defaults.data_dir,
+                        help="data home (default: $ATTUNE_HOME or ./data)")
+    parser.add_argument("--model-cache", type=Path, default=None, help="where the converted embedded model is kept")
+    parser.add_argument("--allow-download", action="store_true",
+                        help="let transformers download a hub id that is not cached locally")
+    parser.add_argument("--host", default=defaults.host)
+    parser.add_argument("--port", type=int, default=defaults.port)
+    args = parser.parse_args(argv)
+    return AppConfig(data_dir=args.data_dir, host=args.host, port=args.port,
+                     model=ModelConfig(model=args.model, cache_dir=args.model_cache, allow_download=args.allow_download))
+
+
+def create_service(config: AppConfig) -> ChatService:
+    loaded = load_model(config.model, config.model_cache_dir)
+    return ChatService(Store(config.data_dir / DB_FILENAME), loaded, config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = parse_args(argv)
+        service = create_service(config)
+    except AttuneError as exc:
+        log.error("%s", exc)
+        return 2
+    demo = build_app(service, config)
+    demo.queue(default_concurrency_limit=4)
+    demo.launch(server_name=config.host, server_port=config.port, show_error=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The assistant: configuration, model loading, prompts, generation and the chat service the UI calls."""

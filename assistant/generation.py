@@ -1,0 +1,175 @@
+"""Streaming generation of one reply or several candidates in one batched `generate` call.
+
+`generate` runs in a worker thread and hands each step's tokens (one per candidate) to a queue; the caller's
+iterator decodes them and yields the visible text of every candidate. Each call owns its streamer, queue and
+cancel flag, so concurrent requests share only the read-only model.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from assistant.config import GenerationSettings
+from assistant.model import LoadedModel
+from assistant.prompts import Prompt
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+def visible_text(text: str, stop_strings: tuple[str, ...]) -> tuple[str, bool]:
+    """Cut `text` at the first stop string; otherwise hold back a tail that could start one.
+
+    Returns (text safe to show, whether a stop string was reached).
+    """
+    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=-1)
+    if cut >= 0:
+        return text[:cut], True
+    hold = 0
+    for stop in stop_strings:
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                hold = max(hold, n)
+                break
+    return text[: len(text) - hold], False
+
+
+class _QueueStreamer(BaseStreamer):
+    """Receives (batch,) token tensors from `generate` and forwards them as lists; skips the prompt."""
+
+    def __init__(self, sink: queue.Queue):
+        self.sink = sink
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.sink.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.sink.put(_END)
+
+
+class _Cancelled(StoppingCriteria):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+@dataclass
+class ReplyStream:
+    """Iterate to get, after each step, the visible text of every candidate. Stats fill in as it runs."""
+
+    loaded: LoadedModel
+    prompt: Prompt
+    settings: GenerationSettings
+    num_candidates: int = 1
+    min_temperature: float = 0.0
+    texts: list[str] = field(default_factory=list)
+    new_tokens: list[int] = field(default_factory=list)
+    seconds_to_first_token: float | None = None
+    seconds: float = 0.0
+    finished: bool = False
+
+    def _generate_kwargs(self, sink: queue.Queue, cancel: threading.Event) -> dict:
+        tokenizer = self.loaded.tokenizer
+        temperature = max(float(self.settings.temperature), self.min_temperature)
+        kwargs = dict(
+            input_ids=torch.tensor([self.prompt.input_ids]),
+            attention_mask=torch.ones(1, len(self.prompt.input_ids), dtype=torch.long),
+            max_new_tokens=self.prompt.max_new_tokens,
+            num_return_sequences=self.num_candidates,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            streamer=_QueueStreamer(sink),
+            stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+        )
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=float(self.settings.top_p), top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self.prompt.stop_strings:
+            kwargs.update(stop_strings=list(self.prompt.stop_strings), tokenizer=tokenizer)
+        return kwargs
+
+    def __iter__(self) -> Iterator[list[str]]:
+        sink: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        failure: list[BaseException] = []
+        kwargs = self._generate_kwargs(sink, cancel)
+
+        def run():
+            try:
+                with torch.inference_mode():
+                    self.loaded.model.generate(**kwargs)
+            except BaseException as exc:  # surfaced in the caller's thread below
+                failure.append(exc)
+                sink.put(_END)
+
+        n = self.num_candidates
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        done = [False] * n
+        self.texts = [""] * n
+        eos = self.loaded.tokenizer.eos_token_id
+        start = time.perf_counter()
+        worker = threading.Thread(target=run, name="generate", daemon=True)
+        worker.start()
+        try:
+            while True:
+                step = sink.get()
+                if step is _END:
+                    break
+                if self.seconds_to_first_token is None:
+                    self.seconds_to_first_token = time.perf_counter() - start
+                for row, token in enumerate(step[:n]):
+                    if done[row]:
+                        continue
+                    if token == eos:
+                        done[row] = True
+                        continue
+                    tokens[row].append(token)
+                    text = self.loaded.tokenizer.decode(tokens[row], skip_special_tokens=True)
+                    self.texts[row], stopped = visible_text(text, self.prompt.stop_strings)
+                    done[row] = stopped
+                if all(done):
+                    cancel.set()
+                yield list(self.texts)
+            if failure:
+                raise failure[0]
+            self.finished = True
+        finally:
+            cancel.set()  # also when the consumer walks away mid-stream
+            worker.join()
+            self.seconds = time.perf_counter() - start
+            self.new_tokens = [len(t) for t in tokens]
+            self.texts = [t.strip() for t in self.texts]
+
+    def stats(self) -> dict:
+        return {
+            "new_tokens": self.new_tokens,
+            "seconds": round(self.seconds, 3),
+            "seconds_to_first_token": round(self.seconds_to_first_token or 0.0, 3),
+            "interrupted": not self.finished,
+        }
+
+
+def generate_texts(loaded: LoadedModel, prompt: Prompt, settings: GenerationSettings, num_candidates: int = 1,
+                   min_temperature: float = 0.0) -> list[str]:
+    """Run a stream to the end and return the final texts."""
+    stream = ReplyStream(loaded, prompt, settings, num_candidates, min_temperature)
+    for _ in stream:
+        pass
+    return stream.texts

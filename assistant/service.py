@@ -1,0 +1,205 @@
+"""The chat service: everything the UI (or any other front end) asks of Attune, by ids.
+
+Every method checks that the ids belong to the profile making the request; what it stores is committed
+before it returns or yields its final update.
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from assistant.config import AppConfig, GenerationSettings
+from assistant.generation import ReplyStream
+from assistant.model import LoadedModel
+from assistant.prompts import build_prompt
+from storage.errors import Conflict, InvalidInput, NotFound
+from storage.store import Message, Pair, Store
+
+log = logging.getLogger(__name__)
+
+TITLE_CHARS = 48
+_ALLOWED_CONTROL = {"\n", "\t", "\r"}
+
+
+@dataclass(frozen=True)
+class ReplyUpdate:
+    """One step of a reply being produced."""
+
+    conversation_id: str
+    user_message: Message
+    texts: list[str]
+    """The text so far of each candidate (one in chat mode, A and B in compare mode)."""
+    done: bool = False
+    notice: str | None = None
+    """Something the person should know, e.g. that old turns were left out to fit the context window."""
+    reply: Message | None = None
+    """Chat mode, when done: the stored reply."""
+    pair: Pair | None = None
+    """Compare mode, when done: the stored comparison."""
+
+
+def validate_message(text: object, max_chars: int) -> str:
+    """Return the message to send, or raise InvalidInput saying what to change (nothing is stored)."""
+    if not isinstance(text, str):
+        raise InvalidInput("A message must be text.")
+    if not text.strip():
+        raise InvalidInput("Type a message first: it is empty.")
+    if len(text) > max_chars:
+        raise InvalidInput(f"Your message has {len(text):,} characters; the limit is {max_chars:,}. "
+                           "Nothing was sent and your text is still in the box.")
+    for position, ch in enumerate(text):
+        if unicodedata.category(ch) == "Cc" and ch not in _ALLOWED_CONTROL:
+            raise InvalidInput(f"Your message contains a control character (U+{ord(ch):04X}) at position "
+                               f"{position + 1}. Remove it and send again; nothing was sent.")
+    return text
+
+
+class ChatService:
+    def __init__(self, store: Store, loaded: LoadedModel, config: AppConfig):
+        self.store = store
+        self.loaded = loaded
+        self.config = config
+
+    @property
+    def model_id(self) -> str:
+        return self.loaded.model_id
+
+    # ---- profiles and conversations: thin, so the UI never talks to storage itself ------------------------
+
+    def list_profiles(self) -> list[dict]:
+        return self.store.list_users()
+
+    def create_profile(self, name: object) -> dict:
+        return self.store.create_user(name)
+
+    def rename_profile(self, user_id: str, name: object) -> dict:
+        return self.store.rename_user(user_id, name)
+
+    def delete_profile(self, user_id: str) -> None:
+        self.store.delete_user(user_id)
+
+    def get_profile(self, user_id: str) -> dict:
+        return self.store.get_user(user_id)
+
+    def list_conversations(self, user_id: str) -> list[dict]:
+        return self.store.list_conversations(user_id)
+
+    def new_conversation(self, user_id: str, title: str = "New conversation") -> dict:
+        return self.store.create_conversation(user_id, title)
+
+    def delete_conversation(self, user_id: str, conversation_id: str) -> None:
+        self.store.delete_conversation(user_id, conversation_id)
+
+    def transcript(self, user_id: str, conversation_id: str) -> list[Message]:
+        return self.store.transcript(user_id, conversation_id)
+
+    def pending_pair(self, user_id: str, conversation_id: str) -> Pair | None:
+        return self.store.pending_pair(user_id, conversation_id)
+
+    # ---- replies -------------------------------------------------------------------------------------------
+
+    def send(self, user_id: str, conversation_id: str | None, text: object, settings: GenerationSettings,
+             compare: bool = False) -> Iterator[ReplyUpdate]:
+        """Store the user's message, then stream a reply (or A and B in compare mode) and store it."""
+        text = validate_message(text, self.config.max_message_chars)
+        self.store.get_user(user_id)
+        if conversation_id:
+            self.store.get_conversation(user_id, conversation_id)
+            if self.store.pending_pair(user_id, conversation_id):
+                raise Conflict("Choose between A and B first (or Tie / Both bad); then send your next message.")
+        else:
+            conversation_id = self.new_conversation(user_id, _title(text))["id"]
+        user_message = self.store.add_message(user_id, conversation_id, "user", text,
+                                              settings={"system_prompt": settings.system_prompt})
+        return self._reply(user_id, conversation_id, user_message, settings, compare, replaces=None)
+
+    def retry(self, user_id: str, conversation_id: str, settings: GenerationSettings,
+              compare: bool = False) -> Iterator[ReplyUpdate]:
+        """Answer the newest user message again; the old reply stays stored, marked superseded."""
+        if self.store.pending_pair(user_id, conversation_id):
+            raise Conflict("Choose between A and B first; retry applies to a reply that continues the chat.")
+        transcript = self.store.transcript(user_id, conversation_id)
+        if not transcript:
+            raise InvalidInput("There is nothing to retry yet: send a message first.")
+        last = transcript[-1]
+        replaces = last if last.role == "assistant" else None
+        user_message = transcript[-2] if replaces else last
+        if user_message.role != "user":
+            raise InvalidInput("There is no user message to answer.")
+        return self._reply(user_id, conversation_id, user_message, settings, compare, replaces=replaces)
+
+    def _reply(self, user_id: str, conversation_id: str, user_message: Message, settings: GenerationSettings,
+               compare: bool, replaces: Message | None) -> Iterator[ReplyUpdate]:
+        history = [m for m in self.store.transcript(user_id, conversation_id) if m.seq <= user_message.seq]
+        turns = [{"role": m.role, "content": m.content} for m in history]
+        prompt = build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens)
+        stream = ReplyStream(
+            self.loaded, prompt, settings, num_candidates=2 if compare else 1,
+            min_temperature=self.config.compare_min_temperature if compare else 0.0,
+        )
+        notice = prompt.notice()
+
+        def updates() -> Iterator[ReplyUpdate]:
+            base = dict(conversation_id=conversation_id, user_message=user_message, notice=notice)
+            yield ReplyUpdate(texts=[""] * stream.num_candidates, **base)
+            stored = False
+            try:
+                for texts in stream:
+                    yield ReplyUpdate(texts=texts, **base)
+                stored = True
+                yield self._store_reply(user_id, conversation_id, user_message, settings, prompt, stream,
+                                        replaces, base)
+            finally:
+                if not stored and any(stream.texts) and not compare:
+                    # The person saw part of a reply before the stream stopped: keep it, marked interrupted.
+                    self._store_reply(user_id, conversation_id, user_message, settings, prompt, stream, replaces,
+                                      base)
+
+        return updates()
+
+    def _store_reply(self, user_id, conversation_id, user_message, settings, prompt, stream, replaces, base):
+        facts = {**settings.as_dict(), **prompt.facts(), **stream.stats()}
+        if stream.num_candidates == 2:
+            pair = self.store.create_pair(user_id, conversation_id, user_message.id, stream.texts[0],
+                                          stream.texts[1], model_id=self.model_id, settings=facts,
+                                          replaces=replaces.id if replaces else None)
+            return ReplyUpdate(texts=list(stream.texts), done=True, pair=pair, **base)
+        reply = self.store.add_message(user_id, conversation_id, "assistant", stream.texts[0],
+                                       parent_id=user_message.id, model_id=self.model_id, settings=facts,
+                                       replaces=replaces.id if replaces else None)
+        return ReplyUpdate(texts=list(stream.texts), done=True, reply=reply, **base)
+
+    # ---- feedback ------------------------------------------------------------------------------------------
+
+    def vote(self, user_id: str, message_id: str, value: int, comment: str | None = None) -> dict:
+        return self.store.record_thumbs(user_id, message_id, value, comment)
+
+    def vote_at(self, user_id: str, conversation_id: str, index: int, value: int, shown: str | None = None) -> dict:
+        """Vote on the `index`-th message of the transcript as the UI shows it."""
+        transcript = self.store.transcript(user_id, conversation_id)
+        if not isinstance(index, int) or not 0 <= index < len(transcript):
+            raise NotFound("That reply is not in this conversation any more; reopen the conversation.")
+        message = transcript[index]
+        if shown is not None and message.content.strip() != shown.strip():
+            raise Conflict("The conversation changed since it was shown; reopen it and vote again.")
+        return self.store.record_thumbs(user_id, message.id, value)
+
+    def comment(self, user_id: str, message_id: str, comment: str) -> dict:
+        return self.store.set_comment(user_id, message_id, comment)
+
+    def choose(self, user_id: str, pair_id: str, choice: str, comment: str = "") -> Pair:
+        return self.store.record_choice(user_id, pair_id, choice, comment)
+
+    def choose_pending(self, user_id: str, conversation_id: str, choice: str) -> Pair:
+        pair = self.store.pending_pair(user_id, conversation_id)
+        if pair is None:
+            raise NotFound("There is no comparison waiting for a choice in this conversation.")
+        return self.store.record_choice(user_id, pair.id, choice)
+
+
+def _title(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"

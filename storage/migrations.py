@@ -1,0 +1,83 @@
+"""Append-only schema migrations: never edit one that has shipped, add the next number instead."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+MIGRATIONS = Migrations("attune")
+
+
+def _run(db: Database, script: str) -> None:
+    """Run `;`-separated statements one by one: `executescript` would commit the migration's transaction."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+@MIGRATIONS()
+def m001_initial(db: Database) -> None:
+    _run(
+        db,
+        """
+        CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            name_key TEXT NOT NULL UNIQUE,        -- casefolded name: duplicates are case-insensitive
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            title TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX conversations_by_user ON conversations(user_id, updated_at);
+        CREATE TABLE messages (
+            id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,                 -- order inside the conversation
+            parent_id TEXT REFERENCES messages(id) ON DELETE SET NULL,  -- the message this one answers
+            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+            content TEXT NOT NULL,
+            -- active: part of the transcript. superseded: replaced by a retry. candidate: one side of a
+            -- comparison not yet decided. rejected: the side of a comparison that did not continue
+            status TEXT NOT NULL CHECK (status IN ('active', 'superseded', 'candidate', 'rejected')),
+            model_id TEXT,
+            settings TEXT NOT NULL DEFAULT '{}',          -- JSON: generation settings and prompt facts
+            adapter_versions TEXT NOT NULL DEFAULT '{}',  -- JSON: adapters (and blend) that produced it
+            created_at TEXT NOT NULL,
+            UNIQUE (conversation_id, seq)
+        );
+        CREATE INDEX messages_by_parent ON messages(parent_id);
+        CREATE TABLE pairs (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            prompt_message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            a_message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            b_message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX pairs_by_conversation ON pairs(conversation_id);
+        CREATE TABLE feedback (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL CHECK (kind IN ('thumbs', 'pairwise')),
+            message_id TEXT UNIQUE REFERENCES messages(id) ON DELETE CASCADE,  -- thumbs: the reply voted on
+            pair_id TEXT UNIQUE REFERENCES pairs(id) ON DELETE CASCADE,        -- pairwise: the comparison
+            value INTEGER CHECK (value IN (-1, 1)),                            -- thumbs: +1 up, -1 down
+            choice TEXT CHECK (choice IN ('a', 'b', 'tie', 'both_bad')),       -- pairwise
+            comment TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            CHECK ((kind = 'thumbs' AND message_id IS NOT NULL AND value IS NOT NULL
+                    AND pair_id IS NULL AND choice IS NULL)
+                OR (kind = 'pairwise' AND pair_id IS NOT NULL AND choice IS NOT NULL
+                    AND message_id IS NULL AND value IS NULL))
+        );
+        CREATE INDEX feedback_by_user ON feedback(user_id, created_at);
+        """
+    )

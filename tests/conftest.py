@@ -1,0 +1,105 @@
+"""Shared fixtures: a tiny random GPT-2 saved to disk and loaded through the real loading code, temp data homes."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from assistant.config import DATA_HOME_ENV, AppConfig, ModelConfig
+from assistant.model import LoadedModel, load_model
+import app as attune_app
+from storage.db import DB_FILENAME
+from storage.store import Store
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+EMBEDDED_CACHE = REPO / ".cache" / "models"  # converted once, reused by later runs (git-ignored)
+TINY_CONTEXT = 256
+
+_CORPUS = [
+    "User: What is the capital of France?\nAssistant: The capital of France is Paris.",
+    "User: Tell me a joke.\nAssistant: Why did the chicken cross the road? To get to the other side!",
+    "User: How are you today?\nAssistant: I am fine, thank you. How can I help you?",
+    "You are a helpful, friendly assistant. Please answer briefly and politely.",
+    "The quick brown fox jumps over the lazy dog. Numbers 0 1 2 3 4 5 6 7 8 9 and emoji 😀 🎉 café naïve.",
+]
+
+
+def _train_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_CORPUS * 20, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>")
+
+
+def make_tiny_gpt2(folder: Path, seed: int = 0) -> Path:
+    """Build a 2-layer random GPT-2 (≈0.1 M parameters) with its own tokenizer and save both to `folder`."""
+    tokenizer = _train_tokenizer()
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=TINY_CONTEXT, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = GPT2LMHeadModel(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_model_dir) -> LoadedModel:
+    return load_model(ModelConfig(model=str(tiny_model_dir)), cache_root=tiny_model_dir.parent / "cache")
+
+
+@pytest.fixture(autouse=True)
+def data_home(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own data home through the one environment variable the app reads."""
+    home = tmp_path / "home"
+    monkeypatch.setenv(DATA_HOME_ENV, str(home))
+    return home
+
+
+@pytest.fixture
+def store(data_home) -> Store:
+    return Store(data_home / DB_FILENAME)
+
+
+@pytest.fixture
+def app_config(data_home, tiny_model_dir) -> AppConfig:
+    return AppConfig(data_dir=data_home, model=ModelConfig(model=str(tiny_model_dir)), max_message_chars=16_000)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def running_app(tiny_model_dir, data_home):
+    """Start app.py's own service and UI exactly as `main` does, on 127.0.0.1."""
+    config = attune_app.parse_args(["--model", str(tiny_model_dir), "--data-dir", str(data_home),
+                                    "--port", str(free_port())])
+    service = attune_app.create_service(config)
+    demo = attune_app.build_app(service, config)
+    demo.queue(default_concurrency_limit=4)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=config.port, prevent_thread_lock=True,
+                            quiet=True)
+    assert url.startswith("http://127.0.0.1:")
+    yield url, service
+    demo.close()

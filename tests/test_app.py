@@ -1,0 +1,148 @@
+"""The real Gradio app on a free loopback port, driven through its named endpoints by gradio_client."""
+
+from __future__ import annotations
+
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from storage.store import Store
+
+SETTINGS = dict(system_prompt="Be brief.", temperature=0, top_p=0.9, max_new_tokens=12)
+
+
+@pytest.fixture
+def client(running_app) -> Client:
+    return Client(running_app[0], verbose=False, download_files=False)
+
+
+def _dropdown(update: dict) -> tuple[list, str | None]:
+    return [tuple(c) for c in update["choices"]], update["value"]
+
+
+def send(client: Client, user_id, conversation_id, text, compare=False):
+    job = client.submit(user_id, conversation_id, text, compare, *SETTINGS.values(), api_name="/send")
+    final = job.result()
+    return final, job.outputs()
+
+
+def test_create_chat_vote_compare_switch(client, running_app, data_home):
+    _, service = running_app
+    profile, conversation, chat, *_ = client.predict("Ann", api_name="/create_profile")
+    (choices, ann) = _dropdown(profile)
+    assert choices == [("Ann", ann)] and conversation["value"] is None and chat["value"] == []
+
+    final, outputs = send(client, ann, None, "Hello!")
+    assert len(outputs) >= 3  # streamed: several updates before the final one
+    conv = final[1]["value"]
+    messages = client.predict(ann, conv, api_name="/messages")
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert final[2]["value"][-1]["content"][0]["text"] == messages[1]["content"]
+
+    feedback = client.predict(ann, messages[1]["id"], 1, "", api_name="/vote")
+    assert feedback["value"] == 1 and feedback["kind"] == "thumbs"
+    client.predict(ann, messages[1]["id"], -1, "too terse", api_name="/vote")  # voting again updates
+    chat = client.predict(ann, conv, api_name="/open_conversation")[2]
+    assert chat["feedback_value"] == ["Dislike"]  # earlier votes come back when reopened
+
+    send(client, ann, conv, "Compare please", compare=True)
+    pending = client.predict(ann, conv, api_name="/pending")
+    assert set(pending) == {"pair_id", "a", "b"}
+    with pytest.raises(AppError, match="Choose between A and B"):
+        send(client, ann, conv, "too early")
+    view = client.predict(ann, conv, api_name="/choose_b")
+    assert view[2]["value"][-1]["content"][0]["text"] == pending["b"]
+    assert client.predict(ann, conv, api_name="/pending") == {}
+
+    bob = _dropdown(client.predict("Bob", api_name="/create_profile")[0])[1]
+    view = client.predict(bob, api_name="/select_profile")
+    assert view[1]["choices"] == [] and view[2]["value"] == []
+    view = client.predict(ann, api_name="/select_profile")
+    assert view[1]["value"] == conv and len(view[2]["value"]) == 4
+
+    store = Store(data_home / "attune.db")
+    assert store.counts() == {"users": 2, "conversations": 1, "messages": 5, "pairs": 1, "feedback": 2}
+    events = store.feedback(ann)
+    assert [(e["kind"], e["value"], e["choice"], e["comment"]) for e in events] == [
+        ("thumbs", -1, None, "too terse"), ("pairwise", None, "b", "")]
+
+
+@pytest.mark.parametrize("args, api, message", [
+    (("",), "/create_profile", "cannot be empty"),
+    (("x" * 41,), "/create_profile", "at most 40"),
+    (("a/b",), "/create_profile", "cannot contain '/'"),
+    (("..",), "/create_profile", "'..'"),
+    (("bad\x00name",), "/create_profile", "NUL"),
+    (("0" * 32,), "/select_profile", "profile does not exist"),
+    (("0" * 32, "0" * 32), "/open_conversation", "conversation does not exist"),
+    (("0" * 32, "0" * 32, 1, ""), "/vote", "message does not exist"),
+    (("0" * 32, "0" * 32, "a"), "/choose", "comparison does not exist"),
+])
+def test_bad_requests_get_clear_errors(client, args, api, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(*args, api_name=api)
+
+
+def test_bad_chat_input_is_refused_and_nothing_is_lost(client, data_home):
+    ann = _dropdown(client.predict("Ann", api_name="/create_profile")[0])[1]
+    with pytest.raises(AppError, match="Ann.*already exists|already exists"):
+        client.predict("ANN", api_name="/create_profile")
+    final, _ = send(client, ann, None, "Keep me")
+    conv = final[1]["value"]
+    store = Store(data_home / "attune.db")
+    before = store.counts()
+    for text, message in [("", "empty"), ("   ", "empty"), ("y" * 200_000, "200,000 characters"),
+                          ("bell\x07", "control character")]:
+        with pytest.raises(AppError, match=message):
+            send(client, ann, conv, text)
+    with pytest.raises(AppError, match="conversation does not exist"):
+        send(client, ann, "f" * 32, "hello")
+    with pytest.raises(AppError, match="profile does not exist"):
+        send(client, "f" * 32, conv, "hello")
+    assert store.counts() == before
+    bob = _dropdown(client.predict("Bob", api_name="/create_profile")[0])[1]
+    ann_reply = client.predict(ann, conv, api_name="/messages")[1]["id"]
+    with pytest.raises(AppError, match="message does not exist for this profile"):
+        client.predict(bob, ann_reply, 1, "", api_name="/vote")  # Bob cannot vote on Ann's reply
+    with pytest.raises(AppError, match="conversation does not exist for this profile"):
+        client.predict(bob, conv, api_name="/messages")
+    user_msg = client.predict(ann, conv, api_name="/messages")[0]["id"]
+    with pytest.raises(AppError, match="Only assistant replies"):
+        client.predict(ann, user_msg, 1, "", api_name="/vote")
+    with pytest.raises(AppError, match=r"\+1"):
+        client.predict(ann, ann_reply, 7, "", api_name="/vote")
+    assert store.counts()["feedback"] == 0
+    emoji = "Emoji 🎉 and accents: crème brûlée"
+    final, _ = send(client, ann, conv, emoji)
+    assert client.predict(ann, conv, api_name="/messages")[2]["content"] == emoji
+
+
+def test_retry_rename_and_delete_with_confirmation(client, data_home):
+    ann = _dropdown(client.predict("Ann", api_name="/create_profile")[0])[1]
+    conv = send(client, ann, None, "Hi")[0][1]["value"]
+    client.submit(ann, conv, False, *SETTINGS.values(), api_name="/retry").result()
+    store = Store(data_home / "attune.db")
+    assert store.counts()["messages"] == 3 and len(store.transcript(ann, conv)) == 2
+    profile, _ = client.predict(ann, "Annie", api_name="/rename_profile")
+    assert _dropdown(profile)[0] == [("Annie", ann)]
+    text = client.predict(ann, api_name="/ask_delete_profile")  # shows the confirmation row (layout: not returned)
+    assert "Delete profile **Annie**" in text
+    assert store.counts()["users"] == 1  # asking deletes nothing
+    view = client.predict(ann, api_name="/delete_profile")
+    assert view[0]["choices"] == [] and store.counts() == {
+        "users": 0, "conversations": 0, "messages": 0, "pairs": 0, "feedback": 0}
+
+
+def test_two_clients_streaming_at_once_stay_separate(running_app):
+    url, _ = running_app
+    clients = [Client(url, verbose=False) for _ in range(2)]
+    users = [_dropdown(c.predict(name, api_name="/create_profile")[0])[1] for c, name in zip(clients, ["A1", "B2"])]
+    texts = ["Tell me a joke.", "What is the capital of France?"]
+    alone = [send(c, u, None, t)[0][2]["value"][-1]["content"][0]["text"] for c, u, t in zip(clients, users, texts)]
+    jobs = [c.submit(u, None, t, False, *SETTINGS.values(), api_name="/send")
+            for c, u, t in zip(clients, users, texts)]
+    finals = [j.result() for j in jobs]
+    assert [f[2]["value"][-1]["content"][0]["text"] for f in finals] == alone
+    for final, user, text in zip(finals, users, texts):
+        assert [m["content"][0]["text"] for m in final[2]["value"] if m["role"] == "user"] == [text]
+        assert final[0]["value"] == user

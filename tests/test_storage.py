@@ -1,0 +1,260 @@
+"""Storage on real SQLite files: migrations, profiles, ownership, feedback upserts, comparisons, export."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from storage import export
+from storage.db import DB_FILENAME, connect, initialise
+from storage.errors import Conflict, InvalidInput, NotFound
+from storage.migrations import MIGRATIONS
+from storage.store import Store
+
+
+def _conversation_with_reply(store: Store, name: str = "Ann"):
+    user = store.create_user(name)
+    conv = store.create_conversation(user["id"], "t")
+    question = store.add_message(user["id"], conv["id"], "user", "What is 2+2?",
+                                 settings={"system_prompt": "Be brief."})
+    reply = store.add_message(user["id"], conv["id"], "assistant", "4", parent_id=question.id,
+                              settings={"system_prompt": "Be brief."})
+    return user, conv, question, reply
+
+
+def test_migrations_from_empty_file_and_rerun(tmp_path):
+    path = tmp_path / "fresh.db"
+    initialise(path)
+    initialise(path)  # re-running applies nothing and breaks nothing
+    db = connect(path)
+    tables = set(db.table_names())
+    assert {"users", "conversations", "messages", "pairs", "feedback", "_sqlite_migrations"} <= tables
+    applied = [m.name for m in MIGRATIONS.applied(db)]
+    assert applied == ["m001_initial"]
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+    db.close()
+
+
+def test_migration_failure_rolls_back(tmp_path):
+    """A migration that fails half-way leaves no table behind and stays pending."""
+    from sqlite_utils.migrations import Migrations
+
+    broken = Migrations("broken")
+
+    @broken()
+    def m001(db):
+        db.execute("CREATE TABLE half (id INTEGER)")
+        db.execute("INSERT INTO nowhere VALUES (1)")
+
+    db = connect(tmp_path / "b.db")
+    with pytest.raises(sqlite3.OperationalError):
+        broken.apply(db)
+    assert "half" not in db.table_names()
+    assert [m.name for m in broken.pending(db)] == ["m001"]
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("", "cannot be empty"),
+        ("   \t ", "cannot be empty"),
+        ("x" * 41, "at most 40"),
+        ("a/b", "'/'"),
+        ("a\\b", "'\\'"),
+        ("..", "'..'"),
+        ("up..down", "'..'"),
+        ("nul\x00byte", "NUL"),
+        ("bell\x07", "control"),
+        (None, "must be text"),
+    ],
+)
+def test_bad_profile_names_are_refused_and_nothing_is_stored(store, name, message):
+    store.create_user("Keeper")
+    with pytest.raises(InvalidInput, match=message.replace("\\", "\\\\").replace(".", "\\.")):
+        store.create_user(name)
+    assert [u["name"] for u in store.list_users()] == ["Keeper"]
+
+
+def test_profile_names_are_unique_ignoring_case_and_keep_emoji(store):
+    ann = store.create_user("  Ann 🎉 ")
+    assert ann["name"] == "Ann 🎉"
+    assert len(ann["id"]) == 32 and "ann" not in ann["id"].lower()  # generated, not derived from the name
+    with pytest.raises(Conflict, match="already exists"):
+        store.create_user("ANN 🎉")
+    bob = store.create_user("Bob")
+    with pytest.raises(Conflict):
+        store.rename_user(bob["id"], "ann 🎉")
+    assert store.rename_user(bob["id"], "Robert")["name"] == "Robert"
+    assert store.rename_user(bob["id"], "ROBERT")["name"] == "ROBERT"  # its own name in other case is fine
+    assert store.create_user("x" * 40)["name"] == "x" * 40
+
+
+def test_deleting_a_profile_removes_its_data_only(store):
+    ann, conv, _, reply = _conversation_with_reply(store, "Ann")
+    store.record_thumbs(ann["id"], reply.id, 1)
+    bob, *_ = _conversation_with_reply(store, "Bob")
+    before = store.counts()
+    store.delete_user(ann["id"])
+    after = store.counts()
+    assert after == {"users": 1, "conversations": 1, "messages": 2, "pairs": 0, "feedback": 0}
+    assert before["feedback"] == 1
+    with pytest.raises(NotFound):
+        store.get_user(ann["id"])
+    assert store.list_users()[0]["id"] == bob["id"]
+
+
+def test_thumbs_vote_again_updates_instead_of_adding(store):
+    user, _, _, reply = _conversation_with_reply(store)
+    first = store.record_thumbs(user["id"], reply.id, 1)
+    second = store.record_thumbs(user["id"], reply.id, -1, comment="wrong")
+    assert first["id"] == second["id"]
+    assert store.counts()["feedback"] == 1
+    assert store.get_message(user["id"], reply.id).vote == -1
+    assert store.get_message(user["id"], reply.id).comment == "wrong"
+    # Changing the vote without a comment keeps the comment already given.
+    store.record_thumbs(user["id"], reply.id, 1)
+    assert store.get_message(user["id"], reply.id).comment == "wrong"
+
+
+def test_votes_are_refused_on_foreign_missing_or_user_messages(store):
+    ann, _, question, reply = _conversation_with_reply(store, "Ann")
+    bob = store.create_user("Bob")
+    with pytest.raises(NotFound):
+        store.record_thumbs(bob["id"], reply.id, 1)  # not Bob's message
+    with pytest.raises(NotFound):
+        store.record_thumbs(ann["id"], "0" * 32, 1)
+    with pytest.raises(NotFound):
+        store.record_thumbs(ann["id"], "", 1)
+    with pytest.raises(InvalidInput, match="Only assistant replies"):
+        store.record_thumbs(ann["id"], question.id, 1)
+    with pytest.raises(InvalidInput, match=r"\+1"):
+        store.record_thumbs(ann["id"], reply.id, 5)
+    with pytest.raises(InvalidInput):
+        store.record_thumbs(ann["id"], reply.id, True)
+    assert store.counts()["feedback"] == 0
+
+
+def test_conversations_are_private_to_their_profile(store):
+    ann, conv, *_ = _conversation_with_reply(store, "Ann")
+    bob = store.create_user("Bob")
+    with pytest.raises(NotFound):
+        store.transcript(bob["id"], conv["id"])
+    with pytest.raises(NotFound):
+        store.delete_conversation(bob["id"], conv["id"])
+    with pytest.raises(NotFound):
+        store.add_message(bob["id"], conv["id"], "user", "hijack")
+    assert len(store.transcript(ann["id"], conv["id"])) == 2
+
+
+def test_retry_supersedes_in_the_same_transaction(store):
+    user, conv, question, reply = _conversation_with_reply(store)
+    new = store.add_message(user["id"], conv["id"], "assistant", "Four.", parent_id=question.id, replaces=reply.id)
+    transcript = store.transcript(user["id"], conv["id"])
+    assert [m.content for m in transcript] == ["What is 2+2?", "Four."]
+    assert store.get_message(user["id"], reply.id).status == "superseded"
+    with pytest.raises(Conflict):  # the old reply is no longer current: refused, nothing added
+        store.add_message(user["id"], conv["id"], "assistant", "x", parent_id=question.id, replaces=reply.id)
+    assert store.counts()["messages"] == 3
+    assert new.status == "active"
+
+
+@pytest.mark.parametrize("choice, continues", [("a", "A"), ("b", "B"), ("tie", "A"), ("both_bad", "A")])
+def test_pair_choice_decides_which_reply_continues(store, choice, continues):
+    user = store.create_user("Ann")
+    conv = store.create_conversation(user["id"], "t")
+    question = store.add_message(user["id"], conv["id"], "user", "Hi")
+    pair = store.create_pair(user["id"], conv["id"], question.id, "A", "B", model_id="m", settings={})
+    assert store.pending_pair(user["id"], conv["id"]).id == pair.id
+    assert [m.content for m in store.transcript(user["id"], conv["id"])] == ["Hi"]
+    with pytest.raises(Conflict):
+        store.create_pair(user["id"], conv["id"], question.id, "C", "D", model_id="m", settings={})
+    decided = store.record_choice(user["id"], pair.id, choice)
+    assert decided.choice == choice
+    assert store.pending_pair(user["id"], conv["id"]) is None
+    assert [m.content for m in store.transcript(user["id"], conv["id"])] == ["Hi", continues]
+    # Choosing again updates the one record.
+    store.record_choice(user["id"], pair.id, "b")
+    assert store.counts()["feedback"] == 1
+    assert [m.content for m in store.transcript(user["id"], conv["id"])] == ["Hi", "B"]
+
+
+def test_bad_choice_and_foreign_pair_are_refused(store):
+    user = store.create_user("Ann")
+    conv = store.create_conversation(user["id"], "t")
+    question = store.add_message(user["id"], conv["id"], "user", "Hi")
+    pair = store.create_pair(user["id"], conv["id"], question.id, "A", "B", model_id="m", settings={})
+    with pytest.raises(InvalidInput, match="one of a, b, tie, both_bad"):
+        store.record_choice(user["id"], pair.id, "c")
+    bob = store.create_user("Bob")
+    with pytest.raises(NotFound):
+        store.record_choice(bob["id"], pair.id, "a")
+    assert store.counts()["feedback"] == 0
+
+
+def test_export_writes_trl_records(store, data_home, tmp_path):
+    user, conv, question, reply = _conversation_with_reply(store, "Ann")
+    store.record_thumbs(user["id"], reply.id, -1, "too short")
+    q2 = store.add_message(user["id"], conv["id"], "user", "And 3+3?")
+    pair = store.create_pair(user["id"], conv["id"], q2.id, "6", "six, because 3+3=6", model_id="m",
+                             settings={"system_prompt": "Be brief."})
+    store.record_choice(user["id"], pair.id, "b")
+    q3 = store.add_message(user["id"], conv["id"], "user", "Bye")
+    p3 = store.create_pair(user["id"], conv["id"], q3.id, "bye", "ciao", model_id="m", settings={})
+    store.record_choice(user["id"], p3.id, "both_bad")
+
+    def run(fmt):
+        out = tmp_path / f"{fmt}.jsonl"
+        assert export.main(["--user", "ann", "--format", fmt, "--data-dir", str(data_home), "--output", str(out)]) == 0
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    dpo = run("dpo")
+    assert dpo == [{
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"},
+                   {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}],
+        "chosen": [{"role": "assistant", "content": "six, because 3+3=6"}],
+        "rejected": [{"role": "assistant", "content": "6"}],
+    }]
+    kto = run("kto")
+    assert [(r["completion"][0]["content"], r["label"]) for r in kto] == [
+        ("4", False), ("six, because 3+3=6", True), ("6", False), ("bye", False), ("ciao", False)]
+    assert kto[0]["prompt"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]
+    raw = run("jsonl")
+    assert [r["kind"] for r in raw] == ["thumbs", "pairwise", "pairwise"]
+    assert raw[0]["comment"] == "too short"
+    assert export.main(["--user", "nobody", "--format", "dpo", "--data-dir", str(data_home)]) == 2
+    assert export.main(["--user", "ann", "--format", "dpo", "--data-dir", str(tmp_path / "none")]) == 2
+
+
+def test_database_file_lives_in_the_data_home(store, data_home):
+    assert store.path == data_home / DB_FILENAME and store.path.exists()
+
+
+def test_concurrent_writers_all_succeed(store):
+    """Writers on separate connections queue on the lock instead of failing with 'database is locked'."""
+    import threading
+
+    users = [store.create_user(f"user {i}")["id"] for i in range(4)]
+    convs = [store.create_conversation(u, "t")["id"] for u in users]
+    errors = []
+
+    def work(i):
+        try:
+            for n in range(25):
+                q = store.add_message(users[i], convs[i], "user", f"q{n}")
+                r = store.add_message(users[i], convs[i], "assistant", f"a{n}", parent_id=q.id)
+                store.record_thumbs(users[i], r.id, 1 if n % 2 else -1)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.counts()["messages"] == 200 and store.counts()["feedback"] == 100
+    assert [m.seq for m in store.transcript(users[0], convs[0])] == list(range(1, 51))
