@@ -135,9 +135,9 @@ def _layout(service: ChatService, config: AppConfig) -> UI:
                               allow_custom_value=True)  # ids are checked by the service, with a clear message
         profile_name = gr.Textbox(label="Profile name", placeholder="Name for a new profile, or a new name",
                                   max_lines=1, scale=2, elem_id="profile-name")
-        create = gr.Button("Create profile", scale=1, elem_id="create-profile")
-        rename = gr.Button("Rename", scale=1, elem_id="rename-profile")
-        delete = gr.Button("Delete profile", variant="stop", scale=1, elem_id="delete-profile")
+        create = gr.Button("Create profile", scale=1, size="sm", elem_id="create-profile")
+        rename = gr.Button("Rename", scale=1, size="sm", elem_id="rename-profile")
+        delete = gr.Button("Delete profile", variant="stop", scale=1, size="sm", elem_id="delete-profile")
     with gr.Row(visible=False) as confirm_row:
         confirm_text = gr.Markdown()
         confirm = gr.Button("Yes, delete it", variant="stop", elem_id="confirm-delete")
@@ -149,7 +149,8 @@ def _layout(service: ChatService, config: AppConfig) -> UI:
             new_conversation = gr.Button("New conversation", elem_id="new-conversation")
             delete_conversation = gr.Button("Delete conversation", variant="stop", size="sm")
         with gr.Column(scale=4):
-            chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chatbot", feedback_options=(LIKE, DISLIKE))
+            chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chatbot", feedback_options=(LIKE, DISLIKE),
+                                 buttons=["copy", "copy_all"])
             with gr.Row(visible=False) as comment_row:
                 comment = gr.Textbox(label="What was wrong? (optional)", max_lines=2, scale=4)
                 save_comment = gr.Button("Save comment", scale=1)
@@ -168,7 +169,8 @@ def _layout(service: ChatService, config: AppConfig) -> UI:
                 compare = gr.Checkbox(label="Compare two replies (A/B)", value=False, elem_id="compare")
             with gr.Accordion("Settings", open=False):
                 defaults = GenerationSettings()
-                system_prompt = gr.Textbox(label="System prompt", value=DEFAULT_SYSTEM_PROMPT, lines=2)
+                system_prompt = gr.Textbox(label="System prompt", value=DEFAULT_SYSTEM_PROMPT, lines=2,
+                                           placeholder="Empty: the model's own default")
                 temperature = gr.Slider(0, 2, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)")
                 top_p = gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top-p")
                 max_new_tokens = gr.Slider(1, 1024, value=defaults.max_new_tokens, step=1, label="Max new tokens")
@@ -297,7 +299,8 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
             if update.done:
                 yield view(user_id, update.conversation_id, update.notice or "")
                 continue
-            out = {ui.status: update.notice or "", ui.comment_row: gr.Row(visible=False)}
+            writing = "✍️ Writing both replies…" if compare else "✍️ Writing…"
+            out = {ui.status: " ".join(filter(None, [writing, update.notice])), ui.comment_row: gr.Row(visible=False)}
             if compare:
                 out.update({ui.chatbot: _chat_value(history), ui.compare_row: gr.Row(visible=True),
                             ui.candidate_a: "**A**\n\n" + update.texts[0],
@@ -399,6 +402,7 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
     b["new_conversation"].click(on_new_conversation, [ui.profile], view_outputs, api_name="new_conversation")
     ui.conversation.input(on_open_conversation, [ui.profile, ui.conversation], view_outputs,
                           api_name="open_conversation")
+    ui.chatbot.clear(on_new_conversation, [ui.profile], view_outputs, api_visibility="private")  # trash icon
     b["delete_conversation"].click(on_delete_conversation, [ui.profile, ui.conversation], view_outputs,
                                    api_name="delete_conversation")
 

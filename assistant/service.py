@@ -181,7 +181,8 @@ class ChatService:
         """Vote on the `index`-th message of the transcript as the UI shows it."""
         transcript = self.store.transcript(user_id, conversation_id)
         if not isinstance(index, int) or not 0 <= index < len(transcript):
-            raise NotFound("That reply is not in this conversation any more; reopen the conversation.")
+            raise NotFound("That reply is still being written or is no longer in this conversation; "
+                           "wait for it to finish, or reopen the conversation.")
         message = transcript[index]
         if shown is not None and message.content.strip() != shown.strip():
             raise Conflict("The conversation changed since it was shown; reopen it and vote again.")

@@ -107,7 +107,7 @@ def test_unknown_ids_are_refused_with_a_clear_error(service, ann):
 
 def test_vote_before_any_reply_exists(service, ann, store):
     conv = service.new_conversation(ann)["id"]
-    with pytest.raises(NotFound, match="not in this conversation"):
+    with pytest.raises(NotFound, match="still being written or is no longer in this conversation"):
         service.vote_at(ann, conv, 0, 1)
     store.add_message(ann, conv, "user", "question without answer yet")
     with pytest.raises(InvalidInput, match="Only assistant replies"):

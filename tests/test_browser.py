@@ -1,0 +1,87 @@
+"""End to end in headless Chromium (Debian's package, driven by Playwright): the way a person uses Attune."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from storage.store import Store
+
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None and not __import__("os").environ.get("CI"),
+                       reason="Debian's chromium is not installed (make test installs it)"),
+]
+
+
+@pytest.fixture
+def page(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "chromium must be installed in CI (apt-get install chromium)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        yield page
+        page.screenshot(path=str(tmp_path / "final.png"), full_page=True)
+        browser.close()
+
+
+def _wait_for_reply(store: Store, profile: str, seconds: float = 60):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        user = store.find_user_by_name(profile)
+        for conversation in store.list_conversations(user["id"]):
+            transcript = store.transcript(user["id"], conversation["id"])
+            if transcript and transcript[-1].role == "assistant":
+                return transcript
+        time.sleep(0.1)
+    raise AssertionError("no reply was stored")
+
+
+def test_profile_chat_thumbs_and_reload(page, running_app, data_home, tmp_path):
+    url, _ = running_app
+    page.goto(url)
+    page.locator("#profile-name input, #profile-name textarea").first.fill("Ann 🎉")
+    page.locator("#create-profile").click()
+    page.get_by_text("Profile 'Ann 🎉' created.").wait_for()
+
+    page.locator("#message textarea").fill("Hello there!")
+    page.locator("#send").click()
+    store = Store(data_home / "attune.db")
+    transcript = _wait_for_reply(store, "ann 🎉")
+    page.locator("#status").get_by_text("Writing").wait_for(state="detached")
+    user = store.find_user_by_name("ann 🎉")
+    conversation = store.list_conversations(user["id"])[0]
+    like = page.locator("#chatbot button[aria-label='Like']").last
+    assert page.locator("#chatbot").get_by_text("Hello there!").count() == 1
+    page.screenshot(path=str(tmp_path / "reply.png"), full_page=True)
+    assert [m.role for m in transcript] == ["user", "assistant"]
+    assert transcript[1].settings["new_tokens"][0] >= 1  # a real, streamed model reply was stored
+
+    like.click()
+    page.get_by_text("Saved your 👍").wait_for()
+    assert store.transcript(user["id"], conversation["id"])[1].vote == 1  # committed before the UI confirmed
+
+    page.locator("#chatbot button[aria-label='Dislike']").last.click()
+    page.get_by_label("What was wrong? (optional)").fill("Too random")
+    page.get_by_role("button", name="Save comment").click()
+    page.get_by_text("Comment saved.").wait_for()
+    reply = store.transcript(user["id"], conversation["id"])[1]
+    assert (reply.vote, reply.comment) == (-1, "Too random")
+    assert store.counts()["feedback"] == 1
+
+    # After a reload the same profile and conversation come back, with the vote shown again.
+    page.reload()
+    page.locator("#chatbot").get_by_text("Hello there!").wait_for()
+    assert page.locator("#profile input").first.input_value() == "Ann 🎉"
+    page.screenshot(path=str(tmp_path / "after-reload.png"), full_page=True)
+    assert (tmp_path / "reply.png").stat().st_size > 10_000
