@@ -19,6 +19,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402  (the environment must be set before gradio is imported)
 
 from assistant.config import DEFAULT_SYSTEM_PROMPT, AppConfig, GenerationSettings, ModelConfig  # noqa: E402
+from assistant.executor import GenerationExecutor  # noqa: E402
 from assistant.model import load_model  # noqa: E402
 from assistant.service import ChatService, ReplyUpdate  # noqa: E402
 from storage.db import DB_FILENAME  # noqa: E402
@@ -442,22 +443,29 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
                      model=ModelConfig(model=args.model, cache_dir=args.model_cache, allow_download=args.allow_download))
 
 
-def create_service(config: AppConfig) -> ChatService:
+def create_service(config: AppConfig, executor: GenerationExecutor | None = None) -> ChatService:
     loaded = load_model(config.model, config.model_cache_dir)
-    return ChatService(Store(config.data_dir / DB_FILENAME), loaded, config)
+    return ChatService(Store(config.data_dir / DB_FILENAME), loaded, config, executor)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    executor = GenerationExecutor()
     try:
         config = parse_args(argv)
-        service = create_service(config)
+        service = create_service(config, executor)
     except AttuneError as exc:
         log.error("%s", exc)
         return 2
     demo = build_app(service, config)
     demo.queue(default_concurrency_limit=4)
-    demo.launch(server_name=config.host, server_port=config.port, show_error=False)
+    demo.launch(server_name=config.host, server_port=config.port, show_error=False, prevent_thread_lock=True)
+    try:
+        executor.serve_forever()  # the main thread generates: see assistant/executor.py for why
+    except KeyboardInterrupt:
+        log.info("Stopping.")
+    finally:
+        demo.close()
     return 0
 
 

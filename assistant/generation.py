@@ -19,6 +19,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from assistant.config import GenerationSettings
+from assistant.executor import GenerationExecutor
 from assistant.model import LoadedModel
 from assistant.prompts import Prompt
 
@@ -78,6 +79,10 @@ class ReplyStream:
     settings: GenerationSettings
     num_candidates: int = 1
     min_temperature: float = 0.0
+    min_new_tokens: int = 0
+    """Suppress end-of-sequence before this many tokens (benchmarks use it for fixed-length runs)."""
+    executor: GenerationExecutor | None = None
+    """Where `generate` runs; None: a thread of its own."""
     texts: list[str] = field(default_factory=list)
     new_tokens: list[int] = field(default_factory=list)
     seconds_to_first_token: float | None = None
@@ -91,6 +96,7 @@ class ReplyStream:
             input_ids=torch.tensor([self.prompt.input_ids]),
             attention_mask=torch.ones(1, len(self.prompt.input_ids), dtype=torch.long),
             max_new_tokens=self.prompt.max_new_tokens,
+            min_new_tokens=self.min_new_tokens or None,
             num_return_sequences=self.num_candidates,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -111,6 +117,8 @@ class ReplyStream:
         failure: list[BaseException] = []
         kwargs = self._generate_kwargs(sink, cancel)
 
+        finished = threading.Event()
+
         def run():
             try:
                 with torch.inference_mode():
@@ -118,6 +126,8 @@ class ReplyStream:
             except BaseException as exc:  # surfaced in the caller's thread below
                 failure.append(exc)
                 sink.put(_END)
+            finally:
+                finished.set()
 
         n = self.num_candidates
         tokens: list[list[int]] = [[] for _ in range(n)]
@@ -125,8 +135,10 @@ class ReplyStream:
         self.texts = [""] * n
         eos = self.loaded.tokenizer.eos_token_id
         start = time.perf_counter()
-        worker = threading.Thread(target=run, name="generate", daemon=True)
-        worker.start()
+        if self.executor is None:
+            threading.Thread(target=run, name="generate", daemon=True).start()
+        else:
+            self.executor.submit(run)
         try:
             while True:
                 step = sink.get()
@@ -152,7 +164,7 @@ class ReplyStream:
             self.finished = True
         finally:
             cancel.set()  # also when the consumer walks away mid-stream
-            worker.join()
+            finished.wait()
             self.seconds = time.perf_counter() - start
             self.new_tokens = [len(t) for t in tokens]
             self.texts = [t.strip() for t in self.texts]

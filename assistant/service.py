@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from assistant.config import AppConfig, GenerationSettings
+from assistant.executor import GenerationExecutor
 from assistant.generation import ReplyStream
 from assistant.model import LoadedModel
 from assistant.prompts import build_prompt
@@ -58,10 +59,12 @@ def validate_message(text: object, max_chars: int) -> str:
 
 
 class ChatService:
-    def __init__(self, store: Store, loaded: LoadedModel, config: AppConfig):
+    def __init__(self, store: Store, loaded: LoadedModel, config: AppConfig,
+                 executor: GenerationExecutor | None = None):
         self.store = store
         self.loaded = loaded
         self.config = config
+        self.executor = executor
 
     @property
     def model_id(self) -> str:
@@ -138,7 +141,7 @@ class ChatService:
         prompt = build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens)
         stream = ReplyStream(
             self.loaded, prompt, settings, num_candidates=2 if compare else 1,
-            min_temperature=self.config.compare_min_temperature if compare else 0.0,
+            min_temperature=self.config.compare_min_temperature if compare else 0.0, executor=self.executor,
         )
         notice = prompt.notice()
 

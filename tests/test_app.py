@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from assistant.config import DATA_HOME_ENV
 from storage.store import Store
+from tests.conftest import REPO, free_port
 
 SETTINGS = dict(system_prompt="Be brief.", temperature=0, top_p=0.9, max_new_tokens=12)
 
@@ -146,3 +155,42 @@ def test_two_clients_streaming_at_once_stay_separate(running_app):
     for final, user, text in zip(finals, users, texts):
         assert [m["content"][0]["text"] for m in final[2]["value"] if m["role"] == "user"] == [text]
         assert final[0]["value"] == user
+
+
+def _start_cli(args, home, port=None):
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", DATA_HOME_ENV: str(home)}
+    cmd = [sys.executable, "app.py", *args] + (["--port", str(port)] if port else [])
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_command_line_app_serves_with_generation_on_its_main_thread(tiny_model_dir, tmp_path):
+    home, port = tmp_path / "cli-home", free_port()
+    proc = _start_cli(["--model", str(tiny_model_dir)], home, port)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the app did not start listening"
+                time.sleep(0.3)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        ann = _dropdown(client.predict("Ann", api_name="/create_profile")[0])[1]
+        conv = send(client, ann, None, "Hello from the command line")[0][1]["value"]
+        assert [m["role"] for m in client.predict(ann, conv, api_name="/messages")] == ["user", "assistant"]
+        assert Store(home / "attune.db").counts()["messages"] == 2  # ATTUNE_HOME chose the data home
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output
+    assert "Stopping." in output
+
+
+def test_unavailable_model_exits_with_one_clear_message(tmp_path):
+    proc = _start_cli(["--model", "no-such-org/no-such-model"], tmp_path / "home")
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2
+    assert "Model 'no-such-org/no-such-model' is not available on this machine" in output
+    assert "Traceback" not in output

@@ -1,0 +1,175 @@
+"""Model speed on this machine: cold and warm load, time to first token and tokens/s of the embedded model.
+
+    python -m bench.model_speed [--repeats 3] [--output bench/results/model_speed.json]
+
+- cold load: GGUF → de-quantized fp32 → safetensors cache, in a fresh temporary cache folder;
+- warm load: from that cache, in a new process (what a restart costs), and the load call alone;
+- generation: a 100-token prompt and 128 new tokens, greedy, side by side in one run: Attune's streaming path
+  as the app runs it (`generate` on the main thread, see assistant/executor.py), the same path with
+  `generate` on a worker thread (what a plain threaded server gets), and a bare `model.generate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from assistant.config import GenerationSettings, ModelConfig
+from assistant.executor import GenerationExecutor
+from assistant.generation import ReplyStream
+from assistant.model import LoadedModel, load_model
+from assistant.prompts import Prompt, build_prompt
+
+log = logging.getLogger("bench.model_speed")
+
+PROMPT_TOKENS = 100
+NEW_TOKENS = 128
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    cpu = ""
+    if Path("/proc/cpuinfo").exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), "")
+    mem_kb = 0
+    if Path("/proc/meminfo").exists():
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
+            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform()}
+
+
+def prompt_of_length(loaded: LoadedModel, n_tokens: int) -> Prompt:
+    """A chat prompt of exactly `n_tokens` tokens (template included)."""
+    words = ("Tell me, in a long and detailed answer, about the history of bread making in Europe, "
+             "the grains people used, and how ovens changed over the centuries. ") * 10
+    ids = loaded.tokenizer(words, add_special_tokens=False)["input_ids"]
+    lo, hi = 1, len(ids)
+    while lo < hi:  # longest content whose rendered prompt fits n_tokens
+        mid = (lo + hi + 1) // 2
+        text = loaded.tokenizer.decode(ids[:mid])
+        if len(build_prompt(loaded, "", [{"role": "user", "content": text}], NEW_TOKENS).input_ids) <= n_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return build_prompt(loaded, "", [{"role": "user", "content": loaded.tokenizer.decode(ids[:lo])}], NEW_TOKENS)
+
+
+def warm_load_in_new_process(cache: Path) -> dict:
+    code = (
+        "import time; t0 = time.perf_counter()\n"
+        "from assistant.config import ModelConfig\nfrom assistant.model import load_model\n"
+        "t1 = time.perf_counter()\n"
+        f"load_model(ModelConfig(model='embedded'), __import__('pathlib').Path({str(cache)!r}))\n"
+        "t2 = time.perf_counter(); print(t1 - t0, t2 - t1, t2 - t0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout.split()
+    imports, load, total = map(float, out[-3:])
+    return {"imports_s": round(imports, 2), "load_s": round(load, 2), "process_total_s": round(total, 2)}
+
+
+def time_stream(loaded: LoadedModel, prompt: Prompt, executor: GenerationExecutor | None) -> dict:
+    """Attune's streaming path. With an executor, as the app runs it: the consumer (Gradio's handler) on a
+    worker thread, `generate` on this main thread. Without one: `generate` on a thread of its own."""
+    settings = GenerationSettings(temperature=0, max_new_tokens=NEW_TOKENS)
+    stream = ReplyStream(loaded, prompt, settings, min_new_tokens=NEW_TOKENS, executor=executor)
+    if executor is None:
+        list(stream)
+    else:
+        consumer = threading.Thread(target=lambda: list(stream))
+        threading.Timer(0.05, consumer.start).start()  # once this thread serves
+        executor.serve_forever(should_stop=lambda: consumer.ident is not None and not consumer.is_alive(),
+                               poll_seconds=0.01)
+    tokens = stream.new_tokens[0]
+    return {"ttft_s": stream.seconds_to_first_token, "total_s": stream.seconds, "new_tokens": tokens,
+            "tokens_per_s": tokens / stream.seconds}
+
+
+def time_bare(loaded: LoadedModel, prompt: Prompt) -> dict:
+    ids = torch.tensor([prompt.input_ids])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
+                                    min_new_tokens=NEW_TOKENS, do_sample=False,
+                                    pad_token_id=loaded.tokenizer.pad_token_id)
+    seconds = time.perf_counter() - start
+    tokens = out.shape[1] - ids.shape[1]
+    return {"total_s": seconds, "new_tokens": tokens, "tokens_per_s": tokens / seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=RESULTS / "model_speed.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    with tempfile.TemporaryDirectory(prefix="attune-bench-") as tmp:
+        cache = Path(tmp)
+        start = time.perf_counter()
+        loaded = load_model(ModelConfig(model="embedded"), cache)
+        cold = time.perf_counter() - start
+        warm_process = warm_load_in_new_process(cache)
+        start = time.perf_counter()
+        load_model(ModelConfig(model="embedded"), cache)
+        warm_call = time.perf_counter() - start
+
+    prompt = prompt_of_length(loaded, PROMPT_TOKENS)
+    time_bare(loaded, prompt)  # warm-up: first call allocates
+    paths = {"attune_main_thread": lambda: time_stream(loaded, prompt, GenerationExecutor()),
+             "attune_worker_thread": lambda: time_stream(loaded, prompt, None),
+             "bare_generate": lambda: time_bare(loaded, prompt)}
+    runs: dict[str, list[dict]] = {name: [] for name in paths}
+    for _ in range(args.repeats):  # interleaved, so every path sees the same machine state
+        for name, run in paths.items():
+            runs[name].append(run())
+
+    def med(name, key):
+        return round(statistics.median(r[key] for r in runs[name]), 3)
+
+    result = {
+        "benchmark": "model_speed",
+        "model": loaded.model_id,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "cold_load_s": round(cold, 2),
+        "warm_load_new_process": warm_process,
+        "warm_load_call_s": round(warm_call, 2),
+        "prompt_tokens": len(prompt.input_ids),
+        "new_tokens": NEW_TOKENS,
+        "repeats": args.repeats,
+        "medians": {name: {"tokens_per_s": med(name, "tokens_per_s"),
+                           **({"ttft_s": med(name, "ttft_s")} if name != "bare_generate" else {})}
+                    for name in paths},
+        "ratio_vs_bare": {name: round(med(name, "tokens_per_s") / med("bare_generate", "tokens_per_s"), 3)
+                          for name in paths if name != "bare_generate"},
+        "runs": runs,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    m = result["medians"]
+    log.info("cold load %.1f s | warm load %.2f s (new process: %.2f s with imports) | prompt %d tokens, %d new",
+             cold, warm_process["load_s"], warm_process["process_total_s"], len(prompt.input_ids), NEW_TOKENS)
+    for name in paths:
+        log.info("  %-22s %6.1f tok/s  TTFT %s  ratio vs bare %s", name, m[name]["tokens_per_s"],
+                 m[name].get("ttft_s", "-"), result["ratio_vs_bare"].get(name, 1.0))
+    log.info("-> %s", args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
