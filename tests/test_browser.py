@@ -79,6 +79,22 @@ def test_profile_chat_thumbs_and_reload(page, running_app, data_home, tmp_path):
     assert (reply.vote, reply.comment) == (-1, "Too random")
     assert store.counts()["feedback"] == 1
 
+    # Compare mode: A and B side by side, the choice is stored and B continues the conversation.
+    page.locator("#compare label").click()
+    page.locator("#message textarea").fill("Say it again, differently.")
+    page.locator("#send").click()
+    page.locator("#choose-b").wait_for()
+    pair = store.pending_pair(user["id"], conversation["id"])
+    assert pair is not None and pair.choice is None
+    # (the tiny model's random text is mangled by markdown, so only the panels' headings are compared)
+    assert page.locator("#candidate-a").inner_text().startswith("A") and len(pair.a.content) > 0
+    assert page.locator("#candidate-b").inner_text().startswith("B") and len(pair.b.content) > 0
+    page.locator("#choose-b").click()
+    page.get_by_text("Saved: B is better").first.wait_for()
+    assert store.get_pair(user["id"], pair.id).choice == "b"
+    assert store.transcript(user["id"], conversation["id"])[-1].id == pair.b.id
+    page.locator("#choose-b").wait_for(state="hidden")
+
     # After a reload the same profile and conversation come back, with the vote shown again.
     page.reload()
     page.locator("#chatbot").get_by_text("Hello there!").wait_for()
