@@ -459,6 +459,8 @@ class Store:
 
         Each row has the event's fields plus `prompt` (the conversation up to and including the user message
         the reply answers, as role/content dicts), and `completion` (thumbs) or `a`/`b` (pairwise) texts.
+        Thumbs rows also list as `superseded` the earlier replies to the same message that a retry replaced
+        (and that were not themselves liked).
         """
         with self._db() as db:
             self._require_user(db, user_id)
@@ -468,6 +470,13 @@ class Store:
                 if event["kind"] == "thumbs":
                     reply = self._require_message(db, user_id, event["message_id"])
                     event["completion"] = reply.content
+                    event["superseded"] = [r["content"] for r in self._rows(
+                        db,
+                        "SELECT m.content FROM messages m LEFT JOIN feedback f ON f.message_id = m.id "
+                        "WHERE m.parent_id = ? AND m.role = 'assistant' AND m.status = 'superseded' "
+                        "AND m.seq < ? AND (f.value IS NULL OR f.value < 0) ORDER BY m.seq",
+                        (reply.parent_id, reply.seq),
+                    )]
                     prompt_id = reply.parent_id
                 else:
                     pair = self._require_pair(db, user_id, event["pair_id"])

@@ -1,0 +1,112 @@
+"""From stored feedback to training examples (TRL's keys) and to token tensors.
+
+- A/B choice a or b → a pair (`prompt`, `chosen`, `rejected`).
+- Tie → nothing: it states no preference between the two.
+- Both bad → two undesirable unpaired examples.
+- Thumbs → an unpaired example (`prompt`, `completion`, `label`); and when the reply was a retry, a 👍 on it
+  also forms a pair against each reply it superseded (a 👎 on a retry says nothing about the one before).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from assistant.model import LoadedModel
+from assistant.prompts import build_prompt
+
+
+@dataclass(frozen=True)
+class PairExample:
+    prompt: list[dict]
+    chosen: str
+    rejected: str
+    feedback_id: str
+    user_id: str
+
+
+@dataclass(frozen=True)
+class UnpairedExample:
+    prompt: list[dict]
+    completion: str
+    label: bool
+    feedback_id: str
+    user_id: str
+
+
+@dataclass(frozen=True)
+class Examples:
+    pairs: list[PairExample]
+    unpaired: list[UnpairedExample]
+
+    def __len__(self) -> int:
+        return len(self.pairs) + len(self.unpaired)
+
+    @property
+    def feedback_ids(self) -> list[str]:
+        return sorted({e.feedback_id for e in (*self.pairs, *self.unpaired)})
+
+
+def examples_from_feedback(events: list[dict]) -> Examples:
+    """`events` as `Store.feedback` returns them (each with its prompt and texts)."""
+    pairs: list[PairExample] = []
+    unpaired: list[UnpairedExample] = []
+    for e in events:
+        key = dict(feedback_id=e["id"], user_id=e["user_id"])
+        if e["kind"] == "pairwise":
+            if e["choice"] in ("a", "b"):
+                chosen, rejected = (e["a"], e["b"]) if e["choice"] == "a" else (e["b"], e["a"])
+                pairs.append(PairExample(e["prompt"], chosen, rejected, **key))
+            elif e["choice"] == "both_bad":
+                unpaired += [UnpairedExample(e["prompt"], text, False, **key) for text in (e["a"], e["b"])]
+        else:
+            unpaired.append(UnpairedExample(e["prompt"], e["completion"], e["value"] > 0, **key))
+            if e["value"] > 0:
+                pairs += [PairExample(e["prompt"], e["completion"], old, **key) for old in e.get("superseded", [])]
+    return Examples(pairs, unpaired)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Right-padded prompt+completion sequences. Shapes: (batch, seq)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    """True where the token belongs to the completion (what the log-probability is summed over)."""
+
+
+def encode(loaded: LoadedModel, prompt: list[dict], completion: str, max_length: int) -> tuple[list[int], int]:
+    """Token ids of prompt + completion + end-of-sequence, and the prompt's length; prompt cut to fit, as served."""
+    system = prompt[0]["content"] if prompt and prompt[0]["role"] == "system" else ""
+    turns = [m for m in prompt if m["role"] != "system"]
+    tokenizer = loaded.tokenizer
+    spacer = "" if loaded.has_chat_template else " "  # plain transcripts put a space after "Assistant:"
+    completion_ids = tokenizer(spacer + completion.strip(), add_special_tokens=False)["input_ids"]
+    completion_ids = completion_ids[: max_length // 2] + [tokenizer.eos_token_id]
+    window = min(loaded.context_window, max_length)
+    fitted = build_prompt(_Windowed(loaded, window), system, turns, max_new_tokens=len(completion_ids))
+    return fitted.input_ids + completion_ids, len(fitted.input_ids)
+
+
+class _Windowed:
+    """A LoadedModel seen with a smaller context window (training caps sequence length to bound compute)."""
+
+    def __init__(self, loaded: LoadedModel, window: int):
+        self._loaded, self.context_window = loaded, window
+
+    def __getattr__(self, name):
+        return getattr(self._loaded, name)
+
+
+def collate(sequences: list[tuple[list[int], int]], pad_token_id: int) -> Batch:
+    longest = max(len(ids) for ids, _ in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    completion_mask = torch.zeros((len(sequences), longest), dtype=torch.bool)
+    for row, (ids, prompt_len) in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        completion_mask[row, prompt_len: len(ids)] = True
+    return Batch(input_ids, attention_mask, completion_mask)

@@ -1,0 +1,89 @@
+"""Preference losses: small pure functions of summed log-probabilities, returning per-example losses and rewards.
+
+Inputs are sequence log-probabilities (summed over reply tokens), shape (batch,), of the policy and of the
+reference policy. Rewards are the implicit DPO rewards β·(log π − log π_ref), in nats.
+
+- `dpo_loss`: Bradley–Terry on the reward margin (Rafailov et al. 2023), with conservative label smoothing ε
+  for noisy choosers (the chosen label is flipped with probability ε): TRL's `loss_type="sigmoid"`.
+- `kto_loss`: Kahneman–Tversky optimisation for unpaired thumbs (Ethayarajh et al. 2024): a desirable reply
+  is pushed above the reference point z0 (the policy/reference KL, estimated on mismatched prompt–reply
+  pairs, clamped at 0 and not differentiated), an undesirable one below it. TRL's `KTOTrainer` formula.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class PairLoss:
+    losses: torch.Tensor  # (batch,)
+    chosen_rewards: torch.Tensor  # (batch,) detached
+    rejected_rewards: torch.Tensor  # (batch,) detached
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    reference_chosen_logps: torch.Tensor,
+    reference_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+) -> PairLoss:
+    """−(1−ε)·log σ(β·Δ) − ε·log σ(−β·Δ), Δ = (log π_c − log π_ref,c) − (log π_r − log π_ref,r)."""
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    chosen_logratios = policy_chosen_logps - reference_chosen_logps
+    rejected_logratios = policy_rejected_logps - reference_rejected_logps
+    margin = beta * (chosen_logratios - rejected_logratios)
+    losses = -(1 - label_smoothing) * F.logsigmoid(margin) - label_smoothing * F.logsigmoid(-margin)
+    return PairLoss(losses, (beta * chosen_logratios).detach(), (beta * rejected_logratios).detach())
+
+
+@dataclass(frozen=True)
+class UnpairedLoss:
+    losses: torch.Tensor  # (batch,), already weighted
+    rewards: torch.Tensor  # (batch,) detached
+    kl: torch.Tensor  # () the reference point z0 used
+
+
+def kto_loss(
+    policy_logps: torch.Tensor,
+    reference_logps: torch.Tensor,
+    labels: torch.Tensor,
+    kl: torch.Tensor,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> UnpairedLoss:
+    """Desirable (label True): w_d·(1 − σ(β·(r − z0))); undesirable: w_u·(1 − σ(β·(z0 − r))), r = log π − log π_ref.
+
+    `kl` is the reference point z0, e.g. `kto_reference_point(...)`; it is clamped at 0 and detached here.
+    """
+    labels = labels.bool()
+    z0 = kl.detach().clamp(min=0)
+    logratios = policy_logps - reference_logps
+    desirable = desirable_weight * (1 - torch.sigmoid(beta * (logratios - z0)))
+    undesirable = undesirable_weight * (1 - torch.sigmoid(beta * (z0 - logratios)))
+    losses = torch.where(labels, desirable, undesirable)
+    return UnpairedLoss(losses, (beta * logratios).detach(), z0)
+
+
+def kto_reference_point(mismatched_policy_logps: torch.Tensor, mismatched_reference_logps: torch.Tensor) -> torch.Tensor:
+    """z0: mean log-ratio of replies scored against prompts they do not answer (a cheap KL estimate)."""
+    return (mismatched_policy_logps - mismatched_reference_logps).mean().detach().clamp(min=0)
+
+
+def pair_metrics(loss: PairLoss, prefix: str = "") -> dict[str, float]:
+    """TRL's metric names for a batch of pairs."""
+    margins = loss.chosen_rewards - loss.rejected_rewards
+    return {
+        f"{prefix}loss": loss.losses.mean().item(),
+        f"{prefix}rewards/chosen": loss.chosen_rewards.mean().item(),
+        f"{prefix}rewards/rejected": loss.rejected_rewards.mean().item(),
+        f"{prefix}rewards/margins": margins.mean().item(),
+        f"{prefix}rewards/accuracies": (margins > 0).float().mean().item(),
+    }

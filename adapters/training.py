@@ -1,0 +1,221 @@
+"""LoRA training from preference examples: DPO on pairs plus KTO on unpaired feedback, a few steps at a time.
+
+The caller passes the model: the base for the global adapter, or base + global merged for a personal one
+(a residual on top of the crowd). In both cases the reference policy is that model with the LoRA disabled, so
+the KL leash pulls towards the model the adapter is trained on top of. Reference log-probs are computed
+once per example before the steps. Logits are only computed at reply positions.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import PreTrainedModel
+
+from adapters.data import Batch, Examples, PairExample, UnpairedExample, collate, encode
+from adapters.losses import dpo_loss, kto_loss, kto_reference_point, pair_metrics
+from assistant.model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+TARGET_MODULES = {
+    "gpt2": ["c_attn", "c_proj"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+DEFAULT_TARGETS = ["q_proj", "v_proj"]
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 8
+    """LoRA rank r."""
+    alpha: int = 16
+    """LoRA scaling numerator: the update is (alpha / rank)·B·A."""
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None
+    """Module names to adapt; None: chosen per architecture (TARGET_MODULES)."""
+
+    def __post_init__(self):
+        if self.rank < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError("LoRA needs rank ≥ 1, alpha > 0 and 0 ≤ dropout < 1")
+
+    def peft_config(self, model: PreTrainedModel) -> LoraConfig:
+        targets = list(self.target_modules or TARGET_MODULES.get(model.config.model_type, DEFAULT_TARGETS))
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
+                          task_type="CAUSAL_LM", fan_in_fan_out=model.config.model_type == "gpt2")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    beta: float = 0.1
+    """DPO/KTO temperature: larger keeps the policy closer to the reference."""
+    label_smoothing: float = 0.0
+    """DPO conservative smoothing ε in [0, 0.5) for noisy choosers."""
+    learning_rate: float = 5e-4
+    steps: int = 8
+    """Optimizer steps per update."""
+    batch_size: int = 4
+    """Pairs (and, separately, unpaired examples) per step."""
+    max_length: int = 384
+    """Longest prompt+reply sequence trained on, in tokens."""
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+    unpaired_weight: float = 1.0
+    """Weight of the KTO term next to the DPO term."""
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.beta <= 0 or self.learning_rate <= 0 or self.steps < 0 or self.batch_size < 1:
+            raise ValueError("beta and learning_rate must be positive, steps ≥ 0, batch_size ≥ 1")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError("label_smoothing must be in [0, 0.5)")
+
+
+def add_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
+    """Wrap `model` with a fresh, trainable LoRA adapter; every base weight is frozen."""
+    return get_peft_model(model, settings.peft_config(model))
+
+
+def sequence_logps(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Summed log-probability of each row's completion tokens, shape (batch,)."""
+    predicts = torch.zeros_like(batch.completion_mask)
+    predicts[:, :-1] = batch.completion_mask[:, 1:]  # position t predicts token t+1
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=predicts)
+    logits = out.logits.reshape(-1, out.logits.shape[-1]).float()  # (tokens kept, vocab), row-major order
+    targets = batch.input_ids[:, 1:][batch.completion_mask[:, 1:]]
+    token_logps = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
+    rows = predicts.nonzero()[:, 0]
+    return torch.zeros(batch.input_ids.shape[0], dtype=token_logps.dtype).index_add(0, rows, token_logps)
+
+
+@dataclass
+class _Encoded:
+    chosen: list[tuple[list[int], int]] = field(default_factory=list)
+    rejected: list[tuple[list[int], int]] = field(default_factory=list)
+    unpaired: list[tuple[list[int], int]] = field(default_factory=list)
+    labels: list[bool] = field(default_factory=list)
+    mismatched: list[tuple[list[int], int]] = field(default_factory=list)
+
+
+def _encode_all(loaded: LoadedModel, examples: Examples, max_length: int) -> _Encoded:
+    enc = _Encoded()
+    for p in examples.pairs:
+        enc.chosen.append(encode(loaded, p.prompt, p.chosen, max_length))
+        enc.rejected.append(encode(loaded, p.prompt, p.rejected, max_length))
+    items = examples.unpaired
+    for i, u in enumerate(items):
+        enc.unpaired.append(encode(loaded, u.prompt, u.completion, max_length))
+        enc.labels.append(u.label)
+        # Reply i against the prompt of i+1: what the policy does to replies that do not answer (KTO's z0).
+        other = items[(i + 1) % len(items)]
+        enc.mismatched.append(encode(loaded, other.prompt, u.completion, max_length))
+    return enc
+
+
+def _logps_in_chunks(model, sequences, pad_id: int, chunk: int) -> torch.Tensor:
+    if not sequences:
+        return torch.zeros(0)
+    return torch.cat([sequence_logps(model, collate(sequences[i:i + chunk], pad_id))
+                      for i in range(0, len(sequences), chunk)])
+
+
+def train_adapter(
+    model: PeftModel,
+    loaded: LoadedModel,
+    examples: Examples,
+    config: TrainConfig,
+    progress: Callable[[int, int, dict], None] | None = None,
+) -> dict:
+    """Run `config.steps` optimizer steps on `examples`; return TRL-named metrics of the last step."""
+    if not len(examples):
+        raise ValueError("no training examples")
+    pad = loaded.tokenizer.pad_token_id
+    enc = _encode_all(loaded, examples, config.max_length)
+    model.eval()
+    with torch.no_grad(), model.disable_adapter():
+        ref_chosen = _logps_in_chunks(model, enc.chosen, pad, 8)
+        ref_rejected = _logps_in_chunks(model, enc.rejected, pad, 8)
+        ref_unpaired = _logps_in_chunks(model, enc.unpaired, pad, 8)
+        ref_mismatched = _logps_in_chunks(model, enc.mismatched, pad, 8)
+    labels = torch.tensor(enc.labels, dtype=torch.bool)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    rng = random.Random(config.seed)
+    pair_order = _cycle(len(enc.chosen), rng)
+    unpaired_order = _cycle(len(enc.unpaired), rng)
+    metrics: dict = {}
+    model.train()
+    for step in range(config.steps):
+        loss = torch.zeros(())
+        metrics = {}
+        if enc.chosen:
+            idx = [next(pair_order) for _ in range(min(config.batch_size, len(enc.chosen)))]
+            both = collate([enc.chosen[i] for i in idx] + [enc.rejected[i] for i in idx], pad)
+            logps = sequence_logps(model, both)
+            n = len(idx)
+            pair = dpo_loss(logps[:n], logps[n:], ref_chosen[idx], ref_rejected[idx], config.beta,
+                            config.label_smoothing)
+            loss = loss + pair.losses.mean()
+            metrics.update(pair_metrics(pair))
+            metrics["logps/chosen"] = logps[:n].mean().item()
+            metrics["logps/rejected"] = logps[n:].mean().item()
+        if enc.unpaired:
+            idx = [next(unpaired_order) for _ in range(min(config.batch_size, len(enc.unpaired)))]
+            both = collate([enc.unpaired[i] for i in idx] + [enc.mismatched[i] for i in idx], pad)
+            logps = sequence_logps(model, both)
+            n = len(idx)
+            z0 = kto_reference_point(logps[n:], ref_mismatched[idx])
+            unpaired = kto_loss(logps[:n], ref_unpaired[idx], labels[idx], z0, config.beta,
+                                config.desirable_weight, config.undesirable_weight)
+            loss = loss + config.unpaired_weight * unpaired.losses.mean()
+            metrics["kto/loss"] = unpaired.losses.mean().item()
+            metrics["kl"] = z0.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        metrics["loss"] = loss.item()
+        if progress:
+            progress(step + 1, config.steps, metrics)
+    model.eval()
+    return metrics
+
+
+def _cycle(n: int, rng: random.Random):
+    """Indices 0..n-1 in a fresh shuffled order each pass."""
+    while n:
+        order = list(range(n))
+        rng.shuffle(order)
+        yield from order
+
+
+@torch.no_grad()
+def preference_accuracy(model: PeftModel, loaded: LoadedModel, pairs: list[PairExample], max_length: int = 384,
+                        reference: bool = True) -> float:
+    """Share of pairs the model prefers the chosen reply of.
+
+    reference=True: TRL's `rewards/accuracies` — the implicit reward margin against the adapter-disabled model is
+    positive. reference=False: the model's own log-likelihood of the chosen reply is higher.
+    """
+    if not pairs:
+        return float("nan")
+    pad = loaded.tokenizer.pad_token_id
+    chosen = [encode(loaded, p.prompt, p.chosen, max_length) for p in pairs]
+    rejected = [encode(loaded, p.prompt, p.rejected, max_length) for p in pairs]
+    model.eval()
+    margin = _logps_in_chunks(model, chosen, pad, 8) - _logps_in_chunks(model, rejected, pad, 8)
+    if reference:
+        with model.disable_adapter():
+            margin -= _logps_in_chunks(model, chosen, pad, 8) - _logps_in_chunks(model, rejected, pad, 8)
+    return (margin > 0).float().mean().item()
+
+
+__all__ = ["LoraSettings", "TrainConfig", "add_lora", "train_adapter", "preference_accuracy", "sequence_logps",
+           "UnpairedExample"]

@@ -1,0 +1,108 @@
+"""Training data, collation, log-probs and LoRA training on the tiny GPT-2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adapters.data import PairExample, UnpairedExample, collate, encode, examples_from_feedback
+from adapters.training import LoraSettings, TrainConfig, add_lora, preference_accuracy, sequence_logps, train_adapter
+from assistant.config import ModelConfig
+from assistant.model import load_model
+
+
+@pytest.fixture
+def fresh_tiny(tiny_model_dir):
+    """A private copy of the tiny model (LoRA wraps modules in place)."""
+    return load_model(ModelConfig(model=str(tiny_model_dir)), tiny_model_dir.parent)
+
+
+def test_examples_from_feedback_handles_every_kind():
+    prompt = [{"role": "user", "content": "Hi"}]
+    base = dict(user_id="u", prompt=prompt)
+    events = [
+        {**base, "id": "f1", "kind": "pairwise", "choice": "a", "a": "A1", "b": "B1"},
+        {**base, "id": "f2", "kind": "pairwise", "choice": "b", "a": "A2", "b": "B2"},
+        {**base, "id": "f3", "kind": "pairwise", "choice": "tie", "a": "A3", "b": "B3"},
+        {**base, "id": "f4", "kind": "pairwise", "choice": "both_bad", "a": "A4", "b": "B4"},
+        {**base, "id": "f5", "kind": "thumbs", "value": 1, "completion": "good", "superseded": ["old1", "old2"]},
+        {**base, "id": "f6", "kind": "thumbs", "value": -1, "completion": "bad", "superseded": ["older"]},
+    ]
+    ex = examples_from_feedback(events)
+    assert [(p.chosen, p.rejected, p.feedback_id) for p in ex.pairs] == [
+        ("A1", "B1", "f1"), ("B2", "A2", "f2"), ("good", "old1", "f5"), ("good", "old2", "f5")]
+    assert [(u.completion, u.label) for u in ex.unpaired] == [("A4", False), ("B4", False), ("good", True),
+                                                              ("bad", False)]
+    assert ex.feedback_ids == ["f1", "f2", "f4", "f5", "f6"]  # the tie teaches nothing
+
+
+def test_retry_then_like_forms_a_pair_from_the_database(store):
+    from storage.store import Store  # noqa: F401  (fixture type)
+
+    user = store.create_user("Ann")
+    conv = store.create_conversation(user["id"], "t")
+    q = store.add_message(user["id"], conv["id"], "user", "Hi")
+    first = store.add_message(user["id"], conv["id"], "assistant", "meh", parent_id=q.id)
+    second = store.add_message(user["id"], conv["id"], "assistant", "great", parent_id=q.id, replaces=first.id)
+    store.record_thumbs(user["id"], second.id, 1)
+    ex = examples_from_feedback(store.feedback(user["id"]))
+    assert [(p.chosen, p.rejected) for p in ex.pairs] == [("great", "meh")]
+
+
+def test_collate_against_hand_built_tensors():
+    batch = collate([([5, 6, 7, 8], 2), ([9, 10, 11], 1)], pad_token_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8], [9, 10, 11, 0]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert batch.completion_mask.tolist() == [[False, False, True, True], [False, True, True, False]]
+
+
+def test_sequence_logps_equal_a_full_forward(fresh_tiny):
+    tok = fresh_tiny.tokenizer
+    seqs = [encode(fresh_tiny, [{"role": "user", "content": "Tell me a joke."}], "Why did the fox", 128),
+            encode(fresh_tiny, [{"role": "user", "content": "Hi"}], "Hello there, friend", 128)]
+    batch = collate(seqs, tok.pad_token_id)
+    got = sequence_logps(fresh_tiny.model, batch)
+    for row, (ids, prompt_len) in enumerate(seqs):
+        logits = fresh_tiny.model(torch.tensor([ids])).logits[0].float()
+        logps = torch.log_softmax(logits, -1)
+        expected = sum(logps[t - 1, ids[t]] for t in range(prompt_len, len(ids)))
+        assert got[row].item() == pytest.approx(expected.item(), abs=1e-4)
+    assert seqs[0][0][-1] == tok.eos_token_id  # replies end with end-of-sequence, as generation does
+
+
+def _synthetic_pairs(n: int, offset: int) -> list[PairExample]:
+    """A clear taste: replies about foxes beat replies about dogs, whatever the question."""
+    topics = ["the weather", "breakfast", "a good book", "the weekend", "music", "travel", "work", "sleep"]
+    return [PairExample([{"role": "user", "content": f"Tell me about {topics[i % 8]} number {i + offset}."}],
+                        chosen=f"The quick brown fox jumps {i % 5} times.",
+                        rejected=f"The lazy dog sleeps {i % 5} times.", feedback_id=f"f{i}", user_id="u")
+            for i in range(n)]
+
+
+def test_training_learns_a_clear_preference_and_changes_only_lora(fresh_tiny):
+    torch.manual_seed(0)
+    base_before = {k: v.clone() for k, v in fresh_tiny.model.state_dict().items()}
+    model = add_lora(fresh_tiny.model, LoraSettings(rank=8, alpha=16))
+    train, held_out = _synthetic_pairs(16, 0), _synthetic_pairs(32, 1000)
+    before = preference_accuracy(model, fresh_tiny, held_out)
+    unpaired = [UnpairedExample(p.prompt, p.chosen, True, p.feedback_id, "u") for p in train[:4]]
+    from adapters.data import Examples
+
+    seen = []
+    metrics = train_adapter(model, fresh_tiny, Examples(train, unpaired),
+                            TrainConfig(steps=40, learning_rate=5e-3, beta=0.1),
+                            progress=lambda step, total, m: seen.append(step))
+    after = preference_accuracy(model, fresh_tiny, held_out)
+    assert before == 0.0  # at the start the policy is its reference: no margin anywhere
+    assert after > 0.9, (before, after, metrics)
+    assert metrics["rewards/accuracies"] > 0.9 and metrics["rewards/margins"] > 0
+    assert seen == list(range(1, 41))
+    changed_lora = 0
+    for name, value in model.named_parameters():
+        base_name = name.replace("base_model.model.", "").replace(".base_layer", "")
+        if "lora_" in name:
+            changed_lora += int("lora_B" in name and value.abs().sum().item() > 0)
+        else:
+            assert not value.requires_grad
+            assert torch.equal(value, base_before[base_name]), name
+    assert changed_lora > 0
