@@ -11,7 +11,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -83,6 +84,8 @@ class ReplyStream:
     """Suppress end-of-sequence before this many tokens (benchmarks use it for fixed-length runs)."""
     executor: GenerationExecutor | None = None
     """Where `generate` runs; None: a thread of its own."""
+    activate: Callable[[], AbstractContextManager] | None = None
+    """Entered around `generate` on the thread that runs it (the adapter blend of this request)."""
     texts: list[str] = field(default_factory=list)
     new_tokens: list[int] = field(default_factory=list)
     seconds_to_first_token: float | None = None
@@ -121,7 +124,7 @@ class ReplyStream:
 
         def run():
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), (self.activate() if self.activate else nullcontext()):
                     self.loaded.model.generate(**kwargs)
             except BaseException as exc:  # surfaced in the caller's thread below
                 failure.append(exc)

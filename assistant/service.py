@@ -11,6 +11,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from adapters.blend import AdapterServer
 from assistant.config import AppConfig, GenerationSettings
 from assistant.executor import GenerationExecutor
 from assistant.generation import ReplyStream
@@ -60,11 +61,12 @@ def validate_message(text: object, max_chars: int) -> str:
 
 class ChatService:
     def __init__(self, store: Store, loaded: LoadedModel, config: AppConfig,
-                 executor: GenerationExecutor | None = None):
+                 executor: GenerationExecutor | None = None, adapters: AdapterServer | None = None):
         self.store = store
         self.loaded = loaded
         self.config = config
         self.executor = executor
+        self.adapters = adapters
 
     @property
     def model_id(self) -> str:
@@ -139,10 +141,13 @@ class ChatService:
         history = [m for m in self.store.transcript(user_id, conversation_id) if m.seq <= user_message.seq]
         turns = [{"role": m.role, "content": m.content} for m in history]
         prompt = build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens)
+        blend = self.adapters.blend_for(user_id) if self.adapters else None
         stream = ReplyStream(
             self.loaded, prompt, settings, num_candidates=2 if compare else 1,
             min_temperature=self.config.compare_min_temperature if compare else 0.0, executor=self.executor,
+            activate=(lambda: self.adapters.activate(blend)) if blend else None,
         )
+        adapter_versions = blend.record() if blend else {}
         notice = prompt.notice()
 
         def updates() -> Iterator[ReplyUpdate]:
@@ -154,25 +159,26 @@ class ChatService:
                     yield ReplyUpdate(texts=texts, **base)
                 stored = True
                 yield self._store_reply(user_id, conversation_id, user_message, settings, prompt, stream,
-                                        replaces, base)
+                                        replaces, base, adapter_versions)
             finally:
                 if not stored and any(stream.texts) and not compare:
                     # The person saw part of a reply before the stream stopped: keep it, marked interrupted.
                     self._store_reply(user_id, conversation_id, user_message, settings, prompt, stream, replaces,
-                                      base)
+                                      base, adapter_versions)
 
         return updates()
 
-    def _store_reply(self, user_id, conversation_id, user_message, settings, prompt, stream, replaces, base):
+    def _store_reply(self, user_id, conversation_id, user_message, settings, prompt, stream, replaces, base,
+                     adapter_versions):
         facts = {**settings.as_dict(), **prompt.facts(), **stream.stats()}
         if stream.num_candidates == 2:
             pair = self.store.create_pair(user_id, conversation_id, user_message.id, stream.texts[0],
                                           stream.texts[1], model_id=self.model_id, settings=facts,
-                                          replaces=replaces.id if replaces else None)
+                                          adapter_versions=adapter_versions, replaces=replaces.id if replaces else None)
             return ReplyUpdate(texts=list(stream.texts), done=True, pair=pair, **base)
         reply = self.store.add_message(user_id, conversation_id, "assistant", stream.texts[0],
                                        parent_id=user_message.id, model_id=self.model_id, settings=facts,
-                                       replaces=replaces.id if replaces else None)
+                                       adapter_versions=adapter_versions, replaces=replaces.id if replaces else None)
         return ReplyUpdate(texts=list(stream.texts), done=True, reply=reply, **base)
 
     # ---- feedback ------------------------------------------------------------------------------------------

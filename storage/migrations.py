@@ -81,3 +81,47 @@ def m001_initial(db: Database) -> None:
         CREATE INDEX feedback_by_user ON feedback(user_id, created_at);
         """
     )
+
+
+@MIGRATIONS()
+def m002_adapters_and_jobs(db: Database) -> None:
+    _run(
+        db,
+        """
+        CREATE TABLE adapter_versions (
+            id TEXT PRIMARY KEY,
+            adapter TEXT NOT NULL,                 -- 'global' or 'user_<user id>'
+            user_id TEXT REFERENCES users(id) ON DELETE CASCADE,
+            version INTEGER NOT NULL,
+            path TEXT NOT NULL,                    -- folder relative to the adapters root
+            parent_version INTEGER,
+            manifest TEXT NOT NULL,                -- JSON, the same as manifest.json in the folder
+            trained_until TEXT NOT NULL,           -- newest feedback update time the version has seen
+            created_at TEXT NOT NULL,
+            UNIQUE (adapter, version)
+        );
+        CREATE TABLE adapters (
+            adapter TEXT PRIMARY KEY,              -- the pointer: which version is served
+            user_id TEXT REFERENCES users(id) ON DELETE CASCADE,
+            current_version INTEGER NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE training_jobs (
+            id TEXT PRIMARY KEY,
+            adapter TEXT NOT NULL,
+            user_id TEXT REFERENCES users(id) ON DELETE CASCADE,
+            status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+            reason TEXT NOT NULL,                  -- 'auto' (feedback count) or 'manual' (Train now)
+            attempts INTEGER NOT NULL DEFAULT 0,
+            progress REAL NOT NULL DEFAULT 0,
+            message TEXT NOT NULL DEFAULT '',
+            result TEXT NOT NULL DEFAULT '{}',     -- JSON: version published, metrics
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            heartbeat_at TEXT,
+            finished_at TEXT
+        );
+        CREATE INDEX training_jobs_by_status ON training_jobs(status, created_at);
+        ALTER TABLE users ADD COLUMN alpha_override REAL CHECK (alpha_override BETWEEN 0 AND 1)
+        """,
+    )

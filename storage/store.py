@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +197,8 @@ class Store:
             return self._rows(db, "SELECT id, name, created_at FROM users ORDER BY name_key")
 
     def _require_user(self, db: sqlite_utils.Database, user_id: Any) -> dict:
-        rows = self._rows(db, "SELECT id, name, created_at FROM users WHERE id = ?", (str(user_id),)) if user_id else []
+        rows = self._rows(db, "SELECT id, name, created_at, alpha_override FROM users WHERE id = ?",
+                          (str(user_id),)) if user_id else []
         if not rows:
             raise NotFound("That profile does not exist (it may have been deleted). Pick or create a profile.")
         return rows[0]
@@ -499,6 +500,168 @@ class Store:
         )
         return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + rows
 
+    # ---- preference learning: counts, adapter versions, training jobs ----------------------------------------
+
+    def set_alpha_override(self, user_id: str, alpha: float | None) -> None:
+        """Pin this profile's personal weight α (0 = everyone, 1 = just me), or None for the automatic n/(n+k)."""
+        if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
+            raise InvalidInput(f"The personal weight must be between 0 and 1 (got {alpha}).")
+        with self._write() as db:
+            self._require_user(db, user_id)
+            db.execute("UPDATE users SET alpha_override = ?, updated_at = ? WHERE id = ?",
+                       (None if alpha is None else float(alpha), _now(), user_id))
+
+    def feedback_counts(self, user_id: str | None = None, since: str | None = None) -> dict[str, int]:
+        """Feedback events (of one profile, or everyone's), counting those updated after `since` if given."""
+        where, params = ["1 = 1"], []
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        if since is not None:
+            where.append("updated_at > ?")
+            params.append(since)
+        with self._db() as db:
+            rows = self._rows(db, f"SELECT kind, COUNT(*) AS n FROM feedback WHERE {' AND '.join(where)} GROUP BY kind",
+                              tuple(params))
+        counts = {"thumbs": 0, "pairwise": 0}
+        counts.update({r["kind"]: r["n"] for r in rows})
+        counts["total"] = counts["thumbs"] + counts["pairwise"]
+        return counts
+
+    def users_with_feedback(self) -> list[str]:
+        with self._db() as db:
+            return [r["user_id"] for r in self._rows(db, "SELECT DISTINCT user_id FROM feedback ORDER BY user_id")]
+
+    def newest_feedback_time(self, user_id: str | None = None) -> str | None:
+        with self._db() as db:
+            if user_id is None:
+                row = self._rows(db, "SELECT MAX(updated_at) AS t FROM feedback")[0]
+            else:
+                row = self._rows(db, "SELECT MAX(updated_at) AS t FROM feedback WHERE user_id = ?", (user_id,))[0]
+        return row["t"]
+
+    def current_adapter(self, adapter: str) -> dict | None:
+        """The served version of an adapter, with its manifest; None if it has none."""
+        with self._db() as db:
+            rows = self._rows(
+                db,
+                "SELECT v.* FROM adapters a JOIN adapter_versions v "
+                "ON v.adapter = a.adapter AND v.version = a.current_version WHERE a.adapter = ?",
+                (adapter,),
+            )
+        return _version_row(rows[0]) if rows else None
+
+    def adapter_versions(self, adapter: str) -> list[dict]:
+        with self._db() as db:
+            rows = self._rows(db, "SELECT * FROM adapter_versions WHERE adapter = ? ORDER BY version", (adapter,))
+        return [_version_row(r) for r in rows]
+
+    def highest_version(self, adapter: str) -> int:
+        with self._db() as db:
+            return self._rows(db, "SELECT COALESCE(MAX(version), 0) AS v FROM adapter_versions WHERE adapter = ?",
+                              (adapter,))[0]["v"]
+
+    def publish_version(self, adapter: str, user_id: str | None, version: int, path: str,
+                        parent_version: int | None, manifest: dict, trained_until: str) -> dict:
+        """Record a version whose folder is already in place and point the adapter at it, in one transaction."""
+        now = _now()
+        with self._write() as db:
+            if user_id is not None:
+                self._require_user(db, user_id)
+            db.execute(
+                "INSERT INTO adapter_versions (id, adapter, user_id, version, path, parent_version, manifest, "
+                "trained_until, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (_new_id(), adapter, user_id, version, path, parent_version, json.dumps(manifest), trained_until, now),
+            )
+            db.execute(
+                "INSERT INTO adapters (adapter, user_id, current_version, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (adapter) DO UPDATE SET current_version = excluded.current_version, "
+                "updated_at = excluded.updated_at",
+                (adapter, user_id, version, now),
+            )
+        return self.current_adapter(adapter)
+
+    def drop_adapter(self, adapter: str) -> list[str]:
+        """Forget every version of an adapter; return their folder paths (for the registry to delete)."""
+        with self._write() as db:
+            paths = [r["path"] for r in self._rows(db, "SELECT path FROM adapter_versions WHERE adapter = ?",
+                                                   (adapter,))]
+            db.execute("DELETE FROM adapters WHERE adapter = ?", (adapter,))
+            db.execute("DELETE FROM adapter_versions WHERE adapter = ?", (adapter,))
+        return paths
+
+    def known_adapter_paths(self) -> set[str]:
+        with self._db() as db:
+            return {r["path"] for r in self._rows(db, "SELECT path FROM adapter_versions")}
+
+    def enqueue_job(self, adapter: str, user_id: str | None, reason: str) -> dict:
+        """Queue a training job for an adapter unless one is already queued (then that one is returned)."""
+        with self._write() as db:
+            if user_id is not None:
+                self._require_user(db, user_id)
+            queued = self._rows(db, "SELECT * FROM training_jobs WHERE adapter = ? AND status = 'queued'", (adapter,))
+            if queued:
+                return queued[0]
+            job_id = _new_id()
+            db.execute(
+                "INSERT INTO training_jobs (id, adapter, user_id, status, reason, created_at) "
+                "VALUES (?, ?, ?, 'queued', ?, ?)",
+                (job_id, adapter, user_id, reason, _now()),
+            )
+            return self._rows(db, "SELECT * FROM training_jobs WHERE id = ?", (job_id,))[0]
+
+    def claim_job(self, stale_seconds: float) -> dict | None:
+        """Take the oldest job to run: a running one whose worker stopped beating (resumed), else a queued one."""
+        stale_before = (datetime.now(timezone.utc) - timedelta(seconds=stale_seconds)).isoformat(timespec="microseconds")
+        with self._write() as db:
+            rows = self._rows(
+                db,
+                "SELECT * FROM training_jobs WHERE (status = 'running' AND heartbeat_at < ?) OR status = 'queued' "
+                "ORDER BY status = 'queued', created_at LIMIT 1",
+                (stale_before,),
+            )
+            if not rows:
+                return None
+            now = _now()
+            db.execute(
+                "UPDATE training_jobs SET status = 'running', attempts = attempts + 1, started_at = ?, "
+                "heartbeat_at = ?, progress = 0, message = ? WHERE id = ?",
+                (now, now, "resumed after the worker stopped" if rows[0]["status"] == "running" else "started",
+                 rows[0]["id"]),
+            )
+            return self._rows(db, "SELECT * FROM training_jobs WHERE id = ?", (rows[0]["id"],))[0]
+
+    def job_progress(self, job_id: str, progress: float, message: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE training_jobs SET progress = ?, message = ?, heartbeat_at = ? WHERE id = ?",
+                       (progress, message, _now(), job_id))
+
+    def finish_job(self, job_id: str, status: str, message: str, result: dict | None = None) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE training_jobs SET status = ?, message = ?, result = ?, finished_at = ?, progress = ? "
+                "WHERE id = ?",
+                (status, message, json.dumps(result or {}), _now(), 1.0 if status == "done" else 0.0, job_id),
+            )
+
+    def get_job(self, job_id: str) -> dict:
+        with self._db() as db:
+            rows = self._rows(db, "SELECT * FROM training_jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise NotFound("That training job does not exist.")
+        return rows[0]
+
+    def latest_job(self, adapter: str) -> dict | None:
+        with self._db() as db:
+            rows = self._rows(db, "SELECT * FROM training_jobs WHERE adapter = ? ORDER BY created_at DESC LIMIT 1",
+                              (adapter,))
+        return rows[0] if rows else None
+
+    def cancel_jobs(self, adapter: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE training_jobs SET status = 'cancelled', finished_at = ? "
+                       "WHERE adapter = ? AND status IN ('queued', 'running')", (_now(), adapter))
+
     def counts(self) -> dict[str, int]:
         with self._db() as db:
             return {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
@@ -514,3 +677,7 @@ def _clean_comment(comment: Any) -> str:
     if len(comment) > MAX_COMMENT_CHARS:
         raise InvalidInput(f"A comment can be at most {MAX_COMMENT_CHARS} characters (this one has {len(comment)}).")
     return comment
+
+
+def _version_row(row: dict) -> dict:
+    return {**row, "manifest": json.loads(row["manifest"])}

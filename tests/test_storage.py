@@ -32,7 +32,7 @@ def test_migrations_from_empty_file_and_rerun(tmp_path):
     tables = set(db.table_names())
     assert {"users", "conversations", "messages", "pairs", "feedback", "_sqlite_migrations"} <= tables
     applied = [m.name for m in MIGRATIONS.applied(db)]
-    assert applied == ["m001_initial"]
+    assert applied == ["m001_initial", "m002_adapters_and_jobs"]
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000

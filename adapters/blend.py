@@ -1,0 +1,214 @@
+"""Serving base + global + α·personal, per request, without a shared "active adapter".
+
+Each LoRA target module of the served model is wrapped once. The wrapper adds x·Aᵀ·Bᵀ where A and B come from
+the blend the *current thread* is generating with, so two profiles generating at the same time each get
+their own. Global and personal are concatenated along the rank axis (A = [A_g; A_p], B = [s_g·B_g, α·s_p·B_p])
+so a blend costs one pair of small matmuls per module, whatever it contains. Adapter tensors and blends live
+in LRU caches of bounded size; anything else is read from disk (safetensors) on demand.
+
+α = n / (n + k) for a profile with n feedback events, unless the profile pinned it with the slider; 0 when
+the personal adapter scored below global-only on the profile's held-out votes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from adapters.registry import GLOBAL, AdapterRegistry, AdapterVersion, personal_adapter, version_name
+from adapters.training import DEFAULT_TARGETS, TARGET_MODULES
+from assistant.model import LoadedModel
+from storage.store import Store
+
+log = logging.getLogger(__name__)
+
+Weights = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module path → (A (r, in), B·scale (out, r))
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    k: float = 16.0
+    """α = n / (n + k): a profile with k feedback events is weighted half personal, half crowd."""
+    cache_size: int = 64
+    """Adapter versions (and blends) kept in memory; the rest load from disk when needed."""
+
+    def __post_init__(self):
+        if self.k <= 0 or self.cache_size < 1:
+            raise ValueError("k must be positive and cache_size at least 1")
+
+
+def auto_alpha(n: int, k: float) -> float:
+    return n / (n + k) if n > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Blend:
+    """What a reply is generated with; `record()` is stored in the message row."""
+
+    global_version: int | None
+    personal_version: int | None
+    alpha: float
+    reason: str
+    user_id: str | None = None
+
+    def record(self) -> dict:
+        return {
+            "global": version_name(self.global_version) if self.global_version else None,
+            "personal": version_name(self.personal_version) if self.personal_version else None,
+            "alpha": round(self.alpha, 4),
+            "alpha_reason": self.reason,
+        }
+
+
+class _BlendedLoRA(nn.Module):
+    """A target module plus the LoRA update of the calling thread's blend (none: exactly the base module)."""
+
+    def __init__(self, base: nn.Module, path: str, local: threading.local):
+        super().__init__()
+        self.base = base
+        self.path = path
+        self._local = local
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        weights = getattr(self._local, "weights", None)
+        if weights:
+            ab = weights.get(self.path)
+            if ab is not None:
+                a, b = ab
+                out = out + (x @ a.T) @ b.T
+        return out
+
+
+class AdapterServer:
+    def __init__(self, loaded: LoadedModel, registry: AdapterRegistry, store: Store, config: BlendConfig):
+        self.loaded = loaded
+        self.registry = registry
+        self.store = store
+        self.config = config
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._adapters: OrderedDict[tuple[str, int], Weights] = OrderedDict()
+        self._blends: OrderedDict[tuple, Weights] = OrderedDict()
+        self.loads_from_disk = 0
+        self.paths = self._wrap_targets(loaded.model)
+
+    def _wrap_targets(self, model: nn.Module) -> list[str]:
+        names = TARGET_MODULES.get(model.config.model_type, DEFAULT_TARGETS)
+        paths = [p for p, m in model.named_modules() if p.split(".")[-1] in names and not isinstance(m, _BlendedLoRA)]
+        for path in paths:
+            parent_path, _, child = path.rpartition(".")
+            parent = model.get_submodule(parent_path) if parent_path else model
+            setattr(parent, child, _BlendedLoRA(getattr(parent, child), path, self._local))
+        return paths
+
+    # ---- which blend ---------------------------------------------------------------------------------------
+
+    def blend_for(self, user_id: str | None) -> Blend:
+        """The newest published versions and this profile's α (read fresh, so new versions serve at once)."""
+        global_v = self.registry.current(GLOBAL)
+        if user_id is None:
+            return Blend(global_v.version if global_v else None, None, 0.0, "no profile")
+        personal_v = self.registry.current(personal_adapter(user_id))
+        user = self.store.get_user(user_id)
+        if personal_v is None:
+            return Blend(global_v.version if global_v else None, None, 0.0, "no personal adapter yet", user_id)
+        gate = _gate(personal_v)
+        if user.get("alpha_override") is not None:
+            alpha, reason = float(user["alpha_override"]), "set by you"
+        elif gate:
+            alpha, reason = 0.0, gate
+        else:
+            n = self.store.feedback_counts(user_id)["total"]
+            alpha, reason = auto_alpha(n, self.config.k), f"n/(n+k) with n={n}, k={self.config.k:g}"
+        return Blend(global_v.version if global_v else None, personal_v.version if alpha > 0 else None, alpha,
+                     reason, user_id)
+
+    @contextmanager
+    def activate(self, blend: Blend) -> Iterator[None]:
+        """Generate with `blend` on the calling thread for the duration of the block."""
+        previous = getattr(self._local, "weights", None)
+        self._local.weights = self.weights(blend)
+        try:
+            yield
+        finally:
+            self._local.weights = previous
+
+    # ---- weights -------------------------------------------------------------------------------------------
+
+    def weights(self, blend: Blend) -> Weights:
+        key = (blend.global_version, blend.user_id if blend.personal_version else None, blend.personal_version,
+               round(blend.alpha, 4))
+        with self._lock:
+            if key in self._blends:
+                self._blends.move_to_end(key)
+                return self._blends[key]
+        parts: list[tuple[Weights, float]] = []
+        if blend.global_version:
+            parts.append((self._adapter(GLOBAL, blend.global_version), 1.0))
+        if blend.personal_version and blend.alpha > 0:
+            parts.append((self._adapter(personal_adapter(blend.user_id), blend.personal_version), blend.alpha))
+        combined: Weights = {}
+        for path in self.paths:
+            pieces = [(w[path][0], w[path][1] * scale) for w, scale in parts if path in w]
+            if pieces:
+                combined[path] = (torch.cat([a for a, _ in pieces], 0).contiguous(),
+                                  torch.cat([b for _, b in pieces], 1).contiguous())
+        with self._lock:
+            self._blends[key] = combined
+            while len(self._blends) > self.config.cache_size:
+                self._blends.popitem(last=False)
+        return combined
+
+    def _adapter(self, adapter: str, version: int) -> Weights:
+        key = (adapter, version)
+        with self._lock:
+            if key in self._adapters:
+                self._adapters.move_to_end(key)
+                return self._adapters[key]
+        found = next((v for v in self.registry.history(adapter) if v.version == version), None)
+        if found is None:
+            return {}
+        weights = self._read(found)
+        with self._lock:
+            self._adapters[key] = weights
+            while len(self._adapters) > self.config.cache_size:
+                self._adapters.popitem(last=False)
+        return weights
+
+    def _read(self, version: AdapterVersion) -> Weights:
+        config, tensors = self.registry.load_weights(version)
+        self.loads_from_disk += 1
+        scale = config["lora_alpha"] / config["r"]
+        out: Weights = {}
+        for key, a in tensors.items():
+            if ".lora_A." not in key:
+                continue
+            path = key.removeprefix("base_model.model.").split(".lora_A.")[0]
+            b = tensors[key.replace(".lora_A.", ".lora_B.")]
+            out[path] = (a.float(), b.float() * scale)
+        return out
+
+    def forget(self, adapter: str) -> None:
+        """Drop cached tensors of an adapter (after a reset)."""
+        with self._lock:
+            for key in [k for k in self._adapters if k[0] == adapter]:
+                del self._adapters[key]
+            self._blends.clear()
+
+
+def _gate(personal: AdapterVersion) -> str | None:
+    """Why a personal version should not be served, if its held-out accuracy is below global-only's."""
+    ev = personal.manifest.get("metrics", {})
+    mine, crowd, n = ev.get("eval/accuracy_personal"), ev.get("eval/accuracy_global"), ev.get("eval/pairs", 0)
+    if mine is not None and crowd is not None and n and mine < crowd:
+        return (f"your adapter scored {mine:.0%} on {n} held-out votes of yours, below the crowd's {crowd:.0%}: "
+                "serving the crowd's taste until it does better")
+    return None

@@ -1,0 +1,172 @@
+"""The registry of adapter versions: the only code that reads or writes adapter files.
+
+Layout under the data home (standard PEFT folders, loadable by `PeftModel.from_pretrained` anywhere):
+
+    adapters/global/v0001/{adapter_config.json, adapter_model.safetensors, manifest.json}
+    adapters/user_<profile id>/v0001/…
+
+Publishing: write into a temporary folder beside the target, fsync every file, rename it to `vNNNN`, fsync
+the parent, then point the database at it in one transaction. A crash before that last step leaves the
+previous version served (the stray folder is removed at the next start); after it, the new one. Only
+`.safetensors` weights are ever read, and their SHA-256 is checked against the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from storage.errors import NotFound
+from storage.store import Store
+
+log = logging.getLogger(__name__)
+
+GLOBAL = "global"
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+MANIFEST = "manifest.json"
+
+
+def personal_adapter(user_id: str) -> str:
+    return f"user_{user_id}"
+
+
+def version_name(version: int) -> str:
+    return f"v{version:04d}"
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    adapter: str
+    version: int
+    folder: Path
+    manifest: dict
+
+    @property
+    def label(self) -> str:
+        return version_name(self.version)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class AdapterRegistry:
+    def __init__(self, root: Path, store: Store):
+        self.root = Path(root)
+        self.store = store
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # ---- reading -------------------------------------------------------------------------------------------
+
+    def current(self, adapter: str) -> AdapterVersion | None:
+        row = self.store.current_adapter(adapter)
+        if row is None:
+            return None
+        return AdapterVersion(adapter, row["version"], self.root / row["path"], row["manifest"])
+
+    def history(self, adapter: str) -> list[AdapterVersion]:
+        return [AdapterVersion(adapter, r["version"], self.root / r["path"], r["manifest"])
+                for r in self.store.adapter_versions(adapter)]
+
+    def load_weights(self, version: AdapterVersion) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(adapter_config, LoRA tensors) of a version, after checking the weights' checksum."""
+        weights = version.folder / WEIGHTS
+        if not weights.is_file():
+            raise NotFound(f"Adapter {version.adapter} {version.label} has no {WEIGHTS} at {version.folder}.")
+        expected = version.manifest.get("checksum_sha256")
+        if expected and _sha256(weights) != expected:
+            raise NotFound(f"Adapter {version.adapter} {version.label} failed its checksum; it will not be loaded.")
+        config = json.loads((version.folder / CONFIG).read_text())
+        return config, load_file(weights)
+
+    # ---- writing -------------------------------------------------------------------------------------------
+
+    def publish(self, adapter: str, user_id: str | None, model: PeftModel, manifest: dict,
+                trained_until: str) -> AdapterVersion:
+        """Save the model's active LoRA adapter as the next version and make it the served one."""
+        parent = self.current(adapter)
+        version = max(self.store.highest_version(adapter), self._highest_folder(adapter)) + 1
+        folder_rel = f"{adapter}/{version_name(version)}"
+        target = self.root / folder_rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version_name(version)}-", dir=target.parent))
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            for extra in tmp.iterdir():  # keep exactly the standard PEFT pair
+                if extra.name not in (WEIGHTS, CONFIG):
+                    shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+            full_manifest = {
+                "adapter": adapter,
+                "version": version_name(version),
+                "parent_version": parent.label if parent else None,
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "checksum_sha256": _sha256(tmp / WEIGHTS),
+                **manifest,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(full_manifest, indent=2) + "\n")
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            _fsync_dir(tmp)
+            self._step("renamed")
+            os.rename(tmp, target)
+            _fsync_dir(target.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._step("pointed")
+        self.store.publish_version(adapter, user_id, version, folder_rel, parent.version if parent else None,
+                                   full_manifest, trained_until)
+        log.info("Published %s %s", adapter, version_name(version))
+        return AdapterVersion(adapter, version, target, full_manifest)
+
+    def drop(self, adapter: str) -> None:
+        """Stop serving an adapter and delete its files (its feedback stays stored)."""
+        for rel in self.store.drop_adapter(adapter):
+            shutil.rmtree(self.root / rel, ignore_errors=True)
+        shutil.rmtree(self.root / adapter, ignore_errors=True)
+
+    def remove_strays(self) -> list[Path]:
+        """Delete folders no version row points at: leftovers of a publish that crashed before its last step."""
+        known = self.store.known_adapter_paths()
+        removed = []
+        for adapter_dir in self.root.iterdir() if self.root.exists() else []:
+            if not adapter_dir.is_dir():
+                continue
+            for folder in adapter_dir.iterdir():
+                if f"{adapter_dir.name}/{folder.name}" not in known:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(folder)
+        return removed
+
+    def _highest_folder(self, adapter: str) -> int:
+        folder = self.root / adapter
+        numbers = [int(p.name[1:]) for p in folder.glob("v[0-9][0-9][0-9][0-9]")] if folder.exists() else []
+        return max(numbers, default=0)
+
+    def _step(self, name: str) -> None:
+        """A named point in `publish`; tests interrupt it here to check that a crash loses nothing."""
