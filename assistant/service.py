@@ -11,7 +11,9 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from adapters.blend import AdapterServer
+from adapters.blend import AdapterServer, auto_alpha
+from adapters.jobs import LearningConfig, enqueue_due, enqueue_now
+from adapters.registry import GLOBAL, personal_adapter
 from assistant.config import AppConfig, GenerationSettings
 from assistant.executor import GenerationExecutor
 from assistant.generation import ReplyStream
@@ -61,12 +63,14 @@ def validate_message(text: object, max_chars: int) -> str:
 
 class ChatService:
     def __init__(self, store: Store, loaded: LoadedModel, config: AppConfig,
-                 executor: GenerationExecutor | None = None, adapters: AdapterServer | None = None):
+                 executor: GenerationExecutor | None = None, adapters: AdapterServer | None = None,
+                 learning: LearningConfig | None = None):
         self.store = store
         self.loaded = loaded
         self.config = config
         self.executor = executor
         self.adapters = adapters
+        self.learning = learning or LearningConfig()
 
     @property
     def model_id(self) -> str:
@@ -84,6 +88,10 @@ class ChatService:
         return self.store.rename_user(user_id, name)
 
     def delete_profile(self, user_id: str) -> None:
+        self.store.get_user(user_id)
+        if self.adapters:
+            self.adapters.registry.drop(personal_adapter(user_id))
+            self.adapters.forget(personal_adapter(user_id))
         self.store.delete_user(user_id)
 
     def get_profile(self, user_id: str) -> dict:
@@ -184,7 +192,9 @@ class ChatService:
     # ---- feedback ------------------------------------------------------------------------------------------
 
     def vote(self, user_id: str, message_id: str, value: int, comment: str | None = None) -> dict:
-        return self.store.record_thumbs(user_id, message_id, value, comment)
+        feedback = self.store.record_thumbs(user_id, message_id, value, comment)
+        self._after_feedback(user_id)
+        return feedback
 
     def vote_at(self, user_id: str, conversation_id: str, index: int, value: int, shown: str | None = None) -> dict:
         """Vote on the `index`-th message of the transcript as the UI shows it."""
@@ -195,19 +205,85 @@ class ChatService:
         message = transcript[index]
         if shown is not None and message.content.strip() != shown.strip():
             raise Conflict("The conversation changed since it was shown; reopen it and vote again.")
-        return self.store.record_thumbs(user_id, message.id, value)
+        feedback = self.store.record_thumbs(user_id, message.id, value)
+        self._after_feedback(user_id)
+        return feedback
 
     def comment(self, user_id: str, message_id: str, comment: str) -> dict:
         return self.store.set_comment(user_id, message_id, comment)
 
     def choose(self, user_id: str, pair_id: str, choice: str, comment: str = "") -> Pair:
-        return self.store.record_choice(user_id, pair_id, choice, comment)
+        pair = self.store.record_choice(user_id, pair_id, choice, comment)
+        self._after_feedback(user_id)
+        return pair
 
     def choose_pending(self, user_id: str, conversation_id: str, choice: str) -> Pair:
         pair = self.store.pending_pair(user_id, conversation_id)
         if pair is None:
             raise NotFound("There is no comparison waiting for a choice in this conversation.")
-        return self.store.record_choice(user_id, pair.id, choice)
+        return self.choose(user_id, pair.id, choice)
+
+    # ---- learning ------------------------------------------------------------------------------------------
+
+    def _after_feedback(self, user_id: str) -> None:
+        """The feedback is committed; queue training if enough new events arrived (the worker picks it up)."""
+        if self.adapters:
+            enqueue_due(self.store, user_id, self.learning)
+
+    def train_now(self, user_id: str) -> list[dict]:
+        self._require_learning()
+        if not self.store.feedback_counts(user_id)["total"]:
+            raise InvalidInput("There is no feedback to learn from yet: vote on a reply or compare two.")
+        return enqueue_now(self.store, user_id)
+
+    def reset_personal(self, user_id: str) -> None:
+        """Drop this profile's personal adapter (its feedback stays stored)."""
+        self._require_learning()
+        self.store.get_user(user_id)
+        self.store.cancel_jobs(personal_adapter(user_id))
+        self.adapters.registry.drop(personal_adapter(user_id))
+        self.adapters.forget(personal_adapter(user_id))
+
+    def set_alpha(self, user_id: str, alpha: float | None) -> None:
+        self.store.set_alpha_override(user_id, alpha)
+
+    def learning_status(self, user_id: str) -> dict:
+        """What the Learning panel shows for a profile."""
+        self._require_learning()
+        registry = self.adapters.registry
+        mine = personal_adapter(user_id)
+        personal, crowd = registry.current(mine), registry.current(GLOBAL)
+        since = self.store.current_adapter(mine)
+        blend = self.adapters.blend_for(user_id)
+        user = self.store.get_user(user_id)
+        n = self.store.feedback_counts(user_id)
+        return {
+            "feedback": n,
+            "since_personal": self.store.feedback_counts(user_id, since["trained_until"] if since else None),
+            "personal": _version_info(personal),
+            "global": _version_info(crowd),
+            "alpha": blend.alpha,
+            "alpha_reason": blend.reason,
+            "alpha_auto": auto_alpha(n["total"], self.adapters.config.k),
+            "alpha_override": user.get("alpha_override"),
+            "job": self.store.latest_job(mine),
+            "global_job": self.store.latest_job(GLOBAL),
+            "history": [{"version": v.label, **{k: v.manifest.get("metrics", {}).get(k) for k in
+                         ("eval/accuracy_personal", "eval/accuracy_global", "eval/accuracy_base", "eval/pairs")}}
+                        for v in registry.history(mine)],
+            "every": self.learning.personal_every,
+        }
+
+    def _require_learning(self) -> None:
+        if not self.adapters:
+            raise InvalidInput("Learning is switched off in this app (started without adapters).")
+
+
+def _version_info(version) -> dict | None:
+    if version is None:
+        return None
+    return {"version": version.label, "created_at": version.manifest.get("created_at"),
+            "metrics": version.manifest.get("metrics", {})}
 
 
 def _title(text: str) -> str:

@@ -1,0 +1,128 @@
+"""When to train, and on what: triggers, the per-profile cap of a global update, held-out splits, replay."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+
+from adapters.blend import BlendConfig
+from adapters.data import Examples, examples_from_feedback
+from adapters.registry import GLOBAL, personal_adapter
+from adapters.training import LoraSettings, TrainConfig
+from storage.store import Store
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    personal_every: int = 4
+    """Train a profile's personal adapter after this many new feedback events of that profile (M)."""
+    global_every: int = 16
+    """Train the global adapter after this many new feedback events across all profiles (G)."""
+    max_share: float = 0.25
+    """Most of one global update a single profile may supply (a fraction of its feedback events)."""
+    max_per_profile: int = 32
+    """Most feedback events one profile may supply to one global update."""
+    min_per_profile: int = 2
+    """A lone profile still teaches the crowd this much per update (the share alone would give it nothing)."""
+    replay: int = 16
+    """Older examples mixed into each update with the new ones, against forgetting."""
+    holdout_every: int = 5
+    """One pair in this many (fixed by its feedback id) is held out of training to evaluate the adapters."""
+    stale_seconds: float = 120.0
+    """A running job whose worker has not reported for this long is taken over (the worker died)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    blend: BlendConfig = field(default_factory=BlendConfig)
+
+    def __post_init__(self):
+        if self.personal_every < 1 or self.global_every < 1:
+            raise ValueError("personal_every and global_every must be at least 1")
+        if not 0 < self.max_share <= 1 or self.max_per_profile < 1 or self.holdout_every < 2:
+            raise ValueError("max_share in (0, 1], max_per_profile ≥ 1, holdout_every ≥ 2")
+
+
+def _since(store: Store, adapter: str) -> str | None:
+    row = store.current_adapter(adapter)
+    return row["trained_until"] if row else None
+
+
+def enqueue_due(store: Store, user_id: str, config: LearningConfig) -> list[dict]:
+    """After a feedback event: queue the personal and/or global update if enough new events arrived."""
+    jobs = []
+    mine = personal_adapter(user_id)
+    if store.feedback_counts(user_id, since=_since(store, mine))["total"] >= config.personal_every:
+        jobs.append(store.enqueue_job(mine, user_id, "auto"))
+    if store.feedback_counts(None, since=_since(store, GLOBAL))["total"] >= config.global_every:
+        jobs.append(store.enqueue_job(GLOBAL, None, "auto"))
+    return jobs
+
+
+def enqueue_now(store: Store, user_id: str) -> list[dict]:
+    """"Train now": this profile's adapter and the global one."""
+    return [store.enqueue_job(personal_adapter(user_id), user_id, "manual"), store.enqueue_job(GLOBAL, None, "manual")]
+
+
+def profile_cap(counts: dict[str, int], config: LearningConfig) -> int:
+    """Feedback events per profile in a global update, so that none supplies more than `max_share` of it.
+
+    Solves c = min(max_per_profile, max(min_per_profile, ⌊max_share · Σ min(n_i, c)⌋)) by iteration from the top;
+    the sequence only decreases, so it stops.
+    """
+    cap = config.max_per_profile
+    while True:
+        total = sum(min(n, cap) for n in counts.values())
+        new = min(config.max_per_profile, max(config.min_per_profile, int(config.max_share * total)))
+        if new >= cap:
+            return cap
+        cap = new
+
+
+def held_out(feedback_id: str, every: int) -> bool:
+    return int(hashlib.sha256(feedback_id.encode()).hexdigest(), 16) % every == 0
+
+
+@dataclass(frozen=True)
+class UpdateData:
+    train: Examples
+    held_out: Examples
+    trained_until: str | None
+    new_events: int
+
+
+def _split(events: list[dict], config: LearningConfig) -> tuple[list[dict], list[dict]]:
+    """(trainable, held out): only events that make pairs are held out, so thumbs-only users still train."""
+    pairs_kinds = [e for e in events if e["kind"] == "pairwise" and e["choice"] in ("a", "b")]
+    held = {e["id"] for e in pairs_kinds if held_out(e["id"], config.holdout_every)}
+    return [e for e in events if e["id"] not in held], [e for e in events if e["id"] in held]
+
+
+def personal_update(store: Store, user_id: str, since: str | None, config: LearningConfig, seed: int) -> UpdateData:
+    events = store.feedback(user_id)
+    trainable, held = _split(events, config)
+    new = [e for e in trainable if since is None or e["updated_at"] > since]
+    old = [e for e in trainable if not (since is None or e["updated_at"] > since)]
+    replay = random.Random(seed).sample(old, min(config.replay, len(old)))
+    return UpdateData(examples_from_feedback(new + replay), examples_from_feedback(held),
+                      max((e["updated_at"] for e in events), default=since), len(new))
+
+
+def global_update(store: Store, since: str | None, config: LearningConfig, seed: int) -> UpdateData:
+    rng = random.Random(seed)
+    per_profile: dict[str, list[dict]] = {}
+    held_all: list[dict] = []
+    newest = since
+    new_count = 0
+    for user_id in store.users_with_feedback():
+        events = store.feedback(user_id)
+        trainable, held = _split(events, config)
+        held_all += held
+        new = sorted((e for e in trainable if since is None or e["updated_at"] > since),
+                     key=lambda e: e["updated_at"], reverse=True)
+        old = [e for e in trainable if not (since is None or e["updated_at"] > since)]
+        new_count += len(new)
+        per_profile[user_id] = new + rng.sample(old, min(len(old), max(1, config.replay // 4)))
+        newest = max([newest or ""] + [e["updated_at"] for e in events]) or None
+    cap = profile_cap({u: len(v) for u, v in per_profile.items()}, config)
+    chosen = [e for events in per_profile.values() for e in events[:cap]]
+    return UpdateData(examples_from_feedback(chosen), examples_from_feedback(held_all), newest, new_count)

@@ -1,0 +1,188 @@
+"""The training worker: takes jobs from the `training_jobs` table, trains, publishes. Runs beside the app.
+
+    python -m adapters.worker [--data-dir DIR] [--model embedded] [--threads 1] [--once]
+
+app.py starts it by default. A job whose worker was killed is taken over when its heartbeat goes stale
+(`LearningConfig.stale_seconds`), and the app keeps serving the previous versions meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from peft import set_peft_model_state_dict
+
+from adapters.jobs import LearningConfig, UpdateData, global_update, personal_update
+from adapters.registry import GLOBAL, AdapterRegistry
+from adapters.training import add_lora, preference_accuracy, train_adapter
+from assistant.config import DATA_HOME_ENV, ModelConfig, default_data_dir
+from assistant.model import LoadedModel, load_model
+from storage.db import DB_FILENAME
+from storage.errors import AttuneError
+from storage.store import Store
+
+log = logging.getLogger(__name__)
+
+ADAPTERS_DIR = "adapters"
+
+
+def merge_lora(model: torch.nn.Module, config: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Add a LoRA adapter's update into `model`'s weights in place (W += s·B·A)."""
+    scale = config["lora_alpha"] / config["r"]
+    for key, a in tensors.items():
+        if ".lora_A." not in key:
+            continue
+        module = model.get_submodule(key.removeprefix("base_model.model.").split(".lora_A.")[0])
+        delta = scale * tensors[key.replace(".lora_A.", ".lora_B.")].float() @ a.float()  # (out, in)
+        weight = module.weight
+        with torch.no_grad():
+            weight += delta.T if weight.shape != delta.shape else delta  # GPT-2's Conv1D stores (in, out)
+
+
+class Worker:
+    def __init__(self, loaded: LoadedModel, store: Store, registry: AdapterRegistry, config: LearningConfig):
+        self.loaded = loaded
+        self.base_state = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self.stop = threading.Event()
+        removed = registry.remove_strays()
+        if removed:
+            log.info("Removed %d unfinished adapter folder(s) from an interrupted publish.", len(removed))
+
+    def run_forever(self, poll_seconds: float = 1.0) -> None:
+        log.info("Training worker ready (pid %d).", os.getpid())
+        while not self.stop.is_set():
+            if not self.run_once():
+                self.stop.wait(poll_seconds)
+
+    def run_once(self) -> bool:
+        """Run the next job, if any; True if there was one."""
+        job = self.store.claim_job(self.config.stale_seconds)
+        if job is None:
+            return False
+        log.info("Job %s: %s (%s, attempt %d)", job["id"], job["adapter"], job["reason"], job["attempts"])
+        try:
+            result = self._run(job)
+            if self.store.get_job(job["id"])["status"] == "cancelled":
+                log.info("Job %s was cancelled while it ran; nothing published.", job["id"])
+            else:
+                self.store.finish_job(job["id"], "done", result.pop("message"), result)
+        except Exception as exc:  # a failed job is recorded and the worker goes on
+            log.exception("Job %s failed", job["id"])
+            self.store.finish_job(job["id"], "failed", f"{type(exc).__name__}: {exc}")
+        return True
+
+    # ---- one job -------------------------------------------------------------------------------------------
+
+    def _fresh_base(self) -> torch.nn.Module:
+        model = copy.deepcopy(self.loaded.model)
+        model.load_state_dict(self.base_state)
+        return model
+
+    def _run(self, job: dict) -> dict:
+        adapter, user_id = job["adapter"], job["user_id"]
+        current = self.registry.current(adapter)
+        since = current.manifest.get("trained_until") if current else None
+        seed = int(time.time())
+        if adapter == GLOBAL:
+            data = global_update(self.store, since, self.config, seed)
+        else:
+            data = personal_update(self.store, user_id, since, self.config, seed)
+        if not len(data.train):
+            return {"message": "nothing new to learn from"}
+
+        model = self._fresh_base()
+        global_version = None
+        if adapter != GLOBAL:  # a personal adapter is a residual on top of the current global one
+            global_current = self.registry.current(GLOBAL)
+            if global_current:
+                merge_lora(model, *self.registry.load_weights(global_current))
+                global_version = global_current.label
+        peft_model = add_lora(model, self.config.lora)
+        if current:  # warm start
+            set_peft_model_state_dict(peft_model, self.registry.load_weights(current)[1])
+
+        def progress(step, total, metrics):
+            self.store.job_progress(job["id"], step / total,
+                                    f"step {step}/{total}, loss {metrics.get('loss', float('nan')):.3f}")
+
+        self.store.job_progress(job["id"], 0.0, f"training on {len(data.train)} examples")
+        metrics = train_adapter(peft_model, self.loaded, data.train, self.config.train, progress)
+        metrics.update(self._evaluate(peft_model, data, personal=adapter != GLOBAL))
+        manifest = {
+            "base_model": self.loaded.model_id,
+            "objective": "dpo+kto",
+            "trained_on_global": global_version,
+            "feedback_ids": data.train.feedback_ids,
+            "held_out_feedback_ids": data.held_out.feedback_ids,
+            "new_events": data.new_events,
+            "trained_until": data.trained_until,
+            "hyperparameters": {"train": asdict(self.config.train), "lora": asdict(self.config.lora)},
+            "metrics": metrics,
+        }
+        if self.store.get_job(job["id"])["status"] == "cancelled":
+            return {"message": "cancelled"}
+        version = self.registry.publish(adapter, user_id, peft_model, manifest, data.trained_until or "")
+        return {"message": f"published {version.label}", "version": version.label, "metrics": metrics}
+
+    def _evaluate(self, peft_model, data: UpdateData, personal: bool) -> dict:
+        """Held-out preference accuracy (the model's own likelihood prefers the chosen reply) of the adapter, of
+        the model it sits on (the adapter disabled: base + global for a personal one) and of the bare base."""
+        pairs = data.held_out.pairs
+        if not pairs:
+            return {"eval/pairs": 0}
+        with_adapter = preference_accuracy(peft_model, self.loaded, pairs, reference=False)
+        with peft_model.disable_adapter():
+            below = preference_accuracy(peft_model, self.loaded, pairs, reference=False)
+        if personal:
+            base = preference_accuracy(self._fresh_base(), self.loaded, pairs, reference=False)
+            return {"eval/pairs": len(pairs), "eval/accuracy_personal": with_adapter, "eval/accuracy_global": below,
+                    "eval/accuracy_base": base}
+        return {"eval/pairs": len(pairs), "eval/accuracy_global": with_adapter, "eval/accuracy_base": below}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m adapters.worker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                        help=f"data home (default: ${DATA_HOME_ENV} or ./data)")
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--model-cache", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        loaded = load_model(ModelConfig(model=args.model, cache_dir=args.model_cache),
+                            args.model_cache or args.data_dir / "models")
+    except AttuneError as exc:
+        log.error("%s", exc)
+        return 2
+    store = Store(args.data_dir / DB_FILENAME)
+    worker = Worker(loaded, store, AdapterRegistry(args.data_dir / ADAPTERS_DIR, store), LearningConfig())
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    if args.once:
+        while worker.run_once():
+            pass
+        return 0
+    try:
+        worker.run_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

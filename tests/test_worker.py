@@ -1,0 +1,176 @@
+"""Triggers, the training worker, resumption after a killed worker, reset, and the global update's cap."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from adapters.blend import AdapterServer, BlendConfig
+from adapters.jobs import LearningConfig, global_update, profile_cap
+from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
+from adapters.training import TrainConfig
+from adapters.worker import ADAPTERS_DIR, Worker
+from assistant.config import DATA_HOME_ENV, GenerationSettings, ModelConfig
+from assistant.model import load_model
+from assistant.service import ChatService
+from tests.conftest import REPO
+
+LEARNING = LearningConfig(personal_every=4, global_every=6, train=TrainConfig(steps=3, learning_rate=1e-3))
+GREEDY = GenerationSettings(temperature=0, max_new_tokens=8)
+
+
+def _fresh(tiny_model_dir):
+    return load_model(ModelConfig(model=str(tiny_model_dir)), tiny_model_dir.parent)
+
+
+@pytest.fixture
+def parts(store, data_home, tiny_model_dir, app_config):
+    registry = AdapterRegistry(data_home / ADAPTERS_DIR, store)
+    served = _fresh(tiny_model_dir)
+    service = ChatService(store, served, app_config, adapters=AdapterServer(served, registry, store, BlendConfig()),
+                          learning=LEARNING)
+    worker = Worker(_fresh(tiny_model_dir), store, registry, LEARNING)
+    return service, worker, registry
+
+
+def _choices(service, user_id, n, start=0):
+    """n A/B choices preferring the reply about foxes."""
+    conv = service.new_conversation(user_id)["id"]
+    for i in range(start, start + n):
+        q = service.store.add_message(user_id, conv, "user", f"Tell me about topic {i}.")
+        pair = service.store.create_pair(user_id, conv, q.id, f"A fox story {i}.", f"A dog story {i}.",
+                                         model_id="m", settings={})
+        service.choose(user_id, pair.id, "a")
+
+
+def test_feedback_triggers_personal_then_global_jobs(parts, store):
+    service, _, _ = parts
+    ann = service.create_profile("Ann")["id"]
+    _choices(service, ann, 3)
+    assert store.latest_job(personal_adapter(ann)) is None
+    _choices(service, ann, 1, start=3)
+    job = store.latest_job(personal_adapter(ann))
+    assert (job["status"], job["reason"]) == ("queued", "auto")
+    _choices(service, ann, 1, start=4)  # another vote while queued: still one job
+    assert store.counts()["feedback"] == 5 and store.latest_job(personal_adapter(ann))["id"] == job["id"]
+    assert store.latest_job(GLOBAL) is None
+    _choices(service, ann, 1, start=5)
+    assert store.latest_job(GLOBAL)["status"] == "queued"
+
+
+def test_worker_publishes_and_the_next_reply_uses_the_new_version(parts, store):
+    service, worker, registry = parts
+    ann = service.create_profile("Ann")["id"]
+    _choices(service, ann, 10)
+    assert worker.run_once() and worker.run_once()  # personal and global jobs
+    job = store.latest_job(personal_adapter(ann))
+    assert job["status"] == "done" and job["progress"] == 1.0 and "published v0001" in job["message"]
+    version = registry.current(personal_adapter(ann))
+    manifest = version.manifest
+    assert manifest["base_model"] == worker.loaded.model_id and manifest["objective"] == "dpo+kto"
+    assert manifest["parent_version"] is None and manifest["trained_on_global"] is None  # global came second
+    assert len(manifest["feedback_ids"]) + len(manifest["held_out_feedback_ids"]) == 10
+    assert set(manifest["hyperparameters"]) == {"train", "lora"}
+    assert {"loss", "rewards/accuracies", "rewards/margins", "eval/pairs"} <= set(manifest["metrics"])
+    assert registry.current(GLOBAL).version == 1
+    assert not worker.run_once()  # nothing left
+
+    update = list(service.send(ann, None, "Hello", GREEDY))[-1]
+    assert update.reply.adapter_versions["personal"] == "v0001"
+    assert update.reply.adapter_versions["global"] == "v0001"
+    assert update.reply.adapter_versions["alpha"] == pytest.approx(10 / (10 + 16), abs=1e-4)
+
+    _choices(service, ann, 4, start=10)  # four more: a second personal version, warm-started from the first
+    assert worker.run_once()
+    second = registry.current(personal_adapter(ann))
+    assert second.version == 2 and second.manifest["parent_version"] == "v0001"
+    newly_held_out = set(second.manifest["held_out_feedback_ids"]) - set(manifest["held_out_feedback_ids"])
+    assert second.manifest["trained_on_global"] == "v0001"
+    assert second.manifest["new_events"] == 4 - len(newly_held_out)  # held-out votes are never trained on
+    status = service.learning_status(ann)
+    assert status["personal"]["version"] == "v0002" and [h["version"] for h in status["history"]] == ["v0001", "v0002"]
+    assert status["since_personal"]["total"] == 0 and status["feedback"]["pairwise"] == 14
+
+
+def test_a_job_of_a_killed_worker_is_resumed(parts, store, tiny_model_dir):
+    service, _, registry = parts
+    ann = service.create_profile("Ann")["id"]
+    _choices(service, ann, 4)
+    claimed = store.claim_job(stale_seconds=60)  # a worker took the job... and was killed: no heartbeat since
+    assert claimed["status"] == "running" and claimed["attempts"] == 1
+    patient = Worker(_fresh(tiny_model_dir), store, registry, LEARNING)
+    assert not patient.run_once()  # the heartbeat is fresh: the job is not taken over yet
+    impatient = Worker(_fresh(tiny_model_dir), store, registry,
+                       LearningConfig(**{**LEARNING.__dict__, "stale_seconds": 0.0}))
+    assert impatient.run_once()
+    job = store.get_job(claimed["id"])
+    assert job["status"] == "done" and job["attempts"] == 2
+    assert registry.current(personal_adapter(ann)).version == 1
+
+
+def test_reset_drops_the_personal_adapter_and_keeps_the_feedback(parts, store):
+    service, worker, registry = parts
+    ann = service.create_profile("Ann")["id"]
+    _choices(service, ann, 4)
+    worker.run_once()
+    assert registry.current(personal_adapter(ann)) is not None
+    service.reset_personal(ann)
+    assert registry.current(personal_adapter(ann)) is None
+    assert not (registry.root / personal_adapter(ann)).exists()
+    assert store.counts()["feedback"] == 4
+    update = list(service.send(ann, None, "Hello", GREEDY))[-1]
+    assert update.reply.adapter_versions["personal"] is None
+
+
+def test_a_job_cancelled_while_running_publishes_nothing(parts, store, monkeypatch):
+    service, worker, registry = parts
+    ann = service.create_profile("Ann")["id"]
+    _choices(service, ann, 4)
+    original = worker._evaluate
+
+    def reset_midway(*args, **kwargs):
+        service.reset_personal(ann)  # the person pressed Reset while the job trained
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "_evaluate", reset_midway)
+    worker.run_once()
+    assert registry.current(personal_adapter(ann)) is None
+    assert store.latest_job(personal_adapter(ann))["status"] == "cancelled"
+
+
+def test_profile_cap_keeps_every_profile_at_or_below_its_share():
+    config = LearningConfig(max_share=0.25, max_per_profile=32, min_per_profile=2)
+    assert profile_cap({"a": 4, "b": 4, "c": 4, "d": 4, "e": 4, "f": 4, "g": 4, "h": 4}, config) == 8
+    prolific = {"loud": 100, **{f"u{i}": 4 for i in range(7)}}
+    cap = profile_cap(prolific, config)
+    total = sum(min(n, cap) for n in prolific.values())
+    assert cap == 9 and cap / total <= 0.25
+    assert profile_cap({"alone": 50}, config) == 2  # a lone profile barely moves everyone's adapter
+    assert profile_cap({"a": 1000, "b": 1000, "c": 1000, "d": 1000, "e": 1000}, config) == 32  # absolute cap
+
+
+def test_global_update_applies_the_cap(parts, store):
+    service, _, _ = parts
+    loud, quiet = service.create_profile("Loud")["id"], service.create_profile("Quiet")["id"]
+    _choices(service, loud, 12)
+    _choices(service, quiet, 3)
+    data = global_update(store, None, LEARNING, seed=0)
+    by_user = {}
+    for ex in (*data.train.pairs, *data.train.unpaired):
+        by_user.setdefault(ex.user_id, set()).add(ex.feedback_id)
+    assert len(by_user[loud]) <= max(LEARNING.min_per_profile, int(0.25 * (len(by_user[loud]) + len(by_user[quiet]))))
+    assert len(by_user[loud]) < 12 - len(data.held_out.feedback_ids)
+
+
+def test_worker_command_line_runs_queued_jobs(parts, store, data_home, tiny_model_dir):
+    service, _, registry = parts
+    ann = service.create_profile("Ann")["id"]
+    _choices(service, ann, 4)
+    result = subprocess.run(
+        [sys.executable, "-m", "adapters.worker", "--model", str(tiny_model_dir), "--once", "--threads", "1"],
+        cwd=REPO, env={**__import__("os").environ, DATA_HOME_ENV: str(data_home), "HF_HUB_OFFLINE": "1"},
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert registry.current(personal_adapter(ann)).version == 1
