@@ -11,12 +11,20 @@ import inspect
 import logging
 import os
 import secrets
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402  (the environment must be set before gradio is imported)
+import pandas as pd  # noqa: E402  (comes with gradio; the accuracy plot takes a DataFrame)
+
+from adapters.blend import AdapterServer  # noqa: E402
+from adapters.jobs import LearningConfig  # noqa: E402
+from adapters.registry import AdapterRegistry  # noqa: E402
+from adapters.worker import ADAPTERS_DIR  # noqa: E402
 
 from assistant.config import DEFAULT_SYSTEM_PROMPT, AppConfig, GenerationSettings, ModelConfig  # noqa: E402
 from assistant.executor import GenerationExecutor  # noqa: E402
@@ -82,6 +90,31 @@ def _chat_value(transcript: list[Message], pending_text: str | None = None, user
     return gr.Chatbot(value=messages, feedback_value=feedback)
 
 
+def _learning_markdown(status: dict) -> str:
+    n, since = status["feedback"], status["since_personal"]
+    lines = [f"**Your feedback:** {n['thumbs']} thumbs, {n['pairwise']} comparisons "
+             f"({since['total']} since your adapter was last trained; it retrains every {status['every']})."]
+    for label, info in (("Your adapter", status["personal"]), ("Everyone's adapter", status["global"])):
+        lines.append(f"**{label}:** " + (f"{info['version']}, trained {info['created_at']}" if info else "not trained yet"))
+    lines.append(f"**Personal weight α:** {status['alpha']:.2f} ({status['alpha_reason']})")
+    for label, job in (("Training (yours)", status["job"]), ("Training (everyone's)", status["global_job"])):
+        if job is None:
+            continue
+        if job["status"] in ("queued", "running"):
+            lines.append(f"**{label}:** {job['status']} {job['progress']:.0%} {job['message']}")
+        else:
+            lines.append(f"**{label}:** last job {job['status']} ({job['message']})")
+    return "\n\n".join(lines)
+
+
+def _accuracy_frame(history: list[dict]) -> pd.DataFrame:
+    rows = [{"version": h["version"], "model": name, "accuracy": h[key]}
+            for h in history
+            for name, key in (("personal", "eval/accuracy_personal"), ("global only", "eval/accuracy_global"),
+                              ("base", "eval/accuracy_base")) if h.get(key) is not None]
+    return pd.DataFrame(rows, columns=["version", "model", "accuracy"])
+
+
 def _secret(data_dir: Path) -> str:
     """A per-data-home secret so the browser's remembered profile survives a server restart."""
     path = data_dir / "browser-state.secret"
@@ -117,6 +150,11 @@ class UI:
     temperature: gr.Slider
     top_p: gr.Slider
     max_new_tokens: gr.Slider
+    learning_status: gr.Markdown
+    alpha_auto: gr.Checkbox
+    alpha: gr.Slider
+    accuracy_plot: gr.LinePlot
+    timer: gr.Timer
     buttons: dict
 
 
@@ -175,13 +213,30 @@ def _layout(service: ChatService, config: AppConfig) -> UI:
                 temperature = gr.Slider(0, 2, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)")
                 top_p = gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top-p")
                 max_new_tokens = gr.Slider(1, 1024, value=defaults.max_new_tokens, step=1, label="Max new tokens")
+            with gr.Accordion("Learning", open=False, elem_id="learning"):
+                learning_status = gr.Markdown("Pick a profile to see what Attune has learned from it.",
+                                              elem_id="learning-status")
+                with gr.Row():
+                    alpha_auto = gr.Checkbox(label="Automatic weight: more of you as you give more feedback",
+                                             value=True, elem_id="alpha-auto")
+                    alpha = gr.Slider(0, 1, value=0, step=0.05, label="Everyone ↔ just me", elem_id="alpha",
+                                      interactive=True)
+                with gr.Row():
+                    train_now = gr.Button("Train now", size="sm", elem_id="train-now")
+                    reset_adapter = gr.Button("Reset my adapter", size="sm", variant="stop", elem_id="reset-adapter")
+                accuracy_plot = gr.LinePlot(x="version", y="accuracy", color="model", y_lim=[0, 1], height=220,
+                                            title="Held-out preference accuracy on your own votes",
+                                            elem_id="accuracy-plot")
+                timer = gr.Timer(2.0)
     gr.Markdown(f"Model: `{service.model_id}` · Data home: `{config.data_dir.resolve()}`", elem_id="footer")
     buttons = dict(create=create, rename=rename, delete=delete, confirm=confirm, cancel=cancel,
                    new_conversation=new_conversation, delete_conversation=delete_conversation,
-                   save_comment=save_comment, send=send, retry=retry, choices=choice_buttons)
+                   save_comment=save_comment, send=send, retry=retry, choices=choice_buttons, train_now=train_now,
+                   reset_adapter=reset_adapter)
     return UI(remembered, profile, profile_name, confirm_row, confirm_text, conversation, chatbot, message, status,
               compare, compare_row, candidate_a, candidate_b, choice_row, comment_row, comment, gr.State(None),
-              system_prompt, temperature, top_p, max_new_tokens, buttons)
+              system_prompt, temperature, top_p, max_new_tokens, learning_status, alpha_auto, alpha, accuracy_plot,
+              timer, buttons)
 
 
 def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 (one place for all wiring)
@@ -361,13 +416,60 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
     def on_remember(user_id: str | None, conversation_id: str | None) -> dict:
         return {"user_id": user_id, "conversation_id": conversation_id}
 
+    # ---- learning panel ------------------------------------------------------------------------------------
+
+    def learning_view(user_id: str | None) -> dict:
+        if not user_id or service.adapters is None:
+            text = ("Learning is off in this app." if service.adapters is None
+                    else "Pick a profile to see what Attune has learned from it.")
+            return {ui.learning_status: text, ui.accuracy_plot: _accuracy_frame([])}
+        status = service.learning_status(user_id)
+        return {ui.learning_status: _learning_markdown(status), ui.accuracy_plot: _accuracy_frame(status["history"])}
+
+    @ui_errors
+    def on_learning_refresh(user_id: str | None):
+        return learning_view(user_id)
+
+    @ui_errors
+    def on_learning_open(user_id: str | None):
+        view_ = learning_view(user_id)
+        if user_id and service.adapters is not None:
+            status = service.learning_status(user_id)
+            auto = status["alpha_override"] is None
+            view_.update({ui.alpha_auto: auto, ui.alpha: status["alpha"] if auto else status["alpha_override"]})
+        return view_
+
+    @ui_errors
+    def on_alpha(user_id: str, auto: bool, alpha: float):
+        if not user_id:
+            raise gr.Error("Pick or create a profile first.", print_exception=False)
+        service.set_alpha(user_id, None if auto else float(alpha))
+        return learning_view(user_id)
+
+    @ui_errors
+    def on_train_now(user_id: str):
+        if not user_id:
+            raise gr.Error("Pick or create a profile first.", print_exception=False)
+        service.train_now(user_id)
+        gr.Info("Training queued: your adapter and everyone's. The next reply after it finishes uses them.")
+        return learning_view(user_id)
+
+    @ui_errors
+    def on_reset_adapter(user_id: str):
+        if not user_id:
+            raise gr.Error("Pick or create a profile first.", print_exception=False)
+        service.reset_personal(user_id)
+        gr.Info("Your personal adapter was dropped; your feedback is kept. Replies now follow everyone's taste.")
+        return learning_view(user_id)
+
     # ---- API-only endpoints (gradio_client and scripts): ids in, plain data out ----------------------------
 
     @ui_errors
     def messages(user_id: str, conversation_id: str) -> list[dict]:
         """The active messages of a conversation with their ids and thumbs."""
         return [{"id": m.id, "role": m.role, "content": m.content, "vote": m.vote, "status": m.status,
-                 "model_id": m.model_id, "settings": m.settings} for m in service.transcript(user_id, conversation_id)]
+                 "model_id": m.model_id, "settings": m.settings, "adapter_versions": m.adapter_versions}
+                for m in service.transcript(user_id, conversation_id)]
 
     @ui_errors
     def vote(user_id: str, message_id: str, value: int, comment: str = "") -> dict:
@@ -422,8 +524,25 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
                      api_name=f"choose_{choice}")
     for component in (ui.profile, ui.conversation):
         component.change(on_remember, [ui.profile, ui.conversation], [ui.remembered], api_visibility="private")
-    for fn in (messages, vote, choose, pending):
+    @ui_errors
+    def learning(user_id: str) -> dict:
+        """Feedback counts, adapter versions, the current blend weight α, training jobs, accuracy history."""
+        return service.learning_status(user_id)
+
+    for fn in (messages, vote, choose, pending, learning):
         gr.api(fn, api_name=fn.__name__)
+
+    learning_outputs = [ui.learning_status, ui.accuracy_plot]
+    ui.timer.tick(on_learning_refresh, [ui.profile], learning_outputs, api_visibility="private",
+                  show_progress="hidden")
+    ui.profile.change(on_learning_open, [ui.profile], learning_outputs + [ui.alpha_auto, ui.alpha],
+                      api_visibility="private", show_progress="hidden")
+    for component in (ui.alpha_auto, ui.alpha):
+        component.input(on_alpha, [ui.profile, ui.alpha_auto, ui.alpha], learning_outputs, api_name="set_alpha"
+                        if component is ui.alpha else None, api_visibility="public" if component is ui.alpha
+                        else "private")
+    b["train_now"].click(on_train_now, [ui.profile], learning_outputs, api_name="train_now")
+    b["reset_adapter"].click(on_reset_adapter, [ui.profile], learning_outputs, api_name="reset_adapter")
 
 
 def parse_args(argv: list[str] | None = None) -> AppConfig:
@@ -438,14 +557,31 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
                         help="let transformers download a hub id that is not cached locally")
     parser.add_argument("--host", default=defaults.host)
     parser.add_argument("--port", type=int, default=defaults.port)
+    parser.add_argument("--no-worker", action="store_true",
+                        help="do not start the training worker (run `python -m adapters.worker` yourself)")
+    parser.add_argument("--worker-threads", type=int, default=defaults.worker_threads,
+                        help="torch threads of the training worker (the rest serve replies)")
     args = parser.parse_args(argv)
-    return AppConfig(data_dir=args.data_dir, host=args.host, port=args.port,
+    return AppConfig(data_dir=args.data_dir, host=args.host, port=args.port, worker=not args.no_worker,
+                     worker_threads=args.worker_threads,
                      model=ModelConfig(model=args.model, cache_dir=args.model_cache, allow_download=args.allow_download))
 
 
-def create_service(config: AppConfig, executor: GenerationExecutor | None = None) -> ChatService:
+def create_service(config: AppConfig, executor: GenerationExecutor | None = None,
+                   learning: LearningConfig | None = None) -> ChatService:
+    learning = learning or LearningConfig()
     loaded = load_model(config.model, config.model_cache_dir)
-    return ChatService(Store(config.data_dir / DB_FILENAME), loaded, config, executor)
+    store = Store(config.data_dir / DB_FILENAME)
+    adapters = AdapterServer(loaded, AdapterRegistry(config.data_dir / ADAPTERS_DIR, store), store, learning.blend)
+    return ChatService(store, loaded, config, executor, adapters, learning)
+
+
+def start_worker(config: AppConfig) -> subprocess.Popen:
+    """The training worker, as its own process (it trains while this one serves)."""
+    cmd = [sys.executable, "-m", "adapters.worker", "--data-dir", str(config.data_dir), "--model",
+           str(config.model.model), "--model-cache", str(config.model_cache_dir), "--threads",
+           str(config.worker_threads)]
+    return subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -457,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     except AttuneError as exc:
         log.error("%s", exc)
         return 2
+    worker = start_worker(config) if config.worker else None
     demo = build_app(service, config)
     demo.queue(default_concurrency_limit=4)
     demo.launch(server_name=config.host, server_port=config.port, show_error=False, prevent_thread_lock=True)
@@ -466,6 +603,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("Stopping.")
     finally:
         demo.close()
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
     return 0
 
 

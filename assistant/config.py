@@ -80,6 +80,10 @@ class AppConfig:
     """Longest message accepted from a person; longer ones are refused, not cut."""
     compare_min_temperature: float = 0.7
     """Compare mode samples both candidates; a greedy setting is raised to this so A and B can differ."""
+    worker: bool = True
+    """Start the training worker process beside the app."""
+    worker_threads: int = 1
+    """Torch threads of the worker: training gets one core, replies keep the other."""
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:

@@ -163,7 +163,9 @@ def _start_cli(args, home, port=None):
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_command_line_app_serves_with_generation_on_its_main_thread(tiny_model_dir, tmp_path):
+@pytest.fixture
+def cli_app(tiny_model_dir, tmp_path):
+    """`python app.py` as a person starts it: its own process, the training worker beside it."""
     home, port = tmp_path / "cli-home", free_port()
     proc = _start_cli(["--model", str(tiny_model_dir)], home, port)
     try:
@@ -176,16 +178,55 @@ def test_command_line_app_serves_with_generation_on_its_main_thread(tiny_model_d
             except OSError:
                 assert time.monotonic() < deadline, "the app did not start listening"
                 time.sleep(0.3)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        ann = _dropdown(client.predict("Ann", api_name="/create_profile")[0])[1]
-        conv = send(client, ann, None, "Hello from the command line")[0][1]["value"]
-        assert [m["role"] for m in client.predict(ann, conv, api_name="/messages")] == ["user", "assistant"]
-        assert Store(home / "attune.db").counts()["messages"] == 2  # ATTUNE_HOME chose the data home
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False), home, proc
     finally:
-        proc.send_signal(signal.SIGINT)
-        output = proc.communicate(timeout=60)[0]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=60)
+
+
+def test_command_line_app_serves_with_generation_on_its_main_thread(cli_app):
+    client, home, proc = cli_app
+    ann = _dropdown(client.predict("Ann", api_name="/create_profile")[0])[1]
+    conv = send(client, ann, None, "Hello from the command line")[0][1]["value"]
+    assert [m["role"] for m in client.predict(ann, conv, api_name="/messages")] == ["user", "assistant"]
+    assert Store(home / "attune.db").counts()["messages"] == 2  # ATTUNE_HOME chose the data home
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, output
     assert "Stopping." in output
+
+
+def test_votes_train_a_new_version_that_the_next_reply_uses(cli_app):
+    """End to end: A/B choices → a queued job → the worker publishes → the next reply records that version."""
+    client, home, _ = cli_app
+    ann = _dropdown(client.predict("Ann", api_name="/create_profile")[0])[1]
+    conv = None
+    for i in range(4):  # M = 4 new events trigger the personal update
+        final, _ = send(client, ann, conv, f"Question number {i}?", compare=True)
+        conv = final[1]["value"]
+        client.predict(ann, conv, api_name="/choose_a")
+    deadline = time.monotonic() + 240
+    while True:
+        status = client.predict(ann, api_name="/learning")
+        if status["personal"]:
+            break
+        job = status["job"]
+        assert job is None or job["status"] in ("queued", "running", "done"), job
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    assert status["personal"]["version"] == "v0001" and status["feedback"]["pairwise"] == 4
+    assert status["job"]["status"] == "done"
+    send(client, ann, conv, "And now?")
+    last = client.predict(ann, conv, api_name="/messages")[-1]
+    # Served at α = 4/(4+16), unless its held-out accuracy fell below the crowd's (then α = 0, with the reason).
+    assert last["adapter_versions"]["alpha"] == pytest.approx(4 / (4 + 16), abs=1e-4) or (
+        last["adapter_versions"]["alpha"] == 0 and "below the crowd" in last["adapter_versions"]["alpha_reason"])
+    client.predict(ann, False, 1.0, api_name="/set_alpha")  # "just me"
+    send(client, ann, conv, "And with just my taste?")
+    last = client.predict(ann, conv, api_name="/messages")[-1]
+    assert last["adapter_versions"] == {"global": None, "personal": "v0001", "alpha": 1.0, "alpha_reason": "set by you"}
+    assert (home / "adapters" / f"user_{ann}" / "v0001" / "adapter_model.safetensors").exists()
 
 
 def test_unavailable_model_exits_with_one_clear_message(tmp_path):
