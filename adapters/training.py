@@ -9,6 +9,7 @@ once per example before the steps. Logits are only computed at reply positions.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,15 +42,21 @@ class LoraSettings:
     dropout: float = 0.0
     target_modules: tuple[str, ...] | None = None
     """Module names to adapt; None: chosen per architecture (TARGET_MODULES)."""
+    top_layers: float = 1 / 3
+    """Adapt only this top fraction of the layers: backpropagation then stops there. Measured on SmolLM2-135M,
+    8 sequences, one thread, bf16: forward + backward 2.7 s with all 30 layers adapted, 1.2 s with the top 10."""
 
     def __post_init__(self):
-        if self.rank < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
-            raise ValueError("LoRA needs rank ≥ 1, alpha > 0 and 0 ≤ dropout < 1")
+        if self.rank < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1 or not 0 < self.top_layers <= 1:
+            raise ValueError("LoRA needs rank ≥ 1, alpha > 0, 0 ≤ dropout < 1 and 0 < top_layers ≤ 1")
 
     def peft_config(self, model: PreTrainedModel) -> LoraConfig:
         targets = list(self.target_modules or TARGET_MODULES.get(model.config.model_type, DEFAULT_TARGETS))
+        n = model.config.num_hidden_layers
+        layers = list(range(n - max(1, math.ceil(n * self.top_layers)), n))
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
-                          task_type="CAUSAL_LM", fan_in_fan_out=model.config.model_type == "gpt2")
+                          layers_to_transform=layers, task_type="CAUSAL_LM",
+                          fan_in_fan_out=model.config.model_type == "gpt2")
 
 
 @dataclass(frozen=True)
@@ -59,10 +66,17 @@ class TrainConfig:
     label_smoothing: float = 0.0
     """DPO conservative smoothing ε in [0, 0.5) for noisy choosers."""
     learning_rate: float = 5e-4
-    steps: int = 8
-    """Optimizer steps per update."""
+    epochs: float = 2.0
+    """Passes over the update's examples (new events plus replay)."""
+    max_steps: int = 16
+    """Upper bound on optimizer steps per update, whatever the data."""
+    steps: int | None = None
+    """Exact optimizer steps, overriding epochs (tests and benchmarks)."""
     batch_size: int = 4
     """Pairs (and, separately, unpaired examples) per step."""
+    bf16: bool | None = None
+    """bf16 autocast for forward and backward; None: on when the CPU has native bf16 (AVX512-BF16 / AMX).
+    Measured on SmolLM2-135M, 8 sequences, one thread: forward 2.9 s fp32, 0.9 s bf16 (AMX)."""
     max_length: int = 384
     """Longest prompt+reply sequence trained on, in tokens."""
     desirable_weight: float = 1.0
@@ -72,10 +86,27 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.beta <= 0 or self.learning_rate <= 0 or self.steps < 0 or self.batch_size < 1:
-            raise ValueError("beta and learning_rate must be positive, steps ≥ 0, batch_size ≥ 1")
+        if self.beta <= 0 or self.learning_rate <= 0 or self.batch_size < 1 or self.epochs <= 0:
+            raise ValueError("beta, learning_rate and epochs must be positive, batch_size ≥ 1")
+        if (self.steps is not None and self.steps < 0) or self.max_steps < 1:
+            raise ValueError("steps must be ≥ 0 and max_steps ≥ 1")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError("label_smoothing must be in [0, 0.5)")
+
+    def steps_for(self, examples: Examples) -> int:
+        if self.steps is not None:
+            return self.steps
+        largest = max(len(examples.pairs), len(examples.unpaired))
+        return max(1, min(self.max_steps, math.ceil(self.epochs * largest / self.batch_size)))
+
+    def autocast(self) -> torch.autocast:
+        enabled = self.bf16 if self.bf16 is not None else native_bf16()
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (otherwise autocast is slower than fp32)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def add_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
@@ -133,13 +164,14 @@ def train_adapter(
     config: TrainConfig,
     progress: Callable[[int, int, dict], None] | None = None,
 ) -> dict:
-    """Run `config.steps` optimizer steps on `examples`; return TRL-named metrics of the last step."""
+    """Run `config.steps_for(examples)` optimizer steps; return TRL-named metrics of the last step."""
     if not len(examples):
         raise ValueError("no training examples")
     pad = loaded.tokenizer.pad_token_id
     enc = _encode_all(loaded, examples, config.max_length)
+    steps = config.steps_for(examples)
     model.eval()
-    with torch.no_grad(), model.disable_adapter():
+    with torch.no_grad(), model.disable_adapter(), config.autocast():
         ref_chosen = _logps_in_chunks(model, enc.chosen, pad, 8)
         ref_rejected = _logps_in_chunks(model, enc.rejected, pad, 8)
         ref_unpaired = _logps_in_chunks(model, enc.unpaired, pad, 8)
@@ -153,13 +185,14 @@ def train_adapter(
     unpaired_order = _cycle(len(enc.unpaired), rng)
     metrics: dict = {}
     model.train()
-    for step in range(config.steps):
+    for step in range(steps):
         loss = torch.zeros(())
         metrics = {}
         if enc.chosen:
             idx = [next(pair_order) for _ in range(min(config.batch_size, len(enc.chosen)))]
             both = collate([enc.chosen[i] for i in idx] + [enc.rejected[i] for i in idx], pad)
-            logps = sequence_logps(model, both)
+            with config.autocast():
+                logps = sequence_logps(model, both)
             n = len(idx)
             pair = dpo_loss(logps[:n], logps[n:], ref_chosen[idx], ref_rejected[idx], config.beta,
                             config.label_smoothing)
@@ -170,7 +203,8 @@ def train_adapter(
         if enc.unpaired:
             idx = [next(unpaired_order) for _ in range(min(config.batch_size, len(enc.unpaired)))]
             both = collate([enc.unpaired[i] for i in idx] + [enc.mismatched[i] for i in idx], pad)
-            logps = sequence_logps(model, both)
+            with config.autocast():
+                logps = sequence_logps(model, both)
             n = len(idx)
             z0 = kto_reference_point(logps[n:], ref_mismatched[idx])
             unpaired = kto_loss(logps[:n], ref_unpaired[idx], labels[idx], z0, config.beta,
@@ -183,7 +217,7 @@ def train_adapter(
         optimizer.step()
         metrics["loss"] = loss.item()
         if progress:
-            progress(step + 1, config.steps, metrics)
+            progress(step + 1, steps, metrics)
     model.eval()
     return metrics
 
