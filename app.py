@@ -11,8 +11,10 @@ import inspect
 import logging
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -580,7 +582,7 @@ def start_worker(config: AppConfig) -> subprocess.Popen:
     """The training worker, as its own process (it trains while this one serves)."""
     cmd = [sys.executable, "-m", "adapters.worker", "--data-dir", str(config.data_dir), "--model",
            str(config.model.model), "--model-cache", str(config.model_cache_dir), "--threads",
-           str(config.worker_threads)]
+           str(config.worker_threads), "--parent-pid", str(os.getpid())]
     return subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent)
 
 
@@ -597,11 +599,14 @@ def main(argv: list[str] | None = None) -> int:
     demo = build_app(service, config)
     demo.queue(default_concurrency_limit=4)
     demo.launch(server_name=config.host, server_port=config.port, show_error=False, prevent_thread_lock=True)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
-        executor.serve_forever()  # the main thread generates: see assistant/executor.py for why
+        executor.serve_forever(should_stop=stopping.is_set)  # the main thread generates: see assistant/executor.py
     except KeyboardInterrupt:
-        log.info("Stopping.")
+        pass
     finally:
+        log.info("Stopping.")
         demo.close()
         if worker is not None:
             worker.terminate()

@@ -77,15 +77,17 @@ class Batch:
     """True where the token belongs to the completion (what the log-probability is summed over)."""
 
 
-def encode(loaded: LoadedModel, prompt: list[dict], completion: str, max_length: int) -> tuple[list[int], int]:
-    """Token ids of prompt + completion + end-of-sequence, and the prompt's length; prompt cut to fit, as served."""
+def encode(loaded: LoadedModel, prompt: list[dict], completion: str, max_length: int,
+           max_prompt: int | None = None) -> tuple[list[int], int]:
+    """Token ids of prompt + completion + end-of-sequence, and the prompt's length. The prompt is fitted as for
+    serving (oldest turns left out first) into `max_prompt` tokens, and everything into `max_length`."""
     system = prompt[0]["content"] if prompt and prompt[0]["role"] == "system" else ""
     turns = [m for m in prompt if m["role"] != "system"]
     tokenizer = loaded.tokenizer
     spacer = "" if loaded.has_chat_template else " "  # plain transcripts put a space after "Assistant:"
     completion_ids = tokenizer(spacer + completion.strip(), add_special_tokens=False)["input_ids"]
     completion_ids = completion_ids[: max_length // 2] + [tokenizer.eos_token_id]
-    window = min(loaded.context_window, max_length)
+    window = min(loaded.context_window, max_length, (max_prompt or max_length) + len(completion_ids))
     fitted = build_prompt(_Windowed(loaded, window), system, turns, max_new_tokens=len(completion_ids))
     return fitted.input_ids + completion_ids, len(fitted.input_ids)
 

@@ -23,7 +23,7 @@ from peft import set_peft_model_state_dict
 
 from adapters.jobs import LearningConfig, UpdateData, global_update, personal_update
 from adapters.registry import GLOBAL, AdapterRegistry
-from adapters.training import add_lora, preference_accuracy, train_adapter
+from adapters.training import add_lora, preference_margins, train_adapter
 from assistant.config import DATA_HOME_ENV, ModelConfig, default_data_dir
 from assistant.model import LoadedModel, load_model
 from storage.db import DB_FILENAME
@@ -56,13 +56,18 @@ class Worker:
         self.registry = registry
         self.config = config
         self.stop = threading.Event()
+        self._margins: dict[tuple[str | None, str], float] = {}  # (model below, feedback id) → held-out margin
         removed = registry.remove_strays()
         if removed:
             log.info("Removed %d unfinished adapter folder(s) from an interrupted publish.", len(removed))
 
-    def run_forever(self, poll_seconds: float = 1.0) -> None:
+    def run_forever(self, poll_seconds: float = 0.5, parent_pid: int | None = None) -> None:
+        """Run jobs until stopped, or until the process `parent_pid` (the app) is gone."""
         log.info("Training worker ready (pid %d).", os.getpid())
         while not self.stop.is_set():
+            if parent_pid is not None and not _parent_alive(parent_pid):
+                log.info("The app (pid %d) is gone; stopping.", parent_pid)
+                return
             if not self.run_once():
                 self.stop.wait(poll_seconds)
 
@@ -91,6 +96,14 @@ class Worker:
         return model
 
     def _run(self, job: dict) -> dict:
+        timings: dict[str, float] = {}
+        clock = [time.perf_counter()]
+
+        def lap(name: str) -> None:
+            now = time.perf_counter()
+            timings[name] = round(now - clock[0], 3)
+            clock[0] = now
+
         adapter, user_id = job["adapter"], job["user_id"]
         current = self.registry.current(adapter)
         since = current.manifest.get("trained_until") if current else None
@@ -101,6 +114,7 @@ class Worker:
             data = personal_update(self.store, user_id, since, self.config, seed)
         if not len(data.train):
             return {"message": "nothing new to learn from"}
+        lap("data_s")
 
         model = self._fresh_base()
         global_version = None
@@ -118,8 +132,11 @@ class Worker:
                                     f"step {step}/{total}, loss {metrics.get('loss', float('nan')):.3f}")
 
         self.store.job_progress(job["id"], 0.0, f"training on {len(data.train)} examples")
+        lap("model_s")
         metrics = train_adapter(peft_model, self.loaded, data.train, self.config.train, progress)
-        metrics.update(self._evaluate(peft_model, data, personal=adapter != GLOBAL))
+        lap("train_s")
+        metrics.update(self._evaluate(peft_model, data, personal=adapter != GLOBAL, global_version=global_version))
+        lap("eval_s")
         manifest = {
             "base_model": self.loaded.model_id,
             "objective": "dpo+kto",
@@ -134,22 +151,44 @@ class Worker:
         if self.store.get_job(job["id"])["status"] == "cancelled":
             return {"message": "cancelled"}
         version = self.registry.publish(adapter, user_id, peft_model, manifest, data.trained_until or "")
-        return {"message": f"published {version.label}", "version": version.label, "metrics": metrics}
+        lap("publish_s")
+        log.info("Job %s timings: %s", job["id"], timings)
+        return {"message": f"published {version.label}", "version": version.label, "metrics": metrics,
+                "timings": timings}
 
-    def _evaluate(self, peft_model, data: UpdateData, personal: bool) -> dict:
+    def _evaluate(self, peft_model, data: UpdateData, personal: bool, global_version: str | None) -> dict:
         """Held-out preference accuracy (the model's own likelihood prefers the chosen reply) of the adapter, of
-        the model it sits on (the adapter disabled: base + global for a personal one) and of the bare base."""
+        the model it sits on (base + global for a personal one) and of the bare base. The last two cannot change
+        for a given pair until the global version does, so their margins are kept per feedback id."""
         pairs = data.held_out.pairs
         if not pairs:
             return {"eval/pairs": 0}
-        with_adapter = preference_accuracy(peft_model, self.loaded, pairs, reference=False)
+        train = self.config.train
+        with_adapter = preference_margins(peft_model, self.loaded, pairs, train)
         with peft_model.disable_adapter():
-            below = preference_accuracy(peft_model, self.loaded, pairs, reference=False)
-        if personal:
-            base = preference_accuracy(self._fresh_base(), self.loaded, pairs, reference=False)
-            return {"eval/pairs": len(pairs), "eval/accuracy_personal": with_adapter, "eval/accuracy_global": below,
-                    "eval/accuracy_base": base}
-        return {"eval/pairs": len(pairs), "eval/accuracy_global": with_adapter, "eval/accuracy_base": below}
+            below = self._cached_margins(peft_model, pairs, global_version if personal else None)
+        accuracy = {"adapter": (with_adapter > 0).float().mean().item(), "below": (below > 0).float().mean().item()}
+        if not personal:
+            return {"eval/pairs": len(pairs), "eval/accuracy_global": accuracy["adapter"],
+                    "eval/accuracy_base": accuracy["below"]}
+        missing = [p for p in pairs if (None, p.feedback_id) not in self._margins]
+        base = self._fresh_base() if missing else None
+        base_margins = self._cached_margins(base, pairs, None)
+        return {"eval/pairs": len(pairs), "eval/accuracy_personal": accuracy["adapter"],
+                "eval/accuracy_global": accuracy["below"],
+                "eval/accuracy_base": (base_margins > 0).float().mean().item()}
+
+    def _cached_margins(self, model, pairs, key: str | None) -> torch.Tensor:
+        missing = [p for p in pairs if (key, p.feedback_id) not in self._margins]
+        if missing:
+            for p, m in zip(missing, preference_margins(model, self.loaded, missing, self.config.train).tolist()):
+                self._margins[(key, p.feedback_id)] = m
+        return torch.tensor([self._margins[(key, p.feedback_id)] for p in pairs])
+
+
+def _parent_alive(pid: int) -> bool:
+    """Whether `pid` is still this process's parent (an orphan is adopted by another process)."""
+    return os.getppid() == pid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,12 +197,17 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"data home (default: ${DATA_HOME_ENV} or ./data)")
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--model-cache", type=Path, default=None)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, all cores)")
+    parser.add_argument("--nice", type=int, default=10,
+                        help="lower the worker's CPU priority by this much, so replies win the CPU (0: off)")
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process (the app) exits")
     parser.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.nice:
+        os.nice(args.nice)
     try:
         loaded = load_model(ModelConfig(model=args.model, cache_dir=args.model_cache),
                             args.model_cache or args.data_dir / "models")
@@ -178,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 0
     try:
-        worker.run_forever()
+        worker.run_forever(parent_pid=args.parent_pid)
     except KeyboardInterrupt:
         pass
     return 0

@@ -82,8 +82,8 @@ class AppConfig:
     """Compare mode samples both candidates; a greedy setting is raised to this so A and B can differ."""
     worker: bool = True
     """Start the training worker process beside the app."""
-    worker_threads: int = 1
-    """Torch threads of the worker: training gets one core, replies keep the other."""
+    worker_threads: int = 0
+    """Torch threads of the worker (0: all cores). It runs at a lower priority (nice 10), so replies come first."""
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
@@ -191,10 +192,14 @@ def test_command_line_app_serves_with_generation_on_its_main_thread(cli_app):
     conv = send(client, ann, None, "Hello from the command line")[0][1]["value"]
     assert [m["role"] for m in client.predict(ann, conv, api_name="/messages")] == ["user", "assistant"]
     assert Store(home / "attune.db").counts()["messages"] == 2  # ATTUNE_HOME chose the data home
-    proc.send_signal(signal.SIGINT)
+    workers = [c for c in psutil.Process(proc.pid).children() if "adapters.worker" in " ".join(c.cmdline())]
+    assert len(workers) == 1  # the training worker runs beside the app
+    proc.send_signal(signal.SIGTERM)  # as a service manager stops it
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, output
     assert "Stopping." in output
+    psutil.wait_procs(workers, timeout=30)
+    assert not workers[0].is_running()
 
 
 def test_votes_train_a_new_version_that_the_next_reply_uses(cli_app):

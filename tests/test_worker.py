@@ -174,3 +174,12 @@ def test_worker_command_line_runs_queued_jobs(parts, store, data_home, tiny_mode
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert registry.current(personal_adapter(ann)).version == 1
+
+
+def test_an_orphaned_worker_stops_by_itself(tiny_model_dir, data_home):
+    """The worker watches the app that started it: if that process is gone, it exits instead of lingering."""
+    result = subprocess.run(
+        [sys.executable, "-m", "adapters.worker", "--model", str(tiny_model_dir), "--parent-pid", "1"],
+        cwd=REPO, env={**__import__("os").environ, DATA_HOME_ENV: str(data_home), "HF_HUB_OFFLINE": "1"},
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "The app (pid 1) is gone; stopping." in result.stderr
