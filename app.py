@@ -23,7 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402  (the environment must be set before gradio is imported)
 import pandas as pd  # noqa: E402  (comes with gradio; the accuracy plot takes a DataFrame)
 
-from adapters.blend import AdapterServer  # noqa: E402
+from adapters.blend import AdapterServer, BlendConfig  # noqa: E402
 from adapters.jobs import LearningConfig  # noqa: E402
 from adapters.registry import AdapterRegistry  # noqa: E402
 from adapters.worker import ADAPTERS_DIR  # noqa: E402
@@ -547,7 +547,7 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
     b["reset_adapter"].click(on_reset_adapter, [ui.profile], learning_outputs, api_name="reset_adapter")
 
 
-def parse_args(argv: list[str] | None = None) -> AppConfig:
+def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, LearningConfig]:
     defaults = AppConfig()
     parser = argparse.ArgumentParser(description="Attune: a chat assistant that learns your preferences.")
     parser.add_argument("--model", default=defaults.model.model,
@@ -562,11 +562,22 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
     parser.add_argument("--no-worker", action="store_true",
                         help="do not start the training worker (run `python -m adapters.worker` yourself)")
     parser.add_argument("--worker-threads", type=int, default=defaults.worker_threads,
-                        help="torch threads of the training worker (the rest serve replies)")
+                        help="torch threads of the training worker (0: all cores, at a lower priority)")
+    learning = LearningConfig()
+    parser.add_argument("--personal-every", type=int, default=learning.personal_every,
+                        help="train a profile's adapter after this many new feedback events of it (M)")
+    parser.add_argument("--global-every", type=int, default=learning.global_every,
+                        help="train the global adapter after this many new events across profiles (G)")
+    parser.add_argument("--blend-k", type=float, default=learning.blend.k,
+                        help="personal weight alpha = n / (n + k) for a profile with n feedback events")
+    parser.add_argument("--adapter-cache", type=int, default=learning.blend.cache_size,
+                        help="adapter versions kept in memory (the rest load from disk on demand)")
     args = parser.parse_args(argv)
-    return AppConfig(data_dir=args.data_dir, host=args.host, port=args.port, worker=not args.no_worker,
-                     worker_threads=args.worker_threads,
-                     model=ModelConfig(model=args.model, cache_dir=args.model_cache, allow_download=args.allow_download))
+    app = AppConfig(data_dir=args.data_dir, host=args.host, port=args.port, worker=not args.no_worker,
+                    worker_threads=args.worker_threads,
+                    model=ModelConfig(model=args.model, cache_dir=args.model_cache, allow_download=args.allow_download))
+    return app, LearningConfig(personal_every=args.personal_every, global_every=args.global_every,
+                               blend=BlendConfig(k=args.blend_k, cache_size=args.adapter_cache))
 
 
 def create_service(config: AppConfig, executor: GenerationExecutor | None = None,
@@ -590,8 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     executor = GenerationExecutor()
     try:
-        config = parse_args(argv)
-        service = create_service(config, executor)
+        config, learning = parse_args(argv)
+        service = create_service(config, executor, learning)
     except AttuneError as exc:
         log.error("%s", exc)
         return 2

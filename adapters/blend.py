@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from adapters.registry import GLOBAL, AdapterRegistry, AdapterVersion, personal_adapter, version_name
-from adapters.training import DEFAULT_TARGETS, TARGET_MODULES
 from assistant.model import LoadedModel
 from storage.store import Store
 
@@ -82,8 +81,9 @@ class _BlendedLoRA(nn.Module):
         if weights:
             ab = weights.get(self.path)
             if ab is not None:
-                a, b = ab
-                out = out + (x @ a.T) @ b.T
+                a, b = ab  # (r, in), (out, r)
+                flat = out.reshape(-1, out.shape[-1])
+                out = torch.addmm(flat, x.reshape(-1, x.shape[-1]) @ a.T, b.T).view_as(out)
         return out
 
 
@@ -98,16 +98,19 @@ class AdapterServer:
         self._adapters: OrderedDict[tuple[str, int], Weights] = OrderedDict()
         self._blends: OrderedDict[tuple, Weights] = OrderedDict()
         self.loads_from_disk = 0
-        self.paths = self._wrap_targets(loaded.model)
+        self.paths: set[str] = set()
+        """Modules wrapped so far: those some adapter read has covered (the others run untouched)."""
 
-    def _wrap_targets(self, model: nn.Module) -> list[str]:
-        names = TARGET_MODULES.get(model.config.model_type, DEFAULT_TARGETS)
-        paths = [p for p, m in model.named_modules() if p.split(".")[-1] in names and not isinstance(m, _BlendedLoRA)]
-        for path in paths:
-            parent_path, _, child = path.rpartition(".")
-            parent = model.get_submodule(parent_path) if parent_path else model
-            setattr(parent, child, _BlendedLoRA(getattr(parent, child), path, self._local))
-        return paths
+    def _wrap(self, paths) -> None:
+        """Wrap these modules (once). Safe while others generate: a wrapper with no weights for the calling
+        thread computes exactly what the module did, and swapping an attribute is atomic."""
+        model = self.loaded.model
+        with self._lock:
+            for path in sorted(set(paths) - self.paths):
+                parent_path, _, child = path.rpartition(".")
+                parent = model.get_submodule(parent_path) if parent_path else model
+                setattr(parent, child, _BlendedLoRA(getattr(parent, child), path, self._local))
+                self.paths.add(path)
 
     # ---- which blend ---------------------------------------------------------------------------------------
 
@@ -156,7 +159,7 @@ class AdapterServer:
         if blend.personal_version and blend.alpha > 0:
             parts.append((self._adapter(personal_adapter(blend.user_id), blend.personal_version), blend.alpha))
         combined: Weights = {}
-        for path in self.paths:
+        for path in sorted({p for w, _ in parts for p in w}):
             pieces = [(w[path][0], w[path][1] * scale) for w, scale in parts if path in w]
             if pieces:
                 combined[path] = (torch.cat([a for a, _ in pieces], 0).contiguous(),
@@ -194,6 +197,7 @@ class AdapterServer:
             path = key.removeprefix("base_model.model.").split(".lora_A.")[0]
             b = tensors[key.replace(".lora_A.", ".lora_B.")]
             out[path] = (a.float(), b.float() * scale)
+        self._wrap(out)
         return out
 
     def forget(self, adapter: str) -> None:

@@ -112,7 +112,7 @@ def global_update(store: Store, since: str | None, config: LearningConfig, seed:
     per_profile: dict[str, list[dict]] = {}
     held_all: list[dict] = []
     newest = since
-    new_count = 0
+    new_by_profile: dict[str, int] = {}
     for user_id in store.users_with_feedback():
         events = store.feedback(user_id)
         trainable, held = _split(events, config)
@@ -120,9 +120,10 @@ def global_update(store: Store, since: str | None, config: LearningConfig, seed:
         new = sorted((e for e in trainable if since is None or e["updated_at"] > since),
                      key=lambda e: e["updated_at"], reverse=True)
         old = [e for e in trainable if not (since is None or e["updated_at"] > since)]
-        new_count += len(new)
+        new_by_profile[user_id] = len(new)
         per_profile[user_id] = new + rng.sample(old, min(len(old), max(1, config.replay // 4)))
         newest = max([newest or ""] + [e["updated_at"] for e in events]) or None
     cap = profile_cap({u: len(v) for u, v in per_profile.items()}, config)
     chosen = [e for events in per_profile.values() for e in events[:cap]]
+    new_count = sum(min(n, cap) for n in new_by_profile.values())  # new events come first in each list
     return UpdateData(examples_from_feedback(chosen), examples_from_feedback(held_all), newest, new_count)

@@ -67,7 +67,7 @@ class TrainConfig:
     """DPO conservative smoothing ε in [0, 0.5) for noisy choosers."""
     learning_rate: float = 5e-4
     epochs: float = 2.0
-    """Passes over the update's examples (new events plus replay)."""
+    """Passes over the update's new examples; replayed older ones are mixed into the same steps."""
     max_steps: int = 16
     """Upper bound on optimizer steps per update, whatever the data."""
     steps: int | None = None
@@ -96,11 +96,13 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError("label_smoothing must be in [0, 0.5)")
 
-    def steps_for(self, examples: Examples) -> int:
+    def steps_for(self, examples: Examples, new: int | None = None) -> int:
+        """Optimizer steps for an update: `epochs` passes over its `new` examples (default: all of them), so
+        an update costs in proportion to the new feedback however much replay it mixes in."""
         if self.steps is not None:
             return self.steps
-        largest = max(len(examples.pairs), len(examples.unpaired))
-        return max(1, min(self.max_steps, math.ceil(self.epochs * largest / self.batch_size)))
+        count = new if new is not None else max(len(examples.pairs), len(examples.unpaired))
+        return max(1, min(self.max_steps, math.ceil(self.epochs * count / self.batch_size)))
 
     def autocast(self) -> torch.autocast:
         enabled = self.bf16 if self.bf16 is not None else native_bf16()
@@ -166,13 +168,14 @@ def train_adapter(
     examples: Examples,
     config: TrainConfig,
     progress: Callable[[int, int, dict], None] | None = None,
+    new_examples: int | None = None,
 ) -> dict:
     """Run `config.steps_for(examples)` optimizer steps; return TRL-named metrics of the last step."""
     if not len(examples):
         raise ValueError("no training examples")
     pad = loaded.tokenizer.pad_token_id
     enc = _encode_all(loaded, examples, config.max_length, config.max_prompt_tokens)
-    steps = config.steps_for(examples)
+    steps = config.steps_for(examples, new_examples)
     model.eval()
     with torch.no_grad(), model.disable_adapter(), config.autocast():
         ref_chosen = _logps_in_chunks(model, enc.chosen, pad, 8)

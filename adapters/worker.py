@@ -133,7 +133,8 @@ class Worker:
 
         self.store.job_progress(job["id"], 0.0, f"training on {len(data.train)} examples")
         lap("model_s")
-        metrics = train_adapter(peft_model, self.loaded, data.train, self.config.train, progress)
+        metrics = train_adapter(peft_model, self.loaded, data.train, self.config.train, progress,
+                                new_examples=data.new_events)
         lap("train_s")
         metrics.update(self._evaluate(peft_model, data, personal=adapter != GLOBAL, global_version=global_version))
         lap("eval_s")

@@ -5,7 +5,7 @@
 1. training compute for 8 pairs, 2 epochs of 4-pair steps: Attune's trainer vs TRL's DPOTrainer (same pairs,
    model, LoRA rank, steps, threads);
 2. update latency: from the vote that completes 8 new pairs to the first token of the first reply served by
-   the new version, with the real worker process (one thread, as app.py starts it);
+   the new version, with the real worker process started as app.py starts it;
 3. tokens/s serving base + global + α·personal vs the bare base model;
 4. profile switch latency (blend resolved and weights ready) with N profiles' adapters on disk, and resident
    memory as profiles are visited;
@@ -132,8 +132,9 @@ def update_latency(home: Path, rounds: int) -> tuple[dict, ChatService]:
     learning = LearningConfig(personal_every=8, global_every=10**9)
     service = ChatService(store, loaded, config, adapters=AdapterServer(loaded, registry, store, learning.blend),
                           learning=learning)
+    # The worker exactly as app.py starts it: every core, at nice 10.
     worker = subprocess.Popen([sys.executable, "-m", "adapters.worker", "--data-dir", str(home), "--model-cache",
-                               str(CACHE), "--threads", "1"], cwd=REPO, stdout=subprocess.DEVNULL,
+                               str(CACHE), "--parent-pid", str(os.getpid())], cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     user = service.create_profile("Bench")["id"]
     service.set_alpha(user, 1.0)  # serve the personal adapter whatever its held-out score
@@ -161,7 +162,7 @@ def update_latency(home: Path, rounds: int) -> tuple[dict, ChatService]:
     finally:
         worker.terminate()
         worker.wait(timeout=60)
-    return {"new_pairs_per_update": 8, "worker_threads": 1,
+    return {"new_pairs_per_update": 8, "worker": "all cores at nice 10, as app.py starts it",
             "median_s": med([r["first_token_of_new_version_s"] for r in rows]), "rounds": rows}, service
 
 

@@ -95,6 +95,16 @@ def test_profile_chat_thumbs_and_reload(page, running_app, data_home, tmp_path):
     assert store.transcript(user["id"], conversation["id"])[-1].id == pair.b.id
     page.locator("#choose-b").wait_for(state="hidden")
 
+    # The Learning panel counts that feedback, and Train now queues a job for the worker.
+    page.locator("#learning").get_by_text("Learning").first.click()
+    page.locator("#learning-status").get_by_text("1 thumbs, 1 comparisons").wait_for()
+    page.locator("#train-now").click()
+    page.get_by_text("Training queued").first.wait_for()
+    from adapters.registry import personal_adapter
+
+    assert store.latest_job(personal_adapter(user["id"]))["status"] == "queued"
+    page.locator("#learning-status").get_by_text("queued").first.wait_for()  # the panel refreshes by itself
+
     # After a reload the same profile and conversation come back, with the vote shown again.
     page.reload()
     page.locator("#chatbot").get_by_text("Hello there!").wait_for()
