@@ -1,0 +1,122 @@
+"""Simulated users, the gymnasium environment, and the learning-curve harness in --quick mode."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from bench.env import PreferenceChatEnv, load_prompts, split_prompts
+from bench.users import (SimulatedUser, choose, concise, load_users, population, prefers_a_probability,
+                         shared_reward, thumbs)
+from tests.conftest import REPO
+
+PROMPT = "How do I keep basil alive on a windowsill?"
+
+
+def test_prompt_set_is_large_varied_and_split():
+    prompts = load_prompts()
+    assert len(prompts) >= 300 and len(set(prompts)) == len(prompts)
+    train, held = split_prompts(prompts)
+    assert len(held) >= 60 and not set(train) & set(held)
+    assert split_prompts(prompts) == (train, held)  # fixed by the seed
+
+
+def test_shared_taste_rewards_on_topic_polite_and_punishes_degenerate():
+    on_topic = "Sure! Keep the basil in sun on the windowsill and water it when the soil is dry."
+    off_topic = "The stock market closed higher on Tuesday after a quiet session."
+    assert shared_reward(PROMPT, on_topic) > shared_reward(PROMPT, off_topic)
+    assert shared_reward(PROMPT, "basil " * 30) < shared_reward(PROMPT, on_topic)
+    assert shared_reward(PROMPT, "") == -2.0
+    assert shared_reward(PROMPT, on_topic + " You are stupid.") < shared_reward(PROMPT, on_topic)
+
+
+@pytest.mark.parametrize("name, better, worse", [
+    ("concise", "Water it when dry and give it sun.", "Basil " + "needs lots of careful attention and " * 10),
+    ("detailed", "Basil needs sun. " * 20, "Give it sun."),
+    ("bullets", "- sun on the windowsill\n- water when dry\n- pinch the tops", "Give basil sun and water."),
+    ("formal", "Basil requires sunlight; therefore, place it on the windowsill.", "Hey, it's cool! Don't worry!"),
+    ("casual", "Hey, it's easy! Give it sun, it'll love that!", "Basil requires sunlight."),
+    ("emoji_lover", "Give basil sun 🌿☀️🙂", "Give basil sun."),
+    ("emoji_hater", "Give basil sun.", "Give basil sun 🌿☀️🙂"),
+    ("examples", "Herbs such as basil like sun, for example a south window.", "Basil likes sun."),
+    ("questions_back", "Give it sun. Which window do you have?", "Give it sun."),
+    ("nature_lover", "Like a plant in a garden, basil loves the sun and rain.", "Basil likes light."),
+])
+def test_each_user_type_has_a_distinct_measurable_taste(name, better, worse):
+    user = next(u for u in population() if u.name == name)
+    assert user.reward(PROMPT, better) > user.reward(PROMPT, worse)
+    assert user.reward(PROMPT, better) == user.reward(PROMPT, better)  # deterministic
+    assert user.description
+
+
+def test_population_has_at_least_eight_tastes_that_disagree():
+    users = population()
+    assert len(users) >= 8 and len({u.name for u in users}) == len(users)
+    replies = ["- one\n- two\n- three 🙂", "Therefore, basil requires sunlight.", "Hey! It's easy, isn't it?"]
+    favourites = {max(replies, key=lambda r: u.reward(PROMPT, r)) for u in users}
+    assert len(favourites) == 3  # no single reply pleases everyone
+
+
+def test_choices_follow_bradley_terry_and_thumbs_a_threshold():
+    user = SimulatedUser("c", concise, temperature=1.0)
+    short, long = "Water it and give it sun.", "Basil " + "needs lots of attention and " * 10
+    p = prefers_a_probability(user, PROMPT, short, long)
+    rng = random.Random(0)
+    picks = [choose(user, PROMPT, short, long, rng) for _ in range(2000)]
+    assert 0.5 < p < 1.0 and abs(picks.count("a") / 2000 - p) < 0.04
+    assert choose(user, PROMPT, short, short, rng) == "tie"
+    sharp = SimulatedUser("c", concise, temperature=0.01)
+    assert all(choose(sharp, PROMPT, short, long, rng) == "a" for _ in range(50))
+    assert thumbs(user, PROMPT, short) == (1 if user.reward(PROMPT, short) >= user.threshold else -1)
+
+
+def test_users_load_from_module_callable():
+    assert [u.name for u in load_users("bench.users:population")] == [u.name for u in population()]
+    with pytest.raises(ValueError, match="module:callable"):
+        load_users("bench.users")
+
+
+def test_environment_steps_pairs_and_thumbs():
+    user = population()[0]
+    env = PreferenceChatEnv(user, load_prompts()[:20], mode="pair", episode_length=3)
+    obs, info = env.reset(seed=1)
+    assert obs in load_prompts()[:20] and info["user"] == user.name
+    assert env.observation_space.contains(obs)
+    action = ("Short answer.", "A much longer answer " * 10)
+    assert env.action_space.contains(action)
+    total = []
+    for step in range(3):
+        obs, reward, terminated, truncated, info = env.step(action)
+        total.append(reward)
+        assert reward in (1.0, -1.0, 0.0) and info["choice"] in ("a", "b", "tie") and not terminated
+    assert truncated  # the episode length was reached
+    single = PreferenceChatEnv(user, load_prompts()[:5], mode="single")
+    single.reset(seed=0)
+    _, reward, *_ , info = single.step("Sure! Here is a short answer.")
+    assert reward == float(info["thumbs"])
+
+
+def test_learning_curve_quick_mode_runs_the_product_loop(tmp_path):
+    out = tmp_path / "curve.json"
+    result = subprocess.run([sys.executable, "-m", "bench.learning_curve", "--quick", "--output", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert data["quick"] is True and len(data["users"]) == 2 and data["seconds"] < 180
+    for user in data["users"].values():
+        assert set(user["curve"]) == {"0", "4", "8"}
+        for point in user["curve"].values():
+            for metric in ("win_rate", "preference_accuracy"):
+                assert set(point[metric]) == {"blend", "global", "personal"}
+                assert all(v is None or 0 <= v <= 1 for v in point[metric].values())
+            assert all(v > 0 for v in point["perplexity_ratio"].values())
+    # Training really happened (on the random tiny model many choices are ties, which teach nothing, so not
+    # necessarily for every user).
+    assert any(u["curve"]["8"]["published"]["personal"] for u in data["users"].values())
+    assert set(data["population"]["curve"]) == {"0", "4"} and data["population"]["global_versions"] >= 1
+    assert set(data["summary"]) >= {"mean_win_rate", "users_with_blend_win_rate_at_least_0.7"}
