@@ -247,6 +247,10 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
     view_outputs = [ui.profile, ui.conversation, ui.chatbot, ui.compare_row, ui.candidate_a, ui.candidate_b,
                     ui.choice_row, ui.comment_row, ui.status]
 
+    def require_profile(user_id: str | None) -> None:
+        if not user_id:
+            raise gr.Error("Pick or create a profile first.", print_exception=False)
+
     def profile_choices() -> list[tuple[str, str]]:
         return [(p["name"], p["id"]) for p in service.list_profiles()]
 
@@ -325,8 +329,7 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
 
     @ui_errors
     def on_new_conversation(user_id: str):
-        if not user_id:
-            raise gr.Error("Pick or create a profile first.", print_exception=False)
+        require_profile(user_id)
         conversation = service.new_conversation(user_id)
         return view(user_id, conversation["id"])
 
@@ -371,8 +374,7 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
 
     @ui_errors
     def on_send(user_id, conversation_id, text, compare, system_prompt, temperature, top_p, max_new_tokens):
-        if not user_id:
-            raise gr.Error("Pick or create a profile first.", print_exception=False)
+        require_profile(user_id)
         settings = settings_from(system_prompt, temperature, top_p, max_new_tokens)
         updates = service.send(user_id, conversation_id or None, text, settings, compare=bool(compare))
         yield from stream_view(user_id, updates, bool(compare), retrying=False)
@@ -443,23 +445,20 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
 
     @ui_errors
     def on_alpha(user_id: str, auto: bool, alpha: float):
-        if not user_id:
-            raise gr.Error("Pick or create a profile first.", print_exception=False)
+        require_profile(user_id)
         service.set_alpha(user_id, None if auto else float(alpha))
         return learning_view(user_id)
 
     @ui_errors
     def on_train_now(user_id: str):
-        if not user_id:
-            raise gr.Error("Pick or create a profile first.", print_exception=False)
+        require_profile(user_id)
         service.train_now(user_id)
         gr.Info("Training queued: your adapter and everyone's. The next reply after it finishes uses them.")
         return learning_view(user_id)
 
     @ui_errors
     def on_reset_adapter(user_id: str):
-        if not user_id:
-            raise gr.Error("Pick or create a profile first.", print_exception=False)
+        require_profile(user_id)
         service.reset_personal(user_id)
         gr.Info("Your personal adapter was dropped; your feedback is kept. Replies now follow everyone's taste.")
         return learning_view(user_id)

@@ -195,26 +195,17 @@ def train_adapter(
         loss = torch.zeros(())
         metrics = {}
         if enc.chosen:
-            idx = [next(pair_order) for _ in range(min(config.batch_size, len(enc.chosen)))]
-            both = collate([enc.chosen[i] for i in idx] + [enc.rejected[i] for i in idx], pad)
-            with config.autocast():
-                logps = sequence_logps(model, both)
-            n = len(idx)
-            pair = dpo_loss(logps[:n], logps[n:], ref_chosen[idx], ref_rejected[idx], config.beta,
-                            config.label_smoothing)
+            idx, chosen, rejected = _step_logps(model, enc.chosen, enc.rejected, pair_order, pad, config)
+            pair = dpo_loss(chosen, rejected, ref_chosen[idx], ref_rejected[idx], config.beta, config.label_smoothing)
             loss = loss + pair.losses.mean()
             metrics.update(pair_metrics(pair))
-            metrics["logps/chosen"] = logps[:n].mean().item()
-            metrics["logps/rejected"] = logps[n:].mean().item()
+            metrics["logps/chosen"] = chosen.mean().item()
+            metrics["logps/rejected"] = rejected.mean().item()
         if enc.unpaired:
-            idx = [next(unpaired_order) for _ in range(min(config.batch_size, len(enc.unpaired)))]
-            both = collate([enc.unpaired[i] for i in idx] + [enc.mismatched[i] for i in idx], pad)
-            with config.autocast():
-                logps = sequence_logps(model, both)
-            n = len(idx)
-            z0 = kto_reference_point(logps[n:], ref_mismatched[idx])
-            unpaired = kto_loss(logps[:n], ref_unpaired[idx], labels[idx], z0, config.beta,
-                                config.desirable_weight, config.undesirable_weight)
+            idx, policy, mismatched = _step_logps(model, enc.unpaired, enc.mismatched, unpaired_order, pad, config)
+            z0 = kto_reference_point(mismatched, ref_mismatched[idx])
+            unpaired = kto_loss(policy, ref_unpaired[idx], labels[idx], z0, config.beta, config.desirable_weight,
+                                config.undesirable_weight)
             loss = loss + config.unpaired_weight * unpaired.losses.mean()
             metrics["kto/loss"] = unpaired.losses.mean().item()
             metrics["kl"] = z0.item()
@@ -226,6 +217,14 @@ def train_adapter(
             progress(step + 1, steps, metrics)
     model.eval()
     return metrics
+
+
+def _step_logps(model, first: list, second: list, order, pad: int, config: TrainConfig):
+    """Draw a batch of indices; return them and the log-probs of `first[i]` and `second[i]` from one forward."""
+    idx = [next(order) for _ in range(min(config.batch_size, len(first)))]
+    with config.autocast():
+        logps = sequence_logps(model, collate([first[i] for i in idx] + [second[i] for i in idx], pad))
+    return idx, logps[: len(idx)], logps[len(idx):]
 
 
 def _cycle(n: int, rng: random.Random):
