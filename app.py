@@ -538,10 +538,9 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
                   show_progress="hidden")
     ui.profile.change(on_learning_open, [ui.profile], learning_outputs + [ui.alpha_auto, ui.alpha],
                       api_visibility="private", show_progress="hidden")
-    for component in (ui.alpha_auto, ui.alpha):
-        component.input(on_alpha, [ui.profile, ui.alpha_auto, ui.alpha], learning_outputs, api_name="set_alpha"
-                        if component is ui.alpha else None, api_visibility="public" if component is ui.alpha
-                        else "private")
+    alpha_inputs = [ui.profile, ui.alpha_auto, ui.alpha]
+    ui.alpha.input(on_alpha, alpha_inputs, learning_outputs, api_name="set_alpha")
+    ui.alpha_auto.input(on_alpha, alpha_inputs, learning_outputs, api_visibility="private")
     b["train_now"].click(on_train_now, [ui.profile], learning_outputs, api_name="train_now")
     b["reset_adapter"].click(on_reset_adapter, [ui.profile], learning_outputs, api_name="reset_adapter")
 
