@@ -50,8 +50,7 @@ def merge_lora(model: torch.nn.Module, config: dict, tensors: dict[str, torch.Te
 
 class Worker:
     def __init__(self, loaded: LoadedModel, store: Store, registry: AdapterRegistry, config: LearningConfig):
-        self.loaded = loaded
-        self.base_state = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+        self.loaded = loaded  # the pristine base: never trained or merged into, only copied
         self.store = store
         self.registry = registry
         self.config = config
@@ -91,9 +90,7 @@ class Worker:
     # ---- one job -------------------------------------------------------------------------------------------
 
     def _fresh_base(self) -> torch.nn.Module:
-        model = copy.deepcopy(self.loaded.model)
-        model.load_state_dict(self.base_state)
-        return model
+        return copy.deepcopy(self.loaded.model)
 
     def _run(self, job: dict) -> dict:
         timings: dict[str, float] = {}
@@ -172,9 +169,7 @@ class Worker:
         if not personal:
             return {"eval/pairs": len(pairs), "eval/accuracy_global": accuracy["adapter"],
                     "eval/accuracy_base": accuracy["below"]}
-        missing = [p for p in pairs if (None, p.feedback_id) not in self._margins]
-        base = self._fresh_base() if missing else None
-        base_margins = self._cached_margins(base, pairs, None)
+        base_margins = self._cached_margins(self.loaded.model, pairs, None)
         return {"eval/pairs": len(pairs), "eval/accuracy_personal": accuracy["adapter"],
                 "eval/accuracy_global": accuracy["below"],
                 "eval/accuracy_base": (base_margins > 0).float().mean().item()}

@@ -161,14 +161,16 @@ class ChatService:
         def updates() -> Iterator[ReplyUpdate]:
             base = dict(conversation_id=conversation_id, user_message=user_message, notice=notice)
             yield ReplyUpdate(texts=[""] * stream.num_candidates, **base)
+            steps = iter(stream)
             stored = False
             try:
-                for texts in stream:
+                for texts in steps:
                     yield ReplyUpdate(texts=texts, **base)
                 stored = True
                 yield self._store_reply(user_id, conversation_id, user_message, settings, prompt, stream,
                                         replaces, base, adapter_versions)
             finally:
+                steps.close()  # generation stops and the stream settles its texts and stats before we store
                 if not stored and any(stream.texts) and not compare:
                     # The person saw part of a reply before the stream stopped: keep it, marked interrupted.
                     self._store_reply(user_id, conversation_id, user_message, settings, prompt, stream, replaces,

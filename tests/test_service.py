@@ -144,6 +144,9 @@ def test_interrupted_stream_keeps_the_partial_reply(service, ann):
     conv = update.conversation_id
     transcript = service.transcript(ann, conv)
     assert transcript[-1].role == "assistant" and transcript[-1].settings["interrupted"] is True
+    # Stored after generation stopped: with the tokens it had, and the text as shown (stripped).
+    assert 1 <= transcript[-1].settings["new_tokens"][0] < 100
+    assert transcript[-1].content == transcript[-1].content.strip()
 
 
 def test_two_profiles_generating_at_once_get_what_each_gets_alone(service):
