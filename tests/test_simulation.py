@@ -102,7 +102,7 @@ def test_environment_steps_pairs_and_thumbs():
 
 def test_learning_curve_quick_mode_runs_the_product_loop(tmp_path):
     out = tmp_path / "curve.json"
-    result = subprocess.run([sys.executable, "-m", "bench.learning_curve", "--quick", "--output", str(out)],
+    result = subprocess.run([sys.executable, "-m", "bench.learning_curve", "--quick", "--jobs", "2", "--output", str(out)],
                             cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
@@ -119,4 +119,26 @@ def test_learning_curve_quick_mode_runs_the_product_loop(tmp_path):
     # necessarily for every user).
     assert any(u["curve"]["8"]["published"]["personal"] for u in data["users"].values())
     assert set(data["population"]["curve"]) == {"0", "4"} and data["population"]["global_versions"] >= 1
-    assert set(data["summary"]) >= {"mean_win_rate", "users_with_blend_win_rate_at_least_0.7"}
+    assert set(data["summary"]) >= {"mean_win_rate", "users_with_blend_win_rate_at_least_0.7", "targets"}
+    for user in data["users"].values():  # every shown pair was recorded, with what it could teach
+        assert user["feedback"]["pairs"] == 8 and 0 <= user["feedback"]["informative_share"] <= 1
+    assert set(data["population"]["feedback"]) == set(data["users"])
+
+
+def test_benchmark_settings_override_nested_frozen_configs_and_refuse_unknown_ones():
+    from bench.learning_curve import CurveConfig, select_users, with_overrides
+
+    config = with_overrides(CurveConfig(), ["held_out_prompts=8", "learning.train.learning_rate=2e-3",
+                                            "learning.blend.k=4", "budgets=0,4", "only=formal,casual",
+                                            "learning.train.bf16=false", "max_users=1"])
+    assert config.held_out_prompts == 8 and config.budgets == (0, 4) and config.max_users == 1
+    assert config.learning.train.learning_rate == 2e-3 and config.learning.blend.k == 4.0
+    assert config.learning.train.bf16 is False and config.only == ("formal", "casual")
+    assert CurveConfig().learning.train.learning_rate != 2e-3  # the default is untouched (frozen copies)
+    assert [u.name for u in select_users(config)] == ["formal"]  # population order, then the cap
+    with pytest.raises(ValueError, match="no setting 'learning_rat'"):
+        with_overrides(CurveConfig(), ["learning.train.learning_rat=1"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        with_overrides(CurveConfig(), ["held_out_prompts"])
+    with pytest.raises(ValueError, match="no such users"):
+        select_users(with_overrides(CurveConfig(), ["only=nobody"]))
