@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -130,8 +130,9 @@ class Worker:
 
         self.store.job_progress(job["id"], 0.0, f"training on {len(data.train)} examples")
         lap("model_s")
-        metrics = train_adapter(peft_model, self.loaded, data.train, self.config.train, progress,
-                                new_examples=data.new_events)
+        update = (current.manifest.get("update", 0) if current else 0) + 1  # place in the warm-start chain
+        train = replace(self.config.train, learning_rate=self.config.train.learning_rate_at(update))
+        metrics = train_adapter(peft_model, self.loaded, data.train, train, progress, new_examples=data.new_events)
         lap("train_s")
         metrics.update(self._evaluate(peft_model, data, personal=adapter != GLOBAL, global_version=global_version))
         lap("eval_s")
@@ -142,8 +143,9 @@ class Worker:
             "feedback_ids": data.train.feedback_ids,
             "held_out_feedback_ids": data.held_out.feedback_ids,
             "new_events": data.new_events,
+            "update": update,
             "trained_until": data.trained_until,
-            "hyperparameters": {"train": asdict(self.config.train), "lora": asdict(self.config.lora)},
+            "hyperparameters": {"train": asdict(train), "lora": asdict(self.config.lora)},
             "metrics": metrics,
         }
         if self.store.get_job(job["id"])["status"] == "cancelled":

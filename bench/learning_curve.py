@@ -17,10 +17,11 @@ run before the next prompt. At each feedback budget it measures on held-out prom
 Then one population run: all users in one shared data home, taking turns, so the global adapter learns from
 everyone under the per-profile cap. `--quick` runs the tiny test model with 2 users and small budgets (≈ 20 s).
 
-Sizes (the defaults of `CurveConfig`) are chosen so the full run fits 60 minutes on the 2-core machine: each
-feedback turn costs ≈ 4.5 s on one core (an A/B pair of 32-token replies, plus its share of training), so the
-8 users run to 64 choices each, two at a time (`--jobs 2`, one core each), beside the population run
-(8 users × 32 choices). 128 choices per user would add ≈ 20 minutes.
+Sizes (the defaults of `CurveConfig`) are chosen to fit 60 minutes on the 2-core machine. Measured on
+2026-11-29: one user to 64 choices takes 9.1–10.6 min of one core (an A/B pair of 32-token replies ≈ 3.4 s, the
+training it triggers, 4 evaluations); users run two at a time (`--jobs 2`, one core each). The population run at
+32 choices per user took 44 min, so the whole run 62.9 min; at 16 per user (the default now) it should take
+≈ 22 min and the whole run ≈ 50 min (an estimate, not yet measured). 128 choices per user would add ≈ 36 min.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import math
 import multiprocessing
 import random
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -93,7 +95,9 @@ class CurveConfig:
     max_users: int | None = 8
     only: tuple[str, ...] = ()
     """Run just these users (by name); empty: all, up to `max_users`."""
-    population_budgets: tuple[int, ...] = (0, 16, 32)
+    population_budgets: tuple[int, ...] = (0, 8, 16)
+    """Choices per user in the shared-home run (8 users take turns, so 16 each is 128 events for the global adapter).
+    The 2026-11-29 run used (0, 16, 32): 44 min of one core, which made the whole run 62.9 min."""
     seed: int = 0
     learning: LearningConfig = field(default_factory=LearningConfig)
 
@@ -340,6 +344,8 @@ def run_population(users, config: CurveConfig, train: list[str], base: dict, cac
             if given in config.population_budgets:
                 ev = Evaluation(h, prompts, base)
                 curve[given] = {user.name: evaluate(ev, user, uid, pairs) for user, uid, _, _, pairs in members}
+                log.info("population after %d choices each: blend win rates %s", given,
+                         {name: point["win_rate"]["blend"] for name, point in curve[given].items()})
             if given < max(config.population_budgets):
                 for member in members:
                     member[3] = h.feedback_step(member[2], member[1], member[3])
@@ -382,6 +388,28 @@ def summarise(result: dict, config: CurveConfig) -> dict:
     return summary
 
 
+def markdown_table(result: dict) -> str:
+    """Per user: the served blend's win rate vs base at each budget, and at the target budget global-only,
+    personal-only, held-out preference accuracy and perplexity ratio of the blend."""
+    users = result["users"]
+    budgets = list(next(iter(users.values()))["curve"])
+    target = str(result["summary"]["target_budget"])
+    head = ["user"] + [f"blend @{b}" for b in budgets] + [f"global @{target}", f"personal @{target}",
+                                                         f"pref. acc. blend @{target}", f"ppl ratio @{target}",
+                                                         "informative pairs"]
+    rows = [head, ["---"] * len(head)]
+    for name, u in users.items():
+        point = u["curve"][target]
+        rows.append([f"`{name}`"] + [f"{u['curve'][b]['win_rate']['blend']:.2f}" for b in budgets] + [
+            f"{point['win_rate']['global']:.2f}", f"{point['win_rate']['personal']:.2f}",
+            f"{point['preference_accuracy']['blend']:.2f}" if point["preference_accuracy"]["blend"] is not None
+            else "–", f"{point['perplexity_ratio']['blend']:.3f}", f"{u['feedback']['informative_share']:.2f}"])
+    mean = result["summary"]["mean_win_rate"]
+    rows.append(["**mean**"] + [f"**{mean[b]['blend']:.2f}**" for b in budgets] + [
+        f"{mean[target]['global']:.2f}", f"{mean[target]['personal']:.2f}", "", "", ""])
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -416,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", default=None, help="comma-separated feedback budgets, e.g. 0,8,16,32")
     parser.add_argument("--population-budgets", default=None, help="budgets of the shared-home run ('' skips it)")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--table", type=Path, default=None, metavar="RESULT_JSON",
+                        help="print the README table of an earlier run's results and exit")
     parser.add_argument("--jobs", type=int, default=2,
                         help="processes running users side by side, one core each (2 on the 2-core machine)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -423,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-cache", type=Path, default=REPO / ".cache" / "models")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.table:
+        sys.stdout.write(markdown_table(json.loads(args.table.read_text())) + "\n")
+        return 0
     # Like the app: the main thread runs `generate` and training (see assistant/executor.py), the loop a thread.
     executor, finished, box = GenerationExecutor(), threading.Event(), {}
 

@@ -123,6 +123,11 @@ def test_learning_curve_quick_mode_runs_the_product_loop(tmp_path):
     for user in data["users"].values():  # every shown pair was recorded, with what it could teach
         assert user["feedback"]["pairs"] == 8 and 0 <= user["feedback"]["informative_share"] <= 1
     assert set(data["population"]["feedback"]) == set(data["users"])
+    table = subprocess.run([sys.executable, "-m", "bench.learning_curve", "--table", str(out)], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    lines = table.stdout.splitlines()
+    assert table.returncode == 0 and lines[0].startswith("| user | blend @0 | blend @4 | blend @8 |")
+    assert len(lines) == 2 + len(data["users"]) + 1 and lines[-1].startswith("| **mean** |")
 
 
 def test_benchmark_settings_override_nested_frozen_configs_and_refuse_unknown_ones():

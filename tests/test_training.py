@@ -106,3 +106,23 @@ def test_training_learns_a_clear_preference_and_changes_only_lora(fresh_tiny):
             assert not value.requires_grad
             assert torch.equal(value, base_before[base_name]), name
     assert changed_lora > 0
+
+
+def test_rpo_term_keeps_the_chosen_reply_likely_where_dpo_alone_lets_it_fall(tiny_model_dir):
+    """DPO only widens the gap, so both replies may lose likelihood; the NLL term (TRL's rpo_alpha) holds the
+    chosen one up."""
+    from adapters.data import Examples
+
+    train = _synthetic_pairs(16, 0)
+    chosen_logp = {}
+    for rpo in (0.0, 1.0):
+        torch.manual_seed(0)
+        loaded = load_model(ModelConfig(model=str(tiny_model_dir)), tiny_model_dir.parent)
+        model = add_lora(loaded.model, LoraSettings(rank=8, alpha=16))
+        metrics = train_adapter(model, loaded, Examples(train, []),
+                                TrainConfig(steps=30, learning_rate=5e-3, beta=0.1, rpo_alpha=rpo))
+        assert ("nll_loss" in metrics) == bool(rpo)
+        chosen_logp[rpo] = metrics["logps/chosen"]
+    assert chosen_logp[1.0] > chosen_logp[0.0] + 1.0, chosen_logp
+    with pytest.raises(ValueError, match="rpo_alpha"):
+        TrainConfig(rpo_alpha=-1)

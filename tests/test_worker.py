@@ -80,12 +80,15 @@ def test_worker_publishes_and_the_next_reply_uses_the_new_version(parts, store):
     update = list(service.send(ann, None, "Hello", GREEDY))[-1]
     assert update.reply.adapter_versions["personal"] == "v0001"
     assert update.reply.adapter_versions["global"] == "v0001"
-    assert update.reply.adapter_versions["alpha"] == pytest.approx(10 / (10 + 16), abs=1e-4)
+    k = BlendConfig().k
+    assert update.reply.adapter_versions["alpha"] == pytest.approx(10 / (10 + k), abs=1e-4)
 
     _choices(service, ann, 4, start=10)  # four more: a second personal version, warm-started from the first
     assert worker.run_once()
     second = registry.current(personal_adapter(ann))
     assert second.version == 2 and second.manifest["parent_version"] == "v0001"
+    assert (manifest["update"], second.manifest["update"]) == (1, 2)  # places in the warm-start chain
+    assert second.manifest["hyperparameters"]["train"]["learning_rate"] == pytest.approx(LEARNING.train.learning_rate_at(2))
     newly_held_out = set(second.manifest["held_out_feedback_ids"]) - set(manifest["held_out_feedback_ids"])
     assert second.manifest["trained_on_global"] == "v0001"
     assert second.manifest["new_events"] == 4 - len(newly_held_out)  # held-out votes are never trained on
@@ -183,3 +186,26 @@ def test_an_orphaned_worker_stops_by_itself(tiny_model_dir, data_home):
         cwd=REPO, env={**__import__("os").environ, DATA_HOME_ENV: str(data_home), "HF_HUB_OFFLINE": "1"},
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "The app (pid 1) is gone; stopping." in result.stderr
+
+
+def test_decay_shrinks_the_step_size_along_the_warm_start_chain_and_a_reset_restarts_it(store, data_home,
+                                                                                       tiny_model_dir, app_config):
+    learning = LearningConfig(personal_every=4, global_every=10**6,
+                              train=TrainConfig(steps=2, learning_rate=1e-3, decay=True))
+    registry = AdapterRegistry(data_home / ADAPTERS_DIR, store)
+    served = _fresh(tiny_model_dir)
+    service = ChatService(store, served, app_config, adapters=AdapterServer(served, registry, store, BlendConfig()),
+                          learning=learning)
+    worker = Worker(_fresh(tiny_model_dir), store, registry, learning)
+    ann = service.create_profile("Ann")["id"]
+    rates = []
+    for round_ in range(3):
+        _choices(service, ann, 4, start=4 * round_)
+        assert worker.run_once()
+        rates.append(registry.current(personal_adapter(ann)).manifest["hyperparameters"]["train"]["learning_rate"])
+    assert rates == pytest.approx([1e-3, 1e-3 / 2 ** 0.5, 1e-3 / 3 ** 0.5])
+    service.reset_personal(ann)
+    _choices(service, ann, 4, start=12)
+    assert worker.run_once()
+    after_reset = registry.current(personal_adapter(ann)).manifest
+    assert after_reset["update"] == 1 and after_reset["hyperparameters"]["train"]["learning_rate"] == 1e-3
