@@ -14,6 +14,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from adapters.blend import BlendConfig
 from assistant.config import DATA_HOME_ENV
 from storage.store import Store
 from tests.conftest import REPO, free_port
@@ -224,8 +225,9 @@ def test_votes_train_a_new_version_that_the_next_reply_uses(cli_app):
     assert status["job"]["status"] == "done"
     send(client, ann, conv, "And now?")
     last = client.predict(ann, conv, api_name="/messages")[-1]
-    # Served at α = 4/(4+16), unless its held-out accuracy fell below the crowd's (then α = 0, with the reason).
-    assert last["adapter_versions"]["alpha"] == pytest.approx(4 / (4 + 16), abs=1e-4) or (
+    # Served at α = 4/(4+k), unless its held-out accuracy fell below the crowd's (then α = 0, with the reason).
+    k = BlendConfig().k
+    assert last["adapter_versions"]["alpha"] == pytest.approx(4 / (4 + k), abs=1e-4) or (
         last["adapter_versions"]["alpha"] == 0 and "below the crowd" in last["adapter_versions"]["alpha_reason"])
     client.predict(ann, False, 1.0, api_name="/set_alpha")  # "just me"
     send(client, ann, conv, "And with just my taste?")
