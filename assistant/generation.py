@@ -46,6 +46,13 @@ def visible_text(text: str, stop_strings: tuple[str, ...]) -> tuple[str, bool]:
     return text[: len(text) - hold], False
 
 
+def sampling_kwargs(temperature: float, top_p: float) -> dict:
+    """`generate` arguments for nucleus sampling at `temperature`, or greedy decoding at 0."""
+    if temperature > 0:
+        return dict(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
+    return dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+
+
 class _QueueStreamer(BaseStreamer):
     """Receives (batch,) token tensors from `generate` and forwards them as lists; skips the prompt."""
 
@@ -106,10 +113,7 @@ class ReplyStream:
             streamer=_QueueStreamer(sink),
             stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
         )
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=float(self.settings.top_p), top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kwargs.update(sampling_kwargs(temperature, self.settings.top_p))
         if self.prompt.stop_strings:
             kwargs.update(stop_strings=list(self.prompt.stop_strings), tokenizer=tokenizer)
         return kwargs

@@ -45,15 +45,14 @@ from pathlib import Path
 import torch
 
 from adapters.blend import AdapterServer, Blend
-from adapters.data import PairExample
+from adapters.data import PairExample, collate, encode
 from adapters.jobs import LearningConfig
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
 from adapters.training import preference_margins, sequence_logps
-from adapters.data import collate, encode
 from adapters.worker import ADAPTERS_DIR, Worker
 from assistant.config import AppConfig, GenerationSettings, ModelConfig
 from assistant.executor import GenerationExecutor
-from assistant.generation import visible_text
+from assistant.generation import sampling_kwargs, visible_text
 from assistant.model import load_model
 from assistant.prompts import build_prompt
 from assistant.service import ChatService
@@ -159,10 +158,7 @@ class Harness:
         mask = torch.tensor([[0] * (width - len(f.input_ids)) + [1] * len(f.input_ids) for f in fitted])
         kwargs = dict(input_ids=input_ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
                       num_return_sequences=n, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=settings.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kwargs.update(sampling_kwargs(temperature, settings.top_p))
 
         def run():
             with torch.inference_mode(), (self.server.activate(blend) if blend else nullcontext()):
