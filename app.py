@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -561,6 +561,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, LearningConfig
                         help="do not start the training worker (run `python -m adapters.worker` yourself)")
     parser.add_argument("--worker-threads", type=int, default=defaults.worker_threads,
                         help="torch threads of the training worker (0: all cores, at a lower priority)")
+    parser.add_argument("--explore-rate", type=float, default=defaults.explore.rate,
+                        help="share of A/B comparisons in which one candidate follows a hidden style probe (0: never)")
     learning = LearningConfig()
     parser.add_argument("--personal-every", type=int, default=learning.personal_every,
                         help="train a profile's adapter after this many new feedback events of it (M)")
@@ -572,7 +574,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, LearningConfig
                         help="adapter versions kept in memory (the rest load from disk on demand)")
     args = parser.parse_args(argv)
     app = AppConfig(data_dir=args.data_dir, host=args.host, port=args.port, worker=not args.no_worker,
-                    worker_threads=args.worker_threads,
+                    worker_threads=args.worker_threads, explore=replace(defaults.explore, rate=args.explore_rate),
                     model=ModelConfig(model=args.model, cache_dir=args.model_cache, allow_download=args.allow_download))
     return app, LearningConfig(personal_every=args.personal_every, global_every=args.global_every,
                                blend=BlendConfig(k=args.blend_k, cache_size=args.adapter_cache))

@@ -5,6 +5,9 @@
 - Both bad → two undesirable unpaired examples.
 - Thumbs → an unpaired example (`prompt`, `completion`, `label`); and when the reply was a retry, a 👍 on it
   also forms a pair against each reply it superseded (a 👎 on a retry says nothing about the one before).
+
+A reply that ended by itself is trained with the end-of-sequence token after it; one cut at its token budget
+is not (else every cut reply would teach the model to stop at that length).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ class PairExample:
     rejected: str
     feedback_id: str
     user_id: str
+    chosen_ended: bool = True
+    rejected_ended: bool = True
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class UnpairedExample:
     label: bool
     feedback_id: str
     user_id: str
+    ended: bool = True
 
 
 @dataclass(frozen=True)
@@ -54,16 +60,21 @@ def examples_from_feedback(events: list[dict]) -> Examples:
     unpaired: list[UnpairedExample] = []
     for e in events:
         key = dict(feedback_id=e["id"], user_id=e["user_id"])
+        ended = e.get("ended", {})
         if e["kind"] == "pairwise":
             if e["choice"] in ("a", "b"):
-                chosen, rejected = (e["a"], e["b"]) if e["choice"] == "a" else (e["b"], e["a"])
-                pairs.append(PairExample(e["prompt"], chosen, rejected, **key))
+                won, lost = ("a", "b") if e["choice"] == "a" else ("b", "a")
+                pairs.append(PairExample(e["prompt"], e[won], e[lost], **key, chosen_ended=ended.get(won, True),
+                                         rejected_ended=ended.get(lost, True)))
             elif e["choice"] == "both_bad":
-                unpaired += [UnpairedExample(e["prompt"], text, False, **key) for text in (e["a"], e["b"])]
+                unpaired += [UnpairedExample(e["prompt"], e[side], False, **key, ended=ended.get(side, True))
+                             for side in ("a", "b")]
         else:
-            unpaired.append(UnpairedExample(e["prompt"], e["completion"], e["value"] > 0, **key))
+            done = ended.get("completion", True)
+            unpaired.append(UnpairedExample(e["prompt"], e["completion"], e["value"] > 0, **key, ended=done))
             if e["value"] > 0:
-                pairs += [PairExample(e["prompt"], e["completion"], old, **key) for old in e.get("superseded", [])]
+                pairs += [PairExample(e["prompt"], e["completion"], old, **key, chosen_ended=done)
+                          for old in e.get("superseded", [])]
     return Examples(pairs, unpaired)
 
 
@@ -78,15 +89,17 @@ class Batch:
 
 
 def encode(loaded: LoadedModel, prompt: list[dict], completion: str, max_length: int,
-           max_prompt: int | None = None) -> tuple[list[int], int]:
-    """Token ids of prompt + completion + end-of-sequence, and the prompt's length. The prompt is fitted as for
-    serving (oldest turns left out first) into `max_prompt` tokens, and everything into `max_length`."""
+           max_prompt: int | None = None, ended: bool = True) -> tuple[list[int], int]:
+    """Token ids of prompt + completion (+ end-of-sequence if the completion `ended` by itself), and the prompt's
+    length. The prompt is fitted as for serving (oldest turns left out first) into `max_prompt` tokens, and
+    everything into `max_length`."""
     system = prompt[0]["content"] if prompt and prompt[0]["role"] == "system" else ""
     turns = [m for m in prompt if m["role"] != "system"]
     tokenizer = loaded.tokenizer
     spacer = "" if loaded.has_chat_template else " "  # plain transcripts put a space after "Assistant:"
     completion_ids = tokenizer(spacer + completion.strip(), add_special_tokens=False)["input_ids"]
-    completion_ids = completion_ids[: max_length // 2] + [tokenizer.eos_token_id]
+    kept = completion_ids[: max_length // 2]
+    completion_ids = kept + [tokenizer.eos_token_id] if ended and len(kept) == len(completion_ids) else kept
     window = min(loaded.context_window, max_length, (max_prompt or max_length) + len(completion_ids))
     fitted = build_prompt(_Windowed(loaded, window), system, turns, max_new_tokens=len(completion_ids))
     return fitted.input_ids + completion_ids, len(fitted.input_ids)

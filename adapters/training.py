@@ -164,15 +164,15 @@ class _Encoded:
 def _encode_all(loaded: LoadedModel, examples: Examples, max_length: int, max_prompt: int) -> _Encoded:
     enc = _Encoded()
     for p in examples.pairs:
-        enc.chosen.append(encode(loaded, p.prompt, p.chosen, max_length, max_prompt))
-        enc.rejected.append(encode(loaded, p.prompt, p.rejected, max_length, max_prompt))
+        enc.chosen.append(encode(loaded, p.prompt, p.chosen, max_length, max_prompt, p.chosen_ended))
+        enc.rejected.append(encode(loaded, p.prompt, p.rejected, max_length, max_prompt, p.rejected_ended))
     items = examples.unpaired
     for i, u in enumerate(items):
-        enc.unpaired.append(encode(loaded, u.prompt, u.completion, max_length, max_prompt))
+        enc.unpaired.append(encode(loaded, u.prompt, u.completion, max_length, max_prompt, u.ended))
         enc.labels.append(u.label)
         # Reply i against the prompt of i+1: what the policy does to replies that do not answer (KTO's z0).
         other = items[(i + 1) % len(items)]
-        enc.mismatched.append(encode(loaded, other.prompt, u.completion, max_length, max_prompt))
+        enc.mismatched.append(encode(loaded, other.prompt, u.completion, max_length, max_prompt, u.ended))
     return enc
 
 
@@ -266,8 +266,10 @@ def preference_margins(model: torch.nn.Module, loaded: LoadedModel, pairs: list[
                        config: TrainConfig = TrainConfig()) -> torch.Tensor:
     """log π(chosen) − log π(rejected) for each pair, shape (pairs,)."""
     pad = loaded.tokenizer.pad_token_id
-    chosen = [encode(loaded, p.prompt, p.chosen, config.max_length, config.max_prompt_tokens) for p in pairs]
-    rejected = [encode(loaded, p.prompt, p.rejected, config.max_length, config.max_prompt_tokens) for p in pairs]
+    chosen = [encode(loaded, p.prompt, p.chosen, config.max_length, config.max_prompt_tokens, p.chosen_ended)
+              for p in pairs]
+    rejected = [encode(loaded, p.prompt, p.rejected, config.max_length, config.max_prompt_tokens,
+                       p.rejected_ended) for p in pairs]
     model.eval()
     with config.autocast():
         return _logps_in_chunks(model, chosen, pad, 8) - _logps_in_chunks(model, rejected, pad, 8)

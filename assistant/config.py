@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from assistant.explore import ExploreConfig
 from storage.errors import InvalidInput
 
 DATA_HOME_ENV = "ATTUNE_HOME"
@@ -80,6 +81,8 @@ class AppConfig:
     """Longest message accepted from a person; longer ones are refused, not cut."""
     compare_min_temperature: float = 0.7
     """Compare mode samples both candidates; a greedy setting is raised to this so A and B can differ."""
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
+    """Compare mode: how often, and with which hidden style probes, one candidate explores (assistant/explore.py)."""
     worker: bool = True
     """Start the training worker process beside the app."""
     worker_threads: int = 0

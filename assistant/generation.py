@@ -86,6 +86,10 @@ class ReplyStream:
     prompt: Prompt
     settings: GenerationSettings
     num_candidates: int = 1
+    """Candidates sampled from `prompt` in one batch (compare mode: 2)."""
+    candidate_prompts: tuple[Prompt, ...] = ()
+    """Instead: one candidate per prompt, in one left-padded batch (compare mode with an exploration probe).
+    Overrides `num_candidates`; `prompt` stays the one the reply is recorded against."""
     min_temperature: float = 0.0
     min_new_tokens: int = 0
     """Suppress end-of-sequence before this many tokens (benchmarks use it for fixed-length runs)."""
@@ -95,20 +99,29 @@ class ReplyStream:
     """Entered around `generate` on the thread that runs it (the adapter blend of this request)."""
     texts: list[str] = field(default_factory=list)
     new_tokens: list[int] = field(default_factory=list)
+    ended: list[bool] = field(default_factory=list)
+    """Per candidate: it ended by itself (end-of-sequence or a stop string), not at the token budget."""
     seconds_to_first_token: float | None = None
     seconds: float = 0.0
     finished: bool = False
 
+    def __post_init__(self):
+        if self.candidate_prompts:
+            self.num_candidates = len(self.candidate_prompts)
+
     def _generate_kwargs(self, sink: queue.Queue, cancel: threading.Event) -> dict:
         tokenizer = self.loaded.tokenizer
         temperature = max(float(self.settings.temperature), self.min_temperature)
-        kwargs = dict(
-            input_ids=torch.tensor([self.prompt.input_ids]),
-            attention_mask=torch.ones(1, len(self.prompt.input_ids), dtype=torch.long),
-            max_new_tokens=self.prompt.max_new_tokens,
+        prompts = self.candidate_prompts or (self.prompt,)
+        width = max(len(p.input_ids) for p in prompts)
+        pad = tokenizer.pad_token_id
+        kwargs = dict(  # left-padded: every row's next token comes right after its own prompt
+            input_ids=torch.tensor([[pad] * (width - len(p.input_ids)) + p.input_ids for p in prompts]),
+            attention_mask=torch.tensor([[0] * (width - len(p.input_ids)) + [1] * len(p.input_ids) for p in prompts]),
+            max_new_tokens=min(p.max_new_tokens for p in prompts),
             min_new_tokens=self.min_new_tokens or None,
-            num_return_sequences=self.num_candidates,
-            pad_token_id=tokenizer.pad_token_id,
+            num_return_sequences=1 if self.candidate_prompts else self.num_candidates,
+            pad_token_id=pad,
             eos_token_id=tokenizer.eos_token_id,
             streamer=_QueueStreamer(sink),
             stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
@@ -139,6 +152,7 @@ class ReplyStream:
         n = self.num_candidates
         tokens: list[list[int]] = [[] for _ in range(n)]
         done = [False] * n
+        self.ended = [False] * n
         self.texts = [""] * n
         eos = self.loaded.tokenizer.eos_token_id
         start = time.perf_counter()
@@ -157,12 +171,12 @@ class ReplyStream:
                     if done[row]:
                         continue
                     if token == eos:
-                        done[row] = True
+                        done[row] = self.ended[row] = True
                         continue
                     tokens[row].append(token)
                     text = self.loaded.tokenizer.decode(tokens[row], skip_special_tokens=True)
                     self.texts[row], stopped = visible_text(text, self.prompt.stop_strings)
-                    done[row] = stopped
+                    done[row] = self.ended[row] = stopped
                 if all(done):
                     cancel.set()
                 yield list(self.texts)
@@ -179,6 +193,7 @@ class ReplyStream:
     def stats(self) -> dict:
         return {
             "new_tokens": self.new_tokens,
+            "ended": self.ended,
             "seconds": round(self.seconds, 3),
             "seconds_to_first_token": round(self.seconds_to_first_token or 0.0, 3),
             "interrupted": not self.finished,

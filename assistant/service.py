@@ -7,6 +7,7 @@ before it returns or yields its final update.
 from __future__ import annotations
 
 import logging
+import random
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from adapters.jobs import LearningConfig, enqueue_due, enqueue_now
 from adapters.registry import GLOBAL, personal_adapter
 from assistant.config import AppConfig, GenerationSettings
 from assistant.executor import GenerationExecutor
+from assistant.explore import choose_probe, probed
 from assistant.generation import ReplyStream
 from assistant.model import LoadedModel
 from assistant.prompts import build_prompt
@@ -64,8 +66,10 @@ def validate_message(text: object, max_chars: int) -> str:
 class ChatService:
     def __init__(self, store: Store, loaded: LoadedModel, config: AppConfig,
                  executor: GenerationExecutor | None = None, adapters: AdapterServer | None = None,
-                 learning: LearningConfig | None = None):
+                 learning: LearningConfig | None = None, rng: random.Random | None = None):
         self.store = store
+        self.rng = rng or random.Random()
+        """Draws the exploration probes and their side (seed it for reproducible runs)."""
         self.loaded = loaded
         self.config = config
         self.executor = executor
@@ -150,8 +154,17 @@ class ChatService:
         turns = [{"role": m.role, "content": m.content} for m in history]
         prompt = build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens)
         blend = self.adapters.blend_for(user_id) if self.adapters else None
+        probe, candidates, sides = None, (), ({}, {})
+        if compare:
+            probe = choose_probe(self.config.explore, self.store.probe_record(user_id), self.store.probe_record(),
+                                 self.rng)
+        if probe is not None:
+            hinted = build_prompt(self.loaded, settings.system_prompt, probed(turns, probe), settings.max_new_tokens)
+            side = self.rng.randrange(2)  # which of A and B explores
+            candidates = (hinted, prompt) if side == 0 else (prompt, hinted)
+            sides = ({"probe": probe.name}, {}) if side == 0 else ({}, {"probe": probe.name})
         stream = ReplyStream(
-            self.loaded, prompt, settings, num_candidates=2 if compare else 1,
+            self.loaded, prompt, settings, num_candidates=2 if compare else 1, candidate_prompts=candidates,
             min_temperature=self.config.compare_min_temperature if compare else 0.0, executor=self.executor,
             activate=(lambda: self.adapters.activate(blend)) if blend else None,
         )
@@ -168,7 +181,7 @@ class ChatService:
                     yield ReplyUpdate(texts=texts, **base)
                 stored = True
                 yield self._store_reply(user_id, conversation_id, user_message, settings, prompt, stream,
-                                        replaces, base, adapter_versions)
+                                        replaces, base, adapter_versions, sides)
             finally:
                 steps.close()  # generation stops and the stream settles its texts and stats before we store
                 if not stored and any(stream.texts) and not compare:
@@ -179,12 +192,14 @@ class ChatService:
         return updates()
 
     def _store_reply(self, user_id, conversation_id, user_message, settings, prompt, stream, replaces, base,
-                     adapter_versions):
+                     adapter_versions, sides=({}, {})):
         facts = {**settings.as_dict(), **prompt.facts(), **stream.stats()}
         if stream.num_candidates == 2:
+            own = tuple({"new_tokens": stream.new_tokens[i], "ended": stream.ended[i], **sides[i]} for i in range(2))
             pair = self.store.create_pair(user_id, conversation_id, user_message.id, stream.texts[0],
                                           stream.texts[1], model_id=self.model_id, settings=facts,
-                                          adapter_versions=adapter_versions, replaces=replaces.id if replaces else None)
+                                          adapter_versions=adapter_versions, replaces=replaces.id if replaces else None,
+                                          candidate_settings=own)
             return ReplyUpdate(texts=list(stream.texts), done=True, pair=pair, **base)
         reply = self.store.add_message(user_id, conversation_id, "assistant", stream.texts[0],
                                        parent_id=user_message.id, model_id=self.model_id, settings=facts,

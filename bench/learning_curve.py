@@ -52,6 +52,7 @@ from adapters.training import preference_margins, sequence_logps
 from adapters.worker import ADAPTERS_DIR, Worker
 from assistant.config import AppConfig, GenerationSettings, ModelConfig
 from assistant.executor import GenerationExecutor
+from assistant.explore import ExploreConfig
 from assistant.generation import sampling_kwargs, visible_text
 from assistant.model import load_model
 from assistant.prompts import build_prompt
@@ -99,6 +100,8 @@ class CurveConfig:
     The 2026-11-29 run used (0, 16, 32): 44 min of one core, which made the whole run 62.9 min."""
     seed: int = 0
     learning: LearningConfig = field(default_factory=LearningConfig)
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
+    """Compare mode's style probes, as in the app (`--set explore.rate=0`: plain samples only)."""
 
 
 def quick_config(model_dir: Path) -> CurveConfig:
@@ -118,12 +121,13 @@ class Harness:
         registry = AdapterRegistry(home / ADAPTERS_DIR, self.store)
         self.server = AdapterServer(self.loaded, registry, self.store, config.learning.blend)
         self.executor = executor
-        self.service = ChatService(self.store, self.loaded, AppConfig(data_dir=home, model=model), executor,
-                                   adapters=self.server, learning=config.learning)
+        self.service = ChatService(self.store, self.loaded, AppConfig(data_dir=home, model=model, explore=config.explore),
+                                   executor, adapters=self.server, learning=config.learning,
+                                   rng=random.Random(config.seed))
         self.worker = Worker(load_model(model, cache), self.store, registry, config.learning) if worker else None
         self.registry = registry
-        self.shown: dict[str, list[tuple[str, float, float]]] = {}
-        """Per profile: (choice, the user's reward of A, of B) of every pair shown."""
+        self.shown: dict[str, list[tuple[str, float, float, str | None]]] = {}
+        """Per profile: (choice, the user's reward of A, of B, the side that followed a probe) of every pair shown."""
 
     def on_main(self, fn):
         """Run `fn()` where the app runs `generate` (the main thread: see assistant/executor.py); its result."""
@@ -177,7 +181,8 @@ class Harness:
         final = list(self.service.send(user_id, conversation, prompt, settings, compare=True))[-1]
         next_prompt, _, _, _, info = env.step((final.pair.a.content, final.pair.b.content))
         self.service.choose(user_id, final.pair.id, info["choice"])
-        self.shown.setdefault(user_id, []).append((info["choice"], *info["user_rewards"]))
+        probed = "a" if final.pair.a.settings.get("probe") else "b" if final.pair.b.settings.get("probe") else None
+        self.shown.setdefault(user_id, []).append((info["choice"], *info["user_rewards"], probed))
         while self.on_main(self.worker.run_once):  # the worker's jobs, before the next prompt
             pass
         return next_prompt
@@ -211,15 +216,19 @@ class Harness:
         return math.exp(-logps.sum().item() / tokens)
 
 
-def feedback_stats(shown: list[tuple[str, float, float]]) -> dict:
+def feedback_stats(shown: list[tuple[str, float, float, str | None]]) -> dict:
     """How much the shown pairs could teach: a pair whose replies the user values alike carries no taste."""
-    gaps = [abs(a - b) for _, a, b in shown]
-    decided = [(c, a, b) for c, a, b in shown if c != "tie" and a != b]
-    return {"pairs": len(shown), "ties": sum(c == "tie" for c, _, _ in shown),
+    gaps = [abs(a - b) for _, a, b, _ in shown]
+    decided = [(c, a, b) for c, a, b, _ in shown if c != "tie" and a != b]
+    probed = [(c, side) for c, _, _, side in shown if side]
+    return {"pairs": len(shown), "ties": sum(c == "tie" for c, *_ in shown),
             "reward_gap_mean": round(statistics.mean(gaps), 3) if gaps else None,
             "informative_share": round(sum(g >= 0.25 for g in gaps) / len(gaps), 3) if gaps else None,
             "choice_agrees_with_reward": round(sum((c == "a") == (a > b) for c, a, b in decided) / len(decided), 3)
-            if decided else None}
+            if decided else None,
+            "probed_share": round(len(probed) / len(shown), 3) if shown else None,
+            "probed_chosen": round(statistics.mean(1.0 if c == side else 0.5 if c == "tie" else 0.0
+                                                   for c, side in probed), 3) if probed else None}
 
 
 def _samples(h: Harness, prompts: list[str]) -> list[tuple[str, str]]:

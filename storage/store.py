@@ -329,9 +329,11 @@ class Store:
         settings: dict,
         adapter_versions: dict | None = None,
         replaces: str | None = None,
+        candidate_settings: tuple[dict, dict] = ({}, {}),
     ) -> Pair:
         """Store two candidate replies to `prompt_message_id` as a comparison awaiting a choice.
-        `replaces`: as in `add_message`."""
+        `replaces`: as in `add_message`. `candidate_settings`: facts of A and of B alone, added to `settings`
+        (e.g. whether each ended by itself, or the exploration probe one followed)."""
         with self._write() as db:
             self._require_conversation(db, user_id, conversation_id)
             if self._pending_pair_id(db, conversation_id):
@@ -339,8 +341,8 @@ class Store:
             self._supersede(db, user_id, conversation_id, replaces)
             ids = [
                 self._insert_message(db, conversation_id, "assistant", text, prompt_message_id, "candidate",
-                                     model_id, settings, adapter_versions)
-                for text in (a_content, b_content)
+                                     model_id, {**settings, **own}, adapter_versions)
+                for text, own in zip((a_content, b_content), candidate_settings)
             ]
             pair_id = _new_id()
             db.execute(
@@ -461,7 +463,8 @@ class Store:
         Each row has the event's fields plus `prompt` (the conversation up to and including the user message
         the reply answers, as role/content dicts), and `completion` (thumbs) or `a`/`b` (pairwise) texts.
         Thumbs rows also list as `superseded` the earlier replies to the same message that a retry replaced
-        (and that were not themselves liked).
+        (and that were not themselves liked). `ended` says, per text (`completion`, or `a` and `b`), whether the
+        reply ended by itself rather than at its token budget (replies stored before this was recorded: True).
         """
         with self._db() as db:
             self._require_user(db, user_id)
@@ -471,6 +474,7 @@ class Store:
                 if event["kind"] == "thumbs":
                     reply = self._require_message(db, user_id, event["message_id"])
                     event["completion"] = reply.content
+                    event["ended"] = {"completion": _ended(reply.settings)}
                     event["superseded"] = [r["content"] for r in self._rows(
                         db,
                         "SELECT m.content FROM messages m LEFT JOIN feedback f ON f.message_id = m.id "
@@ -482,10 +486,35 @@ class Store:
                 else:
                     pair = self._require_pair(db, user_id, event["pair_id"])
                     event["a"], event["b"] = pair.a.content, pair.b.content
+                    event["ended"] = {"a": _ended(pair.a.settings), "b": _ended(pair.b.settings)}
                     prompt_id, reply = pair.prompt_message_id, pair.a
                 event["prompt"] = self._context_through(db, prompt_id, reply.settings.get("system_prompt"))
                 out.append(event)
         return out
+
+    def probe_record(self, user_id: str | None = None) -> dict[str, tuple[float, float]]:
+        """Exploration probes' record in compare mode (of one profile, or everyone's): probe name → (times its
+        candidate was chosen, times it was not). A tie counts half each way; "both bad" counts as not chosen."""
+        where, params = "", ()
+        if user_id is not None:
+            where, params = "AND p.user_id = ?", (user_id,)
+        with self._db() as db:
+            rows = self._rows(
+                db,
+                "SELECT json_extract(m.settings, '$.probe') AS probe, f.choice, "
+                "CASE WHEN m.id = p.a_message_id THEN 'a' ELSE 'b' END AS side "
+                "FROM pairs p JOIN feedback f ON f.pair_id = p.id "
+                "JOIN messages m ON m.id IN (p.a_message_id, p.b_message_id) "
+                f"WHERE json_extract(m.settings, '$.probe') IS NOT NULL {where}",
+                params,
+            )
+        record: dict[str, list[float]] = {}
+        for row in rows:
+            won = 0.5 if row["choice"] == "tie" else float(row["choice"] == row["side"])
+            counts = record.setdefault(row["probe"], [0.0, 0.0])
+            counts[0] += won
+            counts[1] += 1.0 - won
+        return {name: (w, l) for name, (w, l) in record.items()}
 
     def _context_through(self, db, message_id: str | None, system_prompt: str | None) -> list[dict]:
         """The system prompt a reply was generated with, then the active transcript through `message_id`."""
@@ -681,3 +710,12 @@ def _clean_comment(comment: Any) -> str:
 
 def _version_row(row: dict) -> dict:
     return {**row, "manifest": json.loads(row["manifest"])}
+
+
+def _ended(settings: dict) -> bool:
+    """Whether a stored reply ended by itself (the generation facts' `ended`: per candidate, or a one-reply
+    list); True when unrecorded, as every reply was treated before."""
+    ended = settings.get("ended", True)
+    if isinstance(ended, list):
+        return bool(ended[0]) if len(ended) == 1 else True
+    return bool(ended)

@@ -152,3 +152,38 @@ def test_abandoned_stream_stops_generation(tiny_loaded):
     next(iterator), next(iterator)
     iterator.close()  # the browser went away
     assert not stream.finished and stream.new_tokens[0] < 100
+
+
+def test_candidates_from_different_prompts_match_their_own_greedy_replies(tiny_loaded):
+    """Left padding in one batch must not change a row: each candidate equals its prompt's reply alone."""
+    settings = GenerationSettings(temperature=0, max_new_tokens=10, system_prompt="")
+    short = build_prompt(tiny_loaded, "", [{"role": "user", "content": "Hi"}], 10)
+    long = build_prompt(tiny_loaded, "", [{"role": "user", "content": "Tell me a long story about a fox."}], 10)
+    assert len(long.input_ids) > len(short.input_ids)
+    alone = [generate_texts(tiny_loaded, p, settings)[0] for p in (long, short)]
+    stream = ReplyStream(tiny_loaded, short, settings, candidate_prompts=(long, short))
+    list(stream)
+    assert stream.num_candidates == 2 and stream.texts == alone
+    assert len(stream.ended) == 2 and len(stream.new_tokens) == 2
+
+
+def test_ended_tells_a_reply_cut_at_the_budget_from_one_that_stopped(tiny_loaded):
+    """`ended` is True only for a reply that produced end-of-sequence (or a stop string) itself."""
+    settings = GenerationSettings(temperature=0, max_new_tokens=6, system_prompt="")
+    prompt = build_prompt(tiny_loaded, "", [{"role": "user", "content": "Hi"}], 6)
+    eos = tiny_loaded.tokenizer.eos_token_id
+
+    def run(eos_logit: float) -> ReplyStream:
+        bias = torch.zeros(tiny_loaded.model.config.vocab_size)
+        bias[eos] = eos_logit
+        hook = tiny_loaded.model.lm_head.register_forward_hook(lambda module, args, out: out + bias)
+        try:
+            stream = ReplyStream(tiny_loaded, prompt, settings)
+            list(stream)
+            return stream
+        finally:
+            hook.remove()
+
+    cut, stopped = run(-1e4), run(1e4)
+    assert cut.new_tokens == [6] and cut.ended == [False] and cut.stats()["ended"] == [False]
+    assert stopped.new_tokens == [0] and stopped.ended == [True] and stopped.stats()["ended"] == [True]

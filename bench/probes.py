@@ -1,0 +1,81 @@
+"""Do the exploration probes move the replies? Each simulated user's mean reward with and without each probe.
+
+    python -m bench.probes [--prompts 24] [--samples 2] [--output bench/results/probes.json]
+
+For each probe of `assistant.explore.DEFAULT_PROBES` (and none), the embedded model samples replies to training
+prompts with the probe added to the message, exactly as compare mode does (T = 0.9, 32 tokens, the learning-curve
+benchmark's settings). A probe is useful to a user when it moves that user's reward: then a choice between a
+probed and a plain candidate says something about the user's taste. ≈ 2 min on the 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from assistant.explore import DEFAULT_PROBES, probed
+from bench.env import load_prompts, split_prompts
+from bench.learning_curve import RESULTS, CurveConfig, Harness
+from bench.model_speed import machine
+from bench.users import population
+
+log = logging.getLogger("bench.probes")
+
+
+def measure(prompts: int, samples: int, cache: Path) -> dict:
+    config = CurveConfig()
+    train, _ = split_prompts(load_prompts())
+    asked = train[:prompts]
+    users = population()
+    torch.manual_seed(0)
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="attune-probes-") as tmp:
+        h = Harness(Path(tmp), config, cache, executor=None, worker=False)
+        for probe in (None, *DEFAULT_PROBES):
+            name = probe.name if probe else "none"
+            messages = [probed([{"role": "user", "content": p}], probe)[-1]["content"] if probe else p
+                        for p in asked]
+            began = time.perf_counter()
+            replies = h.generate(messages, None, config.sample_temperature, n=samples)
+            pairs = [(p, r) for p, rs in zip(asked, replies) for r in rs]  # judged against the prompt as sent
+            out[name] = {"instruction": probe.instruction if probe else "",
+                         "mean_reward": {u.name: round(statistics.mean(u.reward(p, r) for p, r in pairs), 3)
+                                         for u in users},
+                         "example": pairs[0][1]}
+            log.info("%s (%.1f s): %s", name, time.perf_counter() - began, out[name]["mean_reward"])
+    for name, row in out.items():
+        row["lift"] = {u: round(v - out["none"]["mean_reward"][u], 3) for u, v in row["mean_reward"].items()}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parent.parent / ".cache" / "models")
+    parser.add_argument("--output", type=Path, default=RESULTS / "probes.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    began = time.perf_counter()
+    probes = measure(args.prompts, args.samples, args.model_cache)
+    best = {u: max((n for n in probes if n != "none"), key=lambda n: probes[n]["lift"][u]) for u in probes["none"]["lift"]}
+    result = {"machine": machine(), "prompts": args.prompts, "samples_per_prompt": args.samples,
+              "probes": probes, "best_probe_per_user": {u: [n, probes[n]["lift"][u]] for u, n in best.items()},
+              "seconds": round(time.perf_counter() - began, 1)}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    log.info("best probe per user (reward lift): %s; %.0f s → %s", result["best_probe_per_user"], result["seconds"],
+             args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""Exploration in compare mode: which probe is asked, that it stays hidden from what is stored and trained on,
+and its record in the database."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+
+from adapters.data import encode, examples_from_feedback
+from assistant.config import AppConfig, GenerationSettings
+from assistant.explore import DEFAULT_PROBES, ExploreConfig, Probe, choose_probe, probed
+from assistant.service import ChatService
+from storage.errors import InvalidInput
+
+SETTINGS = GenerationSettings(temperature=1.0, max_new_tokens=8)
+PROBES = (Probe("list", "Answer as a list."), Probe("short", "Be short."), Probe("joke", "Tell a joke."))
+
+
+def test_rate_zero_never_probes_and_rate_one_always_does():
+    rng = random.Random(0)
+    assert all(choose_probe(ExploreConfig(rate=0.0), {}, {}, rng) is None for _ in range(50))
+    assert all(choose_probe(ExploreConfig(rate=1.0), {}, {}, rng) in DEFAULT_PROBES for _ in range(50))
+    share = sum(choose_probe(ExploreConfig(rate=0.3), {}, {}, rng) is not None for _ in range(2000)) / 2000
+    assert 0.25 < share < 0.35
+
+
+def test_thompson_sampling_asks_more_of_what_this_person_chose_and_still_tries_the_rest():
+    config = ExploreConfig(rate=1.0, probes=PROBES)
+    rng = random.Random(1)
+    mine = {"list": (9.0, 1.0), "short": (1.0, 9.0)}
+    counts = Counter(choose_probe(config, mine, {}, rng).name for _ in range(1000))
+    assert counts["list"] > 700  # won 9 of 10
+    assert counts["short"] < 20  # lost 9 of 10
+    assert 0 < counts["joke"] < counts["list"]  # never tried: still asked sometimes
+
+
+def test_a_new_profile_starts_from_the_crowds_record():
+    config = ExploreConfig(rate=1.0, probes=PROBES, prior_strength=8.0)
+    rng = random.Random(2)
+    everyone = {"joke": (80.0, 20.0), "list": (20.0, 80.0), "short": (20.0, 80.0)}
+    with_crowd = Counter(choose_probe(config, {}, everyone, rng).name for _ in range(1000))
+    no_crowd = Counter(choose_probe(replace(config, prior_strength=0.0), {}, everyone, rng).name for _ in range(1000))
+    assert with_crowd["joke"] > 600 and 250 < no_crowd["joke"] < 420
+
+
+@pytest.mark.parametrize("kwargs", [dict(rate=1.5), dict(rate=-0.1), dict(probes=()),
+                                    dict(probes=(Probe("a", "x"), Probe("a", "y"))), dict(probes=(Probe("a", " "),)),
+                                    dict(prior_strength=-1.0)])
+def test_bad_exploration_settings_get_a_clear_error(kwargs):
+    with pytest.raises(InvalidInput):
+        ExploreConfig(**kwargs)
+
+
+def test_probe_goes_to_the_newest_user_message_only():
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+             {"role": "user", "content": "Plan my day.  "}]
+    out = probed(turns, Probe("list", "Answer as a list."))
+    assert out[:2] == turns[:2] and out[2] == {"role": "user", "content": "Plan my day.\n\nAnswer as a list."}
+    assert turns[2]["content"] == "Plan my day.  "  # the caller's turns are not modified
+
+
+@pytest.fixture
+def exploring(store, tiny_loaded, app_config) -> ChatService:
+    config = replace(app_config, explore=ExploreConfig(rate=1.0, probes=PROBES))
+    return ChatService(store, tiny_loaded, config, rng=random.Random(0))
+
+
+def test_one_candidate_explores_hidden_from_the_transcript_and_the_training_data(exploring, store):
+    ann = exploring.create_profile("Ann")["id"]
+    sides = []
+    for i in range(6):
+        pair = list(exploring.send(ann, None, f"Plan my day number {i}.", SETTINGS, compare=True))[-1].pair
+        probes = [pair.a.settings.get("probe"), pair.b.settings.get("probe")]
+        assert sum(p is not None for p in probes) == 1 and set(probes) - {None} <= {p.name for p in PROBES}
+        sides.append("a" if probes[0] else "b")
+        assert pair.a.settings["new_tokens"] >= 0 and isinstance(pair.b.settings["ended"], bool)
+        transcript = exploring.transcript(ann, pair.a.conversation_id)
+        assert transcript[0].content == f"Plan my day number {i}."  # stored as sent
+        exploring.choose(ann, pair.id, sides[-1] if i % 2 == 0 else "tie")
+    assert set(sides) == {"a", "b"}  # the explorer's side is random, so position says nothing
+    examples = examples_from_feedback(store.feedback(ann))
+    assert len(examples.pairs) == 3
+    for example in examples.pairs:
+        assert all("Answer as a list." not in m["content"] and "Be short." not in m["content"] and
+                   "Tell a joke." not in m["content"] for m in example.prompt)
+    record = store.probe_record(ann)
+    assert sum(w for w, _ in record.values()) == 3 + 3 * 0.5 and sum(l for _, l in record.values()) == 1.5
+
+
+def test_probe_record_counts_each_profile_and_everyone(exploring, store):
+    ann, bob = exploring.create_profile("Ann")["id"], exploring.create_profile("Bob")["id"]
+    won = {}
+    for user, verdict in ((ann, "won"), (bob, "lost"), (bob, "both_bad")):
+        pair = list(exploring.send(user, None, "Hello", SETTINGS, compare=True))[-1].pair
+        side = "a" if pair.a.settings.get("probe") else "b"
+        probe = (pair.a if side == "a" else pair.b).settings["probe"]
+        choice = {"won": side, "lost": "b" if side == "a" else "a", "both_bad": "both_bad"}[verdict]
+        exploring.choose(user, pair.id, choice)
+        won.setdefault(user, []).append((probe, verdict == "won"))
+    mine = store.probe_record(ann)
+    assert mine == {won[ann][0][0]: (1.0, 0.0)}
+    bobs = store.probe_record(bob)
+    assert sum(w for w, _ in bobs.values()) == 0.0 and sum(l for _, l in bobs.values()) == 2.0
+    everyone = store.probe_record()
+    assert sum(w + l for w, l in everyone.values()) == 3.0
+
+
+def test_plain_compare_mode_without_exploration_has_no_probe(store, tiny_loaded, app_config):
+    service = ChatService(store, tiny_loaded, replace(app_config, explore=ExploreConfig(rate=0.0)))
+    ann = service.create_profile("Ann")["id"]
+    pair = list(service.send(ann, None, "Hi", SETTINGS, compare=True))[-1].pair
+    assert "probe" not in pair.a.settings and "probe" not in pair.b.settings
+    assert store.probe_record(ann) == {}
+
+
+def test_a_reply_cut_at_its_budget_is_trained_without_end_of_sequence(tiny_loaded, store):
+    prompt = [{"role": "user", "content": "Hi"}]
+    eos = tiny_loaded.tokenizer.eos_token_id
+    ended, _ = encode(tiny_loaded, prompt, "Hello there", 64, ended=True)
+    cut, _ = encode(tiny_loaded, prompt, "Hello there", 64, ended=False)
+    assert ended[-1] == eos and ended[:-1] == cut and cut[-1] != eos
+    # Through storage: the facts of each stored candidate decide it.
+    user = store.create_user("Ann")["id"]
+    conv = store.create_conversation(user, "t")["id"]
+    q = store.add_message(user, conv, "user", "Hi")
+    pair = store.create_pair(user, conv, q.id, "long cut reply", "short", model_id="m", settings={},
+                             candidate_settings=({"ended": False}, {"ended": True}))
+    store.record_choice(user, pair.id, "a")
+    old = store.add_message(user, conv, "user", "Again")
+    reply = store.add_message(user, conv, "assistant", "cut", parent_id=old.id, settings={"ended": [False]})
+    store.record_thumbs(user, reply.id, 1)
+    examples = examples_from_feedback(store.feedback(user))
+    assert [(p.chosen, p.chosen_ended, p.rejected_ended) for p in examples.pairs] == [("long cut reply", False, True)]
+    assert [(u.completion, u.ended) for u in examples.unpaired] == [("cut", False)]
+
+
+def test_the_command_line_sets_the_rate_and_refuses_a_bad_one():
+    import app
+
+    config, _ = app.parse_args(["--explore-rate", "0.25"])
+    assert config.explore.rate == 0.25 and config.explore.probes == DEFAULT_PROBES
+    with pytest.raises(InvalidInput, match="between 0 and 1"):
+        app.parse_args(["--explore-rate", "2"])
