@@ -13,6 +13,7 @@ the personal adapter scored below global-only on the profile's held-out votes.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -211,11 +212,27 @@ class AdapterServer:
             self._blends.clear()
 
 
+GATE_P_VALUE = 0.1
+"""A personal version is held back only when its held-out votes show it worse than global-only at this level."""
+
+
+def sign_test_p(worse: int, better: int) -> float:
+    """One-sided sign test: the chance of at least `worse` losses among the `worse + better` held-out pairs on
+    which the two models disagree, if neither were better."""
+    n = worse + better
+    return sum(math.comb(n, k) for k in range(worse, n + 1)) / 2 ** n if n else 1.0
+
+
 def _gate(personal: AdapterVersion) -> str | None:
-    """Why a personal version should not be served, if its held-out accuracy is below global-only's."""
+    """Why a personal version should not be served: on the held-out votes where it and global-only disagree, it
+    is right significantly less often (sign test, p < GATE_P_VALUE). With a handful of held-out votes a plain
+    accuracy comparison is mostly noise: it held back adapters that served the person better."""
     ev = personal.manifest.get("metrics", {})
     mine, crowd, n = ev.get("eval/accuracy_personal"), ev.get("eval/accuracy_global"), ev.get("eval/pairs", 0)
-    if mine is not None and crowd is not None and n and mine < crowd:
-        return (f"your adapter scored {mine:.0%} on {n} held-out votes of yours, below the crowd's {crowd:.0%}: "
-                "serving the crowd's taste until it does better")
-    return None
+    if mine is None or crowd is None or not n or mine >= crowd:
+        return None
+    worse, better = ev.get("eval/only_global_right"), ev.get("eval/only_personal_right")
+    if worse is not None and better is not None and sign_test_p(int(worse), int(better)) >= GATE_P_VALUE:
+        return None  # worse on these votes, but not clearly: serve it
+    return (f"your adapter scored {mine:.0%} on {n} held-out votes of yours, below the crowd's {crowd:.0%}: "
+            "serving the crowd's taste until it does better")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import logging
 import os
 import signal
@@ -104,7 +105,10 @@ class Worker:
         adapter, user_id = job["adapter"], job["user_id"]
         current = self.registry.current(adapter)
         since = current.manifest.get("trained_until") if current else None
-        seed = int(time.time())
+        # Replay sample: fixed by the adapter and how many versions it has, so a rerun on the same feedback
+        # trains on the same data (a clock-based seed made two benchmark runs differ).
+        key = f"{adapter}:{len(self.registry.history(adapter))}"
+        seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
         if adapter == GLOBAL:
             data = global_update(self.store, since, self.config, seed)
         else:
@@ -172,8 +176,11 @@ class Worker:
             return {"eval/pairs": len(pairs), "eval/accuracy_global": accuracy["adapter"],
                     "eval/accuracy_base": accuracy["below"]}
         base_margins = self._cached_margins(self.loaded.model, pairs, None)
+        mine, crowd = with_adapter > 0, below > 0
         return {"eval/pairs": len(pairs), "eval/accuracy_personal": accuracy["adapter"],
                 "eval/accuracy_global": accuracy["below"],
+                "eval/only_personal_right": int((mine & ~crowd).sum()),
+                "eval/only_global_right": int((crowd & ~mine).sum()),
                 "eval/accuracy_base": (base_margins > 0).float().mean().item()}
 
     def _cached_margins(self, model, pairs, key: str | None) -> torch.Tensor:

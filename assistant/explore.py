@@ -41,13 +41,17 @@ DEFAULT_PROBES = (
     Probe("emoji", "Use emoji 😊 in your answer."),
     Probe("example", "Give a concrete example."),
     Probe("question", "Answer, then ask me a follow-up question."),
+    Probe("direct", "Answer directly, using the words of my question."),
 )
 
 
 @dataclass(frozen=True)
 class ExploreConfig:
-    rate: float = 0.5
-    """Share of compare requests in which one candidate follows a probe (0: never, plain samples only)."""
+    rate: float = 1.0
+    """Share of compare requests in which one candidate follows a probe (0: never, plain samples only). Every
+    pair probed learned faster than half of them in the learning-curve pilot (see adapters/training.py's
+    `rpo_alpha`); the other candidate is always a plain sample, so each choice still compares against what the
+    assistant would say unasked."""
     probes: tuple[Probe, ...] = DEFAULT_PROBES
     prior_strength: float = 2.0
     """How many of a profile's own choices the crowd's record of a probe is worth."""

@@ -121,13 +121,14 @@ class Harness:
         registry = AdapterRegistry(home / ADAPTERS_DIR, self.store)
         self.server = AdapterServer(self.loaded, registry, self.store, config.learning.blend)
         self.executor = executor
-        self.service = ChatService(self.store, self.loaded, AppConfig(data_dir=home, model=model, explore=config.explore),
-                                   executor, adapters=self.server, learning=config.learning,
-                                   rng=random.Random(config.seed))
+        app = AppConfig(data_dir=home, model=model, explore=config.explore)
+        self.service = ChatService(self.store, self.loaded, app, executor, adapters=self.server,
+                                   learning=config.learning, rng=random.Random(config.seed))
         self.worker = Worker(load_model(model, cache), self.store, registry, config.learning) if worker else None
         self.registry = registry
-        self.shown: dict[str, list[tuple[str, float, float, str | None]]] = {}
-        """Per profile: (choice, the user's reward of A, of B, the side that followed a probe) of every pair shown."""
+        self.shown: dict[str, list[tuple[str, float, float, tuple[str, str] | None]]] = {}
+        """Per profile: (choice, the user's reward of A, of B, (side, probe) if a candidate explored) of every pair
+        shown."""
 
     def on_main(self, fn):
         """Run `fn()` where the app runs `generate` (the main thread: see assistant/executor.py); its result."""
@@ -181,7 +182,8 @@ class Harness:
         final = list(self.service.send(user_id, conversation, prompt, settings, compare=True))[-1]
         next_prompt, _, _, _, info = env.step((final.pair.a.content, final.pair.b.content))
         self.service.choose(user_id, final.pair.id, info["choice"])
-        probed = "a" if final.pair.a.settings.get("probe") else "b" if final.pair.b.settings.get("probe") else None
+        a, b = final.pair.a.settings.get("probe"), final.pair.b.settings.get("probe")
+        probed = ("a", a) if a else ("b", b) if b else None
         self.shown.setdefault(user_id, []).append((info["choice"], *info["user_rewards"], probed))
         while self.on_main(self.worker.run_once):  # the worker's jobs, before the next prompt
             pass
@@ -216,19 +218,28 @@ class Harness:
         return math.exp(-logps.sum().item() / tokens)
 
 
-def feedback_stats(shown: list[tuple[str, float, float, str | None]]) -> dict:
-    """How much the shown pairs could teach: a pair whose replies the user values alike carries no taste."""
+def feedback_stats(shown: list[tuple[str, float, float, tuple[str, str] | None]]) -> dict:
+    """How much the shown pairs could teach: a pair whose replies the user values alike carries no taste; and how
+    exploration went: how often each probe was asked and how often its candidate was chosen (a tie counts half)."""
     gaps = [abs(a - b) for _, a, b, _ in shown]
     decided = [(c, a, b) for c, a, b, _ in shown if c != "tie" and a != b]
-    probed = [(c, side) for c, _, _, side in shown if side]
+    probes: dict[str, list[float]] = {}
+    for choice, _, _, probed in shown:
+        if probed:
+            side, name = probed
+            counts = probes.setdefault(name, [0, 0.0])
+            counts[0] += 1
+            counts[1] += 1.0 if choice == side else 0.5 if choice == "tie" else 0.0
+    asked = sum(n for n, _ in probes.values())
     return {"pairs": len(shown), "ties": sum(c == "tie" for c, *_ in shown),
             "reward_gap_mean": round(statistics.mean(gaps), 3) if gaps else None,
             "informative_share": round(sum(g >= 0.25 for g in gaps) / len(gaps), 3) if gaps else None,
             "choice_agrees_with_reward": round(sum((c == "a") == (a > b) for c, a, b in decided) / len(decided), 3)
             if decided else None,
-            "probed_share": round(len(probed) / len(shown), 3) if shown else None,
-            "probed_chosen": round(statistics.mean(1.0 if c == side else 0.5 if c == "tie" else 0.0
-                                                   for c, side in probed), 3) if probed else None}
+            "probed_share": round(asked / len(shown), 3) if shown else None,
+            "probed_chosen": round(sum(w for _, w in probes.values()) / asked, 3) if asked else None,
+            "probes": {name: {"asked": n, "chosen": w}
+                       for name, (n, w) in sorted(probes.items(), key=lambda item: -item[1][0])}}
 
 
 def _samples(h: Harness, prompts: list[str]) -> list[tuple[str, str]]:

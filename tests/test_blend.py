@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from adapters.blend import AdapterServer, Blend, BlendConfig, auto_alpha
+from adapters.blend import AdapterServer, Blend, BlendConfig, auto_alpha, sign_test_p
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
 from adapters.training import LoraSettings, add_lora
 from assistant.config import GenerationSettings, ModelConfig
@@ -110,6 +110,16 @@ def test_alpha_follows_feedback_count_override_and_gate(setup, tiny_model_dir, s
              metrics={"eval/accuracy_personal": 0.4, "eval/accuracy_global": 0.7, "eval/pairs": 5})
     gated = server.blend_for(ann)
     assert gated.alpha == 0.0 and gated.personal_version is None and "below the crowd" in gated.reason
+    # Worse on 2 of the 3 votes where the two disagree is not evidence (sign test p = 0.5): served.
+    _publish(registry, tiny_model_dir, personal_adapter(ann), ann, 4,
+             metrics={"eval/accuracy_personal": 0.5, "eval/accuracy_global": 0.67, "eval/pairs": 6,
+                      "eval/only_personal_right": 1, "eval/only_global_right": 2})
+    assert server.blend_for(ann).personal_version == 3 and server.blend_for(ann).alpha == pytest.approx(0.5)
+    # Worse on all 4 disagreements (p = 0.06): held back.
+    _publish(registry, tiny_model_dir, personal_adapter(ann), ann, 4,
+             metrics={"eval/accuracy_personal": 0.2, "eval/accuracy_global": 1.0, "eval/pairs": 5,
+                      "eval/only_personal_right": 0, "eval/only_global_right": 4})
+    assert server.blend_for(ann).personal_version is None
     assert server.blend_for(bob).personal_version is None  # Bob: n = 0
 
 
@@ -166,3 +176,9 @@ def test_two_profiles_generating_at_once_get_their_own_blend(setup, tiny_model_d
     assert {u: r.texts[0] for u, r in results.items()} == alone
     assert results[ann].reply.adapter_versions == {"global": "v0001", "personal": "v0001", "alpha": 1.0,
                                                    "alpha_reason": "set by you"}
+
+
+@pytest.mark.parametrize("worse, better, p", [(0, 0, 1.0), (3, 0, 0.125), (4, 0, 0.0625), (5, 1, 7 / 64),
+                                              (1, 3, 15 / 16), (2, 2, 11 / 16)])
+def test_sign_test_against_hand_computed_tails(worse, better, p):
+    assert sign_test_p(worse, better) == pytest.approx(p)
