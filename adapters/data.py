@@ -73,8 +73,10 @@ def examples_from_feedback(events: list[dict]) -> Examples:
             done = ended.get("completion", True)
             unpaired.append(UnpairedExample(e["prompt"], e["completion"], e["value"] > 0, **key, ended=done))
             if e["value"] > 0:
-                pairs += [PairExample(e["prompt"], e["completion"], old, **key, chosen_ended=done)
-                          for old in e.get("superseded", [])]
+                old_ended = ended.get("superseded", [True] * len(e.get("superseded", [])))
+                pairs += [PairExample(e["prompt"], e["completion"], old, **key, chosen_ended=done,
+                                      rejected_ended=old_done)
+                          for old, old_done in zip(e.get("superseded", []), old_ended, strict=True)]
     return Examples(pairs, unpaired)
 
 
@@ -99,7 +101,9 @@ def encode(loaded: LoadedModel, prompt: list[dict], completion: str, max_length:
     spacer = "" if loaded.has_chat_template else " "  # plain transcripts put a space after "Assistant:"
     completion_ids = tokenizer(spacer + completion.strip(), add_special_tokens=False)["input_ids"]
     kept = completion_ids[: max_length // 2]
-    completion_ids = kept + [tokenizer.eos_token_id] if ended and len(kept) == len(completion_ids) else kept
+    # An empty reply keeps its end-of-sequence even if it was cut: a completion needs at least one token.
+    whole = len(kept) == len(completion_ids)
+    completion_ids = kept + [tokenizer.eos_token_id] if (ended and whole) or not kept else kept
     window = min(loaded.context_window, max_length, (max_prompt or max_length) + len(completion_ids))
     fitted = build_prompt(_Windowed(loaded, window), system, turns, max_new_tokens=len(completion_ids))
     return fitted.input_ids + completion_ids, len(fitted.input_ids)

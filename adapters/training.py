@@ -224,7 +224,8 @@ def train_adapter(
             pair = dpo_loss(chosen, rejected, ref_chosen[idx], ref_rejected[idx], config.beta, config.label_smoothing)
             loss = loss + pair.losses.mean()
             if config.rpo_alpha:
-                tokens = torch.tensor([len(enc.chosen[i][0]) - enc.chosen[i][1] for i in idx], dtype=chosen.dtype)
+                tokens = torch.tensor([max(1, len(enc.chosen[i][0]) - enc.chosen[i][1]) for i in idx],
+                                      dtype=chosen.dtype)
                 nll = -(chosen / tokens).mean()
                 loss = loss + config.rpo_alpha * nll
                 metrics["nll_loss"] = nll.item()

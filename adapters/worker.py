@@ -105,8 +105,8 @@ class Worker:
         adapter, user_id = job["adapter"], job["user_id"]
         current = self.registry.current(adapter)
         since = current.manifest.get("trained_until") if current else None
-        # Replay sample: fixed by the adapter and how many versions it has, so a rerun on the same feedback
-        # trains on the same data (a clock-based seed made two benchmark runs differ).
+        # Replay sample: fixed by the adapter and how many versions it has (not the clock), so the same database
+        # gives the same replay. Benchmark runs still differ: profile and feedback ids are random uuids.
         key = f"{adapter}:{len(self.registry.history(adapter))}"
         seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
         if adapter == GLOBAL:

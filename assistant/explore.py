@@ -25,13 +25,15 @@ from storage.errors import InvalidInput
 @dataclass(frozen=True)
 class Probe:
     name: str
+    """Stored with the candidate that followed it (`settings.probe`) and used to keep its record."""
     instruction: str
     """Added, after a blank line, to the newest user message of the probed candidate only."""
 
 
-# Measured on SmolLM2-135M-Instruct (24 training prompts × 2 samples, 32 tokens; see bench/learning_curve.py's
-# docstring): each moves the feature it names, e.g. list lines −0.21 → 1.73 on the `bullets` user's reward,
-# emoji −0.23 → 0.85 on `emoji_lover`'s. Hints without an example emoji, or "in a formal tone", barely did.
+# Measured on SmolLM2-135M-Instruct with bench/probes.py (24 training prompts × 2 samples, 32 tokens): each moves
+# the feature it names, e.g. the `bullets` user's mean reward −0.21 → 1.73 with "list", `emoji_lover`'s −0.23 →
+# 0.85 with "emoji". Wordings that barely moved this 135M model were replaced ("Use a few emoji." without an
+# example emoji, "Answer in a formal tone.", "Answer warmly and politely." — the last one drifted off topic).
 DEFAULT_PROBES = (
     Probe("short", "Answer in one short sentence."),
     Probe("detailed", "Answer in detail."),
@@ -53,6 +55,7 @@ class ExploreConfig:
     `rpo_alpha`); the other candidate is always a plain sample, so each choice still compares against what the
     assistant would say unasked."""
     probes: tuple[Probe, ...] = DEFAULT_PROBES
+    """The style axes to explore, each an instruction the model can follow (see `DEFAULT_PROBES`)."""
     prior_strength: float = 2.0
     """How many of a profile's own choices the crowd's record of a probe is worth."""
 
@@ -73,14 +76,16 @@ Record = dict[str, tuple[float, float]]
 
 
 def choose_probe(config: ExploreConfig, mine: Record, everyone: Record, rng: random.Random) -> Probe | None:
-    """The probe for this request (None: two plain samples), drawn by Thompson sampling."""
+    """The probe for this request (None: two plain samples), drawn by Thompson sampling. `everyone` is the record
+    of all profiles, this one included (its own share is taken out of the prior)."""
     if not config.probes or rng.random() >= config.rate:
         return None
     best, best_draw = None, -1.0
     for probe in config.probes:
-        crowd_wins, crowd_losses = everyone.get(probe.name, (0.0, 0.0))
-        crowd_mean = (crowd_wins + 1) / (crowd_wins + crowd_losses + 2)
         wins, losses = mine.get(probe.name, (0.0, 0.0))
+        all_wins, all_losses = everyone.get(probe.name, (0.0, 0.0))
+        crowd_wins, crowd_losses = max(0.0, all_wins - wins), max(0.0, all_losses - losses)
+        crowd_mean = (crowd_wins + 1) / (crowd_wins + crowd_losses + 2)
         draw = rng.betavariate(1 + config.prior_strength * crowd_mean + wins,
                                1 + config.prior_strength * (1 - crowd_mean) + losses)
         if draw > best_draw:

@@ -203,7 +203,7 @@ class ReplyStream:
 def generate_texts(loaded: LoadedModel, prompt: Prompt, settings: GenerationSettings, num_candidates: int = 1,
                    min_temperature: float = 0.0) -> list[str]:
     """Run a stream to the end and return the final texts."""
-    stream = ReplyStream(loaded, prompt, settings, num_candidates, min_temperature)
+    stream = ReplyStream(loaded, prompt, settings, num_candidates=num_candidates, min_temperature=min_temperature)
     for _ in stream:
         pass
     return stream.texts

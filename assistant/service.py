@@ -20,7 +20,7 @@ from assistant.executor import GenerationExecutor
 from assistant.explore import choose_probe, probed
 from assistant.generation import ReplyStream
 from assistant.model import LoadedModel
-from assistant.prompts import build_prompt
+from assistant.prompts import Prompt, build_prompt
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.store import Message, Pair, Store
 
@@ -154,15 +154,7 @@ class ChatService:
         turns = [{"role": m.role, "content": m.content} for m in history]
         prompt = build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens)
         blend = self.adapters.blend_for(user_id) if self.adapters else None
-        probe, candidates, sides = None, (), ({}, {})
-        if compare:
-            probe = choose_probe(self.config.explore, self.store.probe_record(user_id), self.store.probe_record(),
-                                 self.rng)
-        if probe is not None:
-            hinted = build_prompt(self.loaded, settings.system_prompt, probed(turns, probe), settings.max_new_tokens)
-            side = self.rng.randrange(2)  # which of A and B explores
-            candidates = (hinted, prompt) if side == 0 else (prompt, hinted)
-            sides = ({"probe": probe.name}, {}) if side == 0 else ({}, {"probe": probe.name})
+        candidates, sides = self._explore(user_id, settings, turns, prompt) if compare else ((), ({}, {}))
         stream = ReplyStream(
             self.loaded, prompt, settings, num_candidates=2 if compare else 1, candidate_prompts=candidates,
             min_temperature=self.config.compare_min_temperature if compare else 0.0, executor=self.executor,
@@ -191,10 +183,30 @@ class ChatService:
 
         return updates()
 
+    def _explore(self, user_id: str, settings: GenerationSettings, turns: list[dict],
+                 prompt: Prompt) -> tuple[tuple, tuple[dict, dict]]:
+        """Compare mode: the two candidates' prompts (empty: both sampled from `prompt`) and each one's own facts.
+        One candidate, A or B at random, may follow a hidden style probe (assistant/explore.py)."""
+        explore = self.config.explore
+        if explore.rate <= 0:
+            return (), ({}, {})
+        probe = choose_probe(explore, self.store.probe_record(user_id), self.store.probe_record(), self.rng)
+        if probe is None:
+            return (), ({}, {})
+        try:
+            hinted = build_prompt(self.loaded, settings.system_prompt, probed(turns, probe), settings.max_new_tokens)
+        except InvalidInput:  # the instruction would not fit: the person must not see an error they did not cause
+            return (), ({}, {})
+        own = {"probe": probe.name, **hinted.facts()}
+        if self.rng.randrange(2) == 0:  # which of A and B explores
+            return (hinted, prompt), (own, {})
+        return (prompt, hinted), ({}, own)
+
     def _store_reply(self, user_id, conversation_id, user_message, settings, prompt, stream, replaces, base,
-                     adapter_versions, sides=({}, {})):
+                     adapter_versions, sides=None):
         facts = {**settings.as_dict(), **prompt.facts(), **stream.stats()}
         if stream.num_candidates == 2:
+            sides = sides or ({}, {})
             own = tuple({"new_tokens": stream.new_tokens[i], "ended": stream.ended[i], **sides[i]} for i in range(2))
             pair = self.store.create_pair(user_id, conversation_id, user_message.id, stream.texts[0],
                                           stream.texts[1], model_id=self.model_id, settings=facts,

@@ -5,7 +5,11 @@
 For each probe of `assistant.explore.DEFAULT_PROBES` (and none), the embedded model samples replies to training
 prompts with the probe added to the message, exactly as compare mode does (T = 0.9, 32 tokens, the learning-curve
 benchmark's settings). A probe is useful to a user when it moves that user's reward: then a choice between a
-probed and a plain candidate says something about the user's taste. ≈ 2 min on the 2-core machine.
+probed and a plain candidate says something about the user's taste.
+
+Then the ceiling of learning by exploration: the win rate against the base model, on the learning-curve
+benchmark's held-out prompts and judged the same way, of greedy replies *with* each probe — what an adapter that
+had fully learned to answer like that probe unasked would score. ≈ 4 min on the 2-core machine.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 
 from assistant.explore import DEFAULT_PROBES, probed
 from bench.env import load_prompts, split_prompts
-from bench.learning_curve import RESULTS, CurveConfig, Harness
+from bench.learning_curve import REPO, RESULTS, CurveConfig, Harness
 from bench.model_speed import machine
 from bench.users import population
 
@@ -50,9 +54,21 @@ def measure(prompts: int, samples: int, cache: Path) -> dict:
                                          for u in users},
                          "example": pairs[0][1]}
             log.info("%s (%.1f s): %s", name, time.perf_counter() - began, out[name]["mean_reward"])
+        held = split_prompts(load_prompts())[1][: config.held_out_prompts]
+        base = [r[0] for r in h.generate(held, None, 0.0)]
+        for probe in DEFAULT_PROBES:
+            hinted = [r[0] for r in h.generate([probed([{"role": "user", "content": p}], probe)[-1]["content"]
+                                                for p in held], None, 0.0)]
+            out[probe.name]["ceiling_win_rate"] = {u.name: round(statistics.mean(
+                _win(u.reward(p, x), u.reward(p, b)) for p, x, b in zip(held, hinted, base)), 3) for u in users}
+            log.info("%s: greedy win rate vs base %s", probe.name, out[probe.name]["ceiling_win_rate"])
     for name, row in out.items():
         row["lift"] = {u: round(v - out["none"]["mean_reward"][u], 3) for u, v in row["mean_reward"].items()}
     return out
+
+
+def _win(mine: float, base: float) -> float:
+    return 1.0 if mine > base else 0.5 if mine == base else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,20 +76,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--samples", type=int, default=2)
-    parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parent.parent / ".cache" / "models")
+    parser.add_argument("--model-cache", type=Path, default=REPO / ".cache" / "models")
     parser.add_argument("--output", type=Path, default=RESULTS / "probes.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     began = time.perf_counter()
     probes = measure(args.prompts, args.samples, args.model_cache)
-    best = {u: max((n for n in probes if n != "none"), key=lambda n: probes[n]["lift"][u]) for u in probes["none"]["lift"]}
+    best = {u: max((n for n in probes if n != "none"), key=lambda n: probes[n]["lift"][u])
+            for u in probes["none"]["lift"]}
+    ceiling = {u: max((probes[n]["ceiling_win_rate"][u], n) for n in probes if n != "none") for u in best}
     result = {"machine": machine(), "prompts": args.prompts, "samples_per_prompt": args.samples,
               "probes": probes, "best_probe_per_user": {u: [n, probes[n]["lift"][u]] for u, n in best.items()},
+              "best_ceiling_per_user": {u: [n, w] for u, (w, n) in ceiling.items()},
               "seconds": round(time.perf_counter() - began, 1)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    log.info("best probe per user (reward lift): %s; %.0f s → %s", result["best_probe_per_user"], result["seconds"],
-             args.output)
+    log.info("best probe per user (reward lift): %s; best ceiling: %s; %.0f s → %s", result["best_probe_per_user"],
+             result["best_ceiling_per_user"], result["seconds"], args.output)
     return 0
 
 

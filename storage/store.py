@@ -329,7 +329,7 @@ class Store:
         settings: dict,
         adapter_versions: dict | None = None,
         replaces: str | None = None,
-        candidate_settings: tuple[dict, dict] = ({}, {}),
+        candidate_settings: tuple[dict, dict] | None = None,
     ) -> Pair:
         """Store two candidate replies to `prompt_message_id` as a comparison awaiting a choice.
         `replaces`: as in `add_message`. `candidate_settings`: facts of A and of B alone, added to `settings`
@@ -342,7 +342,7 @@ class Store:
             ids = [
                 self._insert_message(db, conversation_id, "assistant", text, prompt_message_id, "candidate",
                                      model_id, {**settings, **own}, adapter_versions)
-                for text, own in zip((a_content, b_content), candidate_settings)
+                for text, own in zip((a_content, b_content), candidate_settings or ({}, {}), strict=True)
             ]
             pair_id = _new_id()
             db.execute(
@@ -463,8 +463,8 @@ class Store:
         Each row has the event's fields plus `prompt` (the conversation up to and including the user message
         the reply answers, as role/content dicts), and `completion` (thumbs) or `a`/`b` (pairwise) texts.
         Thumbs rows also list as `superseded` the earlier replies to the same message that a retry replaced
-        (and that were not themselves liked). `ended` says, per text (`completion`, or `a` and `b`), whether the
-        reply ended by itself rather than at its token budget (replies stored before this was recorded: True).
+        (and that were not themselves liked). `ended` says, per text (`completion` and the `superseded` list, or `a`
+        and `b`), whether the reply ended by itself rather than at its budget (replies stored before this: True).
         """
         with self._db() as db:
             self._require_user(db, user_id)
@@ -474,14 +474,16 @@ class Store:
                 if event["kind"] == "thumbs":
                     reply = self._require_message(db, user_id, event["message_id"])
                     event["completion"] = reply.content
-                    event["ended"] = {"completion": _ended(reply.settings)}
-                    event["superseded"] = [r["content"] for r in self._rows(
+                    old = self._rows(
                         db,
-                        "SELECT m.content FROM messages m LEFT JOIN feedback f ON f.message_id = m.id "
+                        "SELECT m.content, m.settings FROM messages m LEFT JOIN feedback f ON f.message_id = m.id "
                         "WHERE m.parent_id = ? AND m.role = 'assistant' AND m.status = 'superseded' "
                         "AND m.seq < ? AND (f.value IS NULL OR f.value < 0) ORDER BY m.seq",
                         (reply.parent_id, reply.seq),
-                    )]
+                    )
+                    event["superseded"] = [r["content"] for r in old]
+                    event["ended"] = {"completion": _ended(reply.settings),
+                                      "superseded": [_ended(json.loads(r["settings"] or "{}")) for r in old]}
                     prompt_id = reply.parent_id
                 else:
                     pair = self._require_pair(db, user_id, event["pair_id"])

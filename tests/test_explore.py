@@ -9,9 +9,11 @@ from dataclasses import replace
 
 import pytest
 
+import app
 from adapters.data import encode, examples_from_feedback
 from assistant.config import AppConfig, GenerationSettings
 from assistant.explore import DEFAULT_PROBES, ExploreConfig, Probe, choose_probe, probed
+from assistant.prompts import build_prompt
 from assistant.service import ChatService
 from storage.errors import InvalidInput
 
@@ -76,7 +78,8 @@ def test_one_candidate_explores_hidden_from_the_transcript_and_the_training_data
         probes = [pair.a.settings.get("probe"), pair.b.settings.get("probe")]
         assert sum(p is not None for p in probes) == 1 and set(probes) - {None} <= {p.name for p in PROBES}
         sides.append("a" if probes[0] else "b")
-        assert pair.a.settings["new_tokens"] >= 0 and isinstance(pair.b.settings["ended"], bool)
+        # Each candidate's own facts replace the batch's lists.
+        assert isinstance(pair.a.settings["new_tokens"], int) and isinstance(pair.b.settings["ended"], bool)
         transcript = exploring.transcript(ann, pair.a.conversation_id)
         assert transcript[0].content == f"Plan my day number {i}."  # stored as sent
         exploring.choose(ann, pair.id, sides[-1] if i % 2 == 0 else "tie")
@@ -138,9 +141,67 @@ def test_a_reply_cut_at_its_budget_is_trained_without_end_of_sequence(tiny_loade
 
 
 def test_the_command_line_sets_the_rate_and_refuses_a_bad_one():
-    import app
-
     config, _ = app.parse_args(["--explore-rate", "0.25"])
     assert config.explore.rate == 0.25 and config.explore.probes == DEFAULT_PROBES
     with pytest.raises(InvalidInput, match="between 0 and 1"):
         app.parse_args(["--explore-rate", "2"])
+
+
+def test_the_candidate_labelled_with_the_probe_is_the_one_generated_with_it(store, tiny_loaded, app_config,
+                                                                          monkeypatch):
+    """The row of the batch that `generate` receives for the labelled candidate is the hinted prompt, the other
+    row the plain one, whichever side explores."""
+    probe = Probe("story", "Tell me a long story about a fox.")
+    config = replace(app_config, explore=ExploreConfig(rate=1.0, probes=(probe,)))
+    service = ChatService(store, tiny_loaded, config, rng=random.Random(3))
+    turns = [{"role": "user", "content": "Hi"}]
+    plain = build_prompt(tiny_loaded, "", turns, 8).input_ids
+    hinted = build_prompt(tiny_loaded, "", probed(turns, probe), 8).input_ids
+    rows = []
+    original = tiny_loaded.model.generate
+
+    def recording_generate(**kwargs):
+        mask = kwargs["attention_mask"].bool()
+        rows.append([ids[m].tolist() for ids, m in zip(kwargs["input_ids"], mask)])  # left padding removed
+        return original(**kwargs)
+
+    monkeypatch.setattr(tiny_loaded.model, "generate", recording_generate)
+    ann = service.create_profile("Ann")["id"]
+    sides = set()
+    for i in range(4):
+        pair = list(service.send(ann, None, "Hi", SETTINGS, compare=True))[-1].pair
+        side = 0 if pair.a.settings.get("probe") else 1
+        assert rows[i][side] == hinted and rows[i][1 - side] == plain
+        explorer, other = (pair.a, pair.b) if side == 0 else (pair.b, pair.a)
+        assert (explorer.settings["prompt_tokens"], other.settings["prompt_tokens"]) == (len(hinted), len(plain))
+        sides.add(side)
+        service.choose(ann, pair.id, "tie")
+    assert sides == {0, 1}
+
+
+def test_ended_flags_follow_each_text_into_the_examples():
+    prompt = [{"role": "user", "content": "Hi"}]
+    base = dict(user_id="u", prompt=prompt)
+    events = [
+        {**base, "id": "f1", "kind": "pairwise", "choice": "b", "a": "A", "b": "B", "ended": {"a": True, "b": False}},
+        {**base, "id": "f2", "kind": "pairwise", "choice": "both_bad", "a": "A2", "b": "B2",
+         "ended": {"a": False, "b": True}},
+        {**base, "id": "f3", "kind": "thumbs", "value": 1, "completion": "new", "superseded": ["old1", "old2"],
+         "ended": {"completion": True, "superseded": [False, True]}},
+    ]
+    ex = examples_from_feedback(events)
+    assert [(p.chosen, p.chosen_ended, p.rejected, p.rejected_ended) for p in ex.pairs] == [
+        ("B", False, "A", True), ("new", True, "old1", False), ("new", True, "old2", True)]
+    assert [(u.completion, u.ended) for u in ex.unpaired] == [("A2", False), ("B2", True), ("new", True)]
+
+
+def test_a_superseded_reply_keeps_its_ended_flag_through_storage(store):
+    user = store.create_user("Ann")["id"]
+    conv = store.create_conversation(user, "t")["id"]
+    q = store.add_message(user, conv, "user", "Hi")
+    first = store.add_message(user, conv, "assistant", "cut off", parent_id=q.id, settings={"ended": [False]})
+    second = store.add_message(user, conv, "assistant", "whole", parent_id=q.id, replaces=first.id,
+                               settings={"ended": [True]})
+    store.record_thumbs(user, second.id, 1)
+    [pair] = examples_from_feedback(store.feedback(user)).pairs
+    assert (pair.chosen, pair.chosen_ended, pair.rejected, pair.rejected_ended) == ("whole", True, "cut off", False)

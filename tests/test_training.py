@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -126,3 +128,22 @@ def test_rpo_term_keeps_the_chosen_reply_likely_where_dpo_alone_lets_it_fall(tin
     assert chosen_logp[1.0] > chosen_logp[0.0] + 1.0, chosen_logp
     with pytest.raises(ValueError, match="rpo_alpha"):
         TrainConfig(rpo_alpha=-1)
+
+
+def test_an_empty_cut_reply_still_trains_to_finite_weights(fresh_tiny):
+    """A blank reply cut at its budget keeps one token (end-of-sequence), so the NLL term never divides by 0."""
+    from adapters.data import Examples
+
+    fresh_tiny.tokenizer.chat_template = (  # chat models put no space before the reply: "" is zero tokens
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert fresh_tiny.has_chat_template
+    prompt = [{"role": "user", "content": "Hi"}]
+    ids, prompt_len = encode(fresh_tiny, prompt, "   ", 64, ended=False)
+    assert ids[prompt_len:] == [fresh_tiny.tokenizer.eos_token_id]
+    pairs = [PairExample(prompt, "", "Hello there", "f1", "u", chosen_ended=False),
+             PairExample(prompt, "Hello", "", "f2", "u", rejected_ended=False)]
+    model = add_lora(fresh_tiny.model, LoraSettings(rank=4, alpha=8))
+    metrics = train_adapter(model, fresh_tiny, Examples(pairs, []), TrainConfig(steps=3, rpo_alpha=1.0))
+    assert math.isfinite(metrics["loss"]) and math.isfinite(metrics["nll_loss"])
+    assert all(torch.isfinite(p).all() for n, p in model.named_parameters() if "lora_" in n)
