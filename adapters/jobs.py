@@ -32,6 +32,9 @@ class LearningConfig:
     stale_seconds: float = 120.0
     """A running job whose worker has not reported for this long is taken over (the worker died)."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    global_rpo_alpha: float | None = None
+    """The NLL weight of global updates; None: `train.rpo_alpha`, as for personal ones. The global adapter learns from
+    everyone's chosen replies at once, so the NLL term pulls it toward every style people chose."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     blend: BlendConfig = field(default_factory=BlendConfig)
 
@@ -40,6 +43,8 @@ class LearningConfig:
             raise ValueError("personal_every and global_every must be at least 1")
         if not 0 < self.max_share <= 1 or self.max_per_profile < 1 or self.holdout_every < 2:
             raise ValueError("max_share in (0, 1], max_per_profile ≥ 1, holdout_every ≥ 2")
+        if self.global_rpo_alpha is not None and self.global_rpo_alpha < 0:
+            raise ValueError("global_rpo_alpha must be ≥ 0 (or None)")
 
 
 def _since(store: Store, adapter: str) -> str | None:

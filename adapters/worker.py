@@ -136,6 +136,8 @@ class Worker:
         lap("model_s")
         update = (current.manifest.get("update", 0) if current else 0) + 1  # place in the warm-start chain
         train = replace(self.config.train, learning_rate=self.config.train.learning_rate_at(update))
+        if adapter == GLOBAL and self.config.global_rpo_alpha is not None:
+            train = replace(train, rpo_alpha=self.config.global_rpo_alpha)
         metrics = train_adapter(peft_model, self.loaded, data.train, train, progress, new_examples=data.new_events)
         lap("train_s")
         metrics.update(self._evaluate(peft_model, data, personal=adapter != GLOBAL, global_version=global_version))

@@ -209,3 +209,23 @@ def test_decay_shrinks_the_step_size_along_the_warm_start_chain_and_a_reset_rest
     assert worker.run_once()
     after_reset = registry.current(personal_adapter(ann)).manifest
     assert after_reset["update"] == 1 and after_reset["hyperparameters"]["train"]["learning_rate"] == 1e-3
+
+
+def test_global_updates_can_use_their_own_nll_weight(store, data_home, tiny_model_dir, app_config):
+    learning = LearningConfig(personal_every=4, global_every=4, global_rpo_alpha=0.0,
+                              train=TrainConfig(steps=2, rpo_alpha=1.0))
+    registry = AdapterRegistry(data_home / ADAPTERS_DIR, store)
+    served = _fresh(tiny_model_dir)
+    service = ChatService(store, served, app_config, adapters=AdapterServer(served, registry, store, BlendConfig()),
+                          learning=learning)
+    worker = Worker(_fresh(tiny_model_dir), store, registry, learning)
+    ann = service.create_profile("Ann")["id"]
+    _choices(service, ann, 4)
+    while worker.run_once():
+        pass
+    personal = registry.current(personal_adapter(ann)).manifest
+    crowd = registry.current(GLOBAL).manifest
+    assert personal["hyperparameters"]["train"]["rpo_alpha"] == 1.0 and "nll_loss" in personal["metrics"]
+    assert crowd["hyperparameters"]["train"]["rpo_alpha"] == 0.0 and "nll_loss" not in crowd["metrics"]
+    with pytest.raises(ValueError, match="global_rpo_alpha"):
+        LearningConfig(global_rpo_alpha=-1.0)
