@@ -188,15 +188,20 @@ def test_an_orphaned_worker_stops_by_itself(tiny_model_dir, data_home):
     assert result.returncode == 0 and "The app (pid 1) is gone; stopping." in result.stderr
 
 
-def test_decay_shrinks_the_step_size_along_the_warm_start_chain_and_a_reset_restarts_it(store, data_home,
-                                                                                       tiny_model_dir, app_config):
-    learning = LearningConfig(personal_every=4, global_every=10**6,
-                              train=TrainConfig(steps=2, learning_rate=1e-3, decay=True))
+def _loop(store, data_home, tiny_model_dir, app_config, learning: LearningConfig):
+    """The app's service with adapters and an in-process worker, on one data home."""
     registry = AdapterRegistry(data_home / ADAPTERS_DIR, store)
     served = _fresh(tiny_model_dir)
     service = ChatService(store, served, app_config, adapters=AdapterServer(served, registry, store, BlendConfig()),
                           learning=learning)
-    worker = Worker(_fresh(tiny_model_dir), store, registry, learning)
+    return registry, service, Worker(_fresh(tiny_model_dir), store, registry, learning)
+
+
+def test_decay_shrinks_the_step_size_along_the_warm_start_chain_and_a_reset_restarts_it(store, data_home,
+                                                                                       tiny_model_dir, app_config):
+    learning = LearningConfig(personal_every=4, global_every=10**6,
+                              train=TrainConfig(steps=2, learning_rate=1e-3, decay=True))
+    registry, service, worker = _loop(store, data_home, tiny_model_dir, app_config, learning)
     ann = service.create_profile("Ann")["id"]
     rates = []
     for round_ in range(3):
@@ -214,11 +219,7 @@ def test_decay_shrinks_the_step_size_along_the_warm_start_chain_and_a_reset_rest
 def test_global_updates_can_use_their_own_nll_weight(store, data_home, tiny_model_dir, app_config):
     learning = LearningConfig(personal_every=4, global_every=4, global_rpo_alpha=0.0,
                               train=TrainConfig(steps=2, rpo_alpha=1.0))
-    registry = AdapterRegistry(data_home / ADAPTERS_DIR, store)
-    served = _fresh(tiny_model_dir)
-    service = ChatService(store, served, app_config, adapters=AdapterServer(served, registry, store, BlendConfig()),
-                          learning=learning)
-    worker = Worker(_fresh(tiny_model_dir), store, registry, learning)
+    registry, service, worker = _loop(store, data_home, tiny_model_dir, app_config, learning)
     ann = service.create_profile("Ann")["id"]
     _choices(service, ann, 4)
     while worker.run_once():
