@@ -105,10 +105,10 @@ class Worker:
         adapter, user_id = job["adapter"], job["user_id"]
         current = self.registry.current(adapter)
         since = current.manifest.get("trained_until") if current else None
-        # Replay sample: fixed by the adapter and how many versions it has (not the clock), so the same database
+        update = (current.manifest.get("update", 0) if current else 0) + 1  # place in the warm-start chain
+        # Replay sample: fixed by the adapter and its place in the chain (not the clock), so the same database
         # gives the same replay. Benchmark runs still differ: profile and feedback ids are random uuids.
-        key = f"{adapter}:{len(self.registry.history(adapter))}"
-        seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+        seed = int(hashlib.sha256(f"{adapter}:{update}".encode()).hexdigest()[:8], 16)
         if adapter == GLOBAL:
             data = global_update(self.store, since, self.config, seed)
         else:
@@ -134,7 +134,6 @@ class Worker:
 
         self.store.job_progress(job["id"], 0.0, f"training on {len(data.train)} examples")
         lap("model_s")
-        update = (current.manifest.get("update", 0) if current else 0) + 1  # place in the warm-start chain
         train = replace(self.config.train, learning_rate=self.config.train.learning_rate_at(update))
         if adapter == GLOBAL and self.config.global_rpo_alpha is not None:
             train = replace(train, rpo_alpha=self.config.global_rpo_alpha)

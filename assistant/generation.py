@@ -46,6 +46,15 @@ def visible_text(text: str, stop_strings: tuple[str, ...]) -> tuple[str, bool]:
     return text[: len(text) - hold], False
 
 
+def left_padded(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of prompts of different lengths in one batch, padded on the left so every
+    row's next token comes right after its own prompt."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[pad_token_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return input_ids, mask
+
+
 def sampling_kwargs(temperature: float, top_p: float) -> dict:
     """`generate` arguments for nucleus sampling at `temperature`, or greedy decoding at 0."""
     if temperature > 0:
@@ -113,15 +122,14 @@ class ReplyStream:
         tokenizer = self.loaded.tokenizer
         temperature = max(float(self.settings.temperature), self.min_temperature)
         prompts = self.candidate_prompts or (self.prompt,)
-        width = max(len(p.input_ids) for p in prompts)
-        pad = tokenizer.pad_token_id
-        kwargs = dict(  # left-padded: every row's next token comes right after its own prompt
-            input_ids=torch.tensor([[pad] * (width - len(p.input_ids)) + p.input_ids for p in prompts]),
-            attention_mask=torch.tensor([[0] * (width - len(p.input_ids)) + [1] * len(p.input_ids) for p in prompts]),
+        input_ids, attention_mask = left_padded([p.input_ids for p in prompts], tokenizer.pad_token_id)
+        kwargs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
             max_new_tokens=min(p.max_new_tokens for p in prompts),
             min_new_tokens=self.min_new_tokens or None,
             num_return_sequences=1 if self.candidate_prompts else self.num_candidates,
-            pad_token_id=pad,
+            pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             streamer=_QueueStreamer(sink),
             stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),

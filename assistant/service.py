@@ -190,7 +190,7 @@ class ChatService:
         explore = self.config.explore
         if explore.rate <= 0:
             return (), ({}, {})
-        probe = choose_probe(explore, self.store.probe_record(user_id), self.store.probe_record(), self.rng)
+        probe = choose_probe(explore, *self.store.probe_records(user_id), self.rng)
         if probe is None:
             return (), ({}, {})
         try:

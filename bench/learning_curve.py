@@ -53,7 +53,7 @@ from adapters.worker import ADAPTERS_DIR, Worker
 from assistant.config import AppConfig, GenerationSettings, ModelConfig
 from assistant.executor import GenerationExecutor
 from assistant.explore import ExploreConfig
-from assistant.generation import sampling_kwargs, visible_text
+from assistant.generation import left_padded, sampling_kwargs, visible_text
 from assistant.model import load_model
 from assistant.prompts import build_prompt
 from assistant.service import ChatService
@@ -157,12 +157,10 @@ class Harness:
         tokenizer = self.loaded.tokenizer
         fitted = [build_prompt(self.loaded, settings.system_prompt, [{"role": "user", "content": p}],
                                settings.max_new_tokens) for p in prompts]
-        width = max(len(f.input_ids) for f in fitted)
-        pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(f.input_ids)) + f.input_ids for f in fitted])
-        mask = torch.tensor([[0] * (width - len(f.input_ids)) + [1] * len(f.input_ids) for f in fitted])
+        input_ids, mask = left_padded([f.input_ids for f in fitted], tokenizer.pad_token_id)
+        width = input_ids.shape[1]
         kwargs = dict(input_ids=input_ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
-                      num_return_sequences=n, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+                      num_return_sequences=n, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         kwargs.update(sampling_kwargs(temperature, settings.top_p))
 
         def run():

@@ -494,29 +494,33 @@ class Store:
                 out.append(event)
         return out
 
-    def probe_record(self, user_id: str | None = None) -> dict[str, tuple[float, float]]:
-        """Exploration probes' record in compare mode (of one profile, or everyone's): probe name → (times its
-        candidate was chosen, times it was not). A tie counts half each way; "both bad" counts as not chosen."""
-        where, params = "", ()
-        if user_id is not None:
-            where, params = "AND p.user_id = ?", (user_id,)
+    def probe_records(self, user_id: str) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
+        """Exploration probes' record in compare mode, of this profile and of everyone (this profile included), in
+        one aggregated scan: probe name → (times its candidate was chosen, times it was not). A tie counts half each
+        way; "both bad" counts as not chosen."""
         with self._db() as db:
             rows = self._rows(
                 db,
-                "SELECT json_extract(m.settings, '$.probe') AS probe, f.choice, "
-                "CASE WHEN m.id = p.a_message_id THEN 'a' ELSE 'b' END AS side "
-                "FROM pairs p JOIN feedback f ON f.pair_id = p.id "
-                "JOIN messages m ON m.id IN (p.a_message_id, p.b_message_id) "
-                f"WHERE json_extract(m.settings, '$.probe') IS NOT NULL {where}",
-                params,
+                "SELECT probe, SUM(won) AS all_won, COUNT(*) AS all_n, "
+                "SUM(CASE WHEN mine THEN won ELSE 0 END) AS my_won, SUM(mine) AS my_n FROM ("
+                "  SELECT json_extract(m.settings, '$.probe') AS probe, p.user_id = ? AS mine, "
+                "  CASE WHEN f.choice = 'tie' THEN 0.5 "
+                "       WHEN f.choice = (CASE WHEN m.id = p.a_message_id THEN 'a' ELSE 'b' END) THEN 1.0 "
+                "       ELSE 0.0 END AS won "
+                "  FROM pairs p JOIN feedback f ON f.pair_id = p.id "
+                "  JOIN messages m ON m.id IN (p.a_message_id, p.b_message_id) "
+                "  WHERE json_extract(m.settings, '$.probe') IS NOT NULL"
+                ") GROUP BY probe",
+                (user_id,),
             )
-        record: dict[str, list[float]] = {}
-        for row in rows:
-            won = 0.5 if row["choice"] == "tie" else float(row["choice"] == row["side"])
-            counts = record.setdefault(row["probe"], [0.0, 0.0])
-            counts[0] += won
-            counts[1] += 1.0 - won
-        return {name: (w, l) for name, (w, l) in record.items()}
+        mine = {r["probe"]: (float(r["my_won"]), r["my_n"] - float(r["my_won"])) for r in rows if r["my_n"]}
+        everyone = {r["probe"]: (float(r["all_won"]), r["all_n"] - float(r["all_won"])) for r in rows}
+        return mine, everyone
+
+    def probe_record(self, user_id: str | None = None) -> dict[str, tuple[float, float]]:
+        """`probe_records` of one profile, or everyone's (None)."""
+        mine, everyone = self.probe_records(user_id or "")
+        return everyone if user_id is None else mine
 
     def _context_through(self, db, message_id: str | None, system_prompt: str | None) -> list[dict]:
         """The system prompt a reply was generated with, then the active transcript through `message_id`."""
