@@ -29,6 +29,9 @@ class PairExample:
     user_id: str
     chosen_ended: bool = True
     rejected_ended: bool = True
+    chosen_instruction: str | None = None
+    """The hidden exploration instruction the chosen reply was generated with (None: the prompt as it is): training
+    distils the model's behaviour under it (see adapters/training.py, `TrainConfig.chosen_term`)."""
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,13 @@ def examples_from_feedback(events: list[dict]) -> Examples:
     for e in events:
         key = dict(feedback_id=e["id"], user_id=e["user_id"])
         ended = e.get("ended", {})
+        instruction = e.get("instruction", {})
         if e["kind"] == "pairwise":
             if e["choice"] in ("a", "b"):
                 won, lost = ("a", "b") if e["choice"] == "a" else ("b", "a")
                 pairs.append(PairExample(e["prompt"], e[won], e[lost], **key, chosen_ended=ended.get(won, True),
-                                         rejected_ended=ended.get(lost, True)))
+                                         rejected_ended=ended.get(lost, True),
+                                         chosen_instruction=instruction.get(won)))
             elif e["choice"] == "both_bad":
                 unpaired += [UnpairedExample(e["prompt"], e[side], False, **key, ended=ended.get(side, True))
                              for side in ("a", "b")]

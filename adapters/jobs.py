@@ -33,8 +33,9 @@ class LearningConfig:
     """A running job whose worker has not reported for this long is taken over (the worker died)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     global_rpo_alpha: float | None = None
-    """The NLL weight of global updates; None: `train.rpo_alpha`, as for personal ones. The global adapter learns from
-    everyone's chosen replies at once, so the NLL term pulls it toward every style people chose."""
+    """The weight of the chosen-reply term (`TrainConfig.chosen_term`) in global updates; None: `train.rpo_alpha`, as
+    for personal ones. The global adapter learns from everyone's chosen replies at once, so that term pulls it toward
+    every style people chose."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     blend: BlendConfig = field(default_factory=BlendConfig)
 

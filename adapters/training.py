@@ -20,7 +20,9 @@ from transformers import PreTrainedModel
 
 from adapters.data import Batch, Examples, PairExample, UnpairedExample, collate, encode
 from adapters.losses import dpo_loss, kto_loss, kto_reference_point, pair_metrics
+from assistant.explore import instructed
 from assistant.model import LoadedModel
+from storage.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +67,30 @@ class TrainConfig:
     """DPO/KTO temperature: larger keeps the policy closer to the reference."""
     label_smoothing: float = 0.0
     """DPO conservative smoothing ε in [0, 0.5) for noisy choosers."""
-    learning_rate: float = 1e-3
-    """AdamW step size. The learning-curve benchmark (bench/learning_curve.py, 3 users × 32 choices on SmolLM2-135M)
-    measured blend win rates vs base of 0.50–0.58 at 5e-4 (2 epochs, user `concise`), 0.69 at 1e-3 and 0.29 — worse than
-    base — at 2e-3 with rank 16 (user `bullets`)."""
+    learning_rate: float = 4e-3
+    """AdamW step size of an adapter's first update (see `decay`). Learning-curve pilots (bullets, casual,
+    emoji_lover, examples; 32 choices; mean blend win rate vs base, worst neutral-perplexity ratio): with the NLL
+    term 0.67 / ×1.12 at 1e-3 and 0.69 / ×1.56 at 2e-3; with distillation (`chosen_term`) 0.61 / ×1.08 at 1e-3,
+    0.66 / ×1.09 at 2e-3, 0.73 / ×1.11 at 4e-3 — the KL leash is what lets the step size grow."""
     rpo_alpha: float = 1.0
-    """Weight of the chosen reply's per-token negative log-likelihood added to the DPO loss (TRL's `rpo_alpha`,
-    RPO): DPO alone can push down both replies of a pair, moving probability to text nobody chose. With compare
-    mode's exploration the chosen reply is often a probed one (a list, emoji, …) the model would not write unasked;
-    the NLL term is what teaches it to. Learning-curve pilot (bullets, casual, emoji_lover, examples; 32 choices):
-    blend win rate vs base 0.55 (mean, no exploration, no NLL) → 0.59 (half the pairs probed, NLL) → 0.67 (every
-    pair probed, NLL)."""
+    """Weight of the chosen-reply term added to the DPO loss (TRL's `rpo_alpha`; the term is `chosen_term`): DPO
+    alone can push down both replies of a pair, moving probability to text nobody chose. With compare mode's
+    exploration the chosen reply is often a probed one (a list, emoji, …) the model would not write unasked; this
+    term is what teaches it to. Learning-curve pilot (bullets, casual, emoji_lover, examples; 32 choices): blend
+    win rate vs base 0.55 (mean, no exploration, no NLL) → 0.59 (half the pairs probed, NLL) → 0.67 (every pair
+    probed, NLL)."""
+    chosen_term: str = "distill"
+    """What the `rpo_alpha` term asks of the chosen reply, per token, averaged over its tokens:
+    "nll": its negative log-likelihood (RPO, as TRL) — the adapter copies that one sampled reply;
+    "distill": the KL divergence from the reference model's next-token distribution given the prompt the reply
+    was generated from (the exploration instruction included) to the policy's given the prompt as sent. For a
+    probed reply that is context distillation (Snell et al. 2022, "Learning by distilling context"): the adapter
+    learns to answer as if asked to, from the whole distribution instead of one sample; for a plain reply it is a
+    token-level KL leash to the reference."""
+    distill_top_k: int = 64
+    """Reference tokens kept per position for "distill"; the rest of the vocabulary is one more outcome, "any other
+    token", so the policy is asked to match the tail's total mass, not to squeeze it into the k (keeping a 49k
+    vocabulary per token would cost ~0.2 MB)."""
     decay: bool = True
     """Step size of the adapter's k-th warm-started update = learning_rate / √k. Every update starts a fresh AdamW,
     whose first steps move each weight by about the learning rate whatever the gradient's size, so with a
@@ -114,6 +129,8 @@ class TrainConfig:
             raise ValueError("steps must be ≥ 0 and max_steps ≥ 1")
         if self.rpo_alpha < 0:
             raise ValueError("rpo_alpha must be ≥ 0")
+        if self.chosen_term not in ("nll", "distill") or self.distill_top_k < 1:
+            raise ValueError("chosen_term must be 'nll' or 'distill', and distill_top_k ≥ 1")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError("label_smoothing must be in [0, 0.5)")
 
@@ -144,16 +161,73 @@ def add_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
     return get_peft_model(model, settings.peft_config(model))
 
 
-def sequence_logps(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Summed log-probability of each row's completion tokens, shape (batch,)."""
+def completion_log_probs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token log-probabilities at every position that predicts a completion token, shape (tokens, vocab), in
+    row-major order, and the batch row of each, shape (tokens,)."""
     predicts = torch.zeros_like(batch.completion_mask)
     predicts[:, :-1] = batch.completion_mask[:, 1:]  # position t predicts token t+1
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=predicts)
     logits = out.logits.reshape(-1, out.logits.shape[-1]).float()  # (tokens kept, vocab), row-major order
+    return torch.log_softmax(logits, dim=-1), predicts.nonzero()[:, 0]
+
+
+def _summed(batch: Batch, log_probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     targets = batch.input_ids[:, 1:][batch.completion_mask[:, 1:]]
-    token_logps = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
-    rows = predicts.nonzero()[:, 0]
+    token_logps = log_probs.gather(1, targets[:, None]).squeeze(1)
     return torch.zeros(batch.input_ids.shape[0], dtype=token_logps.dtype).index_add(0, rows, token_logps)
+
+
+def sequence_logps(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Summed log-probability of each row's completion tokens, shape (batch,)."""
+    return _summed(batch, *completion_log_probs(model, batch))
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The reference's next-token distributions at one reply's positions, as k + 1 outcomes: its top-k tokens and
+    "any other token"."""
+
+    log_probs: torch.Tensor
+    """Shape (reply tokens, k + 1): the top-k tokens' log-probabilities, then the log of the rest's mass."""
+    token_ids: torch.Tensor
+    """Shape (reply tokens, k)."""
+
+
+def teachers(model: torch.nn.Module, sequences: list[tuple[list[int], int]], pad_id: int, top_k: int,
+             chunk: int = 8) -> list[Teacher]:
+    """`model`'s top-k next-token distributions at each sequence's completion positions (call without grad)."""
+    out = []
+    for start in range(0, len(sequences), chunk):
+        log_probs, rows = completion_log_probs(model, collate(sequences[start:start + chunk], pad_id))
+        top, ids = log_probs.topk(min(top_k, log_probs.shape[-1]), dim=-1)
+        top = torch.cat([top, _rest(top)], dim=-1)
+        for row in range(min(chunk, len(sequences) - start)):
+            mine = rows == row
+            out.append(Teacher(top[mine], ids[mine]))
+    return out
+
+
+def _rest(top: torch.Tensor) -> torch.Tensor:
+    """log(1 − Σ exp(top)) along the last axis, kept finite: the log-mass outside the given tokens, shape (..., 1)."""
+    return torch.log1p(-torch.logsumexp(top, dim=-1, keepdim=True).exp().clamp(max=1 - 1e-6))
+
+
+def distill_kl(log_probs: torch.Tensor, rows: torch.Tensor, taught: list[Teacher]) -> torch.Tensor:
+    """Per row of the first `len(taught)` rows: mean over its tokens of KL(teacher ‖ policy) over the teacher's
+    top-k tokens and "any other token", shape (len(taught),). `log_probs`, `rows`: as `completion_log_probs`
+    returns them."""
+    n = len(taught)
+    mine = rows < n
+    student, student_rows = log_probs[mine], rows[mine]  # row-major: row 0's tokens first, in order
+    teacher_lp = torch.cat([t.log_probs for t in taught])
+    teacher_ids = torch.cat([t.token_ids for t in taught])
+    if teacher_lp.shape[0] != student.shape[0]:
+        raise ValueError("teacher and policy disagree on the reply's length")
+    picked = student.gather(1, teacher_ids)
+    student_lp = torch.cat([picked, _rest(picked)], dim=-1)
+    per_token = (teacher_lp.exp() * (teacher_lp - student_lp)).sum(-1)
+    counts = torch.tensor([max(1, t.log_probs.shape[0]) for t in taught], dtype=per_token.dtype)
+    return torch.zeros(n, dtype=per_token.dtype).index_add(0, student_rows, per_token) / counts
 
 
 @dataclass
@@ -163,6 +237,8 @@ class _Encoded:
     unpaired: list[tuple[list[int], int]] = field(default_factory=list)
     labels: list[bool] = field(default_factory=list)
     mismatched: list[tuple[list[int], int]] = field(default_factory=list)
+    taught: list[tuple[list[int], int]] = field(default_factory=list)
+    """Each chosen reply after the prompt it was generated from (the exploration instruction included)."""
 
 
 def _encode_all(loaded: LoadedModel, examples: Examples, max_length: int, max_prompt: int) -> _Encoded:
@@ -170,6 +246,7 @@ def _encode_all(loaded: LoadedModel, examples: Examples, max_length: int, max_pr
     for p in examples.pairs:
         enc.chosen.append(encode(loaded, p.prompt, p.chosen, max_length, max_prompt, p.chosen_ended))
         enc.rejected.append(encode(loaded, p.prompt, p.rejected, max_length, max_prompt, p.rejected_ended))
+        enc.taught.append(_generated_from(loaded, p, max_length, max_prompt) if p.chosen_instruction else enc.chosen[-1])
     items = examples.unpaired
     for i, u in enumerate(items):
         enc.unpaired.append(encode(loaded, u.prompt, u.completion, max_length, max_prompt, u.ended))
@@ -178,6 +255,14 @@ def _encode_all(loaded: LoadedModel, examples: Examples, max_length: int, max_pr
         other = items[(i + 1) % len(items)]
         enc.mismatched.append(encode(loaded, other.prompt, u.completion, max_length, max_prompt, u.ended))
     return enc
+
+
+def _generated_from(loaded: LoadedModel, p: PairExample, max_length: int, max_prompt: int) -> tuple[list[int], int]:
+    try:
+        return encode(loaded, instructed(p.prompt, p.chosen_instruction), p.chosen, max_length, max_prompt,
+                      p.chosen_ended)
+    except InvalidInput:  # the instruction does not fit: the reply's own prompt teaches instead
+        return encode(loaded, p.prompt, p.chosen, max_length, max_prompt, p.chosen_ended)
 
 
 def _logps_in_chunks(model, sequences, pad_id: int, chunk: int) -> torch.Tensor:
@@ -207,6 +292,8 @@ def train_adapter(
         ref_rejected = _logps_in_chunks(model, enc.rejected, pad, 8)
         ref_unpaired = _logps_in_chunks(model, enc.unpaired, pad, 8)
         ref_mismatched = _logps_in_chunks(model, enc.mismatched, pad, 8)
+        distilling = config.rpo_alpha > 0 and config.chosen_term == "distill"
+        taught = teachers(model, enc.taught, pad, config.distill_top_k) if distilling else []
     labels = torch.tensor(enc.labels, dtype=torch.bool)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -220,10 +307,15 @@ def train_adapter(
         loss = torch.zeros(())
         metrics = {}
         if enc.chosen:
-            idx, chosen, rejected = _step_logps(model, enc.chosen, enc.rejected, pair_order, pad, config)
+            idx, chosen, rejected, (log_probs, rows) = _step_logps(model, enc.chosen, enc.rejected, pair_order, pad,
+                                                                   config)
             pair = dpo_loss(chosen, rejected, ref_chosen[idx], ref_rejected[idx], config.beta, config.label_smoothing)
             loss = loss + pair.losses.mean()
-            if config.rpo_alpha:
+            if distilling:
+                kl = distill_kl(log_probs, rows, [taught[i] for i in idx]).mean()
+                loss = loss + config.rpo_alpha * kl
+                metrics["distill_loss"] = kl.item()
+            elif config.rpo_alpha:
                 tokens = torch.tensor([max(1, len(enc.chosen[i][0]) - enc.chosen[i][1]) for i in idx],
                                       dtype=chosen.dtype)
                 nll = -(chosen / tokens).mean()
@@ -233,7 +325,7 @@ def train_adapter(
             metrics["logps/chosen"] = chosen.mean().item()
             metrics["logps/rejected"] = rejected.mean().item()
         if enc.unpaired:
-            idx, policy, mismatched = _step_logps(model, enc.unpaired, enc.mismatched, unpaired_order, pad, config)
+            idx, policy, mismatched, _ = _step_logps(model, enc.unpaired, enc.mismatched, unpaired_order, pad, config)
             z0 = kto_reference_point(mismatched, ref_mismatched[idx])
             unpaired = kto_loss(policy, ref_unpaired[idx], labels[idx], z0, config.beta, config.desirable_weight,
                                 config.undesirable_weight)
@@ -251,11 +343,14 @@ def train_adapter(
 
 
 def _step_logps(model, first: list, second: list, order, pad: int, config: TrainConfig):
-    """Draw a batch of indices; return them and the log-probs of `first[i]` and `second[i]` from one forward."""
+    """Draw a batch of indices; return them, the summed log-probs of `first[i]` and `second[i]` from one forward,
+    and that forward's per-token log-probabilities (`completion_log_probs`; `first`'s rows come first)."""
     idx = [next(order) for _ in range(min(config.batch_size, len(first)))]
+    batch = collate([first[i] for i in idx] + [second[i] for i in idx], pad)
     with config.autocast():
-        logps = sequence_logps(model, collate([first[i] for i in idx] + [second[i] for i in idx], pad))
-    return idx, logps[: len(idx)], logps[len(idx):]
+        log_probs, rows = completion_log_probs(model, batch)
+        logps = _summed(batch, log_probs, rows)
+    return idx, logps[: len(idx)], logps[len(idx):], (log_probs, rows)
 
 
 def _cycle(n: int, rng: random.Random):

@@ -95,5 +95,11 @@ def choose_probe(config: ExploreConfig, mine: Record, everyone: Record, rng: ran
 
 def probed(turns: list[dict], probe: Probe) -> list[dict]:
     """`turns` with the probe's instruction added to the newest user message."""
+    return instructed(turns, probe.instruction)
+
+
+def instructed(turns: list[dict], instruction: str) -> list[dict]:
+    """`turns` with `instruction` added, after a blank line, to the newest message (the prompt a probed candidate
+    was generated from; training rebuilds it from the stored instruction)."""
     last = turns[-1]
-    return [*turns[:-1], {**last, "content": f"{last['content'].rstrip()}\n\n{probe.instruction}"}]
+    return [*turns[:-1], {**last, "content": f"{last['content'].rstrip()}\n\n{instruction}"}]

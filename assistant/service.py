@@ -197,7 +197,7 @@ class ChatService:
             hinted = build_prompt(self.loaded, settings.system_prompt, probed(turns, probe), settings.max_new_tokens)
         except InvalidInput:  # the instruction would not fit: the person must not see an error they did not cause
             return (), ({}, {})
-        own = {"probe": probe.name, **hinted.facts()}
+        own = {"probe": probe.name, "probe_instruction": probe.instruction, **hinted.facts()}
         if self.rng.randrange(2) == 0:  # which of A and B explores
             return (hinted, prompt), (own, {})
         return (prompt, hinted), ({}, own)

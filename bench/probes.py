@@ -1,8 +1,8 @@
 """Do the exploration probes move the replies? Each simulated user's mean reward with and without each probe.
 
-    python -m bench.probes [--prompts 24] [--samples 2] [--output bench/results/probes.json]
+    python -m bench.probes [--prompts 24] [--samples 2] [--probe NAME=INSTRUCTION ...] [--output bench/results/probes.json]
 
-For each probe of `assistant.explore.DEFAULT_PROBES` (and none), the embedded model samples replies to training
+For each probe of `assistant.explore.DEFAULT_PROBES` (or of `--probe`, to try new wordings; and none), the embedded model samples replies to training
 prompts with the probe added to the message, exactly as compare mode does (T = 0.9, 32 tokens, the learning-curve
 benchmark's settings). A probe is useful to a user when it moves that user's reward: then a choice between a
 probed and a plain candidate says something about the user's taste.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from assistant.explore import DEFAULT_PROBES, probed
+from assistant.explore import DEFAULT_PROBES, Probe, probed
 from bench.env import load_prompts, split_prompts
 from bench.learning_curve import REPO, RESULTS, CurveConfig, Harness
 from bench.model_speed import machine
@@ -33,7 +33,7 @@ from bench.users import population
 log = logging.getLogger("bench.probes")
 
 
-def measure(prompts: int, samples: int, cache: Path) -> dict:
+def measure(prompts: int, samples: int, cache: Path, probes: tuple[Probe, ...] = DEFAULT_PROBES) -> dict:
     config = CurveConfig()
     train, _ = split_prompts(load_prompts())
     asked = train[:prompts]
@@ -42,7 +42,7 @@ def measure(prompts: int, samples: int, cache: Path) -> dict:
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="attune-probes-") as tmp:
         h = Harness(Path(tmp), config, cache, executor=None, worker=False)
-        for probe in (None, *DEFAULT_PROBES):
+        for probe in (None, *probes):
             name = probe.name if probe else "none"
             messages = [probed([{"role": "user", "content": p}], probe)[-1]["content"] if probe else p
                         for p in asked]
@@ -56,7 +56,7 @@ def measure(prompts: int, samples: int, cache: Path) -> dict:
             log.info("%s (%.1f s): %s", name, time.perf_counter() - began, out[name]["mean_reward"])
         held = split_prompts(load_prompts())[1][: config.held_out_prompts]
         base = [r[0] for r in h.generate(held, None, 0.0)]
-        for probe in DEFAULT_PROBES:
+        for probe in probes:
             hinted = [r[0] for r in h.generate([probed([{"role": "user", "content": p}], probe)[-1]["content"]
                                                 for p in held], None, 0.0)]
             out[probe.name]["ceiling_win_rate"] = {u.name: round(statistics.mean(
@@ -71,17 +71,27 @@ def _win(mine: float, base: float) -> float:
     return 1.0 if mine > base else 0.5 if mine == base else 0.0
 
 
+def _probe(spec: str) -> Probe:
+    name, sep, instruction = spec.partition("=")
+    if not sep or not name.strip() or not instruction.strip():
+        raise SystemExit(f"--probe takes NAME=INSTRUCTION, got {spec!r}")
+    return Probe(name.strip(), instruction.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--model-cache", type=Path, default=REPO / ".cache" / "models")
+    parser.add_argument("--probe", action="append", default=[], metavar="NAME=INSTRUCTION",
+                        help="measure this probe instead of the default ones (repeatable)")
     parser.add_argument("--output", type=Path, default=RESULTS / "probes.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     began = time.perf_counter()
-    probes = measure(args.prompts, args.samples, args.model_cache)
+    chosen = tuple(_probe(spec) for spec in args.probe) or DEFAULT_PROBES
+    probes = measure(args.prompts, args.samples, args.model_cache, chosen)
     best = {u: max((n for n in probes if n != "none"), key=lambda n: probes[n]["lift"][u])
             for u in probes["none"]["lift"]}
     ceiling = {u: max((probes[n]["ceiling_win_rate"][u], n) for n in probes if n != "none") for u in best}

@@ -84,11 +84,17 @@ def test_one_candidate_explores_hidden_from_the_transcript_and_the_training_data
         assert transcript[0].content == f"Plan my day number {i}."  # stored as sent
         exploring.choose(ann, pair.id, sides[-1] if i % 2 == 0 else "tie")
     assert set(sides) == {"a", "b"}  # the explorer's side is random, so position says nothing
-    examples = examples_from_feedback(store.feedback(ann))
+    events = [e for e in store.feedback(ann) if e["choice"] != "tie"]
+    examples = examples_from_feedback(events)
     assert len(examples.pairs) == 3
-    for example in examples.pairs:
+    for event, example in zip(events, examples.pairs):
         assert all("Answer as a list." not in m["content"] and "Be short." not in m["content"] and
                    "Tell a joke." not in m["content"] for m in example.prompt)
+        # ... but training knows which instruction the chosen explorer followed, to distil it.
+        side = "a" if event["instruction"]["a"] else "b"
+        assert event["instruction"]["a" if side == "b" else "b"] is None
+        assert example.chosen == event[side] and example.chosen_instruction == event["instruction"][side]
+        assert example.chosen_instruction in {p.instruction for p in PROBES}
     record = store.probe_record(ann)
     assert sum(w for w, _ in record.values()) == 3 + 3 * 0.5 and sum(l for _, l in record.values()) == 1.5
 
@@ -117,6 +123,8 @@ def test_plain_compare_mode_without_exploration_has_no_probe(store, tiny_loaded,
     pair = list(service.send(ann, None, "Hi", SETTINGS, compare=True))[-1].pair
     assert "probe" not in pair.a.settings and "probe" not in pair.b.settings
     assert store.probe_record(ann) == {}
+    service.choose(ann, pair.id, "b")
+    assert examples_from_feedback(store.feedback(ann)).pairs[0].chosen_instruction is None
 
 
 def test_a_reply_cut_at_its_budget_is_trained_without_end_of_sequence(tiny_loaded, store):

@@ -147,3 +147,14 @@ def test_benchmark_settings_override_nested_frozen_configs_and_refuse_unknown_on
         with_overrides(CurveConfig(), ["held_out_prompts"])
     with pytest.raises(ValueError, match="no such users"):
         select_users(with_overrides(CurveConfig(), ["only=nobody"]))
+
+
+def test_probe_benchmark_takes_new_wordings_and_refuses_malformed_ones():
+    from assistant.explore import Probe
+    from bench.probes import _probe
+
+    assert _probe(' sure = Begin your answer with "Sure". ') == Probe("sure", 'Begin your answer with "Sure".')
+    assert _probe("a=b=c").instruction == "b=c"  # only the first '=' separates the name
+    for bad in ("no-equals", "=instruction only", "name=  "):
+        with pytest.raises(SystemExit, match="NAME=INSTRUCTION"):
+            _probe(bad)

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from adapters.data import PairExample, UnpairedExample, collate, encode, examples_from_feedback
-from adapters.training import LoraSettings, TrainConfig, add_lora, preference_accuracy, sequence_logps, train_adapter
+from adapters.training import (LoraSettings, Teacher, TrainConfig, add_lora, completion_log_probs, distill_kl,
+                               preference_accuracy, sequence_logps, teachers, train_adapter)
+from assistant.explore import instructed
 from assistant.config import ModelConfig
 from assistant.model import load_model
 
@@ -122,7 +124,7 @@ def test_rpo_term_keeps_the_chosen_reply_likely_where_dpo_alone_lets_it_fall(tin
         loaded = load_model(ModelConfig(model=str(tiny_model_dir)), tiny_model_dir.parent)
         model = add_lora(loaded.model, LoraSettings(rank=8, alpha=16))
         metrics = train_adapter(model, loaded, Examples(train, []),
-                                TrainConfig(steps=30, learning_rate=5e-3, beta=0.1, rpo_alpha=rpo))
+                                TrainConfig(steps=30, learning_rate=5e-3, beta=0.1, rpo_alpha=rpo, chosen_term="nll"))
         assert ("nll_loss" in metrics) == bool(rpo)
         chosen_logp[rpo] = metrics["logps/chosen"]
     assert chosen_logp[1.0] > chosen_logp[0.0] + 1.0, chosen_logp
@@ -144,6 +146,123 @@ def test_an_empty_cut_reply_still_trains_to_finite_weights(fresh_tiny):
     pairs = [PairExample(prompt, "", "Hello there", "f1", "u", chosen_ended=False),
              PairExample(prompt, "Hello", "", "f2", "u", rejected_ended=False)]
     model = add_lora(fresh_tiny.model, LoraSettings(rank=4, alpha=8))
-    metrics = train_adapter(model, fresh_tiny, Examples(pairs, []), TrainConfig(steps=3, rpo_alpha=1.0))
-    assert math.isfinite(metrics["loss"]) and math.isfinite(metrics["nll_loss"])
+    for term in ("nll", "distill"):
+        metrics = train_adapter(model, fresh_tiny, Examples(pairs, []),
+                                TrainConfig(steps=3, rpo_alpha=1.0, chosen_term=term))
+        assert math.isfinite(metrics["loss"]) and math.isfinite(metrics[f"{term}_loss"])
     assert all(torch.isfinite(p).all() for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_distill_kl_against_hand_computed_numbers():
+    # Policy rows 0 (three tokens of a chosen reply) and 1 (a rejected reply's, ignored); vocabulary of 3; the
+    # teacher keeps its top 2 tokens per position and the rest as one outcome.
+    policy = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [1 / 3, 1 / 3, 1 / 3]]))
+    rows = torch.tensor([0, 0, 0, 1])
+    teacher = Teacher(torch.log(torch.tensor([[0.5, 0.3, 0.2], [0.9, 0.05, 0.05], [0.6, 0.2, 0.2]])),
+                      torch.tensor([[0, 1], [1, 0], [2, 1]]))
+    kl = distill_kl(policy, rows, [teacher])
+    by_hand = (0.5 * math.log(0.5 / 0.5) + 0.3 * math.log(0.3 / 0.25) + 0.2 * math.log(0.2 / 0.25)  # token 1
+               + 0.9 * math.log(0.9 / 0.8) + 0.05 * math.log(0.05 / 0.1) + 0.05 * math.log(0.05 / 0.1)  # token 2
+               + 0.0) / 3  # token 3: the same distribution
+    assert kl.shape == (1,) and kl.item() == pytest.approx(by_hand, abs=1e-6)
+    with pytest.raises(ValueError, match="length"):
+        distill_kl(policy, torch.tensor([0, 0, 1, 1]), [teacher])
+
+
+def test_teachers_keep_the_top_k_and_the_rest_of_the_mass(fresh_tiny):
+    sequences = [encode(fresh_tiny, p.prompt, p.chosen, 128) for p in _synthetic_pairs(3, 0)]
+    with torch.no_grad():
+        taught = teachers(fresh_tiny.model, sequences, fresh_tiny.tokenizer.pad_token_id, top_k=5, chunk=2)
+        log_probs, rows = completion_log_probs(fresh_tiny.model, collate(sequences, fresh_tiny.tokenizer.pad_token_id))
+    assert [t.log_probs.shape for t in taught] == [(len(ids) - n, 6) for ids, n in sequences]
+    assert all(torch.allclose(t.log_probs.exp().sum(-1), torch.ones(len(t.log_probs)), atol=1e-5) for t in taught)
+    first = log_probs[rows == 0]
+    assert torch.equal(taught[0].token_ids, first.topk(5, dim=-1).indices)
+    assert distill_kl(first, rows[rows == 0], taught[:1]).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def _mean_kl(model, loaded, taught, plain) -> float:
+    """Mean over replies of KL(reference given `taught` prompts ‖ `model` given `plain` ones), top-64."""
+    pad = loaded.tokenizer.pad_token_id
+    with torch.no_grad():
+        with model.disable_adapter():
+            teach = teachers(model, taught, pad, 64)
+        log_probs, rows = completion_log_probs(model, collate(plain, pad))
+        return distill_kl(log_probs, rows, teach).mean().item()
+
+
+INSTRUCTION = "Answer about the fox."
+
+
+@pytest.fixture(scope="module")
+def follower(tiny_model_dir, tmp_path_factory):
+    return _instruction_follower(tiny_model_dir, tmp_path_factory.mktemp("follower"))
+
+
+def _instruction_follower(tiny_model_dir, folder):
+    """The tiny GPT-2 fine-tuned (all weights) to answer about the fox when asked to and about the dog otherwise:
+    a reference model whose behaviour an instruction changes, saved like any model."""
+    from transformers import AutoTokenizer
+
+    loaded = load_model(ModelConfig(model=str(tiny_model_dir)), tiny_model_dir.parent)
+    pairs = _synthetic_pairs(16, 0)
+    data = collate([encode(loaded, instructed(p.prompt, INSTRUCTION), p.chosen, 128) for p in pairs]
+                   + [encode(loaded, p.prompt, p.rejected, 128) for p in pairs], loaded.tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(loaded.model.parameters(), lr=1e-2)
+    loaded.model.train()
+    for _ in range(60):
+        loss = -sequence_logps(loaded.model, data).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    loaded.model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    return folder
+
+
+def test_distilling_a_probed_reply_teaches_the_instructed_behaviour_without_the_instruction(follower, tmp_path):
+    """Context distillation: after training on chosen replies that were generated under an instruction, the policy
+    given the plain prompt is closer to the reference given the instructed one, on held-out prompts too."""
+    from adapters.data import Examples
+
+    loaded = load_model(ModelConfig(model=str(follower)), tmp_path)
+    train, held = _synthetic_pairs(16, 0), _synthetic_pairs(8, 500)
+    taught = [PairExample(p.prompt, p.chosen, p.rejected, p.feedback_id, "u", chosen_instruction=INSTRUCTION)
+              for p in train]
+
+    def sequences(pairs, hinted):
+        return [encode(loaded, instructed(p.prompt, INSTRUCTION) if hinted else p.prompt, p.chosen, 128)
+                for p in pairs]
+
+    torch.manual_seed(0)
+    model = add_lora(loaded.model, LoraSettings(rank=8, alpha=16))
+    before = _mean_kl(model, loaded, sequences(held, True), sequences(held, False))
+    metrics = train_adapter(model, loaded, Examples(taught, []),
+                            TrainConfig(steps=30, learning_rate=5e-3, rpo_alpha=1.0, chosen_term="distill"))
+    after = _mean_kl(model, loaded, sequences(held, True), sequences(held, False))
+    assert "distill_loss" in metrics and "nll_loss" not in metrics
+    assert before > 0.1 and after < 0.2 * before, (before, after)
+
+
+def test_distilling_plain_replies_is_a_kl_leash_to_the_reference(follower, tmp_path):
+    """Without an instruction the distillation teacher is the reference itself: the policy moves less from it
+    (token-level KL on the chosen replies) than with the NLL term or DPO alone, and still learns the preference."""
+    from adapters.data import Examples
+
+    # `follower` says "dog" unless asked for the fox; the chosen replies are about the fox.
+    train, held = _synthetic_pairs(16, 0), _synthetic_pairs(16, 500)
+    drift, accuracy = {}, {}
+    for term, alpha in (("dpo", 0.0), ("nll", 1.0), ("distill", 1.0)):
+        torch.manual_seed(0)
+        loaded = load_model(ModelConfig(model=str(follower)), tmp_path)
+        plain = [encode(loaded, p.prompt, p.chosen, 128) for p in held]
+        model = add_lora(loaded.model, LoraSettings(rank=8, alpha=16))
+        train_adapter(model, loaded, Examples(train, []), TrainConfig(
+            steps=30, learning_rate=5e-3, rpo_alpha=alpha, chosen_term="nll" if term == "dpo" else term))
+        drift[term] = _mean_kl(model, loaded, plain, plain)
+        accuracy[term] = preference_accuracy(model, loaded, held)
+    assert drift["distill"] < 0.5 * drift["dpo"] and drift["distill"] < 0.5 * drift["nll"], drift
+    assert accuracy["distill"] >= 0.9, accuracy
+    with pytest.raises(ValueError, match="chosen_term"):
+        TrainConfig(chosen_term="sft")

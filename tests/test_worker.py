@@ -216,7 +216,7 @@ def test_decay_shrinks_the_step_size_along_the_warm_start_chain_and_a_reset_rest
     assert after_reset["update"] == 1 and after_reset["hyperparameters"]["train"]["learning_rate"] == 1e-3
 
 
-def test_global_updates_can_use_their_own_nll_weight(store, data_home, tiny_model_dir, app_config):
+def test_global_updates_can_use_their_own_chosen_reply_weight(store, data_home, tiny_model_dir, app_config):
     learning = LearningConfig(personal_every=4, global_every=4, global_rpo_alpha=0.0,
                               train=TrainConfig(steps=2, rpo_alpha=1.0))
     registry, service, worker = _loop(store, data_home, tiny_model_dir, app_config, learning)
@@ -226,7 +226,7 @@ def test_global_updates_can_use_their_own_nll_weight(store, data_home, tiny_mode
         pass
     personal = registry.current(personal_adapter(ann)).manifest
     crowd = registry.current(GLOBAL).manifest
-    assert personal["hyperparameters"]["train"]["rpo_alpha"] == 1.0 and "nll_loss" in personal["metrics"]
-    assert crowd["hyperparameters"]["train"]["rpo_alpha"] == 0.0 and "nll_loss" not in crowd["metrics"]
+    assert personal["hyperparameters"]["train"]["rpo_alpha"] == 1.0 and "distill_loss" in personal["metrics"]
+    assert crowd["hyperparameters"]["train"]["rpo_alpha"] == 0.0 and "distill_loss" not in crowd["metrics"]
     with pytest.raises(ValueError, match="global_rpo_alpha"):
         LearningConfig(global_rpo_alpha=-1.0)
