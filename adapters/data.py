@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from assistant.explore import DEFAULT_PROBES
 from assistant.model import LoadedModel
 from assistant.prompts import build_prompt
 
@@ -64,7 +65,8 @@ def examples_from_feedback(events: list[dict]) -> Examples:
     for e in events:
         key = dict(feedback_id=e["id"], user_id=e["user_id"])
         ended = e.get("ended", {})
-        instruction = e.get("instruction", {})
+        instruction = {side: text or _instruction_of(e.get("probe", {}).get(side))
+                       for side, text in e.get("instruction", {}).items()}
         if e["kind"] == "pairwise":
             if e["choice"] in ("a", "b"):
                 won, lost = ("a", "b") if e["choice"] == "a" else ("b", "a")
@@ -83,6 +85,11 @@ def examples_from_feedback(events: list[dict]) -> Examples:
                                       rejected_ended=old_done)
                           for old, old_done in zip(e.get("superseded", []), old_ended, strict=True)]
     return Examples(pairs, unpaired)
+
+
+def _instruction_of(probe: str | None) -> str | None:
+    """The instruction of a shipped probe, by name: candidates stored before the text was kept name only the probe."""
+    return next((p.instruction for p in DEFAULT_PROBES if p.name == probe), None) if probe else None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""LoRA training from preference examples: DPO on pairs plus KTO on unpaired feedback, a few steps at a time.
+"""LoRA training from preference examples: DPO on pairs (with a distillation term on the chosen reply, see
+`TrainConfig.chosen_term`) plus KTO on unpaired feedback, a few steps at a time.
 
 The caller passes the model: the base for the global adapter, or base + global merged for a personal one
 (a residual on top of the crowd). In both cases the reference policy is that model with the LoRA disabled, so
@@ -194,17 +195,20 @@ class Teacher:
 
 
 def teachers(model: torch.nn.Module, sequences: list[tuple[list[int], int]], pad_id: int, top_k: int,
-             chunk: int = 8) -> list[Teacher]:
-    """`model`'s top-k next-token distributions at each sequence's completion positions (call without grad)."""
-    out = []
+             chunk: int = 8) -> tuple[list[Teacher], torch.Tensor]:
+    """`model`'s top-k next-token distributions at each sequence's completion positions, and the summed
+    log-probability of each completion, shape (sequences,), from the same forward (call without grad)."""
+    out, sums = [], []
     for start in range(0, len(sequences), chunk):
-        log_probs, rows = completion_log_probs(model, collate(sequences[start:start + chunk], pad_id))
+        batch = collate(sequences[start:start + chunk], pad_id)
+        log_probs, rows = completion_log_probs(model, batch)
+        sums.append(_summed(batch, log_probs, rows))
         top, ids = log_probs.topk(min(top_k, log_probs.shape[-1]), dim=-1)
         top = torch.cat([top, _rest(top)], dim=-1)
         for row in range(min(chunk, len(sequences) - start)):
             mine = rows == row
             out.append(Teacher(top[mine], ids[mine]))
-    return out
+    return out, torch.cat(sums) if sums else torch.zeros(0)
 
 
 def _rest(top: torch.Tensor) -> torch.Tensor:
@@ -288,12 +292,18 @@ def train_adapter(
     steps = config.steps_for(examples, new_examples)
     model.eval()
     with torch.no_grad(), model.disable_adapter(), config.autocast():
-        ref_chosen = _logps_in_chunks(model, enc.chosen, pad, 8)
+        distilling = config.rpo_alpha > 0 and config.chosen_term == "distill"
+        if distilling:  # a plain chosen reply is its own teacher sequence: one forward gives both
+            taught, taught_sums = teachers(model, enc.taught, pad, config.distill_top_k)
+            probed = [i for i, (t, c) in enumerate(zip(enc.taught, enc.chosen)) if t is not c]
+            ref_chosen = taught_sums.clone()
+            if probed:
+                ref_chosen[probed] = _logps_in_chunks(model, [enc.chosen[i] for i in probed], pad, 8)
+        else:
+            taught, ref_chosen = [], _logps_in_chunks(model, enc.chosen, pad, 8)
         ref_rejected = _logps_in_chunks(model, enc.rejected, pad, 8)
         ref_unpaired = _logps_in_chunks(model, enc.unpaired, pad, 8)
         ref_mismatched = _logps_in_chunks(model, enc.mismatched, pad, 8)
-        distilling = config.rpo_alpha > 0 and config.chosen_term == "distill"
-        taught = teachers(model, enc.taught, pad, config.distill_top_k) if distilling else []
     labels = torch.tensor(enc.labels, dtype=torch.bool)
 
     params = [p for p in model.parameters() if p.requires_grad]

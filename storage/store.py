@@ -465,8 +465,9 @@ class Store:
         Thumbs rows also list as `superseded` the earlier replies to the same message that a retry replaced
         (and that were not themselves liked). `ended` says, per text (`completion` and the `superseded` list, or `a`
         and `b`), whether the reply ended by itself rather than at its budget (replies stored before this: True).
-        Pairwise rows also have `instruction`: per candidate, the hidden exploration instruction it was generated
-        with (None: the message as sent).
+        Pairwise rows also have `probe` and `instruction`: per candidate, the name and the text of the hidden
+        exploration instruction it was generated with (None: the message as sent; candidates stored before the text
+        was kept have only the name).
         """
         with self._db() as db:
             self._require_user(db, user_id)
@@ -491,8 +492,9 @@ class Store:
                     pair = self._require_pair(db, user_id, event["pair_id"])
                     event["a"], event["b"] = pair.a.content, pair.b.content
                     event["ended"] = {"a": _ended(pair.a.settings), "b": _ended(pair.b.settings)}
-                    event["instruction"] = {"a": pair.a.settings.get("probe_instruction"),
-                                            "b": pair.b.settings.get("probe_instruction")}
+                    event["probe"] = {side: m.settings.get("probe") for side, m in (("a", pair.a), ("b", pair.b))}
+                    event["instruction"] = {side: m.settings.get("probe_instruction")
+                                            for side, m in (("a", pair.a), ("b", pair.b))}
                     prompt_id, reply = pair.prompt_message_id, pair.a
                 event["prompt"] = self._context_through(db, prompt_id, reply.settings.get("system_prompt"))
                 out.append(event)

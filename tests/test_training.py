@@ -38,6 +38,22 @@ def test_examples_from_feedback_handles_every_kind():
     assert [(u.completion, u.label) for u in ex.unpaired] == [("A4", False), ("B4", False), ("good", True),
                                                               ("bad", False)]
     assert ex.feedback_ids == ["f1", "f2", "f4", "f5", "f6"]  # the tie teaches nothing
+    assert [p.chosen_instruction for p in ex.pairs] == [None] * 4
+
+
+def test_a_chosen_explorer_carries_its_instruction_even_when_stored_by_name_only():
+    from assistant.explore import DEFAULT_PROBES
+
+    listing = next(p for p in DEFAULT_PROBES if p.name == "list")
+    base = dict(user_id="u", prompt=[{"role": "user", "content": "Hi"}], kind="pairwise", a="A", b="B")
+    events = [
+        {**base, "id": "f1", "choice": "b", "probe": {"a": None, "b": "x"}, "instruction": {"a": None, "b": "Rhyme."}},
+        {**base, "id": "f2", "choice": "a", "probe": {"a": "list", "b": None}, "instruction": {"a": None, "b": None}},
+        {**base, "id": "f3", "choice": "a", "probe": {"a": None, "b": "list"}, "instruction": {"a": None, "b": None}},
+        {**base, "id": "f4", "choice": "a", "probe": {"a": "gone", "b": None}, "instruction": {"a": None, "b": None}},
+    ]
+    assert [p.chosen_instruction for p in examples_from_feedback(events).pairs] == [
+        "Rhyme.", listing.instruction, None, None]  # the rejected explorer's instruction is not the chosen one's
 
 
 def test_retry_then_like_forms_a_pair_from_the_database(store):
@@ -172,8 +188,9 @@ def test_distill_kl_against_hand_computed_numbers():
 def test_teachers_keep_the_top_k_and_the_rest_of_the_mass(fresh_tiny):
     sequences = [encode(fresh_tiny, p.prompt, p.chosen, 128) for p in _synthetic_pairs(3, 0)]
     with torch.no_grad():
-        taught = teachers(fresh_tiny.model, sequences, fresh_tiny.tokenizer.pad_token_id, top_k=5, chunk=2)
+        taught, sums = teachers(fresh_tiny.model, sequences, fresh_tiny.tokenizer.pad_token_id, top_k=5, chunk=2)
         log_probs, rows = completion_log_probs(fresh_tiny.model, collate(sequences, fresh_tiny.tokenizer.pad_token_id))
+        assert torch.allclose(sums, sequence_logps(fresh_tiny.model, collate(sequences, fresh_tiny.tokenizer.pad_token_id)), atol=1e-4)
     assert [t.log_probs.shape for t in taught] == [(len(ids) - n, 6) for ids, n in sequences]
     assert all(torch.allclose(t.log_probs.exp().sum(-1), torch.ones(len(t.log_probs)), atol=1e-5) for t in taught)
     first = log_probs[rows == 0]
@@ -186,7 +203,7 @@ def _mean_kl(model, loaded, taught, plain) -> float:
     pad = loaded.tokenizer.pad_token_id
     with torch.no_grad():
         with model.disable_adapter():
-            teach = teachers(model, taught, pad, 64)
+            teach, _ = teachers(model, taught, pad, 64)
         log_probs, rows = completion_log_probs(model, collate(plain, pad))
         return distill_kl(log_probs, rows, teach).mean().item()
 
