@@ -9,9 +9,12 @@ once per example before the steps. Logits are only computed at reply positions.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import random
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -269,6 +272,67 @@ def _generated_from(loaded: LoadedModel, p: PairExample, max_length: int, max_pr
         return encode(loaded, p.prompt, p.chosen, max_length, max_prompt, p.chosen_ended)
 
 
+class ReferenceCache:
+    """The reference model's values of training pairs — summed log-probs of both replies and the chosen one's
+    distillation teacher — kept across updates: an update replays older pairs, and while the reference stays the same
+    (for a personal adapter: until the global version changes) their values do too. Least recently used first out."""
+
+    def __init__(self, size: int = 2048):
+        self.size = size
+        self._items: OrderedDict[str, tuple[float, float, Teacher | None]] = OrderedDict()
+
+    def get(self, key: str) -> tuple[float, float, Teacher | None] | None:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        return None
+
+    def put(self, key: str, value: tuple[float, float, Teacher | None]) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _pair_key(reference_key: str, pair: PairExample, config: TrainConfig, distilling: bool) -> str:
+    """Everything a pair's reference values depend on besides the reference's weights."""
+    facts = [reference_key, pair.prompt, pair.chosen, pair.rejected, pair.chosen_ended, pair.rejected_ended,
+             pair.chosen_instruction, config.max_length, config.max_prompt_tokens, distilling and config.distill_top_k]
+    return hashlib.sha256(json.dumps(facts, ensure_ascii=False).encode()).hexdigest()
+
+
+def _pair_references(model, enc: _Encoded, pairs: list[PairExample], config: TrainConfig, distilling: bool, pad: int,
+                     cache: ReferenceCache | None, reference_key: str):
+    """(reference log-probs of the chosen replies, of the rejected ones, distillation teachers) — from `cache` where
+    it has them, else from the model (call without grad, adapter disabled)."""
+    keys = [_pair_key(reference_key, p, config, distilling) for p in pairs] if cache is not None else []
+    known = {i: v for i, k in enumerate(keys) if (v := cache.get(k)) is not None} if cache is not None else {}
+    missing = [i for i in range(len(pairs)) if i not in known]
+    chosen, rejected = torch.zeros(len(pairs)), torch.zeros(len(pairs))
+    taught: list[Teacher | None] = [None] * len(pairs)
+    for i, (c, r, t) in known.items():
+        chosen[i], rejected[i], taught[i] = c, r, t
+    if missing:
+        if distilling:  # a plain chosen reply is its own teacher sequence: one forward gives both
+            new_taught, sums = teachers(model, [enc.taught[i] for i in missing], pad, config.distill_top_k)
+            chosen[missing] = sums
+            for i, t in zip(missing, new_taught):
+                taught[i] = t
+            probed = [i for i in missing if enc.taught[i] is not enc.chosen[i]]
+            if probed:
+                chosen[probed] = _logps_in_chunks(model, [enc.chosen[i] for i in probed], pad, 8)
+        else:
+            chosen[missing] = _logps_in_chunks(model, [enc.chosen[i] for i in missing], pad, 8)
+        rejected[missing] = _logps_in_chunks(model, [enc.rejected[i] for i in missing], pad, 8)
+        if cache is not None:
+            for i in missing:
+                cache.put(keys[i], (chosen[i].item(), rejected[i].item(), taught[i]))
+    return chosen, rejected, taught
+
+
 def _logps_in_chunks(model, sequences, pad_id: int, chunk: int) -> torch.Tensor:
     if not sequences:
         return torch.zeros(0)
@@ -283,25 +347,23 @@ def train_adapter(
     config: TrainConfig,
     progress: Callable[[int, int, dict], None] | None = None,
     new_examples: int | None = None,
+    references: ReferenceCache | None = None,
+    reference_key: str = "",
 ) -> dict:
-    """Run `config.steps_for(examples)` optimizer steps; return TRL-named metrics of the last step."""
+    """Run `config.steps_for(examples)` optimizer steps; return TRL-named metrics of the last step.
+
+    `references`: where the reference model's values of each pair are kept across calls; `reference_key` names that
+    reference model (the same key must mean the same weights, e.g. the global version a personal adapter sits on)."""
     if not len(examples):
         raise ValueError("no training examples")
     pad = loaded.tokenizer.pad_token_id
     enc = _encode_all(loaded, examples, config.max_length, config.max_prompt_tokens)
     steps = config.steps_for(examples, new_examples)
     model.eval()
+    distilling = config.rpo_alpha > 0 and config.chosen_term == "distill"
     with torch.no_grad(), model.disable_adapter(), config.autocast():
-        distilling = config.rpo_alpha > 0 and config.chosen_term == "distill"
-        if distilling:  # a plain chosen reply is its own teacher sequence: one forward gives both
-            taught, taught_sums = teachers(model, enc.taught, pad, config.distill_top_k)
-            probed = [i for i, (t, c) in enumerate(zip(enc.taught, enc.chosen)) if t is not c]
-            ref_chosen = taught_sums.clone()
-            if probed:
-                ref_chosen[probed] = _logps_in_chunks(model, [enc.chosen[i] for i in probed], pad, 8)
-        else:
-            taught, ref_chosen = [], _logps_in_chunks(model, enc.chosen, pad, 8)
-        ref_rejected = _logps_in_chunks(model, enc.rejected, pad, 8)
+        ref_chosen, ref_rejected, taught = _pair_references(model, enc, examples.pairs, config, distilling, pad,
+                                                            references, reference_key)
         ref_unpaired = _logps_in_chunks(model, enc.unpaired, pad, 8)
         ref_mismatched = _logps_in_chunks(model, enc.mismatched, pad, 8)
     labels = torch.tensor(enc.labels, dtype=torch.bool)

@@ -24,7 +24,7 @@ from peft import set_peft_model_state_dict
 
 from adapters.jobs import LearningConfig, UpdateData, global_update, personal_update
 from adapters.registry import GLOBAL, AdapterRegistry
-from adapters.training import add_lora, preference_margins, train_adapter
+from adapters.training import ReferenceCache, add_lora, preference_margins, train_adapter
 from assistant.config import DATA_HOME_ENV, ModelConfig, default_data_dir
 from assistant.model import LoadedModel, load_model
 from storage.db import DB_FILENAME
@@ -57,6 +57,7 @@ class Worker:
         self.config = config
         self.stop = threading.Event()
         self._margins: dict[tuple[str | None, str], float] = {}  # (model below, feedback id) → held-out margin
+        self._references = ReferenceCache()  # training pairs' reference values, per reference model
         removed = registry.remove_strays()
         if removed:
             log.info("Removed %d unfinished adapter folder(s) from an interrupted publish.", len(removed))
@@ -119,11 +120,13 @@ class Worker:
 
         model = self._fresh_base()
         global_version = None
+        reference_key = "base"  # what the adapter's reference (the model with the adapter disabled) is
         if adapter != GLOBAL:  # a personal adapter is a residual on top of the current global one
             global_current = self.registry.current(GLOBAL)
             if global_current:
                 merge_lora(model, *self.registry.load_weights(global_current))
                 global_version = global_current.label
+                reference_key = f"global {global_version} {global_current.manifest.get('checksum_sha256')}"
         peft_model = add_lora(model, self.config.lora)
         if current:  # warm start
             set_peft_model_state_dict(peft_model, self.registry.load_weights(current)[1])
@@ -137,7 +140,8 @@ class Worker:
         train = replace(self.config.train, learning_rate=self.config.train.learning_rate_at(update))
         if adapter == GLOBAL and self.config.global_rpo_alpha is not None:
             train = replace(train, rpo_alpha=self.config.global_rpo_alpha)
-        metrics = train_adapter(peft_model, self.loaded, data.train, train, progress, new_examples=data.new_events)
+        metrics = train_adapter(peft_model, self.loaded, data.train, train, progress, new_examples=data.new_events,
+                                references=self._references, reference_key=reference_key)
         lap("train_s")
         metrics.update(self._evaluate(peft_model, data, personal=adapter != GLOBAL, global_version=global_version))
         lap("eval_s")

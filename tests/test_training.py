@@ -283,3 +283,47 @@ def test_distilling_plain_replies_is_a_kl_leash_to_the_reference(follower, tmp_p
     assert accuracy["distill"] >= 0.9, accuracy
     with pytest.raises(ValueError, match="chosen_term"):
         TrainConfig(chosen_term="sft")
+
+
+def _forwards(model) -> list[int]:
+    """A counter of `model`'s forward calls (hooked on the underlying transformer)."""
+    calls = [0]
+    model.get_base_model().register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("term", ["nll", "distill"])
+def test_reference_cache_skips_known_pairs_and_trains_exactly_the_same(tiny_model_dir, term):
+    from adapters.data import Examples
+    from adapters.training import ReferenceCache
+
+    pairs = _synthetic_pairs(6, 0)
+    pairs[1] = PairExample(pairs[1].prompt, pairs[1].chosen, pairs[1].rejected, "f1", "u",
+                           chosen_instruction="Answer about the fox.")
+    config = TrainConfig(steps=3, learning_rate=5e-3, bf16=False, chosen_term=term)
+    cache, runs = ReferenceCache(), {}
+    for name, use in (("plain", None), ("fills", cache), ("hits", cache), ("other reference", cache)):
+        torch.manual_seed(0)
+        loaded = load_model(ModelConfig(model=str(tiny_model_dir)), tiny_model_dir.parent)
+        model = add_lora(loaded.model, LoraSettings(rank=4, alpha=8))
+        calls = _forwards(model)
+        train_adapter(model, loaded, Examples(pairs, []), config, references=use,
+                      reference_key="v2" if name == "other reference" else "v1")
+        runs[name] = (calls[0], {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k})
+    assert len(cache) == 2 * len(pairs)  # one entry per pair and reference
+    steps = config.steps
+    assert runs["hits"][0] == steps  # only the training steps: every reference value came from the cache
+    assert runs["fills"][0] > steps and runs["other reference"][0] == runs["fills"][0]
+    for name in ("fills", "hits"):
+        assert all(torch.allclose(runs[name][1][k], v, atol=1e-6) for k, v in runs["plain"][1].items()), name
+
+
+def test_reference_cache_forgets_the_least_recently_used():
+    from adapters.training import ReferenceCache
+
+    cache = ReferenceCache(size=2)
+    cache.put("a", (1.0, 2.0, None))
+    cache.put("b", (3.0, 4.0, None))
+    assert cache.get("a") == (1.0, 2.0, None)  # "a" is now the most recent
+    cache.put("c", (5.0, 6.0, None))
+    assert cache.get("b") is None and cache.get("a") and cache.get("c") and len(cache) == 2
