@@ -8,6 +8,8 @@ reference policy. Rewards are the implicit DPO rewards β·(log π − log π_re
 - `kto_loss`: Kahneman–Tversky optimisation for unpaired thumbs (Ethayarajh et al. 2024): a desirable reply
   is pushed above the reference point z0 (the policy/reference KL, estimated on mismatched prompt–reply
   pairs, clamped at 0 and not differentiated), an undesirable one below it. TRL's `KTOTrainer` formula.
+- `distill_kl`: per-token KL(teacher ‖ policy) over a reply, the teacher kept as its top-k tokens plus "any other
+  token" (`Teacher`); the inputs here are per-token log-probabilities, not sums.
 """
 
 from __future__ import annotations
@@ -87,3 +89,37 @@ def pair_metrics(loss: PairLoss, prefix: str = "") -> dict[str, float]:
         f"{prefix}rewards/margins": margins.mean().item(),
         f"{prefix}rewards/accuracies": (margins > 0).float().mean().item(),
     }
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The reference's next-token distributions at one reply's positions, as k + 1 outcomes: its top-k tokens and
+    "any other token"."""
+
+    log_probs: torch.Tensor
+    """Shape (reply tokens, k + 1): the top-k tokens' log-probabilities, then the log of the rest's mass."""
+    token_ids: torch.Tensor
+    """Shape (reply tokens, k)."""
+
+
+def rest_log_mass(top: torch.Tensor) -> torch.Tensor:
+    """log(1 − Σ exp(top)) along the last axis, kept finite: the log-mass outside the given tokens, shape (..., 1)."""
+    return torch.log1p(-torch.logsumexp(top, dim=-1, keepdim=True).exp().clamp(max=1 - 1e-6))
+
+
+def distill_kl(log_probs: torch.Tensor, rows: torch.Tensor, taught: list[Teacher]) -> torch.Tensor:
+    """Per row of the first `len(taught)` rows: mean over its tokens of KL(teacher ‖ policy) over the teacher's
+    top-k tokens and "any other token", shape (len(taught),). `log_probs`, `rows`: as `completion_log_probs`
+    returns them."""
+    n = len(taught)
+    mine = rows < n
+    student, student_rows = log_probs[mine], rows[mine]  # row-major: row 0's tokens first, in order
+    teacher_lp = torch.cat([t.log_probs for t in taught])
+    teacher_ids = torch.cat([t.token_ids for t in taught])
+    if teacher_lp.shape[0] != student.shape[0]:
+        raise ValueError("teacher and policy disagree on the reply's length")
+    picked = student.gather(1, teacher_ids)
+    student_lp = torch.cat([picked, rest_log_mass(picked)], dim=-1)
+    per_token = (teacher_lp.exp() * (teacher_lp - student_lp)).sum(-1)
+    counts = torch.tensor([max(1, t.log_probs.shape[0]) for t in taught], dtype=per_token.dtype)
+    return torch.zeros(n, dtype=per_token.dtype).index_add(0, student_rows, per_token) / counts

@@ -23,7 +23,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from adapters.data import Batch, Examples, PairExample, UnpairedExample, collate, encode
-from adapters.losses import dpo_loss, kto_loss, kto_reference_point, pair_metrics
+from adapters.losses import (Teacher, distill_kl, dpo_loss, kto_loss, kto_reference_point, pair_metrics,
+                             rest_log_mass)
 from assistant.explore import instructed
 from assistant.model import LoadedModel
 from storage.errors import InvalidInput
@@ -186,17 +187,6 @@ def sequence_logps(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return _summed(batch, *completion_log_probs(model, batch))
 
 
-@dataclass(frozen=True)
-class Teacher:
-    """The reference's next-token distributions at one reply's positions, as k + 1 outcomes: its top-k tokens and
-    "any other token"."""
-
-    log_probs: torch.Tensor
-    """Shape (reply tokens, k + 1): the top-k tokens' log-probabilities, then the log of the rest's mass."""
-    token_ids: torch.Tensor
-    """Shape (reply tokens, k)."""
-
-
 def teachers(model: torch.nn.Module, sequences: list[tuple[list[int], int]], pad_id: int, top_k: int,
              chunk: int = 8) -> tuple[list[Teacher], torch.Tensor]:
     """`model`'s top-k next-token distributions at each sequence's completion positions, and the summed
@@ -207,34 +197,11 @@ def teachers(model: torch.nn.Module, sequences: list[tuple[list[int], int]], pad
         log_probs, rows = completion_log_probs(model, batch)
         sums.append(_summed(batch, log_probs, rows))
         top, ids = log_probs.topk(min(top_k, log_probs.shape[-1]), dim=-1)
-        top = torch.cat([top, _rest(top)], dim=-1)
+        top = torch.cat([top, rest_log_mass(top)], dim=-1)
         for row in range(min(chunk, len(sequences) - start)):
             mine = rows == row
             out.append(Teacher(top[mine], ids[mine]))
     return out, torch.cat(sums) if sums else torch.zeros(0)
-
-
-def _rest(top: torch.Tensor) -> torch.Tensor:
-    """log(1 − Σ exp(top)) along the last axis, kept finite: the log-mass outside the given tokens, shape (..., 1)."""
-    return torch.log1p(-torch.logsumexp(top, dim=-1, keepdim=True).exp().clamp(max=1 - 1e-6))
-
-
-def distill_kl(log_probs: torch.Tensor, rows: torch.Tensor, taught: list[Teacher]) -> torch.Tensor:
-    """Per row of the first `len(taught)` rows: mean over its tokens of KL(teacher ‖ policy) over the teacher's
-    top-k tokens and "any other token", shape (len(taught),). `log_probs`, `rows`: as `completion_log_probs`
-    returns them."""
-    n = len(taught)
-    mine = rows < n
-    student, student_rows = log_probs[mine], rows[mine]  # row-major: row 0's tokens first, in order
-    teacher_lp = torch.cat([t.log_probs for t in taught])
-    teacher_ids = torch.cat([t.token_ids for t in taught])
-    if teacher_lp.shape[0] != student.shape[0]:
-        raise ValueError("teacher and policy disagree on the reply's length")
-    picked = student.gather(1, teacher_ids)
-    student_lp = torch.cat([picked, _rest(picked)], dim=-1)
-    per_token = (teacher_lp.exp() * (teacher_lp - student_lp)).sum(-1)
-    counts = torch.tensor([max(1, t.log_probs.shape[0]) for t in taught], dtype=per_token.dtype)
-    return torch.zeros(n, dtype=per_token.dtype).index_add(0, student_rows, per_token) / counts
 
 
 @dataclass

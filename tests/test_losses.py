@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adapters.losses import dpo_loss, kto_loss, kto_reference_point, pair_metrics
+from adapters.losses import Teacher, distill_kl, dpo_loss, kto_loss, kto_reference_point, pair_metrics
 
 
 def _t(*values):
@@ -87,3 +87,19 @@ def test_pair_metrics_use_trl_names():
     assert metrics["rewards/accuracies"] == 0.5
     # chosen rewards [0.5, -3.5], rejected [-0.5, 0.5] → margins [1, -4]
     assert metrics["rewards/margins"] == pytest.approx(-1.5)
+
+
+def test_distill_kl_against_hand_computed_numbers():
+    # Policy rows 0 (three tokens of a chosen reply) and 1 (a rejected reply's, ignored); vocabulary of 3; the
+    # teacher keeps its top 2 tokens per position and the rest as one outcome.
+    policy = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [1 / 3, 1 / 3, 1 / 3]]))
+    rows = torch.tensor([0, 0, 0, 1])
+    teacher = Teacher(torch.log(torch.tensor([[0.5, 0.3, 0.2], [0.9, 0.05, 0.05], [0.6, 0.2, 0.2]])),
+                      torch.tensor([[0, 1], [1, 0], [2, 1]]))
+    kl = distill_kl(policy, rows, [teacher])
+    by_hand = (0.5 * math.log(0.5 / 0.5) + 0.3 * math.log(0.3 / 0.25) + 0.2 * math.log(0.2 / 0.25)  # token 1
+               + 0.9 * math.log(0.9 / 0.8) + 0.05 * math.log(0.05 / 0.1) + 0.05 * math.log(0.05 / 0.1)  # token 2
+               + 0.0) / 3  # token 3: the same distribution
+    assert kl.shape == (1,) and kl.item() == pytest.approx(by_hand, abs=1e-6)
+    with pytest.raises(ValueError, match="length"):
+        distill_kl(policy, torch.tensor([0, 0, 1, 1]), [teacher])

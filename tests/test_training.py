@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from adapters.data import PairExample, UnpairedExample, collate, encode, examples_from_feedback
-from adapters.training import (LoraSettings, Teacher, TrainConfig, add_lora, completion_log_probs, distill_kl,
-                               preference_accuracy, sequence_logps, teachers, train_adapter)
+from adapters.losses import distill_kl
+from adapters.training import (LoraSettings, TrainConfig, add_lora, completion_log_probs, preference_accuracy,
+                               sequence_logps, teachers, train_adapter)
 from assistant.explore import instructed
 from assistant.config import ModelConfig
 from assistant.model import load_model
@@ -167,22 +168,6 @@ def test_an_empty_cut_reply_still_trains_to_finite_weights(fresh_tiny):
                                 TrainConfig(steps=3, rpo_alpha=1.0, chosen_term=term))
         assert math.isfinite(metrics["loss"]) and math.isfinite(metrics[f"{term}_loss"])
     assert all(torch.isfinite(p).all() for n, p in model.named_parameters() if "lora_" in n)
-
-
-def test_distill_kl_against_hand_computed_numbers():
-    # Policy rows 0 (three tokens of a chosen reply) and 1 (a rejected reply's, ignored); vocabulary of 3; the
-    # teacher keeps its top 2 tokens per position and the rest as one outcome.
-    policy = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [1 / 3, 1 / 3, 1 / 3]]))
-    rows = torch.tensor([0, 0, 0, 1])
-    teacher = Teacher(torch.log(torch.tensor([[0.5, 0.3, 0.2], [0.9, 0.05, 0.05], [0.6, 0.2, 0.2]])),
-                      torch.tensor([[0, 1], [1, 0], [2, 1]]))
-    kl = distill_kl(policy, rows, [teacher])
-    by_hand = (0.5 * math.log(0.5 / 0.5) + 0.3 * math.log(0.3 / 0.25) + 0.2 * math.log(0.2 / 0.25)  # token 1
-               + 0.9 * math.log(0.9 / 0.8) + 0.05 * math.log(0.05 / 0.1) + 0.05 * math.log(0.05 / 0.1)  # token 2
-               + 0.0) / 3  # token 3: the same distribution
-    assert kl.shape == (1,) and kl.item() == pytest.approx(by_hand, abs=1e-6)
-    with pytest.raises(ValueError, match="length"):
-        distill_kl(policy, torch.tensor([0, 0, 1, 1]), [teacher])
 
 
 def test_teachers_keep_the_top_k_and_the_rest_of_the_mass(fresh_tiny):
