@@ -118,7 +118,12 @@ def test_learning_curve_quick_mode_runs_the_product_loop(tmp_path):
     # Training really happened (on the random tiny model many choices are ties, which teach nothing, so not
     # necessarily for every user).
     assert any(u["curve"]["8"]["published"]["personal"] for u in data["users"].values())
-    assert set(data["population"]["curve"]) == {"0", "4"} and data["population"]["global_versions"] >= 1
+    assert set(data["population"]["curve"]) == {"0", "4"}
+    # The shared home ran global updates to the end; on the tiny model most choices can be ties (equal rewards), so
+    # an update may rightly find no pair to learn from and publish nothing.
+    job = data["population"]["last_global_job"]
+    assert job is not None and job["status"] == "done", job
+    assert data["population"]["global_versions"] >= 1 or job["message"] == "nothing new to learn from", job
     assert set(data["summary"]) >= {"mean_win_rate", "users_with_blend_win_rate_at_least_0.7", "targets"}
     for user in data["users"].values():  # every shown pair was recorded, with what it could teach
         assert user["feedback"]["pairs"] == 8 and 0 <= user["feedback"]["informative_share"] <= 1
