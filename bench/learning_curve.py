@@ -337,6 +337,7 @@ def run_user(user, config: CurveConfig, train: list[str], base: dict, cache: Pat
         for given in range(max(config.budgets) + 1):
             if given in config.budgets:
                 curve[given] = evaluate(Evaluation(h, prompts, base), user, user_id, pairs)
+                curve[given]["elapsed_s"] = round(time.perf_counter() - began)
                 log.info("%s after %d choices: win rate %s", user.name, given, curve[given]["win_rate"])
             if given < max(config.budgets):
                 prompt = h.feedback_step(env, user_id, prompt)
@@ -347,6 +348,7 @@ def run_user(user, config: CurveConfig, train: list[str], base: dict, cache: Pat
 def run_population(users, config: CurveConfig, train: list[str], base: dict, cache: Path,
                    executor: GenerationExecutor | None) -> dict:
     """Everyone in one data home, taking turns: the global adapter learns from all under the cap."""
+    began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="attune-curve-population-") as tmp:
         h = Harness(Path(tmp), config, cache, executor)
         prompts = base["prompts"]
@@ -367,7 +369,8 @@ def run_population(users, config: CurveConfig, train: list[str], base: dict, cac
                 for member in members:
                     member[3] = h.feedback_step(member[2], member[1], member[3])
         jobs = h.store.latest_job(GLOBAL)
-        return {"curve": curve, "global_versions": len(h.registry.history(GLOBAL)),
+        return {"curve": curve, "seconds": round(time.perf_counter() - began),
+                "global_versions": len(h.registry.history(GLOBAL)),
                 "feedback": {user.name: feedback_stats(h.shown.get(uid, [])) for user, uid, *_ in members},
                 "last_global_job": {k: jobs[k] for k in ("status", "message")} if jobs else None}
 

@@ -149,6 +149,15 @@ def test_rpo_term_keeps_the_chosen_reply_likely_where_dpo_alone_lets_it_fall(tin
         TrainConfig(rpo_alpha=-1)
 
 
+def test_the_step_size_decays_with_the_chosen_power_along_the_warm_start_chain():
+    sqrt_decay, harmonic = TrainConfig(learning_rate=4e-3), TrainConfig(learning_rate=4e-3, decay_power=1.0)
+    assert [sqrt_decay.learning_rate_at(k) for k in (0, 1, 4, 16)] == pytest.approx([4e-3, 4e-3, 2e-3, 1e-3])
+    assert [harmonic.learning_rate_at(k) for k in (1, 2, 8)] == pytest.approx([4e-3, 2e-3, 5e-4])
+    assert TrainConfig(learning_rate=4e-3, decay=False, decay_power=1.0).learning_rate_at(8) == 4e-3
+    with pytest.raises(ValueError, match="decay_power"):
+        TrainConfig(decay_power=-0.5)
+
+
 def test_an_empty_cut_reply_still_trains_to_finite_weights(fresh_tiny):
     """A blank reply cut at its budget keeps one token (end-of-sequence), so the NLL term never divides by 0."""
     from adapters.data import Examples
