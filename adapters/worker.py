@@ -24,7 +24,7 @@ from peft import set_peft_model_state_dict
 
 from adapters.jobs import LearningConfig, UpdateData, global_update, personal_update
 from adapters.registry import GLOBAL, AdapterRegistry
-from adapters.training import ReferenceCache, add_lora, preference_margins, train_adapter
+from adapters.training import ReferenceCache, add_lora, objective, preference_margins, train_adapter
 from assistant.config import DATA_HOME_ENV, ModelConfig, default_data_dir
 from assistant.model import LoadedModel, load_model
 from storage.db import DB_FILENAME
@@ -147,7 +147,7 @@ class Worker:
         lap("eval_s")
         manifest = {
             "base_model": self.loaded.model_id,
-            "objective": "dpo+kto",
+            "objective": objective(train),
             "trained_on_global": global_version,
             "feedback_ids": data.train.feedback_ids,
             "held_out_feedback_ids": data.held_out.feedback_ids,

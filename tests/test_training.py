@@ -150,7 +150,7 @@ def test_rpo_term_keeps_the_chosen_reply_likely_where_dpo_alone_lets_it_fall(tin
 
 
 def test_the_step_size_decays_with_the_chosen_power_along_the_warm_start_chain():
-    sqrt_decay, harmonic = TrainConfig(learning_rate=4e-3), TrainConfig(learning_rate=4e-3, decay_power=1.0)
+    sqrt_decay, harmonic = TrainConfig(learning_rate=4e-3, decay_power=0.5), TrainConfig(learning_rate=4e-3)
     assert [sqrt_decay.learning_rate_at(k) for k in (0, 1, 4, 16)] == pytest.approx([4e-3, 4e-3, 2e-3, 1e-3])
     assert [harmonic.learning_rate_at(k) for k in (1, 2, 8)] == pytest.approx([4e-3, 2e-3, 5e-4])
     assert TrainConfig(learning_rate=4e-3, decay=False, decay_power=1.0).learning_rate_at(8) == 4e-3
@@ -188,7 +188,8 @@ def test_teachers_keep_the_top_k_and_the_rest_of_the_mass(fresh_tiny):
     assert [t.log_probs.shape for t in taught] == [(len(ids) - n, 6) for ids, n in sequences]
     assert all(torch.allclose(t.log_probs.exp().sum(-1), torch.ones(len(t.log_probs)), atol=1e-5) for t in taught)
     first = log_probs[rows == 0]
-    assert torch.equal(taught[0].token_ids, first.topk(5, dim=-1).indices)
+    assert torch.equal(taught[0].token_ids.long(), first.topk(5, dim=-1).indices)
+    assert taught[0].token_ids.dtype == torch.int32
     assert distill_kl(first, rows[rows == 0], taught[:1]).item() == pytest.approx(0.0, abs=1e-5)
 
 

@@ -69,7 +69,7 @@ def test_worker_publishes_and_the_next_reply_uses_the_new_version(parts, store):
     assert job["status"] == "done" and job["progress"] == 1.0 and "published v0001" in job["message"]
     version = registry.current(personal_adapter(ann))
     manifest = version.manifest
-    assert manifest["base_model"] == worker.loaded.model_id and manifest["objective"] == "dpo+kto"
+    assert manifest["base_model"] == worker.loaded.model_id and manifest["objective"] == "dpo+kto+distill"
     assert manifest["parent_version"] is None and manifest["trained_on_global"] is None  # global came second
     assert len(manifest["feedback_ids"]) + len(manifest["held_out_feedback_ids"]) == 10
     assert set(manifest["hyperparameters"]) == {"train", "lora"}
@@ -208,7 +208,7 @@ def test_decay_shrinks_the_step_size_along_the_warm_start_chain_and_a_reset_rest
         _choices(service, ann, 4, start=4 * round_)
         assert worker.run_once()
         rates.append(registry.current(personal_adapter(ann)).manifest["hyperparameters"]["train"]["learning_rate"])
-    assert rates == pytest.approx([1e-3, 1e-3 / 2 ** 0.5, 1e-3 / 3 ** 0.5])
+    assert rates == pytest.approx([1e-3, 1e-3 / 2, 1e-3 / 3])
     service.reset_personal(ann)
     _choices(service, ann, 4, start=12)
     assert worker.run_once()
@@ -228,5 +228,6 @@ def test_global_updates_can_use_their_own_chosen_reply_weight(store, data_home, 
     crowd = registry.current(GLOBAL).manifest
     assert personal["hyperparameters"]["train"]["rpo_alpha"] == 1.0 and "distill_loss" in personal["metrics"]
     assert crowd["hyperparameters"]["train"]["rpo_alpha"] == 0.0 and "distill_loss" not in crowd["metrics"]
+    assert (personal["objective"], crowd["objective"]) == ("dpo+kto+distill", "dpo+kto")
     with pytest.raises(ValueError, match="global_rpo_alpha"):
         LearningConfig(global_rpo_alpha=-1.0)
