@@ -16,6 +16,7 @@ import math
 import random
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
@@ -253,19 +254,20 @@ def _generated_from(loaded: LoadedModel, p: PairExample, max_length: int, max_pr
 class ReferenceCache:
     """The reference model's values of training pairs — summed log-probs of both replies and the chosen one's
     distillation teacher — kept across updates: an update replays older pairs, and while the reference stays the same
-    (for a personal adapter: until the global version changes) their values do too. Least recently used first out."""
+    (for a personal adapter: until the global version changes) their values do too. Least recently used first out.
+    Keys come from `pair_key`; the worker keeps the held-out margins of the model below an adapter in another one."""
 
     def __init__(self, size: int = 2048):
         self.size = size
-        self._items: OrderedDict[str, tuple[float, float, Teacher | None]] = OrderedDict()
+        self._items: OrderedDict[str, Any] = OrderedDict()
 
-    def get(self, key: str) -> tuple[float, float, Teacher | None] | None:
+    def get(self, key: str) -> Any:
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
         return None
 
-    def put(self, key: str, value: tuple[float, float, Teacher | None]) -> None:
+    def put(self, key: str, value: Any) -> None:
         self._items[key] = value
         self._items.move_to_end(key)
         while len(self._items) > self.size:
@@ -275,7 +277,7 @@ class ReferenceCache:
         return len(self._items)
 
 
-def _pair_key(reference_key: str, pair: PairExample, config: TrainConfig, distilling: bool) -> str:
+def pair_key(reference_key: str, pair: PairExample, config: TrainConfig, distilling: bool = False) -> str:
     """Everything a pair's reference values depend on besides the reference's weights."""
     facts = [reference_key, pair.prompt, pair.chosen, pair.rejected, pair.chosen_ended, pair.rejected_ended,
              pair.chosen_instruction, config.max_length, config.max_prompt_tokens, distilling and config.distill_top_k]
@@ -286,7 +288,7 @@ def _pair_references(model, enc: _Encoded, pairs: list[PairExample], config: Tra
                      cache: ReferenceCache | None, reference_key: str):
     """(reference log-probs of the chosen replies, of the rejected ones, distillation teachers) — from `cache` where
     it has them, else from the model (call without grad, adapter disabled)."""
-    keys = [_pair_key(reference_key, p, config, distilling) for p in pairs] if cache is not None else []
+    keys = [pair_key(reference_key, p, config, distilling) for p in pairs] if cache is not None else []
     known = {i: v for i, k in enumerate(keys) if (v := cache.get(k)) is not None} if cache is not None else {}
     missing = [i for i in range(len(pairs)) if i not in known]
     chosen, rejected = torch.zeros(len(pairs)), torch.zeros(len(pairs))

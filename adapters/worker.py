@@ -24,7 +24,7 @@ from peft import set_peft_model_state_dict
 
 from adapters.jobs import LearningConfig, UpdateData, global_update, personal_update
 from adapters.registry import GLOBAL, AdapterRegistry
-from adapters.training import ReferenceCache, add_lora, objective, preference_margins, train_adapter
+from adapters.training import ReferenceCache, add_lora, objective, pair_key, preference_margins, train_adapter
 from assistant.config import DATA_HOME_ENV, ModelConfig, default_data_dir
 from assistant.model import LoadedModel, load_model
 from storage.db import DB_FILENAME
@@ -56,7 +56,7 @@ class Worker:
         self.registry = registry
         self.config = config
         self.stop = threading.Event()
-        self._margins: dict[tuple[str | None, str], float] = {}  # (model below, feedback id) → held-out margin
+        self._margins = ReferenceCache(8192)  # (model below, pair content) → held-out margin
         self._references = ReferenceCache()  # training pairs' reference values, per reference model
         removed = registry.remove_strays()
         if removed:
@@ -189,11 +189,15 @@ class Worker:
                 "eval/accuracy_base": (base_margins > 0).float().mean().item()}
 
     def _cached_margins(self, model, pairs, key: str | None) -> torch.Tensor:
-        missing = [p for p in pairs if (key, p.feedback_id) not in self._margins]
+        """Held-out margins of the model below (base, or base + global version `key`), kept per pair *content*: a
+        changed vote swaps chosen and rejected and so gets its own entry."""
+        keys = [pair_key(f"margin {key}", p, self.config.train) for p in pairs]
+        missing = [(k, p) for k, p in zip(keys, pairs) if self._margins.get(k) is None]
         if missing:
-            for p, m in zip(missing, preference_margins(model, self.loaded, missing, self.config.train).tolist()):
-                self._margins[(key, p.feedback_id)] = m
-        return torch.tensor([self._margins[(key, p.feedback_id)] for p in pairs])
+            fresh = preference_margins(model, self.loaded, [p for _, p in missing], self.config.train).tolist()
+            for (k, _), m in zip(missing, fresh):
+                self._margins.put(k, m)
+        return torch.tensor([self._margins.get(k) for k in keys])
 
 
 def _parent_alive(pid: int) -> bool:

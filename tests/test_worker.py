@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from adapters.blend import AdapterServer, BlendConfig
+from adapters.data import PairExample
 from adapters.jobs import LearningConfig, global_update, profile_cap
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
 from adapters.training import TrainConfig
@@ -231,3 +232,16 @@ def test_global_updates_can_use_their_own_chosen_reply_weight(store, data_home, 
     assert (personal["objective"], crowd["objective"]) == ("dpo+kto+distill", "dpo+kto")
     with pytest.raises(ValueError, match="global_rpo_alpha"):
         LearningConfig(global_rpo_alpha=-1.0)
+
+
+def test_held_out_margins_of_the_model_below_follow_a_changed_vote(parts):
+    _, worker, _ = parts
+    prompt = [{"role": "user", "content": "Name a fruit."}]
+    voted = PairExample(prompt, "An apple.", "A chair, maybe.", "f1", "ann")
+    changed = PairExample(prompt, "A chair, maybe.", "An apple.", "f1", "ann")  # the same vote, turned around
+    first = worker._cached_margins(worker.loaded.model, [voted], None)
+    again = worker._cached_margins(worker.loaded.model, [changed], None)
+    assert first.item() != 0 and again.item() == pytest.approx(-first.item(), abs=1e-4)
+    assert len(worker._margins) == 2
+    assert worker._cached_margins(worker.loaded.model, [voted], None).item() == first.item()  # kept, not recomputed
+    assert len(worker._margins) == 2
