@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from peft import set_peft_model_state_dict
 
-from adapters.jobs import LearningConfig, UpdateData, global_update, personal_update
+from adapters.jobs import LearningConfig, UpdateData, crowd_ready, global_update, personal_update
 from adapters.registry import GLOBAL, AdapterRegistry
 from adapters.training import ReferenceCache, add_lora, objective, pair_key, preference_margins, train_adapter
 from assistant.config import DATA_HOME_ENV, ModelConfig, default_data_dir
@@ -111,6 +111,8 @@ class Worker:
         # gives the same replay. Benchmark runs still differ: profile and feedback ids are random uuids.
         seed = int(hashlib.sha256(f"{adapter}:{update}".encode()).hexdigest()[:8], 16)
         if adapter == GLOBAL:
+            if not crowd_ready(self.store, self.config):  # e.g. "Train now" in a home of one
+                return {"message": f"the global adapter waits for feedback from {self.config.min_profiles} profiles"}
             data = global_update(self.store, since, self.config, seed)
         else:
             data = personal_update(self.store, user_id, since, self.config, seed)

@@ -109,7 +109,8 @@ def quick_config(model_dir: Path) -> CurveConfig:
     # A global update every 4 events: on the random tiny model most choices are ties (equal rewards), so an update
     # over 8 events could find no pair to learn from and the population run would publish no global version.
     return CurveConfig(model=str(model_dir), budgets=(0, 4, 8), held_out_prompts=4, eval_pairs=4, max_new_tokens=8,
-                       max_users=2, population_budgets=(0, 4), learning=LearningConfig(personal_every=4, global_every=4))
+                       max_users=2, population_budgets=(0, 4),
+                       learning=LearningConfig(personal_every=4, global_every=4, min_profiles=2))
 
 
 class Harness:
