@@ -568,6 +568,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, LearningConfig
                         help="train a profile's adapter after this many new feedback events of it (M)")
     parser.add_argument("--global-every", type=int, default=learning.global_every,
                         help="train the global adapter after this many new events across profiles (G)")
+    parser.add_argument("--global-min-profiles", type=int, default=learning.min_profiles,
+                        help="the global adapter trains once this many profiles have given feedback")
     parser.add_argument("--blend-k", type=float, default=learning.blend.k,
                         help="personal weight alpha = n / (n + k) for a profile with n feedback events")
     parser.add_argument("--adapter-cache", type=int, default=learning.blend.cache_size,
@@ -577,6 +579,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, LearningConfig
                     worker_threads=args.worker_threads, explore=replace(defaults.explore, rate=args.explore_rate),
                     model=ModelConfig(model=args.model, cache_dir=args.model_cache, allow_download=args.allow_download))
     return app, LearningConfig(personal_every=args.personal_every, global_every=args.global_every,
+                               min_profiles=args.global_min_profiles,
                                blend=BlendConfig(k=args.blend_k, cache_size=args.adapter_cache))
 
 
@@ -589,11 +592,11 @@ def create_service(config: AppConfig, executor: GenerationExecutor | None = None
     return ChatService(store, loaded, config, executor, adapters, learning)
 
 
-def start_worker(config: AppConfig) -> subprocess.Popen:
+def start_worker(config: AppConfig, learning: LearningConfig) -> subprocess.Popen:
     """The training worker, as its own process (it trains while this one serves)."""
     cmd = [sys.executable, "-m", "adapters.worker", "--data-dir", str(config.data_dir), "--model",
            str(config.model.model), "--model-cache", str(config.model_cache_dir), "--threads",
-           str(config.worker_threads), "--parent-pid", str(os.getpid())]
+           str(config.worker_threads), "--min-profiles", str(learning.min_profiles), "--parent-pid", str(os.getpid())]
     return subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent)
 
 
@@ -606,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     except AttuneError as exc:
         log.error("%s", exc)
         return 2
-    worker = start_worker(config) if config.worker else None
+    worker = start_worker(config, learning) if config.worker else None
     demo = build_app(service, config)
     demo.queue(default_concurrency_limit=4)
     demo.launch(server_name=config.host, server_port=config.port, show_error=False, prevent_thread_lock=True)

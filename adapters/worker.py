@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="lower the worker's CPU priority by this much, so replies win the CPU (0: off)")
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process (the app) exits")
     parser.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
+    parser.add_argument("--min-profiles", type=int, default=LearningConfig.min_profiles,
+                        help="profiles with feedback before the global adapter trains")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker %(name)s: %(message)s")
     if args.threads:
@@ -231,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     store = Store(args.data_dir / DB_FILENAME)
-    worker = Worker(loaded, store, AdapterRegistry(args.data_dir / ADAPTERS_DIR, store), LearningConfig())
+    worker = Worker(loaded, store, AdapterRegistry(args.data_dir / ADAPTERS_DIR, store),
+                    LearningConfig(min_profiles=args.min_profiles))
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     if args.once:
         while worker.run_once():

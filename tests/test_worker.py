@@ -18,7 +18,8 @@ from assistant.model import load_model
 from assistant.service import ChatService
 from tests.conftest import REPO
 
-LEARNING = LearningConfig(personal_every=4, global_every=6, train=TrainConfig(steps=3, learning_rate=1e-3))
+LEARNING = LearningConfig(personal_every=4, global_every=6, min_profiles=1,
+                          train=TrainConfig(steps=3, learning_rate=1e-3))
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=8)
 
 
@@ -172,12 +173,14 @@ def test_worker_command_line_runs_queued_jobs(parts, store, data_home, tiny_mode
     service, _, registry = parts
     ann = service.create_profile("Ann")["id"]
     _choices(service, ann, 4)
+    store.enqueue_job(GLOBAL, None, "manual")  # "Train now" in a home of one: --min-profiles 1 lets it train
     result = subprocess.run(
-        [sys.executable, "-m", "adapters.worker", "--model", str(tiny_model_dir), "--once", "--threads", "1"],
+        [sys.executable, "-m", "adapters.worker", "--model", str(tiny_model_dir), "--once", "--threads", "1",
+         "--min-profiles", "1"],
         cwd=REPO, env={**__import__("os").environ, DATA_HOME_ENV: str(data_home), "HF_HUB_OFFLINE": "1"},
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert registry.current(personal_adapter(ann)).version == 1
+    assert registry.current(personal_adapter(ann)).version == 1 and registry.current(GLOBAL).version == 1
 
 
 def test_an_orphaned_worker_stops_by_itself(tiny_model_dir, data_home):
@@ -218,7 +221,7 @@ def test_decay_shrinks_the_step_size_along_the_warm_start_chain_and_a_reset_rest
 
 
 def test_global_updates_can_use_their_own_chosen_reply_weight(store, data_home, tiny_model_dir, app_config):
-    learning = LearningConfig(personal_every=4, global_every=4, global_rpo_alpha=0.0,
+    learning = LearningConfig(personal_every=4, global_every=4, global_rpo_alpha=0.0, min_profiles=1,
                               train=TrainConfig(steps=2, rpo_alpha=1.0))
     registry, service, worker = _loop(store, data_home, tiny_model_dir, app_config, learning)
     ann = service.create_profile("Ann")["id"]
@@ -245,3 +248,34 @@ def test_held_out_margins_of_the_model_below_follow_a_changed_vote(parts):
     assert len(worker._margins) == 2
     assert worker._cached_margins(worker.loaded.model, [voted], None).item() == first.item()  # kept, not recomputed
     assert len(worker._margins) == 2
+
+
+def test_the_global_adapter_waits_for_a_crowd_of_min_profiles(store, data_home, tiny_model_dir, app_config):
+    learning = LearningConfig(personal_every=4, global_every=4, min_profiles=3, train=TrainConfig(steps=2))
+    registry, service, worker = _loop(store, data_home, tiny_model_dir, app_config, learning)
+    ann, bob, cy = (service.create_profile(name)["id"] for name in ("Ann", "Bob", "Cy"))
+    _choices(service, ann, 8)
+    assert store.latest_job(GLOBAL) is None  # 8 events, one profile: no global update is due
+    store.enqueue_job(GLOBAL, None, "manual")  # "Train now" in a home of one
+    while worker.run_once():
+        pass
+    assert registry.current(personal_adapter(ann)) is not None and registry.current(GLOBAL) is None
+    assert "waits for feedback from 3 profiles" in store.latest_job(GLOBAL)["message"]
+    _choices(service, bob, 4)
+    assert store.latest_job(GLOBAL)["status"] == "done"  # two profiles: still nothing queued
+    _choices(service, cy, 4)
+    assert store.latest_job(GLOBAL)["status"] == "queued"
+    while worker.run_once():
+        pass
+    assert registry.current(GLOBAL).manifest["new_events"] > 0
+    with pytest.raises(ValueError, match="min_profiles"):
+        LearningConfig(min_profiles=0)
+
+
+def test_the_app_passes_its_crowd_size_to_the_learning_config():
+    import app
+
+    assert app.parse_args([])[1].min_profiles == 3
+    assert app.parse_args(["--global-min-profiles", "1"])[1].min_profiles == 1
+    with pytest.raises(ValueError, match="min_profiles"):
+        app.parse_args(["--global-min-profiles", "0"])
