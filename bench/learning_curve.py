@@ -17,11 +17,11 @@ run before the next prompt. At each feedback budget it measures on held-out prom
 Then one population run: all users in one shared data home, taking turns, so the global adapter learns from
 everyone under the per-profile cap. `--quick` runs the tiny test model with 2 users and small budgets (≈ 20 s).
 
-Sizes (the defaults of `CurveConfig`) were chosen to fit 60 minutes on the 2-core machine, and no longer do: measured
-on 2026-11-29 with the current learning defaults (context distillation, lr 4e-3), 63.9 min in all; one user to 64
-choices takes 9.7–12.9 min of one core (an A/B pair of 32-token replies ≈ 3.4 s, the training it triggers, 5
-evaluations); users run two at a time (`--jobs 2`, one core each); the population run, 16 choices per user, 30 min.
-With the NLL term the same sizes took 48.2 min. 128 choices per user would add ≈ 45 min.
+Sizes (the defaults of `CurveConfig`) fit 60 minutes on the 2-core machine: measured on 2026-11-30 with the current
+learning defaults, 41.2 min in all; one user to 64 choices takes 6.5–7.4 min of one core (an A/B pair of 32-token
+replies ≈ 3.4 s, the personal update every 4 choices, 5 evaluations; a user alone has no global adapter, see
+`LearningConfig.min_profiles`); users run two at a time (`--jobs 2`, one core each); the population run, 16
+choices per user, 20.8 min. 128 choices per user would add ≈ 30 min.
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ class CurveConfig:
     """Run just these users (by name); empty: all, up to `max_users`."""
     population_budgets: tuple[int, ...] = (0, 8, 16)
     """Choices per user in the shared-home run (8 users take turns, so 16 each is 128 events for the global adapter):
-    30 min of one core with context distillation (22 with the NLL term). An earlier run used (0, 16, 32): 44 min, which
-    made the whole run 62.9 min."""
+    21–30 min of one core with context distillation (22 with the NLL term). An earlier run used (0, 16, 32): 44 min,
+    which made the whole run 62.9 min."""
     seed: int = 0
     learning: LearningConfig = field(default_factory=LearningConfig)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
