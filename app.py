@@ -96,8 +96,12 @@ def _learning_markdown(status: dict) -> str:
     n, since = status["feedback"], status["since_personal"]
     lines = [f"**Your feedback:** {n['thumbs']} thumbs, {n['pairwise']} comparisons "
              f"({since['total']} since your adapter was last trained; it retrains every {status['every']})."]
-    for label, info in (("Your adapter", status["personal"]), ("Everyone's adapter", status["global"])):
-        lines.append(f"**{label}:** " + (f"{info['version']}, trained {info['created_at']}" if info else "not trained yet"))
+    crowd = status["crowd"]
+    waiting = (f"not trained yet: it learns once {crowd['needed']} profiles have given feedback "
+               f"({crowd['profiles']} so far)" if crowd["profiles"] < crowd["needed"] else "not trained yet")
+    for label, info, none in (("Your adapter", status["personal"], "not trained yet"),
+                              ("Everyone's adapter", status["global"], waiting)):
+        lines.append(f"**{label}:** " + (f"{info['version']}, trained {info['created_at']}" if info else none))
     lines.append(f"**Personal weight α:** {status['alpha']:.2f} ({status['alpha_reason']})")
     for label, job in (("Training (yours)", status["job"]), ("Training (everyone's)", status["global_job"])):
         if job is None:

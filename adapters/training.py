@@ -16,8 +16,8 @@ import math
 import random
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -108,7 +108,10 @@ class TrainConfig:
     """With `decay`, the k-th update's step size is learning_rate / k ** decay_power (0.5: 1/√k, 1: 1/k). The
     learning-curve pilot of all 8 users to 32 choices (lr 4e-3; bench/results/learning_curve_pilot_decay1_8users.json)
     measured the blend's neutral perplexity at most ×1.109 with 1/k against ×1.145 with 1/√k in the full run, mean
-    blend win rate 0.667 against 0.69 (one run each; the SE of an 8-user mean is ≈ 0.035)."""
+    blend win rate 0.667 against 0.69 (one run each; the SE of an 8-user mean is ≈ 0.035). The two full runs with
+    1/k (README, Learning curves): worst perplexity at 32 ×1.10 and ×1.12 (`casual`; the others ≤ ×1.07), and the
+    mean curve rose from 32 to 64 choices (+0.02, +0.05) where with 1/√k it fell (−0.03); their win rates at 32 (0.66,
+    0.62) are within the spread between runs."""
     epochs: float = 4.0
     """Passes over the update's new examples; replayed older ones are mixed into the same steps. The learning-curve
     benchmark (lr 1e-3, 32 choices) measured blend win rates 0.69 (bullets) and 0.69 (formal) at 4 epochs,

@@ -16,6 +16,7 @@ from adapters.worker import ADAPTERS_DIR, Worker
 from assistant.config import DATA_HOME_ENV, GenerationSettings, ModelConfig
 from assistant.model import load_model
 from assistant.service import ChatService
+from app import _learning_markdown
 from tests.conftest import REPO
 
 LEARNING = LearningConfig(personal_every=4, global_every=6, min_profiles=1,
@@ -261,6 +262,8 @@ def test_the_global_adapter_waits_for_a_crowd_of_min_profiles(store, data_home, 
         pass
     assert registry.current(personal_adapter(ann)) is not None and registry.current(GLOBAL) is None
     assert "waits for feedback from 3 profiles" in store.latest_job(GLOBAL)["message"]
+    assert service.learning_status(ann)["crowd"] == {"profiles": 1, "needed": 3}
+    assert "it learns once 3 profiles have given feedback (1 so far)" in _learning_markdown(service.learning_status(ann))
     _choices(service, bob, 4)
     assert store.latest_job(GLOBAL)["status"] == "done"  # two profiles: still nothing queued
     _choices(service, cy, 4)
@@ -268,6 +271,7 @@ def test_the_global_adapter_waits_for_a_crowd_of_min_profiles(store, data_home, 
     while worker.run_once():
         pass
     assert registry.current(GLOBAL).manifest["new_events"] > 0
+    assert "Everyone's adapter:** v0001" in _learning_markdown(service.learning_status(ann))
     with pytest.raises(ValueError, match="min_profiles"):
         LearningConfig(min_profiles=0)
 
