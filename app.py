@@ -582,9 +582,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, LearningConfig
     app = AppConfig(data_dir=args.data_dir, host=args.host, port=args.port, worker=not args.no_worker,
                     worker_threads=args.worker_threads, explore=replace(defaults.explore, rate=args.explore_rate),
                     model=ModelConfig(model=args.model, cache_dir=args.model_cache, allow_download=args.allow_download))
-    return app, LearningConfig(personal_every=args.personal_every, global_every=args.global_every,
-                               min_profiles=args.global_min_profiles,
-                               blend=BlendConfig(k=args.blend_k, cache_size=args.adapter_cache))
+    try:
+        learning = LearningConfig(personal_every=args.personal_every, global_every=args.global_every,
+                                  min_profiles=args.global_min_profiles,
+                                  blend=BlendConfig(k=args.blend_k, cache_size=args.adapter_cache))
+    except ValueError as exc:  # a bad number on the command line: one line saying which, not a traceback
+        parser.error(str(exc))
+    return app, learning
 
 
 def create_service(config: AppConfig, executor: GenerationExecutor | None = None,

@@ -281,5 +281,10 @@ def test_the_app_passes_its_crowd_size_to_the_learning_config():
 
     assert app.parse_args([])[1].min_profiles == 3
     assert app.parse_args(["--global-min-profiles", "1"])[1].min_profiles == 1
-    with pytest.raises(ValueError, match="min_profiles"):
+
+def test_a_bad_learning_setting_on_the_command_line_is_one_clear_error(capsys):
+    import app
+
+    with pytest.raises(SystemExit) as exit_:
         app.parse_args(["--global-min-profiles", "0"])
+    assert exit_.value.code == 2 and "min_profiles must be at least 1" in capsys.readouterr().err
