@@ -76,7 +76,7 @@ def enqueue_due(store: Store, user_id: str, config: LearningConfig) -> list[dict
 
 def crowd_ready(store: Store, config: LearningConfig) -> bool:
     """Whether enough profiles have given feedback for a global update (`LearningConfig.min_profiles`)."""
-    return len(store.users_with_feedback()) >= config.min_profiles
+    return store.profiles_with_feedback(at_most=config.min_profiles) >= config.min_profiles
 
 
 def enqueue_now(store: Store, user_id: str) -> list[dict]:

@@ -297,7 +297,8 @@ class ChatService:
             "alpha_override": user.get("alpha_override"),
             "job": self.store.latest_job(mine),
             "global_job": self.store.latest_job(GLOBAL),
-            "crowd": {"profiles": len(self.store.users_with_feedback()), "needed": self.learning.min_profiles},
+            "crowd": {"profiles": self.store.profiles_with_feedback(at_most=self.learning.min_profiles),
+                      "needed": self.learning.min_profiles},
             "history": [{"version": v.label, **{k: v.manifest.get("metrics", {}).get(k) for k in
                          ("eval/accuracy_personal", "eval/accuracy_global", "eval/accuracy_base", "eval/pairs")}}
                         for v in registry.history(mine)],

@@ -573,6 +573,13 @@ class Store:
         with self._db() as db:
             return [r["user_id"] for r in self._rows(db, "SELECT DISTINCT user_id FROM feedback ORDER BY user_id")]
 
+    def profiles_with_feedback(self, at_most: int) -> int:
+        """How many profiles have given feedback, counted up to `at_most` (the index stops there, so checking for a
+        handful stays cheap in a home of thousands)."""
+        with self._db() as db:
+            return self._rows(db, "SELECT COUNT(*) AS n FROM (SELECT DISTINCT user_id FROM feedback LIMIT ?)",
+                              (at_most,))[0]["n"]
+
     def newest_feedback_time(self, user_id: str | None = None) -> str | None:
         with self._db() as db:
             if user_id is None:

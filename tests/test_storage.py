@@ -258,3 +258,14 @@ def test_concurrent_writers_all_succeed(store):
     assert errors == []
     assert store.counts()["messages"] == 200 and store.counts()["feedback"] == 100
     assert [m.seq for m in store.transcript(users[0], convs[0])] == list(range(1, 51))
+
+
+def test_profiles_with_feedback_are_counted_up_to_a_limit(store):
+    assert store.profiles_with_feedback(at_most=3) == 0
+    for name in ("Ann", "Bob", "Cy", "Dee"):
+        user, _, _, reply = _conversation_with_reply(store, name)
+        store.record_thumbs(user["id"], reply.id, 1)
+        store.record_thumbs(user["id"], reply.id, -1)  # a changed vote is still one profile
+    store.create_user("Eve")  # no feedback: not counted
+    assert store.profiles_with_feedback(at_most=10) == 4
+    assert store.profiles_with_feedback(at_most=3) == 3
