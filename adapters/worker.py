@@ -108,7 +108,7 @@ class Worker:
         since = current.manifest.get("trained_until") if current else None
         update = (current.manifest.get("update", 0) if current else 0) + 1  # place in the warm-start chain
         # Replay sample: fixed by the adapter and its place in the chain (not the clock), so the same database
-        # gives the same replay. Benchmark runs still differ: profile and feedback ids are random uuids.
+        # gives the same replay (the benchmark also draws profile and feedback ids from its seed, so a run repeats).
         seed = int(hashlib.sha256(f"{adapter}:{update}".encode()).hexdigest()[:8], 16)
         if adapter == GLOBAL:
             if not crowd_ready(self.store, self.config):  # e.g. "Train now" in a home of one

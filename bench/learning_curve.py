@@ -61,7 +61,7 @@ from bench.env import PreferenceChatEnv, load_prompts, split_prompts
 from bench.model_speed import machine
 from bench.users import load_users
 from storage.db import DB_FILENAME
-from storage.store import Store
+from storage.store import Store, seeded_ids
 
 log = logging.getLogger("bench.learning_curve")
 REPO = Path(__file__).resolve().parent.parent
@@ -100,6 +100,9 @@ class CurveConfig:
     21–30 min of one core with context distillation (22 with the NLL term). An earlier run used (0, 16, 32): 44 min,
     which made the whole run 62.9 min."""
     seed: int = 0
+    """Decides the prompts each user is asked, the sampled candidates, the probes drawn, the ids (so the held-out
+    pairs and replay samples): one seed repeats a run exactly, given the same machine and library versions
+    (`--set seed=1` for another draw)."""
     learning: LearningConfig = field(default_factory=LearningConfig)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     """Compare mode's style probes, as in the app (`--set explore.rate=0`: plain samples only)."""
@@ -117,11 +120,13 @@ class Harness:
     """One data home: the app's service (storage, blending, generation) and an in-process worker."""
 
     def __init__(self, home: Path, config: CurveConfig, cache: Path, executor: GenerationExecutor | None,
-                 worker: bool = True):
+                 worker: bool = True, run: str = ""):
         model = ModelConfig(model=config.model, cache_dir=cache)
         self.config = config
         self.loaded = load_model(model, cache)
-        self.store = Store(home / DB_FILENAME)
+        # Ids drawn from the seed (and the run's name): they fix the held-out pairs and each update's replay
+        # sample, so one seed repeats the run exactly.
+        self.store = Store(home / DB_FILENAME, new_id=seeded_ids(f"{config.seed}:{run}"))
         registry = AdapterRegistry(home / ADAPTERS_DIR, self.store)
         self.server = AdapterServer(self.loaded, registry, self.store, config.learning.blend)
         self.executor = executor
@@ -328,7 +333,7 @@ def run_user(user, config: CurveConfig, train: list[str], base: dict, cache: Pat
              executor: GenerationExecutor | None) -> dict:
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"attune-curve-{user.name}-") as tmp:
-        h = Harness(Path(tmp), config, cache, executor)
+        h = Harness(Path(tmp), config, cache, executor, run=user.name)
         user_id = h.service.create_profile(user.name[:40])["id"]
         prompts = base["prompts"]
         pairs = _eval_pairs(user, base["pair_prompts"], base["samples"])
@@ -351,7 +356,7 @@ def run_population(users, config: CurveConfig, train: list[str], base: dict, cac
     """Everyone in one data home, taking turns: the global adapter learns from all under the cap."""
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="attune-curve-population-") as tmp:
-        h = Harness(Path(tmp), config, cache, executor)
+        h = Harness(Path(tmp), config, cache, executor, run="population")
         prompts = base["prompts"]
         members = []
         for i, user in enumerate(users):

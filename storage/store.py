@@ -7,9 +7,10 @@ writes in one transaction: when a method returns, what it wrote is committed.
 from __future__ import annotations
 
 import json
+import random
 import unicodedata
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -33,6 +34,13 @@ def _now() -> str:
 
 def _new_id() -> str:
     return uuid.uuid4().hex
+
+
+def seeded_ids(seed: int | str) -> Callable[[], str]:
+    """Ids drawn from a seeded generator, for runs that must repeat (benchmarks): ids fix which pairs are held out
+    of training and the replay sample of each update, so random ids make two runs of one seed differ."""
+    rng = random.Random(f"attune-ids:{seed}")
+    return lambda: uuid.UUID(int=rng.getrandbits(128), version=4).hex
 
 
 def validate_profile_name(name: Any) -> str:
@@ -116,8 +124,9 @@ _MESSAGE_SELECT = """
 class Store:
     """The database of one data home."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, new_id: Callable[[], str] = _new_id):
         self.path = Path(path)
+        self._new_id = new_id
         initialise(self.path)
 
     @contextmanager
@@ -152,7 +161,8 @@ class Store:
     def create_user(self, name: Any) -> dict:
         cleaned = validate_profile_name(name)
         now = _now()
-        row = {"id": _new_id(), "name": cleaned, "name_key": _name_key(cleaned), "created_at": now, "updated_at": now}
+        row = {"id": self._new_id(), "name": cleaned, "name_key": _name_key(cleaned), "created_at": now,
+               "updated_at": now}
         with self._write() as db:
             if self._rows(db, "SELECT id FROM users WHERE name_key = ?", (row["name_key"],)):
                 raise Conflict(f"A profile named '{cleaned}' already exists (names ignore upper/lower case).")
@@ -207,7 +217,7 @@ class Store:
 
     def create_conversation(self, user_id: str, title: str) -> dict:
         now = _now()
-        conv = {"id": _new_id(), "user_id": user_id, "title": title, "created_at": now, "updated_at": now}
+        conv = {"id": self._new_id(), "user_id": user_id, "title": title, "created_at": now, "updated_at": now}
         with self._write() as db:
             self._require_user(db, user_id)
             db.execute(
@@ -280,7 +290,7 @@ class Store:
         db.execute("UPDATE messages SET status = 'superseded' WHERE id = ?", (message_id,))
 
     def _insert_message(self, db, conversation_id, role, content, parent_id, status, model_id, settings, adapters) -> str:
-        message_id = _new_id()
+        message_id = self._new_id()
         now = _now()
         db.execute(
             "INSERT INTO messages (id, conversation_id, seq, parent_id, role, content, status, model_id, settings, "
@@ -344,7 +354,7 @@ class Store:
                                      model_id, {**settings, **own}, adapter_versions)
                 for text, own in zip((a_content, b_content), candidate_settings or ({}, {}), strict=True)
             ]
-            pair_id = _new_id()
+            pair_id = self._new_id()
             db.execute(
                 "INSERT INTO pairs (id, user_id, conversation_id, prompt_message_id, a_message_id, b_message_id, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -449,7 +459,7 @@ class Store:
             )
             feedback_id = existing[0]["id"]
         else:
-            feedback_id = _new_id()
+            feedback_id = self._new_id()
             db.execute(
                 "INSERT INTO feedback (id, user_id, kind, message_id, pair_id, value, choice, comment, created_at, "
                 "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -619,7 +629,8 @@ class Store:
             db.execute(
                 "INSERT INTO adapter_versions (id, adapter, user_id, version, path, parent_version, manifest, "
                 "trained_until, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (_new_id(), adapter, user_id, version, path, parent_version, json.dumps(manifest), trained_until, now),
+                (self._new_id(), adapter, user_id, version, path, parent_version, json.dumps(manifest), trained_until,
+                 now),
             )
             db.execute(
                 "INSERT INTO adapters (adapter, user_id, current_version, updated_at) VALUES (?, ?, ?, ?) "
@@ -650,7 +661,7 @@ class Store:
             queued = self._rows(db, "SELECT * FROM training_jobs WHERE adapter = ? AND status = 'queued'", (adapter,))
             if queued:
                 return queued[0]
-            job_id = _new_id()
+            job_id = self._new_id()
             db.execute(
                 "INSERT INTO training_jobs (id, adapter, user_id, status, reason, created_at) "
                 "VALUES (?, ?, ?, 'queued', ?, ?)",

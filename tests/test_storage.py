@@ -11,7 +11,7 @@ from storage import export
 from storage.db import DB_FILENAME, connect, initialise
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.migrations import MIGRATIONS
-from storage.store import Store
+from storage.store import Store, seeded_ids
 
 
 def _conversation_with_reply(store: Store, name: str = "Ann"):
@@ -22,6 +22,19 @@ def _conversation_with_reply(store: Store, name: str = "Ann"):
     reply = store.add_message(user["id"], conv["id"], "assistant", "4", parent_id=question.id,
                               settings={"system_prompt": "Be brief."})
     return user, conv, question, reply
+
+
+def test_seeded_ids_repeat_per_seed_and_the_default_ids_do_not(tmp_path):
+    def stored_ids(folder, **kwargs):
+        store = Store(tmp_path / folder / DB_FILENAME, **kwargs)
+        user, conv, question, reply = _conversation_with_reply(store)
+        return [user["id"], conv["id"], question.id, reply.id]
+
+    first, again = stored_ids("a", new_id=seeded_ids(7)), stored_ids("b", new_id=seeded_ids(7))
+    assert first == again and len(set(first)) == 4
+    assert all(len(i) == 32 and int(i, 16) for i in first)  # the same shape as uuid4().hex
+    assert set(stored_ids("c", new_id=seeded_ids("7:other"))).isdisjoint(first)
+    assert set(stored_ids("d")).isdisjoint(stored_ids("e"))  # the app's ids stay random
 
 
 def test_migrations_from_empty_file_and_rerun(tmp_path):
