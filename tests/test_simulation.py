@@ -146,7 +146,7 @@ def _curve_without_clock(path: Path) -> dict:
     return strip(json.loads(path.read_text()))
 
 
-def test_learning_curve_repeats_exactly_with_one_seed_and_differs_with_another(tmp_path):
+def test_learning_curve_repeats_exactly_with_one_seed_and_seeds_combine(tmp_path):
     # Profile and feedback ids decide which pairs are held out and each update's replay sample; with random ids two
     # runs of one seed published different global versions (measured before ids were drawn from the seed).
     runs = {}
@@ -158,6 +158,27 @@ def test_learning_curve_repeats_exactly_with_one_seed_and_differs_with_another(t
         runs[name] = _curve_without_clock(out)
     assert runs["first"] == runs["again"]
     assert runs["first"]["users"] != runs["seed1"]["users"]
+    # Two seeds combined: per user and budget the mean of the runs, the targets judged on the means.
+    out = tmp_path / "seeds.json"
+    result = subprocess.run([sys.executable, "-m", "bench.seeds", str(tmp_path / "first.json"),
+                             str(tmp_path / "seed1.json"), "--output", str(out)], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    combined = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert [r["seed"] for r in combined["runs"]] == [0, 1]
+    for name, user in runs["first"]["users"].items():
+        for budget, point in user["curve"].items():
+            values = [point["win_rate"]["blend"], runs["seed1"]["users"][name]["curve"][budget]["win_rate"]["blend"]]
+            assert combined["users"][name][budget]["blend"]["values"] == values
+            assert combined["users"][name][budget]["blend"]["mean"] == pytest.approx(sum(values) / 2, abs=1e-3)
+    assert set(combined["summary"]["targets_on_means"]) == set(runs["first"]["summary"]["targets"])
+    table = subprocess.run([sys.executable, "-m", "bench.seeds", "--table", str(out)], cwd=REPO,
+                           capture_output=True, text=True, timeout=60).stdout.splitlines()
+    assert table[0].startswith("| user | blend @0 |") and len(table) == 2 + len(runs["first"]["users"]) + 1
+    refused = subprocess.run([sys.executable, "-m", "bench.seeds", str(tmp_path / "first.json"), "--output",
+                              str(tmp_path / "one.json")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "at least two" in refused.stderr and not (tmp_path / "one.json").exists()
 
 
 def test_benchmark_settings_override_nested_frozen_configs_and_refuse_unknown_ones():

@@ -1,0 +1,176 @@
+"""Learning curves over several seeds: one run's win rate is too noisy to judge a change or a target by.
+
+    python -m bench.seeds RUN.json RUN.json ... [--output bench/results/learning_curve_seeds.json]
+
+Each RUN.json is a `bench.learning_curve` result (same users and budgets; another `--set seed=N`). With 24
+held-out prompts one win rate has a standard error near 0.1, and the run itself is a draw: which prompts each user
+is asked, the sampled candidates and the probes tried steer everything after. This combines the runs per user and
+budget — mean, standard deviation and the values — and judges the issue's targets on the means. It also counts
+them per run, so the spread of the verdict itself is visible. Writes JSON and a PNG (mean ± sd per user, and the
+mean over users of blend, global-only and personal-only with each run's mean as a dot). `--table` prints the
+README table of an earlier combination.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from bench.learning_curve import RESULTS
+
+log = logging.getLogger("bench.seeds")
+MODELS = ("blend", "global", "personal")
+
+
+def _stats(values: list[float]) -> dict:
+    return {"mean": round(statistics.mean(values), 3),
+            "sd": round(statistics.stdev(values), 3) if len(values) > 1 else None,
+            "values": values}
+
+
+def combine(runs: list[dict], names: list[str]) -> dict:
+    """Per user and budget, each model's win rate over the runs; the targets judged on the means."""
+    if len(runs) < 2:
+        raise ValueError("combine at least two runs")
+    users = list(runs[0]["users"])
+    budgets = list(next(iter(runs[0]["users"].values()))["curve"])
+    for name, run in zip(names, runs):
+        if list(run["users"]) != users or list(next(iter(run["users"].values()))["curve"]) != budgets:
+            raise ValueError(f"{name} has other users or budgets than {names[0]}: combine runs of one setting")
+    per_user = {}
+    for user in users:
+        per_user[user] = {}
+        for b in budgets:
+            points = [run["users"][user]["curve"][b] for run in runs]
+            per_user[user][b] = {m: _stats([p["win_rate"][m] for p in points]) for m in MODELS}
+            ppl = [p["perplexity_ratio"]["blend"] for p in points]
+            per_user[user][b]["perplexity_ratio_blend"] = {"mean": round(statistics.mean(ppl), 4),
+                                                           "max": max(ppl), "values": ppl}
+    target = str(runs[0]["summary"]["target_budget"])
+    mean = {b: {m: round(statistics.mean(per_user[u][b][m]["mean"] for u in users), 3) for m in MODELS}
+            for b in budgets}
+    run_means = {b: {m: [round(statistics.mean(run["users"][u]["curve"][b]["win_rate"][m] for u in users), 3)
+                         for run in runs] for m in MODELS} for b in budgets}
+    winners = [u for u in users if per_user[u][target]["blend"]["mean"] >= 0.7]
+    at = mean[target]
+    worst_ppl = max(per_user[u][target]["perplexity_ratio_blend"]["mean"] for u in users)
+    summary = {
+        "target_budget": int(target),
+        "mean_win_rate": mean,
+        "mean_win_rate_per_run": run_means,
+        "sd_of_run_means": {b: {m: round(statistics.stdev(v), 3) for m, v in run_means[b].items()} for b in budgets},
+        "users_with_mean_blend_at_least_0.7": winners,
+        "users_at_least_0.7_per_run": [len(r["summary"]["users_with_blend_win_rate_at_least_0.7"]) for r in runs],
+        "blend_minus_best_single_per_run": [round(a - max(g, p), 3) for a, g, p in zip(
+            run_means[target]["blend"], run_means[target]["global"], run_means[target]["personal"])],
+        "max_mean_perplexity_ratio_at_target": worst_ppl,
+        "targets_on_means": {
+            "blend_win_rate_at_least_0.7_for_6_of_8": len(winners) >= math.ceil(0.75 * len(users)),
+            "blend_at_least_best_single": at["blend"] >= max(at["global"], at["personal"]),
+            "perplexity_rise_at_most_10_percent": worst_ppl <= 1.10,
+        },
+    }
+    result = {"benchmark": "learning_curve_seeds", "date": time.strftime("%Y-%m-%d"),
+              "machine": runs[0]["machine"], "model": runs[0]["model"],
+              "runs": [{"file": name, "seed": run["config"].get("seed"), "seconds": run["seconds"],
+                        "date": run["date"]} for name, run in zip(names, runs)],
+              "users": per_user, "summary": summary}
+    if all("population" in run for run in runs):
+        pop_budgets = list(runs[0]["population"]["curve"])
+        result["population"] = {b: {m: _stats([round(statistics.mean(
+            point["win_rate"][m] for point in run["population"]["curve"][b].values()), 3) for run in runs])
+            for m in MODELS} for b in pop_budgets}
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    """Per user: blend win rate at each budget as mean ± sd over the runs; at the target budget global-only and
+    personal-only means, and the blend's perplexity ratio (mean, worst run)."""
+    users = result["users"]
+    budgets = list(next(iter(users.values())))
+    target = str(result["summary"]["target_budget"])
+    head = (["user"] + [f"blend @{b}" for b in budgets]
+            + [f"global @{target}", f"personal @{target}", f"ppl ratio @{target} (worst run)"])
+    rows = [head, ["---"] * len(head)]
+
+    def pm(s: dict) -> str:
+        return f"{s['mean']:.2f} ± {s['sd']:.2f}" if s["sd"] is not None else f"{s['mean']:.2f}"
+
+    for name, curve in users.items():
+        point = curve[target]
+        ppl = point["perplexity_ratio_blend"]
+        rows.append([f"`{name}`"] + [pm(curve[b]["blend"]) for b in budgets]
+                    + [f"{point['global']['mean']:.2f}", f"{point['personal']['mean']:.2f}",
+                       f"{ppl['mean']:.3f} ({ppl['max']:.3f})"])
+    mean, spread = result["summary"]["mean_win_rate"], result["summary"]["sd_of_run_means"]
+    rows.append(["**mean**"] + [f"**{mean[b]['blend']:.2f}** ± {spread[b]['blend']:.2f}" for b in budgets]
+                + [f"{mean[target]['global']:.2f}", f"{mean[target]['personal']:.2f}", ""])
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, curve in result["users"].items():
+        xs = [int(b) for b in curve]
+        axes[0].errorbar(xs, [curve[b]["blend"]["mean"] for b in curve], yerr=[curve[b]["blend"]["sd"] or 0
+                                                                                for b in curve],
+                         marker="o", capsize=3, label=name)
+    runs = len(result["runs"])
+    axes[0].axhline(0.5, color="grey", lw=0.8, ls="--")
+    axes[0].axhline(0.7, color="grey", lw=0.8, ls=":")
+    axes[0].set(title=f"Served blend vs base, per user (mean ± sd of {runs} runs)", xlabel="A/B choices given",
+                ylabel="win rate on held-out", ylim=(0, 1))
+    axes[0].legend(fontsize=7)
+    mean, per_run = result["summary"]["mean_win_rate"], result["summary"]["mean_win_rate_per_run"]
+    for model in MODELS:
+        xs = [int(b) for b in mean]
+        line, = axes[1].plot(xs, [mean[b][model] for b in mean], marker="o", label=model)
+        for b in mean:
+            axes[1].scatter([int(b)] * runs, per_run[b][model], color=line.get_color(), s=10, alpha=0.5)
+    axes[1].axhline(0.5, color="grey", lw=0.8, ls="--")
+    axes[1].set(title="Mean over users (dots: each run)", xlabel="A/B choices given", ylabel="win rate vs base",
+                ylim=(0, 1))
+    axes[1].legend()
+    fig.suptitle(f"Attune learning curves over {runs} runs — {result['model']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="*", type=Path, help="learning_curve result files of one setting")
+    parser.add_argument("--output", type=Path, default=RESULTS / "learning_curve_seeds.json")
+    parser.add_argument("--table", type=Path, default=None, metavar="SEEDS_JSON",
+                        help="print the README table of an earlier combination and exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.table:
+        sys.stdout.write(markdown_table(json.loads(args.table.read_text())) + "\n")
+        return 0
+    if len(args.runs) < 2:
+        parser.error("give at least two result files")
+    try:
+        result = combine([json.loads(p.read_text()) for p in args.runs], [p.name for p in args.runs])
+    except (OSError, ValueError, KeyError) as exc:
+        parser.error(f"cannot combine these runs: {exc}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    plot(result, args.output.with_suffix(".png"))
+    log.info("%d runs -> %s: %s", len(args.runs), args.output, result["summary"]["targets_on_means"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
