@@ -34,6 +34,12 @@ class LearningConfig:
     41.2 min for the whole run); the shared-home run, where the global adapter is meant to work, is unchanged."""
     replay: int = 16
     """Older examples mixed into each update with the new ones, against forgetting."""
+    personal_refit: int = 0
+    """0: a personal version is warm-started from the previous one and trained on the new events plus `replay`
+    (the step size decaying along the chain, `TrainConfig.decay`). N > 0: every personal version is trained from
+    scratch, at the first update's step size, on the profile's newest N trainable events — each choice then weighs
+    the same whenever it came, where the decaying chain lets the first few choices (when exploration has learned
+    least about the person) move the adapter most. It costs up to `TrainConfig.max_steps` steps per update."""
     holdout_every: int = 5
     """One pair in this many (fixed by its feedback id) is held out of training to evaluate the adapters."""
     stale_seconds: float = 120.0
@@ -51,6 +57,8 @@ class LearningConfig:
             raise ValueError("personal_every and global_every must be at least 1")
         if not 0 < self.max_share <= 1 or self.max_per_profile < 1 or self.holdout_every < 2:
             raise ValueError("max_share in (0, 1], max_per_profile ≥ 1, holdout_every ≥ 2")
+        if self.personal_refit < 0:
+            raise ValueError("personal_refit must be ≥ 0 (0: warm-started updates)")
         if self.min_profiles < 1:
             raise ValueError("min_profiles must be at least 1")
         if self.global_rpo_alpha is not None and self.global_rpo_alpha < 0:
@@ -121,11 +129,14 @@ def _split(events: list[dict], config: LearningConfig) -> tuple[list[dict], list
 def personal_update(store: Store, user_id: str, since: str | None, config: LearningConfig, seed: int) -> UpdateData:
     events = store.feedback(user_id)
     trainable, held = _split(events, config)
+    newest = max((e["updated_at"] for e in events), default=since)
+    if config.personal_refit:  # from scratch on the newest N, each counted as new (it sets the steps)
+        window = sorted(trainable, key=lambda e: e["updated_at"])[-config.personal_refit:]
+        return UpdateData(examples_from_feedback(window), examples_from_feedback(held), newest, len(window))
     new = [e for e in trainable if since is None or e["updated_at"] > since]
     old = [e for e in trainable if not (since is None or e["updated_at"] > since)]
     replay = random.Random(seed).sample(old, min(config.replay, len(old)))
-    return UpdateData(examples_from_feedback(new + replay), examples_from_feedback(held),
-                      max((e["updated_at"] for e in events), default=since), len(new))
+    return UpdateData(examples_from_feedback(new + replay), examples_from_feedback(held), newest, len(new))
 
 
 def global_update(store: Store, since: str | None, config: LearningConfig, seed: int) -> UpdateData:

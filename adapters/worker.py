@@ -130,7 +130,8 @@ class Worker:
                 global_version = global_current.label
                 reference_key = f"global {global_version} {global_current.manifest.get('checksum_sha256')}"
         peft_model = add_lora(model, self.config.lora)
-        if current:  # warm start
+        refit = adapter != GLOBAL and self.config.personal_refit > 0
+        if current and not refit:  # warm start
             set_peft_model_state_dict(peft_model, self.registry.load_weights(current)[1])
 
         def progress(step, total, metrics):
@@ -139,7 +140,7 @@ class Worker:
 
         self.store.job_progress(job["id"], 0.0, f"training on {len(data.train)} examples")
         lap("model_s")
-        train = replace(self.config.train, learning_rate=self.config.train.learning_rate_at(update))
+        train = replace(self.config.train, learning_rate=self.config.train.learning_rate_at(1 if refit else update))
         if adapter == GLOBAL and self.config.global_rpo_alpha is not None:
             train = replace(train, rpo_alpha=self.config.global_rpo_alpha)
         metrics = train_adapter(peft_model, self.loaded, data.train, train, progress, new_examples=data.new_events,
@@ -155,6 +156,7 @@ class Worker:
             "held_out_feedback_ids": data.held_out.feedback_ids,
             "new_events": data.new_events,
             "update": update,
+            "refit": refit,
             "trained_until": data.trained_until,
             "hyperparameters": {"train": asdict(train), "lora": asdict(self.config.lora)},
             "metrics": metrics,

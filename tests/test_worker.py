@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from adapters.blend import AdapterServer, BlendConfig
 from adapters.data import PairExample
-from adapters.jobs import LearningConfig, global_update, profile_cap
+from adapters.jobs import LearningConfig, global_update, held_out, profile_cap
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
 from adapters.training import TrainConfig
 from adapters.worker import ADAPTERS_DIR, Worker
@@ -219,6 +220,38 @@ def test_decay_shrinks_the_step_size_along_the_warm_start_chain_and_a_reset_rest
     assert worker.run_once()
     after_reset = registry.current(personal_adapter(ann)).manifest
     assert after_reset["update"] == 1 and after_reset["hyperparameters"]["train"]["learning_rate"] == 1e-3
+
+
+def test_refit_trains_each_personal_version_from_scratch_on_the_newest_events(store, data_home, tiny_model_dir,
+                                                                               app_config):
+    learning = LearningConfig(personal_every=4, global_every=10**6, personal_refit=6,
+                              train=TrainConfig(steps=2, learning_rate=1e-3, decay=True))
+    registry, service, worker = _loop(store, data_home, tiny_model_dir, app_config, learning)
+    ann = service.create_profile("Ann")["id"]
+    for round_ in range(3):
+        _choices(service, ann, 4, start=4 * round_)
+        torch.manual_seed(0)  # the LoRA init: the same for every version
+        assert worker.run_once()
+    third = registry.current(personal_adapter(ann))
+    events = sorted(store.feedback(ann), key=lambda e: e["updated_at"])
+    trainable = [e["id"] for e in events if not held_out(e["id"], learning.holdout_every)]
+    assert third.manifest["update"] == 3 and third.manifest["refit"] is True
+    assert third.manifest["hyperparameters"]["train"]["learning_rate"] == 1e-3  # no decay: not a chain
+    assert sorted(third.manifest["feedback_ids"]) == sorted(trainable[-6:])  # the newest 6, no replay
+    assert third.manifest["new_events"] == 6
+    # Nothing of the earlier versions is in it: trained again after a reset, on the same events, it is the same.
+    weights = registry.load_weights(third)[1]
+    service.reset_personal(ann)
+    store.enqueue_job(personal_adapter(ann), ann, "manual")
+    torch.manual_seed(0)
+    assert worker.run_once()
+    again = registry.current(personal_adapter(ann))
+    assert again.manifest["update"] == 1 and sorted(again.manifest["feedback_ids"]) == sorted(trainable[-6:])
+    weights_again = registry.load_weights(again)[1]
+    assert weights.keys() == weights_again.keys()
+    assert all(torch.allclose(weights[k], weights_again[k], atol=1e-6) for k in weights)
+    with pytest.raises(ValueError, match="personal_refit"):
+        LearningConfig(personal_refit=-1)
 
 
 def test_global_updates_can_use_their_own_chosen_reply_weight(store, data_home, tiny_model_dir, app_config):
