@@ -1,6 +1,7 @@
 """Learning curves over several seeds: one run's win rate is too noisy to judge a change or a target by.
 
     python -m bench.seeds RUN.json RUN.json ... [--output bench/results/learning_curve_seeds.json]
+    python -m bench.seeds CHANGE.json ... --against BASELINE.json ... [--output ...comparison.json]
 
 Each RUN.json is a `bench.learning_curve` result (same users and budgets; another `--set seed=N`). With 24
 held-out prompts one win rate has a standard error near 0.1, and the run itself is a draw: which prompts each user
@@ -9,6 +10,10 @@ budget — mean, standard deviation and the values — and judges the issue's ta
 them per run, so the spread of the verdict itself is visible. Writes JSON and a PNG (mean ± sd per user, and the
 mean over users of blend, global-only and personal-only with each run's mean as a dot). `--table` prints the
 README table of an earlier combination.
+
+With `--against`, a change is judged against a baseline run by run: runs of one seed share the prompts asked and
+the first draws, so the difference of a pair is less noisy than the difference of two means. Budgets and users
+both have are compared (a pilot to 32 choices against full runs, say).
 """
 
 from __future__ import annotations
@@ -89,6 +94,70 @@ def combine(runs: list[dict], names: list[str]) -> dict:
     return result
 
 
+def compare(runs: list[dict], baselines: list[dict], names: list[str], baseline_names: list[str]) -> dict:
+    """A change against the baseline, run by run with the same seed (the same prompts, the same first draws), over
+    the budgets and users both have: per user and budget the blend's win-rate difference; per budget its mean over
+    users and seeds, the mean of each seed, and how many (user, seed) went up or down."""
+    by_seed = {run["config"].get("seed"): (run, name) for run, name in zip(baselines, baseline_names)}
+    pairs = []
+    for run, name in zip(runs, names):
+        seed = run["config"].get("seed")
+        if seed not in by_seed:
+            raise ValueError(f"{name} (seed {seed}) has no baseline run with that seed")
+        pairs.append((seed, run, *by_seed[seed]))
+    users = [u for u in runs[0]["users"] if all(u in r["users"] and u in b["users"] for _, r, b, _ in pairs)]
+    first = next(iter(runs[0]["users"].values()))["curve"]
+    budgets = [b for b in first if all(b in r["users"][u]["curve"] and b in base["users"][u]["curve"]
+                                       for _, r, base, _ in pairs for u in users)]
+    if not users or not budgets:
+        raise ValueError("the runs and their baselines share no user and budget")
+
+    def point(run, user, budget):
+        return run["users"][user]["curve"][budget]
+
+    diffs = {u: {b: [round(point(r, u, b)["win_rate"]["blend"] - point(base, u, b)["win_rate"]["blend"], 3)
+                     for _, r, base, _ in pairs] for b in budgets} for u in users}
+    per_budget = {}
+    for b in budgets:
+        flat = [d for u in users for d in diffs[u][b]]
+        seed_means = [round(statistics.mean(diffs[u][b][i] for u in users), 3) for i in range(len(pairs))]
+        per_budget[b] = {
+            "blend_diff_mean": round(statistics.mean(flat), 3), "blend_diff_per_seed": seed_means,
+            "up": sum(d > 0 for d in flat), "down": sum(d < 0 for d in flat), "same": sum(d == 0 for d in flat),
+            "mean_blend": round(statistics.mean(point(r, u, b)["win_rate"]["blend"] for _, r, _, _ in pairs
+                                                for u in users), 3),
+            "mean_blend_baseline": round(statistics.mean(point(base, u, b)["win_rate"]["blend"]
+                                                         for _, _, base, _ in pairs for u in users), 3),
+            "worst_perplexity_ratio": max(point(r, u, b)["perplexity_ratio"]["blend"] for _, r, _, _ in pairs
+                                          for u in users),
+            "worst_perplexity_ratio_baseline": max(point(base, u, b)["perplexity_ratio"]["blend"]
+                                                   for _, _, base, _ in pairs for u in users),
+        }
+    return {"benchmark": "learning_curve_comparison", "date": time.strftime("%Y-%m-%d"),
+            "machine": runs[0]["machine"], "model": runs[0]["model"],
+            "pairs": [{"seed": seed, "run": name, "baseline": base_name, "run_seconds": r["seconds"]}
+                      for (seed, r, _, base_name), name in zip(pairs, names)],
+            "users": users, "budgets": [int(b) for b in budgets], "blend_diff": diffs, "per_budget": per_budget}
+
+
+def comparison_table(result: dict) -> str:
+    """Per user the blend's win-rate difference (change − baseline) at each budget, mean over seeds; then the mean
+    over users and seeds, each seed's mean, the (user, seed) count up/down and the worst perplexity ratio."""
+    budgets = [str(b) for b in result["budgets"]]
+    rows = [["user"] + [f"Δ blend @{b}" for b in budgets], ["---"] * (len(budgets) + 1)]
+    for user, curve in result["blend_diff"].items():
+        rows.append([f"`{user}`"] + [f"{statistics.mean(curve[b]):+.2f}" for b in budgets])
+    per = result["per_budget"]
+    rows.append(["**mean**"] + [f"**{per[b]['blend_diff_mean']:+.3f}**" for b in budgets])
+    rows.append(["per seed"] + [" / ".join(f"{d:+.3f}" for d in per[b]["blend_diff_per_seed"]) for b in budgets])
+    rows.append(["up / down / same"] + [f"{per[b]['up']} / {per[b]['down']} / {per[b]['same']}" for b in budgets])
+    rows.append(["blend, change vs baseline"] + [f"{per[b]['mean_blend']:.3f} vs {per[b]['mean_blend_baseline']:.3f}"
+                                                 for b in budgets])
+    rows.append(["worst ppl ×, change vs baseline"] + [
+        f"{per[b]['worst_perplexity_ratio']:.3f} vs {per[b]['worst_perplexity_ratio_baseline']:.3f}" for b in budgets])
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
 def markdown_table(result: dict) -> str:
     """Per user: blend win rate at each budget as mean ± sd over the runs; at the target budget global-only and
     personal-only means, and the blend's perplexity ratio (mean, worst run)."""
@@ -151,24 +220,44 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="*", type=Path, help="learning_curve result files of one setting")
-    parser.add_argument("--output", type=Path, default=RESULTS / "learning_curve_seeds.json")
+    parser.add_argument("--against", nargs="+", type=Path, default=None, metavar="BASELINE.json",
+                        help="compare the runs with these (paired by seed) instead of combining them")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default: bench/results/learning_curve_seeds.json (learning_curve_comparison.json "
+                             "with --against)")
     parser.add_argument("--table", type=Path, default=None, metavar="SEEDS_JSON",
                         help="print the README table of an earlier combination and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.table:
-        sys.stdout.write(markdown_table(json.loads(args.table.read_text())) + "\n")
+        earlier = json.loads(args.table.read_text())
+        table = comparison_table if earlier.get("benchmark") == "learning_curve_comparison" else markdown_table
+        sys.stdout.write(table(earlier) + "\n")
+        return 0
+    if args.against:
+        output = args.output or RESULTS / "learning_curve_comparison.json"
+        try:
+            result = compare([json.loads(p.read_text()) for p in args.runs],
+                             [json.loads(p.read_text()) for p in args.against],
+                             [p.name for p in args.runs], [p.name for p in args.against])
+        except (OSError, ValueError, KeyError) as exc:
+            parser.error(f"cannot compare these runs: {exc}")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        log.info("%d pairs -> %s: %s", len(args.runs), output,
+                 {b: v["blend_diff_mean"] for b, v in result["per_budget"].items()})
         return 0
     if len(args.runs) < 2:
         parser.error("give at least two result files")
+    output = args.output or RESULTS / "learning_curve_seeds.json"
     try:
         result = combine([json.loads(p.read_text()) for p in args.runs], [p.name for p in args.runs])
     except (OSError, ValueError, KeyError) as exc:
         parser.error(f"cannot combine these runs: {exc}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    plot(result, args.output.with_suffix(".png"))
-    log.info("%d runs -> %s: %s", len(args.runs), args.output, result["summary"]["targets_on_means"])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    plot(result, output.with_suffix(".png"))
+    log.info("%d runs -> %s: %s", len(args.runs), output, result["summary"]["targets_on_means"])
     return 0
 
 

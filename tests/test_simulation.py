@@ -176,6 +176,20 @@ def test_learning_curve_repeats_exactly_with_one_seed_and_seeds_combine(tmp_path
     table = subprocess.run([sys.executable, "-m", "bench.seeds", "--table", str(out)], cwd=REPO,
                            capture_output=True, text=True, timeout=60).stdout.splitlines()
     assert table[0].startswith("| user | blend @0 |") and len(table) == 2 + len(runs["first"]["users"]) + 1
+    # A change judged against a baseline run by run (paired by seed): a repeat differs by nothing; no baseline of
+    # the seed is an error.
+    versus = tmp_path / "versus.json"
+    result = subprocess.run([sys.executable, "-m", "bench.seeds", str(tmp_path / "again.json"), "--against",
+                             str(tmp_path / "seed1.json"), str(tmp_path / "first.json"), "--output", str(versus)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    paired = json.loads(versus.read_text())
+    assert [(p["seed"], p["baseline"]) for p in paired["pairs"]] == [(0, "first.json")]
+    assert all(v["blend_diff_mean"] == 0 and v["up"] == v["down"] == 0 for v in paired["per_budget"].values())
+    unpaired = subprocess.run([sys.executable, "-m", "bench.seeds", str(tmp_path / "seed1.json"), "--against",
+                               str(tmp_path / "first.json"), "--output", str(tmp_path / "none.json")], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+    assert unpaired.returncode == 2 and "no baseline run with that seed" in unpaired.stderr
     refused = subprocess.run([sys.executable, "-m", "bench.seeds", str(tmp_path / "first.json"), "--output",
                               str(tmp_path / "one.json")], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "at least two" in refused.stderr and not (tmp_path / "one.json").exists()
