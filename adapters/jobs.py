@@ -39,7 +39,11 @@ class LearningConfig:
     (the step size decaying along the chain, `TrainConfig.decay`). N > 0: every personal version is trained from
     scratch, at the first update's step size, on the profile's newest N trainable events — each choice then weighs
     the same whenever it came, where the decaying chain lets the first few choices (when exploration has learned
-    least about the person) move the adapter most. It costs up to `TrainConfig.max_steps` steps per update."""
+    least about the person) move the adapter most. It costs up to `TrainConfig.max_steps` steps per update.
+    Measured against the default (bench/results/learning_curve_comparison_refit.json; N = 64, lr 3e-3 — 16 steps at
+    3e-3 move about as far as the 1/k chain's 8 updates of 4 steps at 4e-3/k; 8 users to 32 choices, seeds 1 and
+    2 paired with the full runs): blend win rate +0.018 at 32 (+0.073 and −0.036 by seed; 7 users up, 6 down), worst
+    neutral perplexity ×1.20 vs ×1.13, training 10–14 s per update vs 3–6 s. Not evidence of a gain; left off."""
     holdout_every: int = 5
     """One pair in this many (fixed by its feedback id) is held out of training to evaluate the adapters."""
     stale_seconds: float = 120.0
