@@ -451,13 +451,25 @@ def plot(result: dict, path: Path) -> None:
     axes[0].set(title="Served blend vs base, per user", xlabel="A/B choices given", ylabel="win rate on held-out",
                 ylim=(0, 1))
     axes[0].legend(fontsize=7)
-    mean = result["summary"]["mean_win_rate"]
+    mean_panel(axes[1], result["summary"]["mean_win_rate"], "Mean over users")
+    save_figure(fig, f"Attune learning curves — {result['model']}", path)
+
+
+def mean_panel(ax, mean: dict, title: str) -> dict:
+    """The mean win rate vs base of blend, global-only and personal-only per budget; each model's line."""
+    lines = {}
     for model in ("blend", "global", "personal"):
-        axes[1].plot([int(b) for b in mean], [mean[b][model] for b in mean], marker="o", label=model)
-    axes[1].axhline(0.5, color="grey", lw=0.8, ls="--")
-    axes[1].set(title="Mean over users", xlabel="A/B choices given", ylabel="win rate vs base", ylim=(0, 1))
-    axes[1].legend()
-    fig.suptitle(f"Attune learning curves — {result['model']}")
+        lines[model], = ax.plot([int(b) for b in mean], [mean[b][model] for b in mean], marker="o", label=model)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set(title=title, xlabel="A/B choices given", ylabel="win rate vs base", ylim=(0, 1))
+    ax.legend()
+    return lines
+
+
+def save_figure(fig, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

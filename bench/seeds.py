@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.learning_curve import RESULTS
+from bench.learning_curve import RESULTS, mean_panel, save_figure
 
 log = logging.getLogger("bench.seeds")
 MODELS = ("blend", "global", "personal")
@@ -202,19 +202,16 @@ def plot(result: dict, path: Path) -> None:
                 ylabel="win rate on held-out", ylim=(0, 1))
     axes[0].legend(fontsize=7)
     mean, per_run = result["summary"]["mean_win_rate"], result["summary"]["mean_win_rate_per_run"]
-    for model in MODELS:
-        xs = [int(b) for b in mean]
-        line, = axes[1].plot(xs, [mean[b][model] for b in mean], marker="o", label=model)
+    lines = mean_panel(axes[1], mean, "Mean over users (dots: each run)")
+    for model, line in lines.items():
         for b in mean:
             axes[1].scatter([int(b)] * runs, per_run[b][model], color=line.get_color(), s=10, alpha=0.5)
-    axes[1].axhline(0.5, color="grey", lw=0.8, ls="--")
-    axes[1].set(title="Mean over users (dots: each run)", xlabel="A/B choices given", ylabel="win rate vs base",
-                ylim=(0, 1))
-    axes[1].legend()
-    fig.suptitle(f"Attune learning curves over {runs} runs — {result['model']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, f"Attune learning curves over {runs} runs — {result['model']}", path)
+
+
+def _write(result: dict, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,8 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                              [p.name for p in args.runs], [p.name for p in args.against])
         except (OSError, ValueError, KeyError) as exc:
             parser.error(f"cannot compare these runs: {exc}")
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        _write(result, output)
         log.info("%d pairs -> %s: %s", len(args.runs), output,
                  {b: v["blend_diff_mean"] for b, v in result["per_budget"].items()})
         return 0
@@ -254,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         result = combine([json.loads(p.read_text()) for p in args.runs], [p.name for p in args.runs])
     except (OSError, ValueError, KeyError) as exc:
         parser.error(f"cannot combine these runs: {exc}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    _write(result, output)
     plot(result, output.with_suffix(".png"))
     log.info("%d runs -> %s: %s", len(args.runs), output, result["summary"]["targets_on_means"])
     return 0
