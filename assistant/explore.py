@@ -12,6 +12,12 @@ candidate was chosen (a tie counts half). Each profile's prior is the crowd's re
 `prior_strength` choices, so a new profile starts from what most people liked and a regular from their own
 record. Styles someone keeps choosing get asked more, which is what gives the personal adapter pairs to learn
 from; styles never tried keep a chance.
+
+Pairing (`ExploreConfig.pairing`): "plain" sets the drawn probe against a plain sample. "duel" makes the plain
+sample one more arm (`PLAIN`) and sets the two arms with the highest draws of one Thompson sample against each other
+(Self-Sparring, Sui et al. 2018, "Advancements in dueling bandits"): once a person's favourite style is clear it
+is in nearly every pair, and the other slot ranks the rest against it — where "plain" pairing asks it at most as
+often as Thompson sampling draws it and only ever against the plain sample.
 """
 
 from __future__ import annotations
@@ -47,6 +53,11 @@ DEFAULT_PROBES = (
 )
 
 
+PLAIN = "plain"
+"""The arm of a candidate sampled from the message as sent, in duels; not a probe name."""
+PAIRINGS = ("plain", "duel")
+
+
 @dataclass(frozen=True)
 class ExploreConfig:
     rate: float = 1.0
@@ -58,6 +69,9 @@ class ExploreConfig:
     """The style axes to explore, each an instruction the model can follow (see `DEFAULT_PROBES`)."""
     prior_strength: float = 2.0
     """How many of a profile's own choices the crowd's record of a probe is worth."""
+    pairing: str = "plain"
+    """What an explored pair sets against each other (see the module docstring): "plain" — the drawn probe and a
+    plain sample; "duel" — the top two arms of one Thompson draw, the plain sample being an arm (`PLAIN`)."""
 
     def __post_init__(self):
         if not 0.0 <= float(self.rate) <= 1.0:
@@ -69,6 +83,10 @@ class ExploreConfig:
             raise InvalidInput("Probes need distinct names and non-empty instructions.")
         if self.prior_strength < 0:
             raise InvalidInput("prior_strength cannot be negative.")
+        if self.pairing not in PAIRINGS:
+            raise InvalidInput(f"Pairing must be one of {', '.join(PAIRINGS)} (got {self.pairing!r}).")
+        if PLAIN in names:
+            raise InvalidInput(f"{PLAIN!r} names the plain sample's arm; give the probe another name.")
 
 
 Record = dict[str, tuple[float, float]]
@@ -80,17 +98,34 @@ def choose_probe(config: ExploreConfig, mine: Record, everyone: Record, rng: ran
     of all profiles, this one included (its own share is taken out of the prior)."""
     if not config.probes or rng.random() >= config.rate:
         return None
-    best, best_draw = None, -1.0
-    for probe in config.probes:
-        wins, losses = mine.get(probe.name, (0.0, 0.0))
-        all_wins, all_losses = everyone.get(probe.name, (0.0, 0.0))
+    return _ranked(config, config.probes, mine, everyone, rng)[0]
+
+
+def choose_arms(config: ExploreConfig, mine: Record, everyone: Record,
+                rng: random.Random) -> tuple[Probe | None, Probe | None]:
+    """The two candidates' arms for this request, each a probe or None (a plain sample): (None, None) when it
+    does not explore; with "plain" pairing (probe, None); with "duel" the top two arms of one Thompson draw over
+    the probes and the plain sample (record key `PLAIN`), best first."""
+    if config.pairing == "plain":
+        return choose_probe(config, mine, everyone, rng), None
+    if not config.probes or rng.random() >= config.rate:
+        return None, None
+    first, second = _ranked(config, (*config.probes, None), mine, everyone, rng)[:2]
+    return first, second
+
+
+def _ranked(config: ExploreConfig, arms, mine: Record, everyone: Record, rng: random.Random) -> list:
+    """`arms` (probes, None for the plain sample) by one Thompson draw each, highest first."""
+    draws = []
+    for arm in arms:
+        name = arm.name if arm else PLAIN
+        wins, losses = mine.get(name, (0.0, 0.0))
+        all_wins, all_losses = everyone.get(name, (0.0, 0.0))
         crowd_wins, crowd_losses = max(0.0, all_wins - wins), max(0.0, all_losses - losses)
         crowd_mean = (crowd_wins + 1) / (crowd_wins + crowd_losses + 2)
-        draw = rng.betavariate(1 + config.prior_strength * crowd_mean + wins,
-                               1 + config.prior_strength * (1 - crowd_mean) + losses)
-        if draw > best_draw:
-            best, best_draw = probe, draw
-    return best
+        draws.append(rng.betavariate(1 + config.prior_strength * crowd_mean + wins,
+                                     1 + config.prior_strength * (1 - crowd_mean) + losses))
+    return [arms[i] for i in sorted(range(len(arms)), key=lambda i: -draws[i])]
 
 
 def probed(turns: list[dict], probe: Probe) -> list[dict]:

@@ -17,7 +17,7 @@ from adapters.jobs import LearningConfig, enqueue_due, enqueue_now
 from adapters.registry import GLOBAL, personal_adapter
 from assistant.config import AppConfig, GenerationSettings
 from assistant.executor import GenerationExecutor
-from assistant.explore import choose_probe, probed
+from assistant.explore import PLAIN, Probe, choose_arms, probed
 from assistant.generation import ReplyStream
 from assistant.model import LoadedModel
 from assistant.prompts import Prompt, build_prompt
@@ -186,21 +186,29 @@ class ChatService:
     def _explore(self, user_id: str, settings: GenerationSettings, turns: list[dict],
                  prompt: Prompt) -> tuple[tuple, tuple[dict, dict]]:
         """Compare mode: the two candidates' prompts (empty: both sampled from `prompt`) and each one's own facts.
-        One candidate, A or B at random, may follow a hidden style probe (assistant/explore.py)."""
+        One candidate, A or B at random, may follow a hidden style probe; in duels both may (assistant/explore.py)."""
         explore = self.config.explore
         if explore.rate <= 0:
             return (), ({}, {})
-        probe = choose_probe(explore, *self.store.probe_records(user_id), self.rng)
-        if probe is None:
+        arms = choose_arms(explore, *self.store.probe_records(user_id), self.rng)
+        if arms == (None, None):
             return (), ({}, {})
         try:
-            hinted = build_prompt(self.loaded, settings.system_prompt, probed(turns, probe), settings.max_new_tokens)
-        except InvalidInput:  # the instruction would not fit: the person must not see an error they did not cause
+            sides = [self._arm(arm, settings, turns, prompt) for arm in arms]
+        except InvalidInput:  # an instruction would not fit: the person must not see an error they did not cause
             return (), ({}, {})
-        own = {"probe": probe.name, "probe_instruction": probe.instruction, **hinted.facts()}
-        if self.rng.randrange(2) == 0:  # which of A and B explores
-            return (hinted, prompt), (own, {})
-        return (prompt, hinted), ({}, own)
+        if self.rng.randrange(2) == 1:  # which of A and B explores (in duels: which arm is A)
+            sides.reverse()
+        return tuple(p for p, _ in sides), tuple(own for _, own in sides)
+
+    def _arm(self, probe: Probe | None, settings: GenerationSettings, turns: list[dict],
+             prompt: Prompt) -> tuple[Prompt, dict]:
+        """One explored candidate's prompt and facts. The plain sample is marked only in duels, where it is an arm
+        with a record of its own."""
+        if probe is None:
+            return prompt, {"probe": PLAIN} if self.config.explore.pairing == "duel" else {}
+        hinted = build_prompt(self.loaded, settings.system_prompt, probed(turns, probe), settings.max_new_tokens)
+        return hinted, {"probe": probe.name, "probe_instruction": probe.instruction, **hinted.facts()}
 
     def _store_reply(self, user_id, conversation_id, user_message, settings, prompt, stream, replaces, base,
                      adapter_versions, sides=None):

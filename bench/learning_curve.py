@@ -53,7 +53,7 @@ from adapters.training import preference_margins, sequence_logps
 from adapters.worker import ADAPTERS_DIR, Worker
 from assistant.config import AppConfig, GenerationSettings, ModelConfig
 from assistant.executor import GenerationExecutor
-from assistant.explore import ExploreConfig
+from assistant.explore import PLAIN, ExploreConfig
 from assistant.generation import left_padded, sampling_kwargs, visible_text
 from assistant.model import load_model
 from assistant.prompts import build_prompt
@@ -136,9 +136,9 @@ class Harness:
                                    learning=config.learning, rng=random.Random(config.seed))
         self.worker = Worker(load_model(model, cache), self.store, registry, config.learning) if worker else None
         self.registry = registry
-        self.shown: dict[str, list[tuple[str, float, float, tuple[str, str] | None]]] = {}
-        """Per profile: (choice, the user's reward of A, of B, (side, probe) if a candidate explored) of every pair
-        shown."""
+        self.shown: dict[str, list[tuple[str, float, float, dict[str, str | None]]]] = {}
+        """Per profile: (choice, the user's reward of A, of B, each side's arm: its probe's name, "plain" for the
+        plain sample in a duel, None when unmarked) of every pair shown."""
 
     def on_main(self, fn):
         """Run `fn()` where the app runs `generate` (the main thread: see assistant/executor.py); its result."""
@@ -190,9 +190,8 @@ class Harness:
         final = list(self.service.send(user_id, conversation, prompt, settings, compare=True))[-1]
         next_prompt, _, _, _, info = env.step((final.pair.a.content, final.pair.b.content))
         self.service.choose(user_id, final.pair.id, info["choice"])
-        a, b = final.pair.a.settings.get("probe"), final.pair.b.settings.get("probe")
-        probed = ("a", a) if a else ("b", b) if b else None
-        self.shown.setdefault(user_id, []).append((info["choice"], *info["user_rewards"], probed))
+        arms = {"a": final.pair.a.settings.get("probe"), "b": final.pair.b.settings.get("probe")}
+        self.shown.setdefault(user_id, []).append((info["choice"], *info["user_rewards"], arms))
         while self.on_main(self.worker.run_once):  # the worker's jobs, before the next prompt
             pass
         return next_prompt
@@ -226,26 +225,30 @@ class Harness:
         return math.exp(-logps.sum().item() / tokens)
 
 
-def feedback_stats(shown: list[tuple[str, float, float, tuple[str, str] | None]]) -> dict:
+def feedback_stats(shown: list[tuple[str, float, float, dict[str, str | None]]]) -> dict:
     """How much the shown pairs could teach: a pair whose replies the user values alike carries no taste; and how
-    exploration went: how often each probe was asked and how often its candidate was chosen (a tie counts half)."""
+    exploration went: how often each arm (probe, or "plain" in duels) was asked and how often its candidate was
+    chosen (a tie counts half). `probed_share`: pairs with at least one probed candidate; `probed_chosen`: the share
+    of probed candidates chosen."""
     gaps = [abs(a - b) for _, a, b, _ in shown]
     decided = [(c, a, b) for c, a, b, _ in shown if c != "tie" and a != b]
     probes: dict[str, list[float]] = {}
-    for choice, _, _, probed in shown:
-        if probed:
-            side, name = probed
-            counts = probes.setdefault(name, [0, 0.0])
-            counts[0] += 1
-            counts[1] += 1.0 if choice == side else 0.5 if choice == "tie" else 0.0
-    asked = sum(n for n, _ in probes.values())
+    for choice, _, _, arms in shown:
+        for side, name in arms.items():
+            if name:
+                counts = probes.setdefault(name, [0, 0.0])
+                counts[0] += 1
+                counts[1] += 1.0 if choice == side else 0.5 if choice == "tie" else 0.0
+    probed = {name: counts for name, counts in probes.items() if name != PLAIN}
+    asked = sum(n for n, _ in probed.values())
     return {"pairs": len(shown), "ties": sum(c == "tie" for c, *_ in shown),
             "reward_gap_mean": round(statistics.mean(gaps), 3) if gaps else None,
             "informative_share": round(sum(g >= 0.25 for g in gaps) / len(gaps), 3) if gaps else None,
             "choice_agrees_with_reward": round(sum((c == "a") == (a > b) for c, a, b in decided) / len(decided), 3)
             if decided else None,
-            "probed_share": round(asked / len(shown), 3) if shown else None,
-            "probed_chosen": round(sum(w for _, w in probes.values()) / asked, 3) if asked else None,
+            "probed_share": round(sum(any(n and n != PLAIN for n in arms.values()) for *_, arms in shown) / len(shown),
+                                  3) if shown else None,
+            "probed_chosen": round(sum(w for _, w in probed.values()) / asked, 3) if asked else None,
             "probes": {name: {"asked": n, "chosen": w}
                        for name, (n, w) in sorted(probes.items(), key=lambda item: -item[1][0])}}
 

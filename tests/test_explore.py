@@ -12,7 +12,7 @@ import pytest
 import app
 from adapters.data import encode, examples_from_feedback
 from assistant.config import AppConfig, GenerationSettings
-from assistant.explore import DEFAULT_PROBES, ExploreConfig, Probe, choose_probe, probed
+from assistant.explore import DEFAULT_PROBES, PLAIN, ExploreConfig, Probe, choose_arms, choose_probe, probed
 from assistant.prompts import build_prompt
 from assistant.service import ChatService
 from storage.errors import InvalidInput
@@ -50,10 +50,36 @@ def test_a_new_profile_starts_from_the_crowds_record():
 
 @pytest.mark.parametrize("kwargs", [dict(rate=1.5), dict(rate=-0.1), dict(probes=()),
                                     dict(probes=(Probe("a", "x"), Probe("a", "y"))), dict(probes=(Probe("a", " "),)),
-                                    dict(prior_strength=-1.0)])
+                                    dict(prior_strength=-1.0), dict(pairing="triple"),
+                                    dict(probes=(Probe(PLAIN, "x"),))])
 def test_bad_exploration_settings_get_a_clear_error(kwargs):
     with pytest.raises(InvalidInput):
         ExploreConfig(**kwargs)
+
+
+def test_plain_pairing_sets_the_drawn_probe_against_a_plain_sample_as_choose_probe_does():
+    config = ExploreConfig(rate=1.0, probes=PROBES)
+    mine = {"list": (3.0, 1.0)}
+    drawn = [choose_probe(config, mine, {}, random.Random(seed)) for seed in range(50)]
+    assert [choose_arms(config, mine, {}, random.Random(seed)) for seed in range(50)] == [(p, None) for p in drawn]
+
+
+def test_a_duel_sets_the_two_best_arms_against_each_other_the_plain_sample_being_one():
+    config = ExploreConfig(rate=1.0, probes=PROBES, pairing="duel")
+    rng = random.Random(4)
+    # This person chose lists over everything and the plain sample over the rest; jokes lost every time.
+    mine = {"list": (18.0, 2.0), PLAIN: (12.0, 8.0), "short": (6.0, 14.0), "joke": (0.0, 20.0)}
+    duels = [choose_arms(config, mine, {}, rng) for _ in range(1000)]
+    assert all(a != b for a, b in duels)
+    names = Counter(frozenset(p.name if p else PLAIN for p in duel) for duel in duels)
+    assert names[frozenset({"list", PLAIN})] > 700  # the favourite in nearly every pair, against the runner-up
+    assert sum(n for pair, n in names.items() if "list" in pair) > 950
+    assert 0 < sum(n for pair, n in names.items() if "short" in pair) < 250  # the rest still get a chance
+    assert sum(n for pair, n in names.items() if "joke" in pair) < 10
+    # With no record every arm, the plain sample included, is asked alike.
+    fresh = Counter(p.name if p else PLAIN for _ in range(2000) for p in choose_arms(config, {}, {}, rng))
+    assert set(fresh) == {"list", "short", "joke", PLAIN} and min(fresh.values()) > 850
+    assert all(choose_arms(replace(config, rate=0.0), mine, {}, rng) == (None, None) for _ in range(20))
 
 
 def test_probe_goes_to_the_newest_user_message_only():
@@ -115,6 +141,31 @@ def test_probe_record_counts_each_profile_and_everyone(exploring, store):
     assert sum(w for w, _ in bobs.values()) == 0.0 and sum(l for _, l in bobs.values()) == 2.0
     everyone = store.probe_record()
     assert sum(w + l for w, l in everyone.values()) == 3.0
+
+
+def test_duels_store_both_arms_train_on_the_winners_instruction_and_keep_both_records(store, tiny_loaded,
+                                                                                      app_config):
+    config = replace(app_config, explore=ExploreConfig(rate=1.0, probes=PROBES, pairing="duel"))
+    service = ChatService(store, tiny_loaded, config, rng=random.Random(5))
+    ann = service.create_profile("Ann")["id"]
+    instructions = {p.name: p.instruction for p in PROBES}
+    seen, wins = set(), Counter()
+    for i in range(12):
+        pair = list(service.send(ann, None, f"Plan my day number {i}.", SETTINGS, compare=True))[-1].pair
+        arms = (pair.a.settings["probe"], pair.b.settings["probe"])
+        assert arms[0] != arms[1] and set(arms) <= {*instructions, PLAIN}
+        for side, arm in zip((pair.a, pair.b), arms):
+            assert side.settings.get("probe_instruction") == instructions.get(arm)  # the plain sample has none
+        seen.add(frozenset(arms))
+        service.choose(ann, pair.id, "a")
+        wins[arms[0]] += 1
+    assert any(PLAIN not in duel for duel in seen)  # two probes faced each other
+    examples = examples_from_feedback(store.feedback(ann))
+    assert [p.chosen_instruction for p in examples.pairs] == [
+        instructions.get(e["probe"]["a"]) for e in store.feedback(ann)]
+    record = store.probe_record(ann)
+    assert {name: won for name, (won, _) in record.items() if won} == dict(wins)
+    assert sum(won + lost for won, lost in record.values()) == 24  # both candidates of each pair counted
 
 
 def test_plain_compare_mode_without_exploration_has_no_probe(store, tiny_loaded, app_config):
