@@ -30,6 +30,7 @@ from adapters.worker import ADAPTERS_DIR  # noqa: E402
 
 from assistant.config import DEFAULT_SYSTEM_PROMPT, AppConfig, GenerationSettings, ModelConfig  # noqa: E402
 from assistant.executor import GenerationExecutor  # noqa: E402
+from assistant.explore import PAIRINGS  # noqa: E402
 from assistant.model import load_model  # noqa: E402
 from assistant.service import ChatService, ReplyUpdate  # noqa: E402
 from storage.db import DB_FILENAME  # noqa: E402
@@ -567,6 +568,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, LearningConfig
                         help="torch threads of the training worker (0: all cores, at a lower priority)")
     parser.add_argument("--explore-rate", type=float, default=defaults.explore.rate,
                         help="share of A/B comparisons in which one candidate follows a hidden style probe (0: never)")
+    parser.add_argument("--explore-pairing", choices=PAIRINGS, default=defaults.explore.pairing,
+                        help="plain: a probe against a plain sample; duel: the two best arms of one Thompson draw, "
+                             "the plain sample among them")
     learning = LearningConfig()
     parser.add_argument("--personal-every", type=int, default=learning.personal_every,
                         help="train a profile's adapter after this many new feedback events of it (M)")
@@ -579,8 +583,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, LearningConfig
     parser.add_argument("--adapter-cache", type=int, default=learning.blend.cache_size,
                         help="adapter versions kept in memory (the rest load from disk on demand)")
     args = parser.parse_args(argv)
+    explore = replace(defaults.explore, rate=args.explore_rate, pairing=args.explore_pairing)
     app = AppConfig(data_dir=args.data_dir, host=args.host, port=args.port, worker=not args.no_worker,
-                    worker_threads=args.worker_threads, explore=replace(defaults.explore, rate=args.explore_rate),
+                    worker_threads=args.worker_threads, explore=explore,
                     model=ModelConfig(model=args.model, cache_dir=args.model_cache, allow_download=args.allow_download))
     try:
         learning = LearningConfig(personal_every=args.personal_every, global_every=args.global_every,

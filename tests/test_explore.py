@@ -202,6 +202,8 @@ def test_a_reply_cut_at_its_budget_is_trained_without_end_of_sequence(tiny_loade
 def test_the_command_line_sets_the_rate_and_refuses_a_bad_one():
     config, _ = app.parse_args(["--explore-rate", "0.25"])
     assert config.explore.rate == 0.25 and config.explore.probes == DEFAULT_PROBES
+    assert config.explore.pairing == ExploreConfig().pairing
+    assert app.parse_args(["--explore-pairing", "duel"])[0].explore.pairing == "duel"
     with pytest.raises(InvalidInput, match="between 0 and 1"):
         app.parse_args(["--explore-rate", "2"])
 
