@@ -567,7 +567,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, LearningConfig
     parser.add_argument("--worker-threads", type=int, default=defaults.worker_threads,
                         help="torch threads of the training worker (0: all cores, at a lower priority)")
     parser.add_argument("--explore-rate", type=float, default=defaults.explore.rate,
-                        help="share of A/B comparisons in which one candidate follows a hidden style probe (0: never)")
+                        help="share of A/B comparisons that explore, a candidate following a hidden style "
+                             "probe (0: never)")
     parser.add_argument("--explore-pairing", choices=PAIRINGS, default=defaults.explore.pairing,
                         help="plain: a probe against a plain sample; duel: the two best arms of one Thompson draw, "
                              "the plain sample among them")

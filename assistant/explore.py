@@ -14,18 +14,22 @@ record. Styles someone keeps choosing get asked more, which is what gives the pe
 from; styles never tried keep a chance.
 
 Pairing (`ExploreConfig.pairing`): "plain" sets the drawn probe against a plain sample. "duel" makes the plain
-sample one more arm (`PLAIN`) and sets the two arms with the highest draws of one Thompson sample against each other
-(Self-Sparring, Sui et al. 2018, "Advancements in dueling bandits"): once a person's favourite style is clear it
-is in nearly every pair, and the other slot ranks the rest against it — where "plain" pairing asks it at most as
-often as Thompson sampling draws it and only ever against the plain sample.
+sample one more arm (`PLAIN`, whose record is its wins against probes) and sets the two arms with the highest
+draws of one Thompson sample against each other — a variant of Self-Sparring (Sui, Zhuang, Burdick & Yue 2017,
+"Multi-dueling bandits with dependent arms"), which draws each slot independently and so may pair an arm with
+itself. Once a person's favourite style is clear it is in nearly every pair and the other slot ranks the rest
+against it, where "plain" pairing asks it at most as often as Thompson sampling draws it and only ever against the
+plain sample.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from storage.errors import InvalidInput
+from storage.store import PLAIN_ARM
 
 
 @dataclass(frozen=True)
@@ -53,25 +57,26 @@ DEFAULT_PROBES = (
 )
 
 
-PLAIN = "plain"
-"""The arm of a candidate sampled from the message as sent, in duels; not a probe name."""
+PLAIN = PLAIN_ARM
+"""The record key of the plain sample's arm (a candidate sampled from the message as sent); not a probe name."""
 PAIRINGS = ("plain", "duel")
 
 
 @dataclass(frozen=True)
 class ExploreConfig:
     rate: float = 1.0
-    """Share of compare requests in which one candidate follows a probe (0: never, plain samples only). Every
-    pair probed learned faster than half of them in the learning-curve pilot (see adapters/training.py's
-    `rpo_alpha`); the other candidate is always a plain sample, so each choice still compares against what the
-    assistant would say unasked."""
+    """Share of compare requests that explore (0: never, plain samples only): with "plain" pairing one candidate
+    follows a probe and the other is a plain sample, so each choice compares against what the assistant would say
+    unasked; in duels at least one candidate follows a probe. Every pair probed learned faster than half of them in
+    the learning-curve pilot (see adapters/training.py's `rpo_alpha`)."""
     probes: tuple[Probe, ...] = DEFAULT_PROBES
     """The style axes to explore, each an instruction the model can follow (see `DEFAULT_PROBES`)."""
     prior_strength: float = 2.0
     """How many of a profile's own choices the crowd's record of a probe is worth."""
     pairing: str = "plain"
     """What an explored pair sets against each other (see the module docstring): "plain" — the drawn probe and a
-    plain sample; "duel" — the top two arms of one Thompson draw, the plain sample being an arm (`PLAIN`)."""
+    plain sample; "duel" — the top two arms of one Thompson draw, the plain sample being an arm (`PLAIN`, so no
+    probe may be named so)."""
 
     def __post_init__(self):
         if not 0.0 <= float(self.rate) <= 1.0:
@@ -93,29 +98,24 @@ Record = dict[str, tuple[float, float]]
 """Probe name → (successes, failures) of its candidates."""
 
 
-def choose_probe(config: ExploreConfig, mine: Record, everyone: Record, rng: random.Random) -> Probe | None:
-    """The probe for this request (None: two plain samples), drawn by Thompson sampling. `everyone` is the record
-    of all profiles, this one included (its own share is taken out of the prior)."""
-    if not config.probes or rng.random() >= config.rate:
-        return None
-    return _ranked(config, config.probes, mine, everyone, rng)[0]
-
-
 def choose_arms(config: ExploreConfig, mine: Record, everyone: Record,
                 rng: random.Random) -> tuple[Probe | None, Probe | None]:
-    """The two candidates' arms for this request, each a probe or None (a plain sample): (None, None) when it
-    does not explore; with "plain" pairing (probe, None); with "duel" the top two arms of one Thompson draw over
-    the probes and the plain sample (record key `PLAIN`), best first."""
-    if config.pairing == "plain":
-        return choose_probe(config, mine, everyone, rng), None
+    """The two candidates' arms for this request, each a probe or None (a plain sample), drawn by Thompson
+    sampling: (None, None) when it does not explore; with "plain" pairing (the probe with the highest draw, None);
+    with "duel" the two arms with the highest draws over the probes and the plain sample (record key `PLAIN`), the
+    higher first. `everyone` is the record of all profiles, this one included (its own share is taken out of the
+    prior)."""
     if not config.probes or rng.random() >= config.rate:
         return None, None
+    if config.pairing == "plain":
+        return _ranked(config, config.probes, mine, everyone, rng)[0], None
     first, second = _ranked(config, (*config.probes, None), mine, everyone, rng)[:2]
     return first, second
 
 
-def _ranked(config: ExploreConfig, arms, mine: Record, everyone: Record, rng: random.Random) -> list:
-    """`arms` (probes, None for the plain sample) by one Thompson draw each, highest first."""
+def _ranked(config: ExploreConfig, arms: Sequence[Probe | None], mine: Record, everyone: Record,
+            rng: random.Random) -> list[Probe | None]:
+    """`arms` (probes, None for the plain sample) by one Thompson draw each, highest first (ties: first listed)."""
     draws = []
     for arm in arms:
         name = arm.name if arm else PLAIN

@@ -17,7 +17,7 @@ from adapters.jobs import LearningConfig, enqueue_due, enqueue_now
 from adapters.registry import GLOBAL, personal_adapter
 from assistant.config import AppConfig, GenerationSettings
 from assistant.executor import GenerationExecutor
-from assistant.explore import PLAIN, Probe, choose_arms, probed
+from assistant.explore import Probe, choose_arms, probed
 from assistant.generation import ReplyStream
 from assistant.model import LoadedModel
 from assistant.prompts import Prompt, build_prompt
@@ -203,10 +203,9 @@ class ChatService:
 
     def _arm(self, probe: Probe | None, settings: GenerationSettings, turns: list[dict],
              prompt: Prompt) -> tuple[Prompt, dict]:
-        """One explored candidate's prompt and facts. The plain sample is marked only in duels, where it is an arm
-        with a record of its own."""
+        """One explored candidate's prompt and facts (none for a plain sample: its record is derived in storage)."""
         if probe is None:
-            return prompt, {"probe": PLAIN} if self.config.explore.pairing == "duel" else {}
+            return prompt, {}
         hinted = build_prompt(self.loaded, settings.system_prompt, probed(turns, probe), settings.max_new_tokens)
         return hinted, {"probe": probe.name, "probe_instruction": probe.instruction, **hinted.facts()}
 

@@ -137,8 +137,8 @@ class Harness:
         self.worker = Worker(load_model(model, cache), self.store, registry, config.learning) if worker else None
         self.registry = registry
         self.shown: dict[str, list[tuple[str, float, float, dict[str, str | None]]]] = {}
-        """Per profile: (choice, the user's reward of A, of B, each side's arm: its probe's name, "plain" for the
-        plain sample in a duel, None when unmarked) of every pair shown."""
+        """Per profile: (choice, the user's reward of A, of B, each side's probe name or None) of every pair
+        shown."""
 
     def on_main(self, fn):
         """Run `fn()` where the app runs `generate` (the main thread: see assistant/executor.py); its result."""
@@ -227,14 +227,17 @@ class Harness:
 
 def feedback_stats(shown: list[tuple[str, float, float, dict[str, str | None]]]) -> dict:
     """How much the shown pairs could teach: a pair whose replies the user values alike carries no taste; and how
-    exploration went: how often each arm (probe, or "plain" in duels) was asked and how often its candidate was
-    chosen (a tie counts half). `probed_share`: pairs with at least one probed candidate; `probed_chosen`: the share
-    of probed candidates chosen."""
+    exploration went: how often each arm was asked and how often its candidate was chosen (a tie counts half) — a
+    probe, or "plain" for a plain sample facing a probed one, as `Store.probe_records` counts them.
+    `probed_share`: pairs with at least one probed candidate; `probed_chosen`: the share of probed candidates
+    chosen — against the plain sample in "plain" pairing, but in a duel of two probes one of them always wins, so
+    the two pairings' figures do not compare."""
     gaps = [abs(a - b) for _, a, b, _ in shown]
     decided = [(c, a, b) for c, a, b, _ in shown if c != "tie" and a != b]
     probes: dict[str, list[float]] = {}
     for choice, _, _, arms in shown:
-        for side, name in arms.items():
+        for side, other in (("a", "b"), ("b", "a")):
+            name = arms[side] or (PLAIN if arms[other] else None)
             if name:
                 counts = probes.setdefault(name, [0, 0.0])
                 counts[0] += 1
@@ -246,8 +249,7 @@ def feedback_stats(shown: list[tuple[str, float, float, dict[str, str | None]]])
             "informative_share": round(sum(g >= 0.25 for g in gaps) / len(gaps), 3) if gaps else None,
             "choice_agrees_with_reward": round(sum((c == "a") == (a > b) for c, a, b in decided) / len(decided), 3)
             if decided else None,
-            "probed_share": round(sum(any(n and n != PLAIN for n in arms.values()) for *_, arms in shown) / len(shown),
-                                  3) if shown else None,
+            "probed_share": round(sum(any(arms.values()) for *_, arms in shown) / len(shown), 3) if shown else None,
             "probed_chosen": round(sum(w for _, w in probed.values()) / asked, 3) if asked else None,
             "probes": {name: {"asked": n, "chosen": w}
                        for name, (n, w) in sorted(probes.items(), key=lambda item: -item[1][0])}}

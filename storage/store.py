@@ -26,6 +26,8 @@ MAX_PROFILE_NAME = 40
 THUMBS_VALUES = (-1, 1)
 CHOICES = ("a", "b", "tie", "both_bad")
 MAX_COMMENT_CHARS = 2_000
+PLAIN_ARM = "plain"
+"""`probe_records`' name for the plain samples that faced a probed candidate (the explorer's plain arm)."""
 
 
 def _now() -> str:
@@ -513,21 +515,25 @@ class Store:
     def probe_records(self, user_id: str) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
         """Exploration probes' record in compare mode, of this profile and of everyone (this profile included), in
         one aggregated scan: probe name → (times its candidate was chosen, times it was not). A tie counts half each
-        way; "both bad" counts as not chosen."""
+        way; "both bad" counts as not chosen. A candidate without a probe facing one with a probe is the plain
+        sample's record, under `PLAIN_ARM` ("plain"): its wins against probes, whichever pairing stored it."""
         with self._db() as db:
             rows = self._rows(
                 db,
                 "SELECT probe, SUM(won) AS all_won, COUNT(*) AS all_n, "
                 "SUM(CASE WHEN mine THEN won ELSE 0 END) AS my_won, SUM(mine) AS my_n FROM ("
-                "  SELECT json_extract(m.settings, '$.probe') AS probe, p.user_id = ? AS mine, "
+                "  SELECT COALESCE(json_extract(m.settings, '$.probe'), "
+                "                  CASE WHEN json_extract(o.settings, '$.probe') IS NOT NULL THEN ? END) AS probe, "
+                "  p.user_id = ? AS mine, "
                 "  CASE WHEN f.choice = 'tie' THEN 0.5 "
                 "       WHEN f.choice = (CASE WHEN m.id = p.a_message_id THEN 'a' ELSE 'b' END) THEN 1.0 "
                 "       ELSE 0.0 END AS won "
                 "  FROM pairs p JOIN feedback f ON f.pair_id = p.id "
                 "  JOIN messages m ON m.id IN (p.a_message_id, p.b_message_id) "
-                "  WHERE json_extract(m.settings, '$.probe') IS NOT NULL"
-                ") GROUP BY probe",
-                (user_id,),
+                "  JOIN messages o ON o.id = (CASE WHEN m.id = p.a_message_id THEN p.b_message_id "
+                "                                  ELSE p.a_message_id END)"
+                ") WHERE probe IS NOT NULL GROUP BY probe",
+                (PLAIN_ARM, user_id),
             )
         mine = {r["probe"]: (float(r["my_won"]), r["my_n"] - float(r["my_won"])) for r in rows if r["my_n"]}
         everyone = {r["probe"]: (float(r["all_won"]), r["all_n"] - float(r["all_won"])) for r in rows}

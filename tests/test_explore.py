@@ -12,13 +12,19 @@ import pytest
 import app
 from adapters.data import encode, examples_from_feedback
 from assistant.config import AppConfig, GenerationSettings
-from assistant.explore import DEFAULT_PROBES, PLAIN, ExploreConfig, Probe, choose_arms, choose_probe, probed
+from assistant.explore import DEFAULT_PROBES, PLAIN, ExploreConfig, Probe, choose_arms, probed
 from assistant.prompts import build_prompt
 from assistant.service import ChatService
 from storage.errors import InvalidInput
 
 SETTINGS = GenerationSettings(temperature=1.0, max_new_tokens=8)
 PROBES = (Probe("list", "Answer as a list."), Probe("short", "Be short."), Probe("joke", "Tell a joke."))
+
+
+def choose_probe(config: ExploreConfig, mine, everyone, rng: random.Random) -> Probe | None:
+    probe, plain = choose_arms(config, mine, everyone, rng)
+    assert plain is None  # "plain" pairing: the other candidate is always a plain sample
+    return probe
 
 
 def test_rate_zero_never_probes_and_rate_one_always_does():
@@ -57,11 +63,18 @@ def test_bad_exploration_settings_get_a_clear_error(kwargs):
         ExploreConfig(**kwargs)
 
 
-def test_plain_pairing_sets_the_drawn_probe_against_a_plain_sample_as_choose_probe_does():
-    config = ExploreConfig(rate=1.0, probes=PROBES)
-    mine = {"list": (3.0, 1.0)}
-    drawn = [choose_probe(config, mine, {}, random.Random(seed)) for seed in range(50)]
-    assert [choose_arms(config, mine, {}, random.Random(seed)) for seed in range(50)] == [(p, None) for p in drawn]
+def test_plain_pairing_draws_the_same_random_numbers_as_before_duels_existed():
+    """Seeded benchmark runs must repeat: these probes and the generator's next number after each choice were
+    recorded with the explorer of commit 6a45561, before `pairing` existed."""
+    config = ExploreConfig(rate=0.7, probes=PROBES)
+    mine = {"list": (3.0, 1.0), "joke": (0.0, 2.0)}
+    everyone = {"list": (5.0, 1.0), "short": (4.0, 4.0), "joke": (0.0, 2.0)}
+    recorded = [(None, 0.757954), ("short", 0.945271), (None, 0.947827), ("list", 0.868045), ("list", 0.106183),
+                ("short", 0.21673), (None, 0.821954), ("list", 0.826852)]
+    for seed, (name, following) in enumerate(recorded):
+        rng = random.Random(seed)
+        probe = choose_probe(config, mine, everyone, rng)
+        assert (probe.name if probe else None, round(rng.random(), 6)) == (name, following)
 
 
 def test_a_duel_sets_the_two_best_arms_against_each_other_the_plain_sample_being_one():
@@ -70,7 +83,7 @@ def test_a_duel_sets_the_two_best_arms_against_each_other_the_plain_sample_being
     # This person chose lists over everything and the plain sample over the rest; jokes lost every time.
     mine = {"list": (18.0, 2.0), PLAIN: (12.0, 8.0), "short": (6.0, 14.0), "joke": (0.0, 20.0)}
     duels = [choose_arms(config, mine, {}, rng) for _ in range(1000)]
-    assert all(a != b for a, b in duels)
+    assert Counter(first.name if first else PLAIN for first, _ in duels)["list"] > 900  # the higher draw first
     names = Counter(frozenset(p.name if p else PLAIN for p in duel) for duel in duels)
     assert names[frozenset({"list", PLAIN})] > 700  # the favourite in nearly every pair, against the runner-up
     assert sum(n for pair, n in names.items() if "list" in pair) > 950
@@ -122,7 +135,9 @@ def test_one_candidate_explores_hidden_from_the_transcript_and_the_training_data
         assert example.chosen == event[side] and example.chosen_instruction == event["instruction"][side]
         assert example.chosen_instruction in {p.instruction for p in PROBES}
     record = store.probe_record(ann)
+    plain = record.pop(PLAIN)  # the plain samples' record mirrors the probes'
     assert sum(w for w, _ in record.values()) == 3 + 3 * 0.5 and sum(l for _, l in record.values()) == 1.5
+    assert plain == (1.5, 3 + 1.5)
 
 
 def test_probe_record_counts_each_profile_and_everyone(exploring, store):
@@ -135,12 +150,12 @@ def test_probe_record_counts_each_profile_and_everyone(exploring, store):
         choice = {"won": side, "lost": "b" if side == "a" else "a", "both_bad": "both_bad"}[verdict]
         exploring.choose(user, pair.id, choice)
         won.setdefault(user, []).append((probe, verdict == "won"))
-    mine = store.probe_record(ann)
-    assert mine == {won[ann][0][0]: (1.0, 0.0)}
+    assert store.probe_record(ann) == {won[ann][0][0]: (1.0, 0.0), PLAIN: (0.0, 1.0)}
     bobs = store.probe_record(bob)
+    assert bobs.pop(PLAIN) == (1.0, 1.0)  # chosen over the probe once; "both bad" once
     assert sum(w for w, _ in bobs.values()) == 0.0 and sum(l for _, l in bobs.values()) == 2.0
     everyone = store.probe_record()
-    assert sum(w + l for w, l in everyone.values()) == 3.0
+    assert sum(w + l for w, l in everyone.values()) == 6.0 and everyone[PLAIN] == (1.0, 2.0)
 
 
 def test_duels_store_both_arms_train_on_the_winners_instruction_and_keep_both_records(store, tiny_loaded,
@@ -152,7 +167,7 @@ def test_duels_store_both_arms_train_on_the_winners_instruction_and_keep_both_re
     seen, wins = set(), Counter()
     for i in range(12):
         pair = list(service.send(ann, None, f"Plan my day number {i}.", SETTINGS, compare=True))[-1].pair
-        arms = (pair.a.settings["probe"], pair.b.settings["probe"])
+        arms = tuple(side.settings.get("probe") or PLAIN for side in (pair.a, pair.b))
         assert arms[0] != arms[1] and set(arms) <= {*instructions, PLAIN}
         for side, arm in zip((pair.a, pair.b), arms):
             assert side.settings.get("probe_instruction") == instructions.get(arm)  # the plain sample has none
@@ -208,12 +223,13 @@ def test_the_command_line_sets_the_rate_and_refuses_a_bad_one():
         app.parse_args(["--explore-rate", "2"])
 
 
+@pytest.mark.parametrize("pairing", ["plain", "duel"])
 def test_the_candidate_labelled_with_the_probe_is_the_one_generated_with_it(store, tiny_loaded, app_config,
-                                                                          monkeypatch):
+                                                                          monkeypatch, pairing):
     """The row of the batch that `generate` receives for the labelled candidate is the hinted prompt, the other
-    row the plain one, whichever side explores."""
+    row the plain one, whichever side explores (one probe: a duel is always it against the plain sample)."""
     probe = Probe("story", "Tell me a long story about a fox.")
-    config = replace(app_config, explore=ExploreConfig(rate=1.0, probes=(probe,)))
+    config = replace(app_config, explore=ExploreConfig(rate=1.0, probes=(probe,), pairing=pairing))
     service = ChatService(store, tiny_loaded, config, rng=random.Random(3))
     turns = [{"role": "user", "content": "Hi"}]
     plain = build_prompt(tiny_loaded, "", turns, 8).input_ids
@@ -229,7 +245,7 @@ def test_the_candidate_labelled_with_the_probe_is_the_one_generated_with_it(stor
     monkeypatch.setattr(tiny_loaded.model, "generate", recording_generate)
     ann = service.create_profile("Ann")["id"]
     sides = set()
-    for i in range(4):
+    for i in range(8):
         pair = list(service.send(ann, None, "Hi", SETTINGS, compare=True))[-1].pair
         side = 0 if pair.a.settings.get("probe") else 1
         assert rows[i][side] == hinted and rows[i][1 - side] == plain

@@ -228,13 +228,13 @@ def test_probe_benchmark_takes_new_wordings_and_refuses_malformed_ones():
 def test_feedback_stats_count_each_explored_candidate_of_plain_pairs_and_duels():
     from bench.learning_curve import feedback_stats
 
-    shown = [("a", 2.0, 0.0, {"a": "list", "b": None}),  # a probe against an unmarked plain sample: chosen
-             ("tie", 1.0, 1.0, {"a": None, "b": "list"}),  # tied: half
+    shown = [("a", 2.0, 0.0, {"a": "list", "b": None}),  # a probe against the plain sample: chosen
+             ("tie", 1.0, 1.0, {"a": None, "b": "list"}),  # tied: half each
              ("b", 0.0, 1.0, {"a": "list", "b": "short"}),  # a duel of two probes: short chosen, list not
-             ("a", 1.0, 0.5, {"a": "plain", "b": "short"}),  # a duel with the plain sample: plain chosen
-             ("b", 0.0, 0.1, {"a": None, "b": None})]  # not explored
+             ("a", 1.0, 0.5, {"a": None, "b": "short"}),  # the plain sample chosen over a probe
+             ("b", 0.0, 0.1, {"a": None, "b": None})]  # not explored: no arm
     stats = feedback_stats(shown)
     assert stats["probes"] == {"list": {"asked": 3, "chosen": 1.5}, "short": {"asked": 2, "chosen": 1.0},
-                               "plain": {"asked": 1, "chosen": 1.0}}
+                               "plain": {"asked": 3, "chosen": 1.5}}
     assert stats["probed_share"] == 0.8 and stats["probed_chosen"] == 0.5  # 2.5 of the 5 probed candidates
     assert stats["pairs"] == 5 and stats["ties"] == 1 and stats["informative_share"] == 0.6
