@@ -22,8 +22,9 @@ PROBES = (Probe("list", "Answer as a list."), Probe("short", "Be short."), Probe
 
 
 def choose_probe(config: ExploreConfig, mine, everyone, rng: random.Random) -> Probe | None:
-    probe, plain = choose_arms(config, mine, everyone, rng)
-    assert plain is None  # "plain" pairing: the other candidate is always a plain sample
+    """The probe of "plain" pairing, whose other candidate is always a plain sample."""
+    probe, plain = choose_arms(replace(config, pairing="plain"), mine, everyone, rng)
+    assert plain is None
     return probe
 
 
@@ -105,7 +106,7 @@ def test_probe_goes_to_the_newest_user_message_only():
 
 @pytest.fixture
 def exploring(store, tiny_loaded, app_config) -> ChatService:
-    config = replace(app_config, explore=ExploreConfig(rate=1.0, probes=PROBES))
+    config = replace(app_config, explore=ExploreConfig(rate=1.0, probes=PROBES, pairing="plain"))
     return ChatService(store, tiny_loaded, config, rng=random.Random(0))
 
 
