@@ -114,7 +114,7 @@ def choose_arms(config: ExploreConfig, mine: Record, everyone: Record,
         return None, None
     if config.pairing == "plain":
         return _ranked(config, config.probes, mine, everyone, rng)[0], None
-    first, second = _ranked(config, (*config.probes, None), mine, everyone, rng)[:2]
+    first, second, *_ = _ranked(config, (*config.probes, None), mine, everyone, rng)
     return first, second
 
 
