@@ -29,14 +29,21 @@ log = logging.getLogger(__name__)
 _END = object()
 
 
+INCOMPLETE = "\ufffd"
+"""What a byte-level tokenizer decodes the bytes of an unfinished UTF-8 character to."""
+
+
 def visible_text(text: str, stop_strings: tuple[str, ...]) -> tuple[str, bool]:
-    """Cut `text` at the first stop string; otherwise hold back a tail that could start one.
+    """Cut `text` at the first stop string; otherwise hold back a tail that could start one, and a character
+    whose bytes have not all arrived (decoding a token that ends inside a multi-byte character, e.g. half of an
+    emoji, gives U+FFFD; the next token completes it, and a reply cut at its token budget drops it).
 
     Returns (text safe to show, whether a stop string was reached).
     """
     cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=-1)
     if cut >= 0:
-        return text[:cut], True
+        return text[:cut].rstrip(INCOMPLETE), True
+    text = text.rstrip(INCOMPLETE)
     hold = 0
     for stop in stop_strings:
         for n in range(min(len(stop) - 1, len(text)), 0, -1):

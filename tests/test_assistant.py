@@ -111,6 +111,18 @@ def test_visible_text_cuts_and_holds_back(text, expected):
     assert visible_text(text, ("\nUser:",)) == expected
 
 
+def test_a_character_cut_in_half_is_held_back_and_dropped_at_the_budget(tiny_loaded):
+    tokenizer = tiny_loaded.tokenizer
+    ids = tokenizer("Smile 😊", add_special_tokens=False)["input_ids"]
+    halves = [tokenizer.decode(ids[:n]) for n in range(1, len(ids) + 1)]
+    partial = [text for text in halves if text.endswith("\ufffd")]
+    assert partial, "the tiny tokenizer splits the emoji's bytes over several tokens"
+    for text in partial:
+        assert visible_text(text, ("\nUser:",)) == (text.rstrip("\ufffd"), False)
+    assert visible_text(halves[-1], ("\nUser:",)) == ("Smile 😊", False)
+    assert visible_text("Hi \ufffd\nUser: x", ("\nUser:",)) == ("Hi ", True)
+
+
 def test_streamed_greedy_reply_equals_plain_generate(tiny_loaded):
     settings = GenerationSettings(temperature=0, max_new_tokens=24, system_prompt="")
     prompt = build_prompt(tiny_loaded, "", [{"role": "user", "content": "Tell me a joke."}], 24)
