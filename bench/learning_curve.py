@@ -107,7 +107,8 @@ class CurveConfig:
     (`--set seed=1` for another draw)."""
     learning: LearningConfig = field(default_factory=LearningConfig)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
-    """Compare mode's style probes, as in the app (`--set explore.rate=0`: plain samples only)."""
+    """Compare mode's style probes, as in the app (`--set explore.rate=0`: plain samples only;
+    `--set explore.probes=list,direct`: only these probes, by name)."""
 
 
 def quick_config(model_dir: Path) -> CurveConfig:
@@ -617,6 +618,13 @@ def _replace_path(obj, path: list[str], raw: str):
         value = {"true": True, "false": False, "none": None}.get(raw.lower(), raw)
         if value == raw:
             value = float(raw) if "." in raw or "e" in raw.lower() else int(raw)
+    elif isinstance(current, tuple) and current and all(hasattr(v, "name") for v in current):
+        named = {v.name: v for v in current}  # e.g. explore.probes=list,direct: a subset of the probes, by name
+        items = [v.strip() for v in raw.split(",") if v.strip()]
+        unknown = [v for v in items if v not in named]
+        if unknown or not items:
+            raise ValueError(f"{name} takes names among {sorted(named)}, got {raw!r}")
+        value = tuple(named[v] for v in items)
     elif isinstance(current, tuple):
         items = [v.strip() for v in raw.split(",") if v.strip()]
         value = tuple(int(v) if v.lstrip("-").isdigit() else v for v in items)

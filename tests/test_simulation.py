@@ -212,6 +212,11 @@ def test_benchmark_settings_override_nested_frozen_configs_and_refuse_unknown_on
         with_overrides(CurveConfig(), ["held_out_prompts"])
     with pytest.raises(ValueError, match="no such users"):
         select_users(with_overrides(CurveConfig(), ["only=nobody"]))
+    probes = with_overrides(CurveConfig(), ["explore.probes=list,direct", "explore.pairing=plain"]).explore
+    assert [(p.name, p.instruction) for p in probes.probes] == [
+        (p.name, p.instruction) for p in CurveConfig().explore.probes if p.name in ("list", "direct")]
+    with pytest.raises(ValueError, match="names among"):
+        with_overrides(CurveConfig(), ["explore.probes=lists"])
 
 
 def test_probe_benchmark_takes_new_wordings_and_refuses_malformed_ones():
