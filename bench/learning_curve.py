@@ -9,7 +9,9 @@ mode) → the user chooses → feedback is stored and training is queued exactly
 run before the next prompt. At each feedback budget it measures on held-out prompts, judged by that user's reward:
 
 - win rate against the base model of the served blend, of global only and of personal only (greedy replies;
-  a tie counts half);
+  a tie counts half); and `served_win_rate`, the same with replies sampled as the app serves them by default
+  (T 0.7, 4 per prompt, each against each of the base model's samples; a seed of its own, so measuring it
+  leaves the run's draws alone);
 - preference accuracy on held-out pairs (two base samples per prompt, the user's better one as chosen): the
   share of pairs whose chosen reply the model finds more likely;
 - drift: perplexity of neutral text relative to the base model.
@@ -87,6 +89,10 @@ class CurveConfig:
     """Feedback events (A/B choices) after which each user's adapters are evaluated."""
     held_out_prompts: int = 24
     """Held-out prompts of the win rates (greedy replies, one batch per model)."""
+    served_samples: int = 4
+    """Also: replies per held-out prompt sampled as the app serves them by default (`served_temperature`), for
+    `served_win_rate`; 0 skips it."""
+    served_temperature: float = GenerationSettings().temperature
     eval_pairs: int = 16
     """Held-out prompts whose two base samples make the preference-accuracy pairs."""
     max_new_tokens: int = 32
@@ -162,9 +168,12 @@ class Harness:
             raise box["error"]
         return box["value"]
 
-    def generate(self, prompts: list[str], blend: Blend | None, temperature: float, n: int = 1) -> list[list[str]]:
+    def generate(self, prompts: list[str], blend: Blend | None, temperature: float, n: int = 1,
+                 seed: int | None = None) -> list[list[str]]:
         """Replies to many single-turn prompts in one left-padded `generate` call (n per prompt), with the
-        app's prompt building, stop strings and blending."""
+        app's prompt building, stop strings and blending. With `seed`, sampling draws from a generator of its own
+        seeded so, leaving the run's random state untouched (so measuring does not change what is learned), and
+        two models sampled with one seed share their random draws (common random numbers)."""
         settings = GenerationSettings(temperature=temperature, max_new_tokens=self.config.max_new_tokens)
         tokenizer = self.loaded.tokenizer
         fitted = [build_prompt(self.loaded, settings.system_prompt, [{"role": "user", "content": p}],
@@ -176,7 +185,10 @@ class Harness:
         kwargs.update(sampling_kwargs(temperature, settings.top_p))
 
         def run():
-            with torch.inference_mode(), (self.server.activate(blend) if blend else nullcontext()):
+            with torch.inference_mode(), (self.server.activate(blend) if blend else nullcontext()), \
+                    (torch.random.fork_rng(devices=[]) if seed is not None else nullcontext()):
+                if seed is not None:
+                    torch.manual_seed(seed)
                 return self.loaded.model.generate(**kwargs)
 
         out = self.on_main(run)[:, width:]
@@ -280,6 +292,7 @@ class Evaluation:
     def __init__(self, h: Harness, prompts: list[str], base: dict):
         self.h, self.prompts, self.base = h, prompts, base
         self._replies: dict[tuple, list[str]] = {}
+        self._served: dict[tuple, list[list[str]]] = {}
         self._perplexity: dict[tuple, float] = {}
 
     @staticmethod
@@ -295,6 +308,15 @@ class Evaluation:
             self._replies[key] = [r[0] for r in self.h.generate(self.prompts, blend, 0.0)]
         return self._replies[key]
 
+    def served(self, blend: Blend) -> list[list[str]]:
+        """`served_samples` replies per prompt at the app's default temperature, on the base model's seed."""
+        key = self.key(blend)
+        if key == (None, None):
+            return self.base["served"]
+        if key not in self._served:
+            self._served[key] = served_replies(self.h, self.prompts, blend)
+        return self._served[key]
+
     def perplexity_ratio(self, blend: Blend) -> float:
         key = self.key(blend)
         if key == (None, None):
@@ -304,15 +326,36 @@ class Evaluation:
         return self._perplexity[key]
 
 
+def served_replies(h: Harness, prompts: list[str], blend: Blend | None) -> list[list[str]]:
+    config = h.config
+    if not config.served_samples:
+        return []
+    return h.generate(prompts, blend, config.served_temperature, n=config.served_samples, seed=config.seed)
+
+
+def _wins(mine: list[float], theirs: list[float]) -> list[float]:
+    return [1.0 if r > b else 0.5 if r == b else 0.0 for r in mine for b in theirs]
+
+
+def served_win_rate(user, prompts: list[str], served: list[list[str]], base: list[list[str]]) -> float | None:
+    """Each sampled reply against each of the base model's samples for the same prompt (a tie counts half)."""
+    if not served:
+        return None
+    return round(statistics.mean(w for p, mine, theirs in zip(prompts, served, base) for w in _wins(
+        [user.reward(p, r) for r in mine], [user.reward(p, b) for b in theirs])), 3)
+
+
 def evaluate(ev: Evaluation, user, user_id: str, pairs: list[PairExample]) -> dict:
     h, prompts, base = ev.h, ev.prompts, ev.base["replies"]
-    out = {"win_rate": {}, "preference_accuracy": {}, "perplexity_ratio": {}, "mean_user_reward": {}}
+    out = {"win_rate": {}, "served_win_rate": {}, "preference_accuracy": {}, "perplexity_ratio": {},
+           "mean_user_reward": {}}
     base_rewards = [user.reward(p, b) for p, b in zip(prompts, base)]
     blends = h.blends(user_id)
     for name, blend in blends.items():
         rewards = [user.reward(p, r) for p, r in zip(prompts, ev.replies(blend))]
         out["win_rate"][name] = round(statistics.mean(
-            1.0 if r > b else 0.5 if r == b else 0.0 for r, b in zip(rewards, base_rewards)), 3)
+            w for r, b in zip(rewards, base_rewards) for w in _wins([r], [b])), 3)
+        out["served_win_rate"][name] = served_win_rate(user, prompts, ev.served(blend), ev.base["served"])
         active = blend if Evaluation.key(blend) != (None, None) else None
         out["preference_accuracy"][name] = round((h.margins(active, pairs) > 0).float().mean().item(), 3) \
             if pairs else None
@@ -333,6 +376,7 @@ def reference(config: CurveConfig, held: list[str], cache: Path, executor: Gener
         h = Harness(Path(tmp), config, cache, executor, worker=False)
         prompts = held[: config.held_out_prompts]
         return {"prompts": prompts, "replies": [r[0] for r in h.generate(prompts, None, 0.0)],
+                "served": served_replies(h, prompts, None),
                 "perplexity": h.neutral_perplexity(None), "pair_prompts": held[: config.eval_pairs],
                 "samples": _samples(h, held[: config.eval_pairs])}
 

@@ -112,10 +112,12 @@ def test_learning_curve_quick_mode_runs_the_product_loop(tmp_path):
     for user in data["users"].values():
         assert set(user["curve"]) == {"0", "4", "8"}
         for point in user["curve"].values():
-            for metric in ("win_rate", "preference_accuracy"):
+            for metric in ("win_rate", "served_win_rate", "preference_accuracy"):
                 assert set(point[metric]) == {"blend", "global", "personal"}
                 assert all(v is None or 0 <= v <= 1 for v in point[metric].values())
             assert all(v > 0 for v in point["perplexity_ratio"].values())
+        # Before any feedback every model is the base model: its samples against themselves win exactly half.
+        assert user["curve"]["0"]["served_win_rate"] == {"blend": 0.5, "global": 0.5, "personal": 0.5}
     # Training really happened (on the random tiny model many choices are ties, which teach nothing, so not
     # necessarily for every user).
     assert any(u["curve"]["8"]["published"]["personal"] for u in data["users"].values())
@@ -150,7 +152,8 @@ def test_learning_curve_repeats_exactly_with_one_seed_and_seeds_combine(tmp_path
     # Profile and feedback ids decide which pairs are held out and each update's replay sample; with random ids two
     # runs of one seed published different global versions (measured before ids were drawn from the seed).
     runs = {}
-    for name, extra in (("first", []), ("again", []), ("seed1", ["--set", "seed=1"])):
+    for name, extra in (("first", []), ("again", []), ("seed1", ["--set", "seed=1"]),
+                        ("greedy_only", ["--set", "served_samples=0"])):
         out = tmp_path / f"{name}.json"
         result = subprocess.run([sys.executable, "-m", "bench.learning_curve", "--quick", "--jobs", "2", "--output",
                                  str(out), *extra], cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -158,6 +161,13 @@ def test_learning_curve_repeats_exactly_with_one_seed_and_seeds_combine(tmp_path
         runs[name] = _curve_without_clock(out)
     assert runs["first"] == runs["again"]
     assert runs["first"]["users"] != runs["seed1"]["users"]
+    # Sampling the served replies draws from a generator of its own: measuring them changes nothing that is learned.
+    for name, user in runs["greedy_only"]["users"].items():
+        for budget, point in user["curve"].items():
+            measured = runs["first"]["users"][name]["curve"][budget]
+            assert point["served_win_rate"] == {"blend": None, "global": None, "personal": None}
+            for key in ("win_rate", "preference_accuracy", "perplexity_ratio", "published", "examples"):
+                assert point[key] == measured[key], (name, budget, key)
     # Two seeds combined: per user and budget the mean of the runs, the targets judged on the means.
     out = tmp_path / "seeds.json"
     result = subprocess.run([sys.executable, "-m", "bench.seeds", str(tmp_path / "first.json"),
