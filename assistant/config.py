@@ -45,6 +45,8 @@ class GenerationSettings:
     """Nucleus sampling mass, in (0, 1]."""
     max_new_tokens: int = 256
     """Upper bound on the tokens of one reply."""
+    repetition_penalty: float = 1.0
+    """Divides the logits of tokens the reply already contains (CTRL's penalty, the prompt excluded); 1 = off."""
 
     def __post_init__(self):
         if not isinstance(self.system_prompt, str) or len(self.system_prompt) > 4_000:
@@ -55,6 +57,8 @@ class GenerationSettings:
             raise InvalidInput(f"Top-p must be above 0 and at most 1 (got {self.top_p}).")
         if int(self.max_new_tokens) != self.max_new_tokens or not 1 <= int(self.max_new_tokens) <= 1024:
             raise InvalidInput(f"Max new tokens must be a whole number from 1 to 1024 (got {self.max_new_tokens}).")
+        if not 1.0 <= float(self.repetition_penalty) <= 2.0:
+            raise InvalidInput(f"Repetition penalty must be between 1 (off) and 2 (got {self.repetition_penalty}).")
 
     @property
     def greedy(self) -> bool:
@@ -66,6 +70,7 @@ class GenerationSettings:
             "temperature": float(self.temperature),
             "top_p": float(self.top_p),
             "max_new_tokens": int(self.max_new_tokens),
+            "repetition_penalty": float(self.repetition_penalty),
         }
 
 

@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from assistant.config import GenerationSettings
@@ -62,11 +62,19 @@ def left_padded(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor,
     return input_ids, mask
 
 
-def sampling_kwargs(temperature: float, top_p: float) -> dict:
-    """`generate` arguments for nucleus sampling at `temperature`, or greedy decoding at 0."""
+def sampling_kwargs(temperature: float, top_p: float, repetition_penalty: float = 1.0, prompt_width: int = 0) -> dict:
+    """`generate` arguments for nucleus sampling at `temperature`, or greedy decoding at 0; with a
+    `repetition_penalty` above 1 on the tokens of the reply only (the first `prompt_width` tokens, the left-padded
+    prompt, are not penalised: a reply should use the words of the question)."""
     if temperature > 0:
-        return dict(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
-    return dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kwargs = dict(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
+    else:
+        kwargs = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if repetition_penalty != 1.0:
+        # Passed both ways so the custom processor takes the built-in one's place, before temperature and top-p.
+        kwargs.update(repetition_penalty=float(repetition_penalty), logits_processor=LogitsProcessorList(
+            [RepetitionPenaltyLogitsProcessor(float(repetition_penalty), prompt_ignore_length=int(prompt_width))]))
+    return kwargs
 
 
 class _QueueStreamer(BaseStreamer):
@@ -141,7 +149,8 @@ class ReplyStream:
             streamer=_QueueStreamer(sink),
             stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
         )
-        kwargs.update(sampling_kwargs(temperature, self.settings.top_p))
+        kwargs.update(sampling_kwargs(temperature, self.settings.top_p, self.settings.repetition_penalty,
+                                      input_ids.shape[1]))
         if self.prompt.stop_strings:
             kwargs.update(stop_strings=list(self.prompt.stop_strings), tokenizer=tokenizer)
         return kwargs

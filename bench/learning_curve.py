@@ -99,6 +99,8 @@ class CurveConfig:
     """Reply length, in training and evaluation alike."""
     sample_temperature: float = 0.9
     """Temperature of the A/B candidates shown to the simulated user."""
+    repetition_penalty: float = GenerationSettings().repetition_penalty
+    """Of every reply the run generates (candidates and evaluation alike), as the app's setting."""
     users: str = "bench.users:population"
     max_users: int | None = 8
     only: tuple[str, ...] = ()
@@ -174,7 +176,8 @@ class Harness:
         app's prompt building, stop strings and blending. With `seed`, sampling draws from a generator of its own
         seeded so, leaving the run's random state untouched (so measuring does not change what is learned), and
         two models sampled with one seed share their random draws (common random numbers)."""
-        settings = GenerationSettings(temperature=temperature, max_new_tokens=self.config.max_new_tokens)
+        settings = GenerationSettings(temperature=temperature, max_new_tokens=self.config.max_new_tokens,
+                                      repetition_penalty=self.config.repetition_penalty)
         tokenizer = self.loaded.tokenizer
         fitted = [build_prompt(self.loaded, settings.system_prompt, [{"role": "user", "content": p}],
                                settings.max_new_tokens) for p in prompts]
@@ -182,7 +185,7 @@ class Harness:
         width = input_ids.shape[1]
         kwargs = dict(input_ids=input_ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
                       num_return_sequences=n, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        kwargs.update(sampling_kwargs(temperature, settings.top_p))
+        kwargs.update(sampling_kwargs(temperature, settings.top_p, settings.repetition_penalty, width))
 
         def run():
             with torch.inference_mode(), (self.server.activate(blend) if blend else nullcontext()), \
@@ -200,7 +203,8 @@ class Harness:
         """One turn of the product loop: compare mode, the user's choice, training as the app queues it."""
         conversation = self.service.new_conversation(user_id)["id"]
         settings = GenerationSettings(temperature=self.config.sample_temperature,
-                                      max_new_tokens=self.config.max_new_tokens)
+                                      max_new_tokens=self.config.max_new_tokens,
+                                      repetition_penalty=self.config.repetition_penalty)
         final = list(self.service.send(user_id, conversation, prompt, settings, compare=True))[-1]
         next_prompt, _, _, _, info = env.step((final.pair.a.content, final.pair.b.content))
         self.service.choose(user_id, final.pair.id, info["choice"])

@@ -139,6 +139,43 @@ def test_streamed_greedy_reply_equals_plain_generate(tiny_loaded):
     assert stream.stats()["interrupted"] is False and stream.seconds_to_first_token > 0
 
 
+def _greedy_with_penalty(loaded, input_ids: list[int], steps: int, penalty: float, from_position: int) -> list[int]:
+    """Greedy decoding by hand, dividing (multiplying, if negative) the logit of every token already at or after
+    `from_position`: CTRL's repetition penalty."""
+    ids = list(input_ids)
+    with torch.inference_mode():
+        for _ in range(steps):
+            logits = loaded.model(torch.tensor([ids])).logits[0, -1].clone()
+            seen = torch.tensor(sorted(set(ids[from_position:])), dtype=torch.long)
+            if len(seen):
+                picked = logits[seen]
+                logits[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
+            token = int(logits.argmax())
+            if token == loaded.tokenizer.eos_token_id:
+                break
+            ids.append(token)
+    return ids[len(input_ids):]
+
+
+def test_repetition_penalty_applies_to_the_reply_only(tiny_loaded):
+    prompt = build_prompt(tiny_loaded, "", [{"role": "user", "content": "Tell me a joke about a joke."}], 24)
+    texts = {}
+    for penalty in (1.0, 1.8):
+        stream = ReplyStream(tiny_loaded, prompt, GenerationSettings(temperature=0, max_new_tokens=24, system_prompt="",
+                                                                     repetition_penalty=penalty))
+        list(stream)
+        texts[penalty] = stream.texts[0]
+    decode = lambda ids: visible_text(tiny_loaded.tokenizer.decode(ids, skip_special_tokens=True),  # noqa: E731
+                                      prompt.stop_strings)[0].strip()
+    width = len(prompt.input_ids)
+    assert texts[1.8] == decode(_greedy_with_penalty(tiny_loaded, prompt.input_ids, 24, 1.8, width))
+    # The test can tell: the penalty changes the reply, and penalising the prompt's tokens too would give another.
+    assert texts[1.8] != texts[1.0]
+    assert texts[1.8] != decode(_greedy_with_penalty(tiny_loaded, prompt.input_ids, 24, 1.8, 0))
+    with pytest.raises(InvalidInput, match="Repetition penalty"):
+        GenerationSettings(repetition_penalty=0.9)
+
+
 def test_two_candidates_come_from_one_batched_call(tiny_loaded, monkeypatch):
     calls = []
     original = tiny_loaded.model.generate
