@@ -6,6 +6,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,48 @@ def test_learning_curve_quick_mode_runs_the_product_loop(tmp_path):
     lines = table.stdout.splitlines()
     assert table.returncode == 0 and lines[0].startswith("| user | blend @0 | blend @4 | blend @8 |")
     assert len(lines) == 2 + len(data["users"]) + 1 and lines[-1].startswith("| **mean** |")
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_killed_benchmark_leaves_no_pool_process_running(tmp_path):
+    run = subprocess.Popen([sys.executable, "-m", "bench.learning_curve", "--quick", "--jobs", "2", "--output",
+                            str(tmp_path / "curve.json")], cwd=REPO, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while len(workers) < 2 and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.2)
+            workers = [pid for pid in _children(run.pid)
+                       if b"spawn_main" in (Path("/proc") / str(pid) / "cmdline").read_bytes()]
+        assert len(workers) == 2, "the pool never started"
+        run.kill()  # SIGKILL: no handler of the parent runs
+        run.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in workers)
+    finally:
+        run.kill()
 
 
 def _curve_without_clock(path: Path) -> dict:
