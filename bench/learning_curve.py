@@ -95,6 +95,7 @@ class CurveConfig:
     """Also: replies per held-out prompt sampled as the app serves them by default (`served_temperature`), for
     `served_win_rate`; 0 skips it."""
     served_temperature: float = GenerationSettings().temperature
+    """The app's default temperature: what a person is served unless they change the settings."""
     eval_pairs: int = 16
     """Held-out prompts whose two base samples make the preference-accuracy pairs."""
     max_new_tokens: int = 32
