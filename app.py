@@ -157,6 +157,7 @@ class UI:
     temperature: gr.Slider
     top_p: gr.Slider
     max_new_tokens: gr.Slider
+    repetition_penalty: gr.Slider
     learning_status: gr.Markdown
     alpha_auto: gr.Checkbox
     alpha: gr.Slider
@@ -220,6 +221,8 @@ def _layout(service: ChatService, config: AppConfig) -> UI:
                 temperature = gr.Slider(0, 2, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)")
                 top_p = gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top-p")
                 max_new_tokens = gr.Slider(1, 1024, value=defaults.max_new_tokens, step=1, label="Max new tokens")
+                repetition_penalty = gr.Slider(1, 2, value=defaults.repetition_penalty, step=0.05,
+                                               label="Repetition penalty (1 = off; the reply's own tokens only)")
             with gr.Accordion("Learning", open=False, elem_id="learning"):
                 learning_status = gr.Markdown("Pick a profile to see what Attune has learned from it.",
                                               elem_id="learning-status")
@@ -242,13 +245,13 @@ def _layout(service: ChatService, config: AppConfig) -> UI:
                    reset_adapter=reset_adapter)
     return UI(remembered, profile, profile_name, confirm_row, confirm_text, conversation, chatbot, message, status,
               compare, compare_row, candidate_a, candidate_b, choice_row, comment_row, comment, gr.State(None),
-              system_prompt, temperature, top_p, max_new_tokens, learning_status, alpha_auto, alpha, accuracy_plot,
+              system_prompt, temperature, top_p, max_new_tokens, repetition_penalty, learning_status, alpha_auto, alpha, accuracy_plot,
               timer, buttons)
 
 
 def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 (one place for all wiring)
     b = ui.buttons
-    settings_inputs = [ui.system_prompt, ui.temperature, ui.top_p, ui.max_new_tokens]
+    settings_inputs = [ui.system_prompt, ui.temperature, ui.top_p, ui.max_new_tokens, ui.repetition_penalty]
     view_outputs = [ui.profile, ui.conversation, ui.chatbot, ui.compare_row, ui.candidate_a, ui.candidate_b,
                     ui.choice_row, ui.comment_row, ui.status]
 
@@ -282,9 +285,11 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
             ui.status: status,
         }
 
-    def settings_from(system_prompt, temperature, top_p, max_new_tokens) -> GenerationSettings:
+    def settings_from(system_prompt, temperature, top_p, max_new_tokens,
+                      repetition_penalty=GenerationSettings.repetition_penalty) -> GenerationSettings:
         return GenerationSettings(system_prompt=system_prompt or "", temperature=float(temperature),
-                                  top_p=float(top_p), max_new_tokens=int(max_new_tokens))
+                                  top_p=float(top_p), max_new_tokens=int(max_new_tokens),
+                                  repetition_penalty=float(repetition_penalty))
 
     @ui_errors
     def on_load(remembered: dict | None):
@@ -378,17 +383,19 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
             yield out
 
     @ui_errors
-    def on_send(user_id, conversation_id, text, compare, system_prompt, temperature, top_p, max_new_tokens):
+    def on_send(user_id, conversation_id, text, compare, system_prompt, temperature, top_p, max_new_tokens,
+                repetition_penalty=GenerationSettings.repetition_penalty):
         require_profile(user_id)
-        settings = settings_from(system_prompt, temperature, top_p, max_new_tokens)
+        settings = settings_from(system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
         updates = service.send(user_id, conversation_id or None, text, settings, compare=bool(compare))
         yield from stream_view(user_id, updates, bool(compare), retrying=False)
 
     @ui_errors
-    def on_retry(user_id, conversation_id, compare, system_prompt, temperature, top_p, max_new_tokens):
+    def on_retry(user_id, conversation_id, compare, system_prompt, temperature, top_p, max_new_tokens,
+                 repetition_penalty=GenerationSettings.repetition_penalty):
         if not user_id or not conversation_id:
             raise gr.Error("Open a conversation with a message first.", print_exception=False)
-        settings = settings_from(system_prompt, temperature, top_p, max_new_tokens)
+        settings = settings_from(system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
         updates = service.retry(user_id, conversation_id, settings, compare=bool(compare))
         yield from stream_view(user_id, updates, bool(compare), retrying=True)
 

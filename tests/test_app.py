@@ -123,9 +123,16 @@ def test_bad_chat_input_is_refused_and_nothing_is_lost(client, data_home):
     with pytest.raises(AppError, match=r"\+1"):
         client.predict(ann, ann_reply, 7, "", api_name="/vote")
     assert store.counts()["feedback"] == 0
+    before = store.counts()
+    with pytest.raises(AppError, match="less than minimum value 1"):  # the slider's own range check
+        client.submit(ann, conv, "Repeat?", False, *SETTINGS.values(), 0.5, api_name="/send").result()
+    assert store.counts() == before
+    client.submit(ann, conv, "Repeat?", False, *SETTINGS.values(), 1.3, api_name="/send").result()
+    stored = store.get_message(ann, client.predict(ann, conv, api_name="/messages")[-1]["id"])
+    assert stored.role == "assistant" and stored.settings["repetition_penalty"] == 1.3
     emoji = "Emoji 🎉 and accents: crème brûlée"
     final, _ = send(client, ann, conv, emoji)
-    assert client.predict(ann, conv, api_name="/messages")[2]["content"] == emoji
+    assert client.predict(ann, conv, api_name="/messages")[4]["content"] == emoji
 
 
 def test_retry_rename_and_delete_with_confirmation(client, data_home):
