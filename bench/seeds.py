@@ -31,6 +31,7 @@ from bench.learning_curve import RESULTS, mean_panel, save_figure
 
 log = logging.getLogger("bench.seeds")
 MODELS = ("blend", "global", "personal")
+METRICS = ("win_rate", "served_win_rate")
 
 
 def _stats(values: list[float]) -> dict:
@@ -94,10 +95,14 @@ def combine(runs: list[dict], names: list[str]) -> dict:
     return result
 
 
-def compare(runs: list[dict], baselines: list[dict], names: list[str], baseline_names: list[str]) -> dict:
+def compare(runs: list[dict], baselines: list[dict], names: list[str], baseline_names: list[str],
+            metric: str = "win_rate") -> dict:
     """A change against the baseline, run by run with the same seed (the same prompts, the same first draws), over
     the budgets and users both have: per user and budget the blend's win-rate difference; per budget its mean over
-    users and seeds, the mean of each seed, and how many (user, seed) went up or down."""
+    users and seeds, the mean of each seed, and how many (user, seed) went up or down. `metric`: "win_rate"
+    (greedy replies) or "served_win_rate" (sampled as served; runs measured before it existed have none)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     by_seed = {run["config"].get("seed"): (run, name) for run, name in zip(baselines, baseline_names)}
     pairs = []
     for run, name in zip(runs, names):
@@ -115,7 +120,13 @@ def compare(runs: list[dict], baselines: list[dict], names: list[str], baseline_
     def point(run, user, budget):
         return run["users"][user]["curve"][budget]
 
-    diffs = {u: {b: [round(point(r, u, b)["win_rate"]["blend"] - point(base, u, b)["win_rate"]["blend"], 3)
+    def blend(run, user, budget) -> float:
+        value = point(run, user, budget).get(metric, {}).get("blend")
+        if value is None:
+            raise ValueError(f"a run has no {metric} for {user} at {budget} (measured before it existed, or off)")
+        return value
+
+    diffs = {u: {b: [round(blend(r, u, b) - blend(base, u, b), 3)
                      for _, r, base, _ in pairs] for b in budgets} for u in users}
     per_budget = {}
     for b in budgets:
@@ -124,16 +135,15 @@ def compare(runs: list[dict], baselines: list[dict], names: list[str], baseline_
         per_budget[b] = {
             "blend_diff_mean": round(statistics.mean(flat), 3), "blend_diff_per_seed": seed_means,
             "up": sum(d > 0 for d in flat), "down": sum(d < 0 for d in flat), "same": sum(d == 0 for d in flat),
-            "mean_blend": round(statistics.mean(point(r, u, b)["win_rate"]["blend"] for _, r, _, _ in pairs
-                                                for u in users), 3),
-            "mean_blend_baseline": round(statistics.mean(point(base, u, b)["win_rate"]["blend"]
-                                                         for _, _, base, _ in pairs for u in users), 3),
+            "mean_blend": round(statistics.mean(blend(r, u, b) for _, r, _, _ in pairs for u in users), 3),
+            "mean_blend_baseline": round(statistics.mean(blend(base, u, b) for _, _, base, _ in pairs
+                                                         for u in users), 3),
             "worst_perplexity_ratio": max(point(r, u, b)["perplexity_ratio"]["blend"] for _, r, _, _ in pairs
                                           for u in users),
             "worst_perplexity_ratio_baseline": max(point(base, u, b)["perplexity_ratio"]["blend"]
                                                    for _, _, base, _ in pairs for u in users),
         }
-    return {"benchmark": "learning_curve_comparison", "date": time.strftime("%Y-%m-%d"),
+    return {"benchmark": "learning_curve_comparison", "metric": metric, "date": time.strftime("%Y-%m-%d"),
             "machine": runs[0]["machine"], "model": runs[0]["model"],
             "pairs": [{"seed": seed, "run": name, "baseline": base_name, "run_seconds": r["seconds"]}
                       for (seed, r, _, base_name), name in zip(pairs, names)],
@@ -144,7 +154,8 @@ def comparison_table(result: dict) -> str:
     """Per user the blend's win-rate difference (change − baseline) at each budget, mean over seeds; then the mean
     over users and seeds, each seed's mean, the (user, seed) count up/down and the worst perplexity ratio."""
     budgets = [str(b) for b in result["budgets"]]
-    rows = [["user"] + [f"Δ blend @{b}" for b in budgets], ["---"] * (len(budgets) + 1)]
+    label = "Δ blend" if result.get("metric", "win_rate") == "win_rate" else "Δ served blend"
+    rows = [["user"] + [f"{label} @{b}" for b in budgets], ["---"] * (len(budgets) + 1)]
     for user, curve in result["blend_diff"].items():
         rows.append([f"`{user}`"] + [f"{statistics.mean(curve[b]):+.2f}" for b in budgets])
     per = result["per_budget"]
@@ -222,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None,
                         help="default: bench/results/learning_curve_seeds.json (learning_curve_comparison.json "
                              "with --against)")
+    parser.add_argument("--metric", choices=METRICS, default="win_rate",
+                        help="with --against: greedy win rates (default) or those of replies sampled as served")
     parser.add_argument("--table", type=Path, default=None, metavar="SEEDS_JSON",
                         help="print the README table of an earlier combination and exit")
     args = parser.parse_args(argv)
@@ -236,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = compare([json.loads(p.read_text()) for p in args.runs],
                              [json.loads(p.read_text()) for p in args.against],
-                             [p.name for p in args.runs], [p.name for p in args.against])
+                             [p.name for p in args.runs], [p.name for p in args.against], args.metric)
         except (OSError, ValueError, KeyError) as exc:
             parser.error(f"cannot compare these runs: {exc}")
         _write(result, output)

@@ -239,6 +239,18 @@ def test_learning_curve_repeats_exactly_with_one_seed_and_seeds_combine(tmp_path
     paired = json.loads(versus.read_text())
     assert [(p["seed"], p["baseline"]) for p in paired["pairs"]] == [(0, "first.json")]
     assert all(v["blend_diff_mean"] == 0 and v["up"] == v["down"] == 0 for v in paired["per_budget"].values())
+    # The same on the served (sampled) win rates; a run that did not measure them is refused, not read as zeros.
+    served = subprocess.run([sys.executable, "-m", "bench.seeds", str(tmp_path / "again.json"), "--against",
+                             str(tmp_path / "first.json"), "--metric", "served_win_rate", "--output",
+                             str(tmp_path / "served.json")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert served.returncode == 0, served.stderr[-3000:]
+    paired = json.loads((tmp_path / "served.json").read_text())
+    assert paired["metric"] == "served_win_rate"
+    assert all(v["blend_diff_mean"] == 0 and v["up"] == v["down"] == 0 for v in paired["per_budget"].values())
+    missing = subprocess.run([sys.executable, "-m", "bench.seeds", str(tmp_path / "greedy_only.json"), "--against",
+                              str(tmp_path / "first.json"), "--metric", "served_win_rate", "--output",
+                              str(tmp_path / "missing.json")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "has no served_win_rate" in missing.stderr
     unpaired = subprocess.run([sys.executable, "-m", "bench.seeds", str(tmp_path / "seed1.json"), "--against",
                                str(tmp_path / "first.json"), "--output", str(tmp_path / "none.json")], cwd=REPO,
                               capture_output=True, text=True, timeout=60)
