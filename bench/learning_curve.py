@@ -72,8 +72,9 @@ log = logging.getLogger("bench.learning_curve")
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
 EXAMPLES = 3
-ORPHAN_CHECK_SECONDS = 1.0
 """Held-out prompts whose base and served replies are kept in the results, at every budget."""
+ORPHAN_CHECK_SECONDS = 1.0
+"""How often a pool process checks that the benchmark's process is still there."""
 NEUTRAL_TEXT = [
     "The library opens at nine in the morning and closes at six in the evening on weekdays.",
     "Water boils at one hundred degrees Celsius at sea level, and at a lower temperature on high mountains.",
@@ -176,9 +177,9 @@ class Harness:
     def generate(self, prompts: list[str], blend: Blend | None, temperature: float, n: int = 1,
                  seed: int | None = None) -> list[list[str]]:
         """Replies to many single-turn prompts in one left-padded `generate` call (n per prompt), with the
-        app's prompt building, stop strings and blending. With `seed`, sampling draws from a generator of its own
-        seeded so, leaving the run's random state untouched (so measuring does not change what is learned), and
-        two models sampled with one seed share their random draws (common random numbers)."""
+        app's prompt building, stop strings and blending. With `seed`, sampling starts from that seed and the run's
+        random state is restored afterwards (so measuring does not change what is learned), and two models sampled
+        with one seed share their random draws (common random numbers)."""
         settings = GenerationSettings(temperature=temperature, max_new_tokens=self.config.max_new_tokens,
                                       repetition_penalty=self.config.repetition_penalty)
         tokenizer = self.loaded.tokenizer
