@@ -26,6 +26,16 @@ from assistant.prompts import Prompt
 
 log = logging.getLogger(__name__)
 
+
+class _ExpectedOverride(logging.Filter):
+    """`sampling_kwargs` replaces transformers' repetition penalty by its own on purpose (see there): not a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "RepetitionPenaltyLogitsProcessor" not in record.getMessage()
+
+
+logging.getLogger("transformers.generation.utils").addFilter(_ExpectedOverride())
+
 _END = object()
 
 

@@ -308,3 +308,30 @@ def test_feedback_stats_count_each_explored_candidate_of_plain_pairs_and_duels()
                                "plain": {"asked": 3, "chosen": 1.5}}
     assert stats["probed_share"] == 0.8 and stats["probed_chosen"] == 0.5  # 2.5 of the 5 probed candidates
     assert stats["pairs"] == 5 and stats["ties"] == 1 and stats["informative_share"] == 0.6
+
+
+def test_decoding_benchmark_measures_a_setting_on_the_base_model(tmp_path, tiny_model_dir):
+    out = tmp_path / "decoding.json"
+    common = ["--set", f"model={tiny_model_dir}", "--set", "held_out_prompts=4", "--set", "max_new_tokens=12"]
+    result = subprocess.run([sys.executable, "-m", "bench.decoding", "--change", "repetition_penalty=2.0", *common,
+                             "--model-cache", str(tmp_path / "cache"), "--output", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "RepetitionPenaltyLogitsProcessor" not in result.stderr  # the deliberate override is not a warning
+    data = json.loads(out.read_text())
+    assert data["change"] == ["repetition_penalty=2.0"] and data["prompts"] == 4
+    names = {u.name for u in population()}
+    for kind in ("greedy", "served"):
+        wins = data[kind]["win_rate_vs_unchanged"]
+        assert set(wins) == names and all(0 <= w <= 1 for w in wins.values())
+        assert set(data[kind]["shared_taste"]) == {"changed", "unchanged"}
+    # A change that changes nothing wins exactly half against itself.
+    same = subprocess.run([sys.executable, "-m", "bench.decoding", "--change", "repetition_penalty=1.0", *common,
+                           "--model-cache", str(tmp_path / "cache"), "--output", str(tmp_path / "same.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert same.returncode == 0, same.stderr[-3000:]
+    unchanged = json.loads((tmp_path / "same.json").read_text())
+    assert all(w == 0.5 for kind in ("greedy", "served") for w in unchanged[kind]["win_rate_vs_unchanged"].values())
+    refused = subprocess.run([sys.executable, "-m", "bench.decoding", *common], cwd=REPO, capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode == 2 and "--change" in refused.stderr
