@@ -635,11 +635,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.queue(default_concurrency_limit=4)
     demo.launch(server_name=config.host, server_port=config.port, show_error=False, prevent_thread_lock=True)
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    # Ctrl-C and SIGTERM both stop the loop between jobs. As a handler of our own, SIGINT also works when the app was
+    # started with it ignored (a background job of a script inherits that), and it is never swallowed as the failure
+    # of a reply being generated on the main thread.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
     try:
         executor.serve_forever(should_stop=stopping.is_set)  # the main thread generates: see assistant/executor.py
-    except KeyboardInterrupt:
-        pass
     finally:
         log.info("Stopping.")
         demo.close()
