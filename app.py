@@ -245,8 +245,8 @@ def _layout(service: ChatService, config: AppConfig) -> UI:
                    reset_adapter=reset_adapter)
     return UI(remembered, profile, profile_name, confirm_row, confirm_text, conversation, chatbot, message, status,
               compare, compare_row, candidate_a, candidate_b, choice_row, comment_row, comment, gr.State(None),
-              system_prompt, temperature, top_p, max_new_tokens, repetition_penalty, learning_status, alpha_auto, alpha, accuracy_plot,
-              timer, buttons)
+              system_prompt, temperature, top_p, max_new_tokens, repetition_penalty, learning_status, alpha_auto, alpha,
+              accuracy_plot, timer, buttons)
 
 
 def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 (one place for all wiring)

@@ -1,6 +1,7 @@
 """Does a decoding setting alone make the base model's replies better for the simulated users?
 
-    python -m bench.decoding --change repetition_penalty=1.2 [--set KEY=VALUE ...] [--output bench/results/decoding.json]
+    python -m bench.decoding --change repetition_penalty=1.2 [--set KEY=VALUE ...]
+                             [--output bench/results/decoding.json]
 
 The learning-curve benchmark compares the served model with the base model decoded the same way, so a decoding
 setting such as the repetition penalty changes both sides. This measures the setting on the base model alone,
@@ -25,7 +26,8 @@ from pathlib import Path
 import torch
 
 from bench.env import load_prompts, split_prompts
-from bench.learning_curve import REPO, RESULTS, CurveConfig, Harness, served_win_rate, with_overrides
+from bench.learning_curve import (REPO, RESULTS, CurveConfig, Harness, served_replies, served_win_rate,
+                                  with_overrides)
 from bench.model_speed import machine
 from bench.users import population, shared_reward
 
@@ -36,9 +38,7 @@ def replies(config: CurveConfig, prompts: list[str], cache: Path) -> dict[str, l
     """Greedy and served (sampled) replies of the base model decoded as `config` says."""
     with tempfile.TemporaryDirectory(prefix="attune-decoding-") as tmp:
         h = Harness(Path(tmp), config, cache, executor=None, worker=False)
-        return {"greedy": h.generate(prompts, None, 0.0),
-                "served": h.generate(prompts, None, config.served_temperature, n=config.served_samples,
-                                     seed=config.seed)}
+        return {"greedy": h.generate(prompts, None, 0.0), "served": served_replies(h, prompts, None)}
 
 
 def compare(changed: dict, base: dict, prompts: list[str]) -> dict:
