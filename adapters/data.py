@@ -107,8 +107,6 @@ def encode(loaded: LoadedModel, prompt: list[dict], completion: str, max_length:
     """Token ids of prompt + completion (+ end-of-sequence if the completion `ended` by itself), and the prompt's
     length. The prompt is fitted as for serving (oldest turns left out first) into `max_prompt` tokens, and
     everything into `max_length`."""
-    system = prompt[0]["content"] if prompt and prompt[0]["role"] == "system" else ""
-    turns = [m for m in prompt if m["role"] != "system"]
     tokenizer = loaded.tokenizer
     spacer = "" if loaded.has_chat_template else " "  # plain transcripts put a space after "Assistant:"
     completion_ids = tokenizer(spacer + completion.strip(), add_special_tokens=False)["input_ids"]
@@ -116,9 +114,18 @@ def encode(loaded: LoadedModel, prompt: list[dict], completion: str, max_length:
     # An empty reply keeps its end-of-sequence even if it was cut: a completion needs at least one token.
     whole = len(kept) == len(completion_ids)
     completion_ids = kept + [tokenizer.eos_token_id] if (ended and whole) or not kept else kept
-    window = min(loaded.context_window, max_length, (max_prompt or max_length) + len(completion_ids))
-    fitted = build_prompt(_Windowed(loaded, window), system, turns, max_new_tokens=len(completion_ids))
-    return fitted.input_ids + completion_ids, len(fitted.input_ids)
+    fitted = fit_prompt(loaded, prompt, max_length, max_prompt, len(completion_ids))
+    return fitted + completion_ids, len(fitted)
+
+
+def fit_prompt(loaded: LoadedModel, prompt: list[dict], max_length: int, max_prompt: int | None,
+               reply_tokens: int) -> list[int]:
+    """Token ids of `prompt` fitted as for serving (oldest turns left out first) into `max_prompt` tokens, leaving
+    room for `reply_tokens` within `max_length`."""
+    system = prompt[0]["content"] if prompt and prompt[0]["role"] == "system" else ""
+    turns = [m for m in prompt if m["role"] != "system"]
+    window = min(loaded.context_window, max_length, (max_prompt or max_length) + reply_tokens)
+    return build_prompt(_Windowed(loaded, window), system, turns, max_new_tokens=reply_tokens).input_ids
 
 
 class _Windowed:

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,10 +24,11 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
-from adapters.data import Batch, Examples, PairExample, UnpairedExample, collate, encode
+from adapters.data import Batch, Examples, PairExample, UnpairedExample, collate, encode, fit_prompt
 from adapters.losses import (Teacher, distill_kl, dpo_loss, kto_loss, kto_reference_point, pair_metrics,
                              rest_log_mass)
 from assistant.explore import instructed
+from assistant.generation import left_padded, sampling_kwargs
 from assistant.model import LoadedModel
 from storage.errors import InvalidInput
 
@@ -97,6 +99,20 @@ class TrainConfig:
     """Reference tokens kept per position for "distill"; the rest of the vocabulary is one more outcome, "any other
     token", so the policy is asked to match the tail's total mass, not to squeeze it into the k (keeping a 49k
     vocabulary per token would cost ~0.2 MB)."""
+    on_policy_weight: float = 0.0
+    """Weight of on-policy context distillation (0: off). The "distill" term teaches on the chosen reply's own
+    tokens: prefixes sampled under the instruction, which the policy asked plainly may never write itself. With this
+    term, at the start of an update the policy (the warm-started adapter) samples its own replies to the plain
+    prompts of up to `on_policy_pairs` pairs whose chosen reply followed an exploration instruction, and every step
+    also asks, per token of those replies, for the reference's next-token distribution given the instructed prompt
+    (KL(teacher ‖ policy), top-k as "distill"): the policy is taught where its own replies go (generalised knowledge
+    distillation, Agarwal et al. 2024, "On-policy distillation of language models")."""
+    on_policy_pairs: int = 8
+    """At most this many pairs (new ones come first in an update's examples) get an on-policy reply per update."""
+    on_policy_tokens: int = 32
+    """Length of the policy's on-policy replies, in tokens."""
+    on_policy_temperature: float = 0.7
+    """Sampling temperature of the on-policy replies (0: greedy); the app serves at 0.7 by default."""
     decay: bool = True
     """Step size of the adapter's k-th warm-started update = learning_rate / k ** `decay_power`. Every update starts
     a fresh AdamW, whose first steps move each weight by about the learning rate whatever the gradient's size, so
@@ -147,6 +163,10 @@ class TrainConfig:
             raise ValueError("chosen_term must be 'nll' or 'distill', and distill_top_k ≥ 1")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError("label_smoothing must be in [0, 0.5)")
+        if self.on_policy_weight < 0 or self.on_policy_pairs < 1 or self.on_policy_tokens < 1 \
+                or self.on_policy_temperature < 0:
+            raise ValueError("on_policy_weight and on_policy_temperature must be ≥ 0, on_policy_pairs and "
+                             "on_policy_tokens ≥ 1")
 
     def steps_for(self, examples: Examples, new: int | None = None) -> int:
         """Optimizer steps for an update: `epochs` passes over its `new` examples (default: all of them), so
@@ -168,7 +188,8 @@ class TrainConfig:
 def objective(config: TrainConfig) -> str:
     """The loss an update trained with, as its manifest names it: "dpo+kto", then "+distill" or "+nll" when the
     chosen-reply term is on."""
-    return "dpo+kto" + (f"+{config.chosen_term}" if config.rpo_alpha > 0 else "")
+    return ("dpo+kto" + (f"+{config.chosen_term}" if config.rpo_alpha > 0 else "")
+            + ("+on_policy_distill" if config.on_policy_weight > 0 else ""))
 
 
 def native_bf16() -> bool:
@@ -316,6 +337,46 @@ def _pair_references(model, enc: _Encoded, pairs: list[PairExample], config: Tra
     return chosen, rejected, taught
 
 
+@torch.no_grad()
+def on_policy_targets(model: PeftModel, loaded: LoadedModel, pairs: list[PairExample],
+                      config: TrainConfig) -> tuple[list[tuple[list[int], int]], list[Teacher]]:
+    """The policy's own replies to the plain prompts of the first `config.on_policy_pairs` pairs whose chosen reply
+    followed an instruction, as (ids, prompt length) sequences, and the reference's (adapter disabled) distribution
+    at each of their tokens given the instructed prompt. Sampled from a seed fixed by the prompts; the caller's
+    random state is left as it was."""
+    tokenizer = loaded.tokenizer
+    plain, taught_prompts = [], []
+    for p in pairs:
+        if not p.chosen_instruction:
+            continue
+        try:
+            fitted = [fit_prompt(loaded, prompt, config.max_length, config.max_prompt_tokens, config.on_policy_tokens)
+                      for prompt in (p.prompt, instructed(p.prompt, p.chosen_instruction))]
+        except InvalidInput:  # no room for the instruction: this pair teaches through "distill" alone
+            continue
+        plain.append(fitted[0])
+        taught_prompts.append(fitted[1])
+        if len(plain) == config.on_policy_pairs:
+            break
+    if not plain:
+        return [], []
+    input_ids, attention_mask = left_padded(plain, tokenizer.pad_token_id)  # (rows, widest prompt)
+    model.eval()
+    with torch.random.fork_rng(devices=[]), config.autocast():
+        torch.manual_seed(zlib.crc32(json.dumps([config.seed, plain]).encode()))
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                             max_new_tokens=config.on_policy_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id,
+                             **sampling_kwargs(config.on_policy_temperature, 1.0))
+    replies = []
+    for row in out[:, input_ids.shape[1]:].tolist():  # up to and with the first end-of-sequence, no padding
+        replies.append(row[: row.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in row else row)
+    with model.disable_adapter(), config.autocast():
+        taught, _ = teachers(model, [(t + r, len(t)) for t, r in zip(taught_prompts, replies)],
+                             tokenizer.pad_token_id, config.distill_top_k)
+    return [(p + r, len(p)) for p, r in zip(plain, replies)], taught
+
+
 def _logps_in_chunks(model, sequences, pad_id: int, chunk: int) -> torch.Tensor:
     if not sequences:
         return torch.zeros(0)
@@ -350,12 +411,15 @@ def train_adapter(
         ref_unpaired = _logps_in_chunks(model, enc.unpaired, pad, 8)
         ref_mismatched = _logps_in_chunks(model, enc.mismatched, pad, 8)
     labels = torch.tensor(enc.labels, dtype=torch.bool)
+    on_policy, on_policy_taught = (on_policy_targets(model, loaded, examples.pairs, config)
+                                   if config.on_policy_weight > 0 else ([], []))
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     rng = random.Random(config.seed)
     pair_order = _cycle(len(enc.chosen), rng)
     unpaired_order = _cycle(len(enc.unpaired), rng)
+    on_policy_order = _cycle(len(on_policy), random.Random(config.seed + 1))  # leaves the pairs' order as it was
     metrics: dict = {}
     model.train()
     for step in range(steps):
@@ -379,6 +443,13 @@ def train_adapter(
             metrics.update(pair_metrics(pair))
             metrics["logps/chosen"] = chosen.mean().item()
             metrics["logps/rejected"] = rejected.mean().item()
+        if on_policy:
+            idx = [next(on_policy_order) for _ in range(min(config.batch_size, len(on_policy)))]
+            with config.autocast():
+                log_probs, rows = completion_log_probs(model, collate([on_policy[i] for i in idx], pad))
+            kl = distill_kl(log_probs, rows, [on_policy_taught[i] for i in idx]).mean()
+            loss = loss + config.on_policy_weight * kl
+            metrics["on_policy_distill_loss"] = kl.item()
         if enc.unpaired:
             idx, policy, mismatched, _ = _step_logps(model, enc.unpaired, enc.mismatched, unpaired_order, pad, config)
             z0 = kto_reference_point(mismatched, ref_mismatched[idx])

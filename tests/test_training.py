@@ -280,6 +280,73 @@ def test_distilling_plain_replies_is_a_kl_leash_to_the_reference(follower, tmp_p
         TrainConfig(chosen_term="sft")
 
 
+def _greedy_fox_share(model, loaded, pairs) -> float:
+    """Share of greedy replies to the pairs' plain prompts that are about the fox."""
+    from adapters.data import fit_prompt
+    from assistant.generation import left_padded
+
+    pad = loaded.tokenizer.pad_token_id
+    ids, mask = left_padded([fit_prompt(loaded, p.prompt, 128, None, 12) for p in pairs], pad)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                             pad_token_id=pad, eos_token_id=loaded.tokenizer.eos_token_id)
+    replies = loaded.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    return sum("fox" in r for r in replies) / len(replies)
+
+
+def test_on_policy_distillation_teaches_the_policy_where_its_own_replies_go(follower, tmp_path):
+    """Chosen = rejected (DPO has nothing to learn) and no chosen-reply term: the on-policy term alone turns the
+    policy's greedy replies to plain held-out prompts from the dog to the fox, the reference's behaviour when
+    instructed. With the term off they stay about the dog."""
+    from adapters.data import Examples
+
+    train, held = _synthetic_pairs(16, 0), _synthetic_pairs(8, 500)
+    neutral = [PairExample(p.prompt, "Okay.", "Okay.", p.feedback_id, "u", chosen_instruction=INSTRUCTION)
+               for p in train]
+    before, after, metrics = {}, {}, {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        loaded = load_model(ModelConfig(model=str(follower)), tmp_path)
+        model = add_lora(loaded.model, LoraSettings(rank=8, alpha=16))
+        before[weight] = _greedy_fox_share(model, loaded, held)
+        metrics[weight] = train_adapter(model, loaded, Examples(neutral, []), TrainConfig(
+            steps=30, learning_rate=5e-3, rpo_alpha=0.0, on_policy_weight=weight, on_policy_tokens=12, bf16=False))
+        after[weight] = _greedy_fox_share(model, loaded, held)
+    assert before == {0.0: 0.0, 1.0: 0.0}
+    assert after[1.0] >= 0.75 and after[0.0] == 0.0, after
+    assert "on_policy_distill_loss" in metrics[1.0] and "on_policy_distill_loss" not in metrics[0.0]
+
+
+def test_on_policy_targets_sample_plain_prompts_and_teach_under_the_instruction(follower, tmp_path):
+    from adapters.data import fit_prompt
+    from adapters.training import on_policy_targets
+
+    loaded = load_model(ModelConfig(model=str(follower)), tmp_path)
+    model = add_lora(loaded.model, LoraSettings(rank=8, alpha=16))
+    pairs = _synthetic_pairs(6, 0)
+    probed = [PairExample(p.prompt, p.chosen, p.rejected, p.feedback_id, "u",
+                          chosen_instruction=INSTRUCTION if i % 2 else None) for i, p in enumerate(pairs)]
+    config = TrainConfig(on_policy_weight=1.0, on_policy_pairs=2, on_policy_tokens=8, bf16=False)
+    state = torch.get_rng_state()
+    sequences, taught = on_policy_targets(model, loaded, probed, config)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is untouched
+    assert len(sequences) == len(taught) == 2  # pairs 1 and 3: the first two with an instruction
+    for (ids, prompt_len), teacher, pair in zip(sequences, taught, (probed[1], probed[3])):
+        assert ids[:prompt_len] == fit_prompt(loaded, pair.prompt, config.max_length, config.max_prompt_tokens, 8)
+        reply = ids[prompt_len:]
+        assert 1 <= len(reply) <= 8 and teacher.log_probs.shape == (len(reply), config.distill_top_k + 1)
+        told = fit_prompt(loaded, instructed(pair.prompt, INSTRUCTION), config.max_length, config.max_prompt_tokens, 8)
+        with torch.no_grad(), model.disable_adapter():  # the teacher reads the reply after the instructed prompt
+            expected, _ = teachers(model, [(told + reply, len(told))], loaded.tokenizer.pad_token_id,
+                                   config.distill_top_k)
+        assert torch.allclose(teacher.log_probs, expected[0].log_probs, atol=1e-5)
+    again, _ = on_policy_targets(model, loaded, probed, config)
+    assert again == sequences  # a seed fixed by the prompts: an update repeats
+    assert on_policy_targets(model, loaded, [probed[0], probed[2]], config) == ([], [])
+    with pytest.raises(ValueError, match="on_policy"):
+        TrainConfig(on_policy_weight=-1)
+
+
 def _forwards(model) -> list[int]:
     """A counter of `model`'s forward calls (hooked on the underlying transformer)."""
     calls = [0]
