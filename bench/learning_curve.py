@@ -97,6 +97,11 @@ class CurveConfig:
     `served_win_rate`; 0 skips it."""
     served_temperature: float = GenerationSettings().temperature
     """The app's default temperature: what a person is served unless they change the settings."""
+    served_models: tuple[str, ...] = ("blend",)
+    """Which of blend, global and personal get `served_win_rate` (the others: None). The blend is what a person is
+    served; sampling all three put the full run on course for ≈ 70 min (2026-11-30, seed 1: the population run took
+    20.7 min to its 8-choice point, a user alone 12.3 min to 64 choices, against 5.7–9.8 min without served
+    samples), over the benchmark's 60."""
     eval_pairs: int = 16
     """Held-out prompts whose two base samples make the preference-accuracy pairs."""
     max_new_tokens: int = 32
@@ -363,7 +368,8 @@ def evaluate(ev: Evaluation, user, user_id: str, pairs: list[PairExample]) -> di
         rewards = [user.reward(p, r) for p, r in zip(prompts, ev.replies(blend))]
         out["win_rate"][name] = round(statistics.mean(
             w for r, b in zip(rewards, base_rewards) for w in _wins([r], [b])), 3)
-        out["served_win_rate"][name] = served_win_rate(user, prompts, ev.served(blend), ev.base["served"])
+        out["served_win_rate"][name] = served_win_rate(user, prompts, ev.served(blend), ev.base["served"]) \
+            if name in h.config.served_models else None
         active = blend if Evaluation.key(blend) != (None, None) else None
         out["preference_accuracy"][name] = round((h.margins(active, pairs) > 0).float().mean().item(), 3) \
             if pairs else None
