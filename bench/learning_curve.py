@@ -20,10 +20,10 @@ Then one population run: all users in one shared data home, taking turns, so the
 everyone under the per-profile cap. `--quick` runs the tiny test model with 2 users and small budgets (≈ 20 s).
 
 Sizes (the defaults of `CurveConfig`) fit 60 minutes on the 2-core machine: measured on 2026-11-30 with the current
-defaults (duel pairing), 35.8 and 46.4 min in all over two seeds (the second shared the cores with a CI run); one user
-to 64 choices takes 5.7–9.8 min of one core (an A/B pair of 32-token replies ≈ 3.4 s, the personal update every 4
+defaults (duel pairing, served samples for the blend), 54.2 min in all (seed 1, alone on the machine); one user
+to 64 choices takes 8.6–9.5 min of one core (an A/B pair of 32-token replies ≈ 3.4 s, the personal update every 4
 choices, 5 evaluations; a user alone has no global adapter, see `LearningConfig.min_profiles`); users run two at a
-time (`--jobs 2`, one core each); the population run, 16 choices per user, 17.7–26.7 min. 128 choices per user would
+time (`--jobs 2`, one core each); the population run, 16 choices per user, 28.8 min. 128 choices per user would
 add ≈ 30 min. One run is one draw (an 8-user mean at 32 choices varied by sd 0.025–0.04 over seeds): compare
 settings over seeds with `bench.seeds`.
 """
