@@ -191,7 +191,7 @@ class TrainConfig:
 
 def objective(config: TrainConfig) -> str:
     """The loss an update trained with, as its manifest names it: "dpo+kto", then "+distill" or "+nll" when the
-    chosen-reply term is on."""
+    chosen-reply term is on, and "+on_policy_distill" when that term is."""
     return ("dpo+kto" + (f"+{config.chosen_term}" if config.rpo_alpha > 0 else "")
             + ("+on_policy_distill" if config.on_policy_weight > 0 else ""))
 

@@ -127,6 +127,11 @@ class CurveConfig:
     """Compare mode's style probes, as in the app (`--set explore.rate=0`: plain samples only;
     `--set explore.probes=list,direct`: only these probes, by name)."""
 
+    def __post_init__(self):
+        unknown = set(self.served_models) - {"blend", "global", "personal"}
+        if unknown:
+            raise ValueError(f"served_models takes blend, global and personal, not {', '.join(sorted(unknown))}")
+
 
 def quick_config(model_dir: Path) -> CurveConfig:
     # A global update every 4 events: on the random tiny model most choices are ties (equal rewards), so an update

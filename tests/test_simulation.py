@@ -283,6 +283,9 @@ def test_benchmark_settings_override_nested_frozen_configs_and_refuse_unknown_on
         (p.name, p.instruction) for p in CurveConfig().explore.probes if p.name in ("list", "direct")]
     with pytest.raises(ValueError, match="names among"):
         with_overrides(CurveConfig(), ["explore.probes=lists"])
+    assert with_overrides(CurveConfig(), ["served_models=blend,personal"]).served_models == ("blend", "personal")
+    with pytest.raises(ValueError, match="served_models takes"):
+        with_overrides(CurveConfig(), ["served_models=blnd"])
 
 
 def test_probe_benchmark_takes_new_wordings_and_refuses_malformed_ones():
