@@ -20,10 +20,11 @@ Then one population run: all users in one shared data home, taking turns, so the
 everyone under the per-profile cap. `--quick` runs the tiny test model with 2 users and small budgets (≈ 20 s).
 
 Sizes (the defaults of `CurveConfig`) fit 60 minutes on the 2-core machine: measured on 2026-11-30 with the current
-defaults (duel pairing, served samples for the blend), 54.2 min in all (seed 1, alone on the machine); one user
-to 64 choices takes 8.6–9.5 min of one core (an A/B pair of 32-token replies ≈ 3.4 s, the personal update every 4
-choices, 5 evaluations; a user alone has no global adapter, see `LearningConfig.min_profiles`); users run two at a
-time (`--jobs 2`, one core each); the population run, 16 choices per user, 28.8 min. 128 choices per user would
+defaults (duel pairing, served samples for the blend), 54.2 min in all (seed 1, alone on a Xeon; seed 2 on an AMD
+EPYC: 48.9 min); one user to 64 choices takes 7.7–9.5 min of one core (an A/B pair of 32-token replies ≈ 3.4 s,
+the personal update every 4 choices, 5 evaluations; a user alone has no global adapter, see
+`LearningConfig.min_profiles`); users run two at a time (`--jobs 2`, one core each); the population run, 16 choices
+per user, 26.9–28.8 min. 128 choices per user would
 add ≈ 30 min. One run is one draw (an 8-user mean at 32 choices varied by sd 0.025–0.04 over seeds): compare
 settings over seeds with `bench.seeds`.
 """
@@ -220,13 +221,13 @@ class Harness:
                                       max_new_tokens=self.config.max_new_tokens,
                                       repetition_penalty=self.config.repetition_penalty)
         final = list(self.service.send(user_id, conversation, prompt, settings, compare=True))[-1]
-        next_prompt, _, _, _, info = env.step((final.pair.a.content, final.pair.b.content))
+        observation, _, _, _, info = env.step((final.pair.a.content, final.pair.b.content))
         self.service.choose(user_id, final.pair.id, info["choice"])
         arms = {"a": final.pair.a.settings.get("probe"), "b": final.pair.b.settings.get("probe")}
         self.shown.setdefault(user_id, []).append((info["choice"], *info["user_rewards"], arms))
         while self.on_main(self.worker.run_once):  # the worker's jobs, before the next prompt
             pass
-        return next_prompt
+        return observation["prompt"]
 
     def blends(self, user_id: str) -> dict[str, Blend | None]:
         g = self.registry.current(GLOBAL)
@@ -409,7 +410,7 @@ def run_user(user, config: CurveConfig, train: list[str], base: dict, cache: Pat
         prompts = base["prompts"]
         pairs = _eval_pairs(user, base["pair_prompts"], base["samples"])
         env = PreferenceChatEnv(user, train, mode="pair", episode_length=max(config.budgets))
-        prompt, _ = env.reset(seed=config.seed)
+        prompt = env.reset(seed=config.seed)[0]["prompt"]
         curve = {}
         for given in range(max(config.budgets) + 1):
             if given in config.budgets:
@@ -432,7 +433,7 @@ def run_population(users, config: CurveConfig, train: list[str], base: dict, cac
         members = []
         for i, user in enumerate(users):
             env = PreferenceChatEnv(user, train, mode="pair", episode_length=max(config.population_budgets))
-            prompt, _ = env.reset(seed=config.seed + i)
+            prompt = env.reset(seed=config.seed + i)[0]["prompt"]
             members.append([user, h.service.create_profile(user.name[:40])["id"], env, prompt,
                             _eval_pairs(user, base["pair_prompts"], base["samples"])])
         curve = {}

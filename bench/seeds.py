@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from bench.learning_curve import RESULTS, mean_panel, save_figure
+from bench.learning_curve import markdown_table as run_table
 
 log = logging.getLogger("bench.seeds")
 MODELS = ("blend", "global", "personal")
@@ -235,14 +236,22 @@ def main(argv: list[str] | None = None) -> int:
                              "with --against)")
     parser.add_argument("--metric", choices=METRICS, default="win_rate",
                         help="with --against: greedy win rates (default) or those of replies sampled as served")
-    parser.add_argument("--table", type=Path, default=None, metavar="SEEDS_JSON",
-                        help="print the README table of an earlier combination and exit")
+    parser.add_argument("--table", type=Path, default=None, metavar="RESULT_JSON",
+                        help="print the README table of a run, a combination or a comparison, and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.table:
-        earlier = json.loads(args.table.read_text())
-        table = comparison_table if earlier.get("benchmark") == "learning_curve_comparison" else markdown_table
-        sys.stdout.write(table(earlier) + "\n")
+        try:
+            earlier = json.loads(args.table.read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(f"cannot read {args.table}: {exc}")
+        tables = {"learning_curve_comparison": comparison_table, "learning_curve_seeds": markdown_table,
+                  "learning_curve": run_table}
+        kind = earlier.get("benchmark") if isinstance(earlier, dict) else None
+        if kind not in tables:
+            parser.error(f"{args.table} is not a result of bench.learning_curve or bench.seeds "
+                         f"(its benchmark is {kind!r})")
+        sys.stdout.write(tables[kind](earlier) + "\n")
         return 0
     if args.against:
         output = args.output or RESULTS / "learning_curve_comparison.json"

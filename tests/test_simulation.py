@@ -84,22 +84,35 @@ def test_users_load_from_module_callable():
 
 def test_environment_steps_pairs_and_thumbs():
     user = population()[0]
-    env = PreferenceChatEnv(user, load_prompts()[:20], mode="pair", episode_length=3)
+    prompts = load_prompts()[:20]
+    env = PreferenceChatEnv(user, prompts, mode="pair", episode_length=4, history_length=2)
     obs, info = env.reset(seed=1)
-    assert obs in load_prompts()[:20] and info["user"] == user.name
+    assert obs["prompt"] in prompts and obs["history"] == () and info["user"] == user.name
     assert env.observation_space.contains(obs)
-    action = ("Short answer.", "A much longer answer " * 10)
-    assert env.action_space.contains(action)
-    total = []
-    for step in range(3):
-        obs, reward, terminated, truncated, info = env.step(action)
-        total.append(reward)
+    short, long = "Short answer.", "A much longer answer " * 10
+    assert env.action_space.contains((short, long))
+    asked, seen = [], []
+    for step in range(4):
+        asked.append(obs["prompt"])
+        obs, reward, terminated, truncated, info = env.step((short, long) if step % 2 else (long, short))
         assert reward in (1.0, -1.0, 0.0) and info["choice"] in ("a", "b", "tie") and not terminated
-    assert truncated  # the episode length was reached
+        assert info["prompt"] == asked[-1] and env.observation_space.contains(obs)
+        seen.append({"prompt": asked[-1], "reply": long if (info["choice"] == "b") == (step % 2 == 1) else short,
+                     "feedback": int(reward)})
+        # the newest steps, oldest first, each with the reply the chat went on with (A on a tie)
+        assert list(obs["history"]) == seen[-2:]
+        assert truncated == (step == 3)  # the episode length was reached
+    # the concise user prefers the short reply: most choices went to it (Bradley–Terry, temperature 0.5)
+    assert sum(s["reply"] == short for s in seen) >= 3
+    assert PreferenceChatEnv(user, prompts, history_length=0).reset(seed=1)[0]["history"] == ()
+    with pytest.raises(ValueError, match="history_length"):
+        PreferenceChatEnv(user, prompts, history_length=-1)
     single = PreferenceChatEnv(user, load_prompts()[:5], mode="single")
-    single.reset(seed=0)
-    _, reward, *_ , info = single.step("Sure! Here is a short answer.")
+    obs, _ = single.reset(seed=0)
+    obs2, reward, *_, info = single.step("Sure! Here is a short answer.")
     assert reward == float(info["thumbs"])
+    assert obs2["history"] == ({"prompt": obs["prompt"], "reply": "Sure! Here is a short answer.",
+                                "feedback": info["thumbs"]},)
 
 
 def test_learning_curve_quick_mode_runs_the_product_loop(tmp_path):
@@ -230,6 +243,15 @@ def test_learning_curve_repeats_exactly_with_one_seed_and_seeds_combine(tmp_path
     table = subprocess.run([sys.executable, "-m", "bench.seeds", "--table", str(out)], cwd=REPO,
                            capture_output=True, text=True, timeout=60).stdout.splitlines()
     assert table[0].startswith("| user | blend @0 |") and len(table) == 2 + len(runs["first"]["users"]) + 1
+    # --table also prints one run's table (as bench.learning_curve does), and refuses a file that is no such result.
+    tables = [subprocess.run([sys.executable, "-m", module, "--table", str(tmp_path / "first.json")], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+              for module in ("bench.seeds", "bench.learning_curve")]
+    assert tables[0].returncode == 0 and tables[0].stdout == tables[1].stdout and "| **mean** |" in tables[0].stdout
+    (tmp_path / "other.json").write_text('{"benchmark": "model_speed"}')
+    other = subprocess.run([sys.executable, "-m", "bench.seeds", "--table", str(tmp_path / "other.json")], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert other.returncode == 2 and "'model_speed'" in other.stderr and not other.stdout
     # A change judged against a baseline run by run (paired by seed): a repeat differs by nothing; no baseline of
     # the seed is an error.
     versus = tmp_path / "versus.json"
