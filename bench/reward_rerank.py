@@ -18,7 +18,8 @@ this measures what reranking alone could add on top of the served model, the bas
 - θ: L2-regularised Bradley–Terry (logistic loss on φ(chosen) − φ(rejected), no intercept).
 - Scored on the learning curve's 24 held-out prompts against the same base samples `served_win_rate` uses (4 per
   prompt, its seed): a sampled reply (`sample`), the best of n by θ (`rerank_n`), and the best of 4 by the user's
-  own reward (`oracle_4`, the ceiling of reranking 4). ≈ 10 min on the 2-core machine.
+  own reward (`oracle_4`, the ceiling of reranking 4). 35 min on the 2-core AMD EPYC while a learning-curve pilot
+  shared its cores (5,100 forward passes for the style features).
 """
 
 from __future__ import annotations
