@@ -42,7 +42,7 @@ from adapters.jobs import LearningConfig
 from adapters.training import sequence_logps
 from assistant.explore import DEFAULT_PROBES, probed
 from bench.env import load_prompts, split_prompts
-from bench.learning_curve import REPO, RESULTS, CurveConfig, Harness, quick_config, served_replies
+from bench.learning_curve import REPO, RESULTS, CurveConfig, Harness, _wins, quick_config, served_replies
 from bench.model_speed import machine
 from bench.users import choose, population
 
@@ -114,11 +114,9 @@ def fit(diffs: torch.Tensor, l2: float = L2) -> torch.Tensor:
 
 
 def _win_rate(user, prompts: list[str], mine: list[str], theirs: list[list[str]]) -> float:
-    wins = []
-    for p, reply, others in zip(prompts, mine, theirs):
-        r = user.reward(p, reply)
-        wins += [1.0 if r > o else 0.5 if r == o else 0.0 for o in (user.reward(p, x) for x in others)]
-    return statistics.mean(wins)
+    """One reply per prompt against each of the base model's samples for it (a tie counts half)."""
+    return statistics.mean(w for p, reply, others in zip(prompts, mine, theirs)
+                           for w in _wins([user.reward(p, reply)], [user.reward(p, x) for x in others]))
 
 
 def measure(args: argparse.Namespace, config: CurveConfig) -> dict:
