@@ -32,6 +32,7 @@ from assistant.config import DEFAULT_SYSTEM_PROMPT, AppConfig, GenerationSetting
 from assistant.executor import GenerationExecutor  # noqa: E402
 from assistant.explore import PAIRINGS  # noqa: E402
 from assistant.model import load_model  # noqa: E402
+from assistant.overrides import settings_diff, with_overrides  # noqa: E402
 from assistant.service import ChatService, ReplyUpdate  # noqa: E402
 from storage.db import DB_FILENAME  # noqa: E402
 from storage.errors import AttuneError  # noqa: E402
@@ -590,6 +591,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, LearningConfig
                         help="personal weight alpha = n / (n + k) for a profile with n feedback events")
     parser.add_argument("--adapter-cache", type=int, default=learning.blend.cache_size,
                         help="adapter versions kept in memory (the rest load from disk on demand)")
+    parser.add_argument("--learning", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other learning setting (adapters.jobs.LearningConfig), for this app and its worker, "
+                             "e.g. lora.top_layers=1.0 or train.learning_rate=2e-3")
     args = parser.parse_args(argv)
     explore = replace(defaults.explore, rate=args.explore_rate, pairing=args.explore_pairing)
     app = AppConfig(data_dir=args.data_dir, host=args.host, port=args.port, worker=not args.no_worker,
@@ -599,7 +603,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, LearningConfig
         learning = LearningConfig(personal_every=args.personal_every, global_every=args.global_every,
                                   min_profiles=args.global_min_profiles,
                                   blend=BlendConfig(k=args.blend_k, cache_size=args.adapter_cache))
-    except ValueError as exc:  # a bad number on the command line: one line saying which, not a traceback
+        learning = with_overrides(learning, args.learning)
+    except (ValueError, TypeError) as exc:  # a bad number on the command line: one line saying which, not a traceback
         parser.error(str(exc))
     return app, learning
 
@@ -613,12 +618,18 @@ def create_service(config: AppConfig, executor: GenerationExecutor | None = None
     return ChatService(store, loaded, config, executor, adapters, learning)
 
 
+def worker_command(config: AppConfig, learning: LearningConfig) -> list[str]:
+    """The training worker's command line: this app's data home, model and learning settings."""
+    settings = settings_diff(learning, LearningConfig())
+    return [sys.executable, "-m", "adapters.worker", "--data-dir", str(config.data_dir), "--model",
+            str(config.model.model), "--model-cache", str(config.model_cache_dir), "--threads",
+            str(config.worker_threads), "--parent-pid", str(os.getpid()),
+            *(a for setting in settings for a in ("--set", setting))]
+
+
 def start_worker(config: AppConfig, learning: LearningConfig) -> subprocess.Popen:
     """The training worker, as its own process (it trains while this one serves)."""
-    cmd = [sys.executable, "-m", "adapters.worker", "--data-dir", str(config.data_dir), "--model",
-           str(config.model.model), "--model-cache", str(config.model_cache_dir), "--threads",
-           str(config.worker_threads), "--min-profiles", str(learning.min_profiles), "--parent-pid", str(os.getpid())]
-    return subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent)
+    return subprocess.Popen(worker_command(config, learning), cwd=Path(__file__).resolve().parent)
 
 
 def main(argv: list[str] | None = None) -> int:

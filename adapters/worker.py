@@ -1,6 +1,6 @@
 """The training worker: takes jobs from the `training_jobs` table, trains, publishes. Runs beside the app.
 
-    python -m adapters.worker [--data-dir DIR] [--model embedded] [--threads 1] [--once]
+    python -m adapters.worker [--data-dir DIR] [--model embedded] [--threads 1] [--once] [--set KEY=VALUE ...]
 
 app.py starts it by default. A job whose worker was killed is taken over when its heartbeat goes stale
 (`LearningConfig.stale_seconds`), and the app keeps serving the previous versions meanwhile.
@@ -27,6 +27,7 @@ from adapters.registry import GLOBAL, AdapterRegistry
 from adapters.training import ReferenceCache, add_lora, objective, pair_key, preference_margins, train_adapter
 from assistant.config import DATA_HOME_ENV, ModelConfig, default_data_dir
 from assistant.model import LoadedModel, load_model
+from assistant.overrides import with_overrides
 from storage.db import DB_FILENAME
 from storage.errors import AttuneError
 from storage.store import Store
@@ -209,7 +210,7 @@ def _parent_alive(pid: int) -> bool:
     return os.getppid() == pid
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m adapters.worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
                         help=f"data home (default: ${DATA_HOME_ENV} or ./data)")
@@ -222,8 +223,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
     parser.add_argument("--min-profiles", type=int, default=LearningConfig.min_profiles,
                         help="profiles with feedback before the global adapter trains")
-    args = parser.parse_args(argv)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a LearningConfig setting, e.g. lora.top_layers=1.0 or train.learning_rate=2e-3")
+    return parser
+
+
+def learning_config(argv: list[str]) -> LearningConfig:
+    """The learning settings a worker command line asks for (ValueError or TypeError if they are bad)."""
+    return _learning(_parser().parse_args(argv))
+
+
+def _learning(args: argparse.Namespace) -> LearningConfig:
+    return with_overrides(LearningConfig(min_profiles=args.min_profiles), args.set)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker %(name)s: %(message)s")
+    try:
+        config = _learning(args)
+    except (ValueError, TypeError) as exc:
+        log.error("Bad --set: %s", exc)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.nice:
@@ -235,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     store = Store(args.data_dir / DB_FILENAME)
-    worker = Worker(loaded, store, AdapterRegistry(args.data_dir / ADAPTERS_DIR, store),
-                    LearningConfig(min_profiles=args.min_profiles))
+    worker = Worker(loaded, store, AdapterRegistry(args.data_dir / ADAPTERS_DIR, store), config)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     if args.once:
         while worker.run_once():

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
+from assistant.overrides import with_overrides
 from bench.env import load_prompts, split_prompts
-from bench.learning_curve import (REPO, RESULTS, CurveConfig, Harness, served_replies, served_win_rate,
-                                  with_overrides)
+from bench.learning_curve import REPO, RESULTS, CurveConfig, Harness, served_replies, served_win_rate
 from bench.model_speed import machine
 from bench.users import population, shared_reward
 

@@ -61,6 +61,7 @@ from assistant.executor import GenerationExecutor
 from assistant.explore import PLAIN, ExploreConfig
 from assistant.generation import left_padded, sampling_kwargs, visible_text
 from assistant.model import load_model
+from assistant.overrides import with_overrides
 from assistant.prompts import build_prompt
 from assistant.service import ChatService
 from bench.env import PreferenceChatEnv, load_prompts, split_prompts
@@ -669,42 +670,6 @@ def _task(kind: str, index: int | None, config: CurveConfig, train: list[str], b
     if kind == "population":
         return run_population(users, config, train, base, cache, executor)
     return run_user(users[index], config, train, base, cache, executor)
-
-
-def with_overrides(config, assignments: list[str]):
-    """`a.b.c=value` → a copy of the (nested, frozen) dataclass config with that field replaced."""
-    for assignment in assignments:
-        key, sep, raw = assignment.partition("=")
-        if not sep:
-            raise ValueError(f"--set takes KEY=VALUE, got {assignment!r}")
-        config = _replace_path(config, key.strip().split("."), raw.strip())
-    return config
-
-
-def _replace_path(obj, path: list[str], raw: str):
-    name = path[0]
-    if not hasattr(obj, name):
-        raise ValueError(f"{type(obj).__name__} has no setting {name!r}")
-    current = getattr(obj, name)
-    if len(path) > 1:
-        return replace(obj, **{name: _replace_path(current, path[1:], raw)})
-    if isinstance(current, bool) or current is None:
-        value = {"true": True, "false": False, "none": None}.get(raw.lower(), raw)
-        if value == raw:
-            value = float(raw) if "." in raw or "e" in raw.lower() else int(raw)
-    elif isinstance(current, tuple) and current and all(hasattr(v, "name") for v in current):
-        named = {v.name: v for v in current}  # e.g. explore.probes=list,direct: a subset of the probes, by name
-        items = [v.strip() for v in raw.split(",") if v.strip()]
-        unknown = [v for v in items if v not in named]
-        if unknown or not items:
-            raise ValueError(f"{name} takes names among {sorted(named)}, got {raw!r}")
-        value = tuple(named[v] for v in items)
-    elif isinstance(current, tuple):
-        items = [v.strip() for v in raw.split(",") if v.strip()]
-        value = tuple(int(v) if v.lstrip("-").isdigit() else v for v in items)
-    else:
-        value = type(current)(raw)
-    return replace(obj, **{name: value})
 
 
 def _stringify(obj):

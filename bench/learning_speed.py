@@ -1,6 +1,7 @@
 """Online learning on this machine, each figure measured side by side in one run (embedded SmolLM2-135M).
 
-    python -m bench.learning_speed [--rounds 3] [--profiles 10000] [--output bench/results/learning_speed.json]
+    python -m bench.learning_speed [--rounds 3] [--profiles 10000] [--parts training,latency,serving]
+                                   [--set KEY=VALUE ...] [--output bench/results/learning_speed.json]
 
 1. training compute for 8 pairs, 2 epochs of 4-pair steps: Attune's trainer vs TRL's DPOTrainer (same pairs,
    model, LoRA rank, steps, threads);
@@ -10,6 +11,10 @@
 4. profile switch latency (blend resolved and weights ready) with N profiles' adapters on disk, and resident
    memory as profiles are visited;
 5. two profiles generating at once vs one after the other.
+
+`--set` changes the learning settings (`LearningConfig`, e.g. `lora.top_layers=1.0`) of parts 1 and 2: the
+trainer timed in 1 and the worker process of 2 (given the same `--set`). `--parts` runs a subset: `serving`
+(3–5) needs `latency`, whose profile and adapters it serves.
 """
 
 from __future__ import annotations
@@ -26,21 +31,23 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import torch
 
-from adapters.blend import AdapterServer, BlendConfig
+from adapters.blend import AdapterServer
 from adapters.data import Examples, PairExample
 from adapters.jobs import LearningConfig
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
-from adapters.training import LoraSettings, TrainConfig, add_lora, train_adapter
+from adapters.training import add_lora, train_adapter
 from adapters.worker import ADAPTERS_DIR
 from assistant.config import AppConfig, GenerationSettings, ModelConfig
 from assistant.executor import GenerationExecutor
 from assistant.generation import ReplyStream
-from assistant.model import LoadedModel, load_model
+from assistant.model import load_model
+from assistant.overrides import with_overrides
 from assistant.prompts import build_prompt
 from assistant.service import ChatService
 from bench.model_speed import machine
@@ -68,19 +75,21 @@ def med(values):
 
 # ---- 1. training compute ----------------------------------------------------------------------------------
 
-def training_compute(rounds: int) -> dict:
+def training_compute(rounds: int, learning: LearningConfig) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
     data = pairs(8)
     ours, trl_default, trl_no_ckpt = [], [], []
-    lora = LoraSettings()
+    lora = learning.lora
+    train = replace(learning.train, steps=4, batch_size=4)
     for _ in range(rounds):
         loaded = load_model(ModelConfig(), CACHE)
         model = add_lora(loaded.model, lora)
+        adapted = len(lora.peft_config(loaded.model).layers_to_transform)
         start = time.perf_counter()
-        train_adapter(model, loaded, Examples(data, []), TrainConfig(steps=4, batch_size=4))
+        train_adapter(model, loaded, Examples(data, []), train)
         ours.append(time.perf_counter() - start)
         for checkpointing, out in ((None, trl_default), (False, trl_no_ckpt)):
             loaded = load_model(ModelConfig(), CACHE)
@@ -104,7 +113,8 @@ def training_compute(rounds: int) -> dict:
         "trl_dpotrainer_no_gradient_checkpointing_s": med(trl_no_ckpt),
         "ratio_vs_trl_default": round(med(ours) / med(trl_default), 3),
         "ratio_vs_trl_fastest": round(med(ours) / min(med(trl_default), med(trl_no_ckpt)), 3),
-        "attune_settings": "bf16 autocast (AMX), LoRA r=8 on the top 10 of 30 layers, reference log-probs once, "
+        "attune_settings": f"bf16 autocast: {train.bf16}, LoRA r={lora.rank} on {adapted} of "
+                           f"{loaded.model.config.num_hidden_layers} layers (the top ones), reference log-probs once, "
                            "logits only at reply positions",
         "trl_settings": "DPOConfig defaults (fp32, LoRA r=8 on q/k/v/o of all layers), same steps and batch",
         "runs": {"attune": ours, "trl_default": trl_default, "trl_no_gradient_checkpointing": trl_no_ckpt},
@@ -124,17 +134,19 @@ def _add_choices(service: ChatService, user_id: str, n: int, offset: int, last_v
         store.record_choice(user_id, pair.id, "a")
 
 
-def update_latency(home: Path, rounds: int) -> tuple[dict, ChatService]:
+def update_latency(home: Path, rounds: int, learning: LearningConfig,
+                   overrides: list[str]) -> tuple[dict, ChatService]:
     config = AppConfig(data_dir=home, model=ModelConfig(cache_dir=CACHE))
     loaded = load_model(config.model, CACHE)
     store = Store(home / DB_FILENAME)
     registry = AdapterRegistry(home / ADAPTERS_DIR, store)
-    learning = LearningConfig(personal_every=8, global_every=10**9)
+    learning = replace(learning, personal_every=8, global_every=10**9)
     service = ChatService(store, loaded, config, adapters=AdapterServer(loaded, registry, store, learning.blend),
                           learning=learning)
     # The worker exactly as app.py starts it: every core, at nice 10.
     worker = subprocess.Popen([sys.executable, "-m", "adapters.worker", "--data-dir", str(home), "--model-cache",
-                               str(CACHE), "--parent-pid", str(os.getpid())], cwd=REPO, stdout=subprocess.DEVNULL,
+                               str(CACHE), "--parent-pid", str(os.getpid()),
+                               *(a for o in overrides for a in ("--set", o))], cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     user = service.create_profile("Bench")["id"]
     service.set_alpha(user, 1.0)  # serve the personal adapter whatever its held-out score
@@ -147,6 +159,8 @@ def update_latency(home: Path, rounds: int) -> tuple[dict, ChatService]:
             start = time.perf_counter()
             service.choose(user, last.id, "a")  # the vote that completes 8 new pairs: queues the update
             while service.adapters.blend_for(user).personal_version != r + 1:
+                if worker.poll() is not None:
+                    raise RuntimeError(f"the worker process exited ({worker.returncode})")
                 time.sleep(0.05)
             published = time.perf_counter() - start
             updates = service.send(user, None, "Name a fruit, please.", settings)
@@ -157,12 +171,14 @@ def update_latency(home: Path, rounds: int) -> tuple[dict, ChatService]:
             assert update.reply.adapter_versions["personal"] == f"v{r + 1:04d}"
             job = store.latest_job(personal_adapter(user))
             rows.append({"published_s": round(published, 2), "first_token_of_new_version_s": round(first_token, 2),
-                         "worker_job_s": round(_seconds(job["started_at"], job["finished_at"]), 2)})
+                         "worker_job_s": round(_seconds(job["started_at"], job["finished_at"]), 2),
+                         "worker_phases_s": json.loads(job["result"] or "{}").get("timings")})
             log.info("update round %d: new version served after %.1f s", r + 1, first_token)
     finally:
         worker.terminate()
         worker.wait(timeout=60)
     return {"new_pairs_per_update": 8, "worker": "all cores at nice 10, as app.py starts it",
+            "worker_settings": overrides,
             "median_s": med([r["first_token_of_new_version_s"] for r in rows]), "rounds": rows}, service
 
 
@@ -290,33 +306,50 @@ def two_at_once(service: ChatService, rounds: int) -> dict:
             "runs": {"sequential": sequential, "concurrent": concurrent}}
 
 
+PARTS = ("training", "latency", "serving")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profiles", type=int, default=10_000)
     parser.add_argument("--visits", type=int, default=1_000)
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"a subset of {','.join(PARTS)}")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a LearningConfig setting for parts 1 and 2, e.g. lora.top_layers=1.0")
     parser.add_argument("--output", type=Path, default=RESULTS / "learning_speed.json")
     args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    try:
+        learning = with_overrides(LearningConfig(), args.set)
+    except (ValueError, TypeError) as exc:
+        parser.exit(2, f"bad --set: {exc}\n")
+    if not parts or set(parts) - set(PARTS) or ("serving" in parts and "latency" not in parts):
+        parser.exit(2, f"--parts takes a subset of {','.join(PARTS)} (serving needs latency), got {args.parts!r}\n")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     began = time.perf_counter()
-    result = {"benchmark": "learning_speed", "machine": machine(), "date": time.strftime("%Y-%m-%d")}
-    log.info("1/5 training compute vs TRL DPOTrainer")
-    result["training_compute"] = training_compute(args.rounds)
-    log.info("%s", {k: v for k, v in result["training_compute"].items() if k != "runs"})
+    result = {"benchmark": "learning_speed", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+              "settings": args.set}
+    if "training" in parts:
+        log.info("1/5 training compute vs TRL DPOTrainer")
+        result["training_compute"] = training_compute(args.rounds, learning)
+        log.info("%s", {k: v for k, v in result["training_compute"].items() if k != "runs"})
     home = Path(tempfile.mkdtemp(prefix="attune-learning-bench-"))
     try:
-        log.info("2/5 update latency with the worker process")
-        result["update_latency"], service = update_latency(home, args.rounds)
-        log.info("%s", result["update_latency"])
-        log.info("3/5 serving speed with a blend")
-        result["serving_speed"] = serving_speed(service, args.rounds)
-        log.info("%s", {k: v for k, v in result["serving_speed"].items() if k != "runs"})
-        log.info("5/5 two profiles at once")  # before 4/5, which adds thousands of profiles
-        result["two_profiles_at_once"] = two_at_once(service, args.rounds)
-        log.info("%s", {k: v for k, v in result["two_profiles_at_once"].items() if k != "runs"})
-        log.info("4/5 profile switches with %d profiles' adapters on disk", args.profiles)
-        result["profile_switch"] = profile_switch(service, args.profiles, args.visits)
-        log.info("%s", result["profile_switch"])
+        if "latency" in parts:
+            log.info("2/5 update latency with the worker process")
+            result["update_latency"], service = update_latency(home, args.rounds, learning, args.set)
+            log.info("%s", {k: v for k, v in result["update_latency"].items() if k != "rounds"})
+        if "serving" in parts:
+            log.info("3/5 serving speed with a blend")
+            result["serving_speed"] = serving_speed(service, args.rounds)
+            log.info("%s", {k: v for k, v in result["serving_speed"].items() if k != "runs"})
+            log.info("5/5 two profiles at once")  # before 4/5, which adds thousands of profiles
+            result["two_profiles_at_once"] = two_at_once(service, args.rounds)
+            log.info("%s", {k: v for k, v in result["two_profiles_at_once"].items() if k != "runs"})
+            log.info("4/5 profile switches with %d profiles' adapters on disk", args.profiles)
+            result["profile_switch"] = profile_switch(service, args.profiles, args.visits)
+            log.info("%s", result["profile_switch"])
     finally:
         shutil.rmtree(home, ignore_errors=True)
     result["seconds"] = round(time.perf_counter() - began, 1)

@@ -284,7 +284,8 @@ def test_learning_curve_repeats_exactly_with_one_seed_and_seeds_combine(tmp_path
 
 
 def test_benchmark_settings_override_nested_frozen_configs_and_refuse_unknown_ones():
-    from bench.learning_curve import CurveConfig, select_users, with_overrides
+    from assistant.overrides import settings_diff, with_overrides
+    from bench.learning_curve import CurveConfig, select_users
 
     config = with_overrides(CurveConfig(), ["held_out_prompts=8", "learning.train.learning_rate=2e-3",
                                             "learning.blend.k=4", "budgets=0,4", "only=formal,casual",
@@ -308,6 +309,14 @@ def test_benchmark_settings_override_nested_frozen_configs_and_refuse_unknown_on
     assert with_overrides(CurveConfig(), ["served_models=blend,personal"]).served_models == ("blend", "personal")
     with pytest.raises(ValueError, match="served_models takes"):
         with_overrides(CurveConfig(), ["served_models=blnd"])
+    changed = with_overrides(CurveConfig(), ["explore.probes=list,direct", "learning.lora.top_layers=1.0",
+                                             "learning.train.bf16=false", "served_models=blend,personal", "seed=3",
+                                             "learning.lora.target_modules=q_proj,v_proj"])
+    assert settings_diff(CurveConfig(), CurveConfig()) == []
+    assert sorted(settings_diff(changed, CurveConfig())) == [
+        "explore.probes=list,direct", "learning.lora.target_modules=q_proj,v_proj", "learning.lora.top_layers=1.0",
+        "learning.train.bf16=false", "seed=3", "served_models=blend,personal"]
+    assert with_overrides(CurveConfig(), settings_diff(changed, CurveConfig())) == changed  # the round trip
 
 
 def test_probe_benchmark_takes_new_wordings_and_refuses_malformed_ones():
@@ -361,3 +370,20 @@ def test_decoding_benchmark_measures_a_setting_on_the_base_model(tmp_path, tiny_
     refused = subprocess.run([sys.executable, "-m", "bench.decoding", *common], cwd=REPO, capture_output=True,
                              text=True, timeout=60)
     assert refused.returncode == 2 and "--change" in refused.stderr
+
+
+def test_learning_speed_refuses_bad_settings_and_parts_before_loading_anything(tmp_path):
+    """`--set` reaches the trainer and the worker process; a typo must stop the run at once, not after minutes
+    of timing the wrong settings (or leave the worker unable to start while the benchmark waits for it)."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "bench.learning_speed", *args, "--output",
+                               str(tmp_path / "speed.json")], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    typo = run("--set", "lora.top_layer=1.0", "--parts", "latency")
+    assert typo.returncode == 2 and "no setting 'top_layer'" in typo.stderr
+    refused = run("--set", "lora.top_layers=2", "--parts", "latency")  # LoraSettings' own validation
+    assert refused.returncode == 2 and "top_layers" in refused.stderr
+    alone = run("--parts", "serving")
+    assert alone.returncode == 2 and "serving needs latency" in alone.stderr
+    assert run("--parts", "trainin").returncode == 2
+    assert not (tmp_path / "speed.json").exists()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
+from transformers import AutoConfig
 
 from adapters.blend import AdapterServer, BlendConfig
 from adapters.data import PairExample
@@ -176,13 +178,24 @@ def test_worker_command_line_runs_queued_jobs(parts, store, data_home, tiny_mode
     ann = service.create_profile("Ann")["id"]
     _choices(service, ann, 4)
     store.enqueue_job(GLOBAL, None, "manual")  # "Train now" in a home of one: --min-profiles 1 lets it train
-    result = subprocess.run(
-        [sys.executable, "-m", "adapters.worker", "--model", str(tiny_model_dir), "--once", "--threads", "1",
-         "--min-profiles", "1"],
-        cwd=REPO, env={**__import__("os").environ, DATA_HOME_ENV: str(data_home), "HF_HUB_OFFLINE": "1"},
-        capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "adapters.worker", "--model", str(tiny_model_dir), "--once", "--threads", "1",
+               "--min-profiles", "1"]
+    env = {**__import__("os").environ, DATA_HOME_ENV: str(data_home), "HF_HUB_OFFLINE": "1"}
+    refused = subprocess.run([*command, "--set", "lora.top_layer=1.0"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 2 and "Bad --set" in refused.stderr and "no setting 'top_layer'" in refused.stderr
+    assert registry.current(personal_adapter(ann)) is None
+    assert [store.latest_job(a)["status"] for a in (personal_adapter(ann), GLOBAL)] == ["queued", "queued"]
+    result = subprocess.run([*command, "--set", "lora.top_layers=1.0", "--set", "train.learning_rate=2e-3"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert registry.current(personal_adapter(ann)).version == 1 and registry.current(GLOBAL).version == 1
+    manifest = registry.current(personal_adapter(ann)).manifest
+    assert manifest["hyperparameters"]["lora"]["top_layers"] == 1.0
+    assert manifest["hyperparameters"]["train"]["learning_rate"] == 2e-3  # the first update: no decay yet
+    weights = registry.load_weights(registry.current(personal_adapter(ann)))[1]
+    layers = {int(re.search(r"\.h\.(\d+)\.", k).group(1)) for k in weights}  # GPT-2: transformer.h.<layer>
+    assert layers == set(range(AutoConfig.from_pretrained(tiny_model_dir).num_hidden_layers))  # every layer
 
 
 def test_an_orphaned_worker_stops_by_itself(tiny_model_dir, data_home):
@@ -315,9 +328,30 @@ def test_the_app_passes_its_crowd_size_to_the_learning_config():
     assert app.parse_args([])[1].min_profiles == 3
     assert app.parse_args(["--global-min-profiles", "1"])[1].min_profiles == 1
 
+
+def test_the_worker_the_app_starts_trains_with_the_apps_learning_settings(tmp_path):
+    """Settings given to the app (its own flags and `--learning`) reach the worker's command line, and the worker's
+    parser rebuilds exactly the app's LearningConfig from it: the two processes never disagree."""
+    import app
+    from adapters.worker import learning_config
+
+    config, learning = app.parse_args(["--data-dir", str(tmp_path), "--global-min-profiles", "1", "--learning",
+                                       "lora.top_layers=1.0", "--learning", "train.learning_rate=2e-3",
+                                       "--learning", "lora.target_modules=q_proj,v_proj", "--blend-k", "8"])
+    assert learning.lora.top_layers == 1.0 and learning.train.learning_rate == 2e-3 and learning.blend.k == 8
+    command = app.worker_command(config, learning)
+    assert command[command.index("--data-dir") + 1] == str(tmp_path)
+    assert learning_config(command[command.index("-m") + 2:]) == learning
+    assert "--set" not in app.worker_command(*app.parse_args([]))  # defaults: nothing to pass
+
 def test_a_bad_learning_setting_on_the_command_line_is_one_clear_error(capsys):
     import app
 
     with pytest.raises(SystemExit) as exit_:
         app.parse_args(["--global-min-profiles", "0"])
     assert exit_.value.code == 2 and "min_profiles must be at least 1" in capsys.readouterr().err
+    for bad, message in (("lora.top_layer=1", "no setting 'top_layer'"), ("lora.top_layers=2", "top_layers"),
+                         ("train.learning_rate=fast", "could not convert"), ("lora", "KEY=VALUE")):
+        with pytest.raises(SystemExit) as exit_:
+            app.parse_args(["--learning", bad])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
