@@ -159,6 +159,12 @@ class TrainConfig:
     unpaired_weight: float = 1.0
     """Weight of the KTO term next to the DPO term."""
     seed: int = 0
+    share_prompts: bool = True
+    """Run a pair's prompt once for both replies in a training step (`shared_prompt_log_probs`): the same
+    log-probabilities and gradients as two full sequences, with fewer tokens through the model. Measured on the
+    embedded model (AMD EPYC, 2 threads, bf16, 8 steps on the 5 training pairs of an 8-turn conversation, prompts
+    up to 192 tokens; medians of 3): top third of the layers 11.3 → 9.3 s, every layer 20.3 → 15.5 s. Single-turn
+    prompts (≈ 30 tokens) gain nothing: 5.0 vs 5.2 s and 7.9 vs 8.0 s."""
 
     def __post_init__(self):
         if self.beta <= 0 or self.learning_rate <= 0 or self.batch_size < 1 or self.epochs <= 0:
@@ -218,6 +224,52 @@ def completion_log_probs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Te
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=predicts)
     logits = out.logits.reshape(-1, out.logits.shape[-1]).float()  # (tokens kept, vocab), row-major order
     return torch.log_softmax(logits, dim=-1), predicts.nonzero()[:, 0]
+
+
+def shared_prompt_log_probs(model: torch.nn.Module, first: list[tuple[list[int], int]],
+                            second: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`completion_log_probs(model, collate(first + second, pad_id))` for pairs whose two sequences share their
+    prompt (`first[i]` and `second[i]`: the same ids up to the same prompt length), with each prompt run once.
+
+    The prompts go through the model once, right-padded, keeping their key/value cache; the cache is repeated for
+    the two completions of each pair, which then run with positions that continue their own prompt (a padded
+    prompt's gap is masked). Gradients flow through the cache into the prompt, as in the plain forward. A DPO
+    step's prompt is then computed once instead of twice: in a long conversation it is most of the tokens."""
+    n = len(first)
+    prompts = [ids[:plen] for ids, plen in first]
+    lengths = torch.tensor([len(p) for p in prompts])
+    prompt_ids = torch.full((n, int(lengths.max())), pad_id, dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        prompt_ids[row, : len(ids)] = torch.tensor(ids)
+    prompt_mask = (torch.arange(prompt_ids.shape[1])[None, :] < lengths[:, None]).long()
+    last = torch.zeros_like(prompt_mask, dtype=torch.bool)
+    last[torch.arange(n), lengths - 1] = True  # the prompt's last token predicts the completion's first
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True, logits_to_keep=last)
+    first_logits, cache = out.logits, out.cache  # (n, vocab): row i is prompt i's prediction
+    completions = [ids[plen:] for ids, plen in (*first, *second)]  # rows: every first, then every second
+    sizes = torch.tensor([len(c) for c in completions])
+    cont_ids = torch.full((2 * n, int(sizes.max())), pad_id, dtype=torch.long)
+    for row, ids in enumerate(completions):
+        cont_ids[row, : len(ids)] = torch.tensor(ids)
+    order = torch.arange(2 * n) % n  # each row's prompt
+    cache.batch_select_indices(order)
+    steps = torch.arange(cont_ids.shape[1])[None, :]
+    cont_mask = (steps < sizes[:, None]).long()
+    keep = steps < (sizes - 1)[:, None]  # completion token t predicts token t+1 (the last predicts nothing kept)
+    out = model(input_ids=cont_ids, attention_mask=torch.cat([prompt_mask[order], cont_mask], dim=1),
+                position_ids=lengths[order][:, None] + steps, cache=cache, logits_to_keep=keep)
+    cont_logits = out.logits.reshape(-1, out.logits.shape[-1])  # (kept, vocab), row-major
+    # Row-major order as the plain forward gives it: each row's first prediction (from its prompt), then the rest.
+    starts = torch.cumsum(sizes - 1, 0) - (sizes - 1)
+    index = torch.cat([torch.cat([order[r:r + 1], n + starts[r] + torch.arange(int(sizes[r]) - 1)])
+                       for r in range(2 * n)])
+    logits = torch.cat([first_logits.reshape(n, -1), cont_logits])[index].float()
+    return torch.log_softmax(logits, dim=-1), torch.repeat_interleave(torch.arange(2 * n), sizes)
+
+
+def shares_prompts(first: list[tuple[list[int], int]], second: list[tuple[list[int], int]]) -> bool:
+    """Whether each pair's two sequences start with the same prompt (what `shared_prompt_log_probs` needs)."""
+    return all(a_len == b_len and a[:a_len] == b[:b_len] for (a, a_len), (b, b_len) in zip(first, second))
 
 
 def _summed(batch: Batch, log_probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -429,7 +481,7 @@ def train_adapter(
     unpaired_order = _cycle(len(enc.unpaired), rng)
     on_policy_order = _cycle(len(on_policy), random.Random(config.seed + 1))  # leaves the pairs' order as it was
     metrics: dict = {}
-    model.train()
+    _train_mode(model)
     for step in range(steps):
         loss = torch.zeros(())
         metrics = {}
@@ -476,13 +528,27 @@ def train_adapter(
     return metrics
 
 
+def _train_mode(model: torch.nn.Module) -> None:
+    """Training mode for LoRA's own dropout only. The base model's dropout (GPT-2's 0.1) stays off, as TRL's
+    `disable_dropout`: the reference log-probs are computed without it, and a policy term drawn with it would
+    compare a noisy policy with a clean reference."""
+    model.eval()
+    for name, module in model.named_modules():
+        if name.endswith("lora_dropout") or ".lora_dropout." in name:
+            module.train()
+
+
 def _step_logps(model, first: list, second: list, order, pad: int, config: TrainConfig):
     """Draw a batch of indices; return them, the summed log-probs of `first[i]` and `second[i]` from one forward,
     and that forward's per-token log-probabilities (`completion_log_probs`; `first`'s rows come first)."""
     idx = [next(order) for _ in range(min(config.batch_size, len(first)))]
-    batch = collate([first[i] for i in idx] + [second[i] for i in idx], pad)
+    a, b = [first[i] for i in idx], [second[i] for i in idx]
+    batch = collate(a + b, pad)
     with config.autocast():
-        log_probs, rows = completion_log_probs(model, batch)
+        if config.share_prompts and shares_prompts(a, b):
+            log_probs, rows = shared_prompt_log_probs(model, a, b, pad)
+        else:
+            log_probs, rows = completion_log_probs(model, batch)
         logps = _summed(batch, log_probs, rows)
     return idx, logps[: len(idx)], logps[len(idx):], (log_probs, rows)
 

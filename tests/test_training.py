@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from adapters.data import PairExample, UnpairedExample, collate, encode, examples_from_feedback
+from adapters.data import Examples, PairExample, UnpairedExample, collate, encode, examples_from_feedback
 from adapters.losses import distill_kl
 from adapters.training import (LoraSettings, TrainConfig, add_lora, completion_log_probs, preference_accuracy,
-                               sequence_logps, teachers, train_adapter)
+                               sequence_logps, shared_prompt_log_probs, shares_prompts, teachers, train_adapter)
 from assistant.explore import instructed
 from assistant.config import ModelConfig
 from assistant.model import load_model
@@ -89,6 +89,89 @@ def test_sequence_logps_equal_a_full_forward(fresh_tiny):
         expected = sum(logps[t - 1, ids[t]] for t in range(prompt_len, len(ids)))
         assert got[row].item() == pytest.approx(expected.item(), abs=1e-4)
     assert seqs[0][0][-1] == tok.eos_token_id  # replies end with end-of-sequence, as generation does
+
+
+def _tiny_llama():
+    """A random 2-layer Llama (rotary positions, grouped-query attention): the architecture of the embedded model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_shared_prompt_forward_gives_the_plain_forwards_log_probs_and_gradients(fresh_tiny, arch):
+    """Prompts of different lengths (so padded ones leave a masked gap before their replies), replies of different
+    lengths, a one-token reply: every log-probability, its row, and every LoRA gradient match the plain forward of
+    the full sequences, which runs each prompt twice."""
+    model = add_lora(fresh_tiny.model if arch == "gpt2" else _tiny_llama(), LoraSettings(top_layers=1.0))
+    for name, param in model.named_parameters():  # LoRA B starts at zero: give the adapter something to do
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    gen = torch.Generator().manual_seed(1)
+    ids = lambda n: torch.randint(3, 90, (n,), generator=gen).tolist()  # noqa: E731
+    prompts = [ids(7), ids(3), ids(12)]
+    first = [(p + ids(k), len(p)) for p, k in zip(prompts, (5, 1, 9))]
+    second = [(p + ids(k), len(p)) for p, k in zip(prompts, (2, 8, 4))]
+    pad = 0
+    assert shares_prompts(first, second) and not shares_prompts(first, second[::-1])
+
+    def run(forward):
+        model.zero_grad()
+        log_probs, rows = forward()
+        batch = collate(first + second, pad)
+        targets = batch.input_ids[:, 1:][batch.completion_mask[:, 1:]]
+        picked = log_probs.gather(1, targets[:, None]).squeeze(1)
+        (picked * torch.linspace(0.5, 2.0, len(picked))).sum().backward()  # weights every token differently
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return log_probs.detach(), rows, grads
+
+    plain = run(lambda: completion_log_probs(model, collate(first + second, pad)))
+    shared = run(lambda: shared_prompt_log_probs(model, first, second, pad))
+    assert torch.equal(shared[1], plain[1])
+    assert torch.allclose(shared[0], plain[0], atol=1e-5)
+    assert set(shared[2]) == set(plain[2]) and len(plain[2]) >= 4
+    for name, grad in plain[2].items():
+        assert grad.abs().max() > 0 and torch.allclose(shared[2][name], grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_training_shares_prompts_only_where_they_are_shared(tiny_model_dir, monkeypatch):
+    """A step of pairs runs the shared forward; the unpaired KTO term (a reply and a reply to another prompt) runs
+    the plain one, as does a step with `share_prompts` off; and the result is the same either way."""
+    import adapters.training as training
+
+    calls = []
+    real = training.shared_prompt_log_probs
+    monkeypatch.setattr(training, "shared_prompt_log_probs", lambda *a: calls.append(len(a[1])) or real(*a))
+    data = Examples(_synthetic_pairs(8, 0), [UnpairedExample([{"role": "user", "content": q}], "A fox!", True,
+                                                             f"u{i}", "u") for i, q in enumerate(("Hi", "Hello?"))])
+    losses = []
+    for share in (True, False):
+        loaded = load_model(ModelConfig(model=str(tiny_model_dir)), tiny_model_dir.parent)
+        model = add_lora(loaded.model, LoraSettings())
+        config = TrainConfig(steps=3, batch_size=4, learning_rate=1e-2, bf16=False, share_prompts=share)
+        steps = []
+        train_adapter(model, loaded, data, config, progress=lambda step, total, m: steps.append(m["loss"]))
+        losses.append(steps)
+    assert calls == [4, 4, 4]  # three steps of four pairs with sharing on; never for the unpaired term
+    # The first step's loss is computed from the same weights: equal. Later ones follow Adam's first update, whose
+    # g/|g| turns the last-digit differences of near-zero gradients into different steps: close, not equal.
+    assert losses[0][0] == pytest.approx(losses[1][0], abs=1e-5)
+    assert losses[0] == pytest.approx(losses[1], rel=0.02)
+
+
+def test_training_keeps_the_base_models_dropout_off_and_loras_on(fresh_tiny):
+    """As TRL's `disable_dropout`: GPT-2's own dropout (0.1) would make the policy's log-probs noisy against a
+    reference computed without it; LoRA's dropout is a setting of ours and stays in force."""
+    from adapters.training import _train_mode
+
+    model = add_lora(fresh_tiny.model, LoraSettings(dropout=0.1))
+    _train_mode(model)
+    dropouts = {n: m.training for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    assert any("lora_dropout" in n for n in dropouts) and any("lora_dropout" not in n for n in dropouts)
+    assert all(on == ("lora_dropout" in n) for n, on in dropouts.items())
 
 
 def _synthetic_pairs(n: int, offset: int) -> list[PairExample]:
@@ -373,7 +456,7 @@ def test_reference_cache_skips_known_pairs_and_trains_exactly_the_same(tiny_mode
                       reference_key="v2" if name == "other reference" else "v1")
         runs[name] = (calls[0], {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k})
     assert len(cache) == 2 * len(pairs)  # one entry per pair and reference
-    steps = config.steps
+    steps = 2 * config.steps  # each step runs the prompts, then both replies (`share_prompts`)
     assert runs["hits"][0] == steps  # only the training steps: every reference value came from the cache
     assert runs["fills"][0] > steps and runs["other reference"][0] == runs["fills"][0]
     for name in ("fills", "hits"):
