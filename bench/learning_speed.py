@@ -41,7 +41,7 @@ from adapters.blend import AdapterServer
 from adapters.data import Examples, PairExample
 from adapters.jobs import LearningConfig
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
-from adapters.training import add_lora, train_adapter
+from adapters.training import add_lora, native_bf16, train_adapter
 from adapters.worker import ADAPTERS_DIR
 from assistant.config import AppConfig, GenerationSettings, ModelConfig
 from assistant.executor import GenerationExecutor
@@ -113,9 +113,10 @@ def training_compute(rounds: int, learning: LearningConfig) -> dict:
         "trl_dpotrainer_no_gradient_checkpointing_s": med(trl_no_ckpt),
         "ratio_vs_trl_default": round(med(ours) / med(trl_default), 3),
         "ratio_vs_trl_fastest": round(med(ours) / min(med(trl_default), med(trl_no_ckpt)), 3),
-        "attune_settings": f"bf16 autocast: {train.bf16}, LoRA r={lora.rank} on {adapted} of "
+        "attune_settings": f"bf16 autocast: {native_bf16() if train.bf16 is None else train.bf16}, "
+                           f"LoRA r={lora.rank} on {adapted} of "
                            f"{loaded.model.config.num_hidden_layers} layers (the top ones), reference log-probs once, "
-                           "logits only at reply positions",
+                           f"logits only at reply positions, prompts shared by both replies: {train.share_prompts}",
         "trl_settings": "DPOConfig defaults (fp32, LoRA r=8 on q/k/v/o of all layers), same steps and batch",
         "runs": {"attune": ours, "trl_default": trl_default, "trl_no_gradient_checkpointing": trl_no_ckpt},
     }
