@@ -20,8 +20,9 @@ Then one population run: all users in one shared data home, taking turns, so the
 everyone under the per-profile cap. `--quick` runs the tiny test model with 2 users and small budgets (≈ 20 s).
 
 Sizes (the defaults of `CurveConfig`) fit 60 minutes on the 2-core machine: measured on 2026-11-30 with the current
-defaults (duel pairing, served samples for the blend), 54.2 min in all (seed 1, alone on a Xeon; seed 2 on an AMD
-EPYC: 48.9 min); one user to 64 choices takes 7.7–9.5 min of one core (an A/B pair of 32-token replies ≈ 3.4 s,
+defaults (duel pairing, served samples for the blend, LoRA on the top two thirds), 48.1 min in all (seed 2, alone on
+an AMD EPYC; with the top third: 54.2 min on a Xeon, 48.9 min on the EPYC); one user to 64 choices takes 7.7–9.5 min
+of one core (an A/B pair of 32-token replies ≈ 3.4 s,
 the personal update every 4 choices, 5 evaluations; a user alone has no global adapter, see
 `LearningConfig.min_profiles`); users run two at a time (`--jobs 2`, one core each); the population run, 16 choices
 per user, 26.9–28.8 min. 128 choices per user would

@@ -225,10 +225,13 @@ def serving_speed(service: ChatService, rounds: int) -> dict:
                                    poll_seconds=0.01)
             runs[name].append(stream.new_tokens[0] / stream.seconds)
     medians = {name: med(v) for name, v in runs.items()}
+    all_layers = range(served.model.config.num_hidden_layers)
+    blend_layers = service.adapters.registry.load_weights(personal)[0].get("layers_to_transform") or all_layers
     return {"tokens": 128, "tokens_per_s": medians,
             "blend_vs_bare_ratio": round(medians["served_global_plus_personal"] / medians["bare_base"], 3),
             "no_adapter_vs_bare_ratio": round(medians["served_no_adapter"] / medians["bare_base"], 3),
-            "lora": "r=8 global + r=8 personal on q/k/v/o of the top 10 layers, concatenated (rank 16)",
+            "lora": f"global + personal on q/k/v/o of the top {len(blend_layers)} of {len(all_layers)} layers, "
+                    "concatenated (their ranks added)",
             "runs": runs}
 
 

@@ -186,16 +186,17 @@ def test_worker_command_line_runs_queued_jobs(parts, store, data_home, tiny_mode
     assert refused.returncode == 2 and "Bad --set" in refused.stderr and "no setting 'top_layer'" in refused.stderr
     assert registry.current(personal_adapter(ann)) is None
     assert [store.latest_job(a)["status"] for a in (personal_adapter(ann), GLOBAL)] == ["queued", "queued"]
-    result = subprocess.run([*command, "--set", "lora.top_layers=1.0", "--set", "train.learning_rate=2e-3"],
+    result = subprocess.run([*command, "--set", "lora.top_layers=0.5", "--set", "train.learning_rate=2e-3"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert registry.current(personal_adapter(ann)).version == 1 and registry.current(GLOBAL).version == 1
     manifest = registry.current(personal_adapter(ann)).manifest
-    assert manifest["hyperparameters"]["lora"]["top_layers"] == 1.0
+    assert manifest["hyperparameters"]["lora"]["top_layers"] == 0.5
     assert manifest["hyperparameters"]["train"]["learning_rate"] == 2e-3  # the first update: no decay yet
     weights = registry.load_weights(registry.current(personal_adapter(ann)))[1]
     layers = {int(re.search(r"\.h\.(\d+)\.", k).group(1)) for k in weights}  # GPT-2: transformer.h.<layer>
-    assert layers == set(range(AutoConfig.from_pretrained(tiny_model_dir).num_hidden_layers))  # every layer
+    n_layers = AutoConfig.from_pretrained(tiny_model_dir).num_hidden_layers
+    assert n_layers == 2 and layers == {1}  # the top half: the default (two thirds) would adapt both
 
 
 def test_an_orphaned_worker_stops_by_itself(tiny_model_dir, data_home):
