@@ -58,7 +58,8 @@ class LoraSettings:
     top 10. Learning curves against the previous default, the top third (`bench/results/
     learning_curve_comparison_two_thirds{,_served}.json`; full run, seed 2, paired draw for draw): blend win rate vs
     base after 32 choices 0.727 vs 0.620 greedy (6 vs 4 users ≥ 0.70), 0.610 vs 0.588 as served, 0.734 vs 0.646 after
-    64; shared home 0.685 vs 0.641; worst neutral perplexity ×1.16 vs ×1.24. Every layer (1.0; seeds 1 and 2 to 32,
+    64; shared home 0.685 vs 0.641; worst neutral perplexity ×1.16 vs ×1.24. Seed 3 to 32 (`…_two_thirds_seed3`):
+    0.667 vs 0.620 greedy, 0.664 vs 0.565 as served, worst perplexity ×1.16 vs ×1.08. Every layer (1.0; seeds 1 and 2 to 32,
     `learning_curve_comparison_layers_all{,_served}.json`): 0.682 vs 0.621. Vote-to-new-version latency
     (`learning_speed_layers.json`, AMD EPYC, 8 pairs of an 8-turn conversation, median of 5): 11.4 s top third,
     13.4 s two thirds, 17.1 s every layer, against a 15 s target — every layer does not fit it."""
