@@ -55,6 +55,11 @@ class LearningConfig:
     every style people chose."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     blend: BlendConfig = field(default_factory=BlendConfig)
+    max_drift: float | None = 0.08
+    """Largest rise of the anchor replies' perplexity (`adapters.drift`) over the base model's a published version
+    may bring, as a fraction (0.08: ×1.08); an update that goes further is backtracked until it does not. None: no
+    guard. The issue's limit is +10 % on neutral text; the guard holds its own text to 8 % because the benchmark
+    judges on different text."""
 
     def __post_init__(self):
         if self.personal_every < 1 or self.global_every < 1:
@@ -67,6 +72,8 @@ class LearningConfig:
             raise ValueError("min_profiles must be at least 1")
         if self.global_rpo_alpha is not None and self.global_rpo_alpha < 0:
             raise ValueError("global_rpo_alpha must be ≥ 0 (or None)")
+        if self.max_drift is not None and self.max_drift <= 0:
+            raise ValueError("max_drift must be > 0 (or None: no drift guard)")
 
 
 def _since(store: Store, adapter: str) -> str | None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from peft import set_peft_model_state_dict
 
+from adapters.drift import anchor_batch, limit_drift, perplexity, trainable_state
 from adapters.jobs import LearningConfig, UpdateData, crowd_ready, global_update, personal_update
 from adapters.registry import GLOBAL, AdapterRegistry
 from adapters.training import ReferenceCache, add_lora, objective, pair_key, preference_margins, train_adapter
@@ -59,6 +60,8 @@ class Worker:
         self.stop = threading.Event()
         self._margins = ReferenceCache(8192)  # (model below, pair content) → held-out margin
         self._references = ReferenceCache()  # training pairs' reference values, per reference model
+        self._anchor_batch = None  # the drift guard's anchor replies, tokenized once
+        self._anchor_base: float | None = None
         removed = registry.remove_strays()
         if removed:
             log.info("Removed %d unfinished adapter folder(s) from an interrupted publish.", len(removed))
@@ -134,6 +137,7 @@ class Worker:
         refit = adapter != GLOBAL and self.config.personal_refit > 0
         if current and not refit:  # warm start
             set_peft_model_state_dict(peft_model, self.registry.load_weights(current)[1])
+        start = trainable_state(peft_model) if self.config.max_drift is not None else None
 
         def progress(step, total, metrics):
             self.store.job_progress(job["id"], step / total,
@@ -147,6 +151,10 @@ class Worker:
         metrics = train_adapter(peft_model, self.loaded, data.train, train, progress, new_examples=data.new_events,
                                 references=self._references, reference_key=reference_key)
         lap("train_s")
+        if start is not None:
+            metrics.update(limit_drift(peft_model, start, self._anchor(), self._anchor_base_perplexity(),
+                                       1 + self.config.max_drift))
+            lap("drift_s")
         metrics.update(self._evaluate(peft_model, data, personal=adapter != GLOBAL, global_version=global_version))
         lap("eval_s")
         manifest = {
@@ -159,7 +167,8 @@ class Worker:
             "update": update,
             "refit": refit,
             "trained_until": data.trained_until,
-            "hyperparameters": {"train": asdict(train), "lora": asdict(self.config.lora)},
+            "hyperparameters": {"train": asdict(train), "lora": asdict(self.config.lora),
+                                "max_drift": self.config.max_drift},
             "metrics": metrics,
         }
         if self.store.get_job(job["id"])["status"] == "cancelled":
@@ -192,6 +201,17 @@ class Worker:
                 "eval/only_personal_right": int((mine & ~crowd).sum()),
                 "eval/only_global_right": int((crowd & ~mine).sum()),
                 "eval/accuracy_base": (base_margins > 0).float().mean().item()}
+
+    def _anchor(self):
+        if self._anchor_batch is None:
+            self._anchor_batch = anchor_batch(self.loaded)
+        return self._anchor_batch
+
+    def _anchor_base_perplexity(self) -> float:
+        """The bare base model's anchor perplexity: the drift guard's yardstick (computed once)."""
+        if self._anchor_base is None:
+            self._anchor_base = perplexity(self.loaded.model, self._anchor())
+        return self._anchor_base
 
     def _cached_margins(self, model, pairs, key: str | None) -> torch.Tensor:
         """Held-out margins of the model below (base, or base + global version `key`), kept per pair *content*: a

@@ -240,6 +240,17 @@ class Harness:
             "personal": Blend(None, p.version if p else None, 1.0 if p else 0.0, "personal only", user_id),
         }
 
+    def drift_guard(self, user_id: str) -> dict:
+        """What the drift guard did to this user's adapters so far: per adapter, its published versions, how many
+        the guard backtracked, and the smallest update scale it kept (`adapters.drift`)."""
+        out = {}
+        for name, adapter in (("global", GLOBAL), ("personal", personal_adapter(user_id))):
+            metrics = [v.manifest.get("metrics", {}) for v in self.registry.history(adapter)]
+            scales = [m["drift/update_scale"] for m in metrics if "drift/update_scale" in m]
+            out[name] = {"versions": len(metrics), "backtracked": sum(s < 1 for s in scales),
+                         "min_update_scale": min(scales) if scales else None}
+        return out
+
     def margins(self, blend: Blend | None, pairs: list[PairExample]) -> torch.Tensor:
         def run():
             with self.server.activate(blend) if blend else nullcontext():
@@ -386,6 +397,7 @@ def evaluate(ev: Evaluation, user, user_id: str, pairs: list[PairExample]) -> di
     out["mean_user_reward"]["base"] = round(statistics.mean(base_rewards), 3)
     out["served"] = blends["blend"].record()
     out["published"] = {"global": blends["global"].global_version, "personal": blends["personal"].personal_version}
+    out["drift_guard"] = h.drift_guard(user_id)
     out["examples"] = [{"prompt": p, "base": b, "blend": r} for p, b, r in
                        list(zip(prompts, base, ev.replies(blends["blend"])))[:EXAMPLES]]
     return out

@@ -78,8 +78,10 @@ def test_worker_publishes_and_the_next_reply_uses_the_new_version(parts, store):
     assert manifest["base_model"] == worker.loaded.model_id and manifest["objective"] == "dpo+kto+distill"
     assert manifest["parent_version"] is None and manifest["trained_on_global"] is None  # global came second
     assert len(manifest["feedback_ids"]) + len(manifest["held_out_feedback_ids"]) == 10
-    assert set(manifest["hyperparameters"]) == {"train", "lora"}
-    assert {"loss", "rewards/accuracies", "rewards/margins", "eval/pairs"} <= set(manifest["metrics"])
+    assert set(manifest["hyperparameters"]) == {"train", "lora", "max_drift"}
+    assert manifest["hyperparameters"]["max_drift"] == LEARNING.max_drift
+    assert {"loss", "rewards/accuracies", "rewards/margins", "eval/pairs", "drift/perplexity_ratio",
+            "drift/update_scale"} <= set(manifest["metrics"])
     assert registry.current(GLOBAL).version == 1
     assert not worker.run_once()  # nothing left
 

@@ -1,0 +1,162 @@
+"""The drift guard: a trained adapter that makes the anchor replies too unlikely is backtracked before publishing."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from adapters.data import collate, encode
+from adapters.drift import ANCHOR, anchor_batch, limit_drift, perplexity, trainable_state
+from adapters.jobs import LearningConfig
+from adapters.registry import personal_adapter
+from adapters.training import LoraSettings, TrainConfig, add_lora, sequence_logps
+from tests.test_worker import _loop
+
+STEPS = 4
+
+
+def _lora(tiny_loaded):
+    torch.manual_seed(0)
+    return add_lora(copy.deepcopy(tiny_loaded.model), LoraSettings(rank=4, alpha=8))
+
+
+def _push(model, batch, size: float, steps: int = 3) -> None:
+    """Move the LoRA parameters against the anchor: `steps` normalised gradient-ascent steps of `size` on its loss
+    (an adapter that drifts for sure; random noise barely moves a random model's perplexity)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for _ in range(steps):
+        loss = -sequence_logps(model, batch).sum()
+        grads = torch.autograd.grad(loss, params)
+        norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p += size * g / norm
+
+
+def _ratio(model, batch, base):
+    return perplexity(model, batch) / base
+
+
+def test_anchor_perplexity_is_the_mean_token_loss_of_the_plain_replies(tiny_loaded):
+    batch = anchor_batch(tiny_loaded)
+    assert batch.input_ids.shape[0] == len(ANCHOR) >= 8
+    # Recomputed reply by reply, without padding: the same per-token perplexity.
+    total, tokens = 0.0, 0
+    for question, reply in ANCHOR:
+        one = collate([encode(tiny_loaded, [{"role": "user", "content": question}], reply, 128)],
+                      tiny_loaded.tokenizer.pad_token_id)
+        total += sequence_logps(tiny_loaded.model, one).item()
+        tokens += one.completion_mask.sum().item()
+    assert perplexity(tiny_loaded.model, batch) == pytest.approx(math.exp(-total / tokens), rel=1e-4)
+
+
+def test_an_update_inside_the_limit_is_published_as_trained(tiny_loaded):
+    model, batch = _lora(tiny_loaded), anchor_batch(tiny_loaded)
+    base = perplexity(tiny_loaded.model, batch)
+    start = trainable_state(model)
+    _push(model, batch, 0.01)
+    trained = trainable_state(model)
+    ratio = _ratio(model, batch, base)
+    metrics = limit_drift(model, start, batch, base, max_ratio=ratio + 0.01, steps=STEPS)
+    assert metrics == {"drift/perplexity_ratio_trained": ratio, "drift/perplexity_ratio": ratio,
+                       "drift/update_scale": 1.0}
+    assert all(torch.equal(p, trained[n]) for n, p in model.named_parameters() if n in trained)
+
+
+def test_an_update_past_the_limit_is_backtracked_to_the_largest_step_inside(tiny_loaded):
+    model, batch = _lora(tiny_loaded), anchor_batch(tiny_loaded)
+    base = perplexity(tiny_loaded.model, batch)
+    _push(model, batch, 0.3)  # where the update starts: a previous version, already drifted a little
+    start = trainable_state(model)
+    start_ratio = _ratio(model, batch, base)
+    _push(model, batch, 0.6)  # the update
+    trained = trainable_state(model)
+    trained_ratio = _ratio(model, batch, base)
+    limit = (start_ratio + trained_ratio) / 2
+    assert start_ratio < limit < trained_ratio
+
+    metrics = limit_drift(model, start, batch, base, max_ratio=limit, steps=STEPS)
+    s = metrics["drift/update_scale"]
+    assert 0 < s < 1 and "drift/adapter_scale" not in metrics
+    assert metrics["drift/perplexity_ratio_trained"] == pytest.approx(trained_ratio)
+    # The model holds exactly start + s·(trained − start), and is inside the limit …
+    for name, p in model.named_parameters():
+        if name in start:
+            assert torch.allclose(p, start[name] + s * (trained[name] - start[name]), atol=1e-6)
+    assert _ratio(model, batch, base) == pytest.approx(metrics["drift/perplexity_ratio"])
+    assert metrics["drift/perplexity_ratio"] <= limit
+    # … and one bisection step further along the update is outside: s is the largest step to within 2^-steps.
+    for name, p in model.named_parameters():
+        if name in start:
+            p.data.copy_(start[name] + (s + 2 ** -STEPS) * (trained[name] - start[name]))
+    assert _ratio(model, batch, base) > limit
+
+
+def test_a_start_already_outside_shrinks_the_whole_adapter(tiny_loaded):
+    model, batch = _lora(tiny_loaded), anchor_batch(tiny_loaded)
+    base = perplexity(tiny_loaded.model, batch)
+    _push(model, batch, 0.6)
+    start = trainable_state(model)
+    start_ratio = _ratio(model, batch, base)
+    _push(model, batch, 0.1)
+    limit = 1 + (min(start_ratio, _ratio(model, batch, base)) - 1) / 3
+    assert limit > 1
+
+    metrics = limit_drift(model, start, batch, base, max_ratio=limit, steps=STEPS)
+    t = metrics["drift/adapter_scale"]
+    assert metrics["drift/update_scale"] == 0.0 and 0 < t < 1
+    for name, p in model.named_parameters():
+        if name in start:  # A as it was, B scaled: ΔW = B·A scaled by t
+            assert torch.allclose(p, start[name] * (t if "lora_B" in name else 1.0), atol=1e-6)
+    assert _ratio(model, batch, base) == pytest.approx(metrics["drift/perplexity_ratio"])
+    assert metrics["drift/perplexity_ratio"] <= limit
+
+
+def _against_plain_replies(service, user_id, n, start=0):
+    """n A/B choices, each preferring a babbled reply to a plain one: an update that learns them drifts."""
+    conv = service.new_conversation(user_id)["id"]
+    for i in range(start, start + n):
+        question, plain = ANCHOR[i % len(ANCHOR)]
+        q = service.store.add_message(user_id, conv, "user", question)
+        pair = service.store.create_pair(user_id, conv, q.id, "Fox fox fox fox fox.", plain, model_id="m", settings={})
+        service.choose(user_id, pair.id, "a")
+
+
+def test_the_worker_publishes_only_versions_inside_the_limit(store, data_home, tiny_model_dir, app_config,
+                                                              tiny_loaded):
+    """A step size that drifts far: every published version of the chain is inside the guard's limit, measured on
+    the published weights; without the guard the same updates publish further out."""
+    train = TrainConfig(steps=6, learning_rate=5e-2, decay=False, rpo_alpha=0.0)  # DPO alone: pushes plain down
+    published = {}
+    for max_drift in (None, 0.02):
+        learning = LearningConfig(personal_every=4, global_every=10**6, train=train, max_drift=max_drift,
+                                  lora=LoraSettings(rank=4, alpha=8))
+        registry, service, worker = _loop(store, data_home, tiny_model_dir, app_config, learning)
+        ann = service.create_profile(f"Ann {max_drift}")["id"]
+        ratios = []
+        for round_ in range(3):
+            _against_plain_replies(service, ann, 4, start=4 * round_)
+            torch.manual_seed(round_)
+            assert worker.run_once()
+            version = registry.current(personal_adapter(ann))
+            metrics = version.manifest["metrics"]
+            served = service.adapters.blend_for(ann)
+            # the personal version at full weight: the guard holds the adapter as trained, before α scales it
+            with service.adapters.activate(replace(served, alpha=1.0)):
+                measured = perplexity(service.loaded.model, anchor_batch(tiny_loaded)) / perplexity(
+                    tiny_loaded.model, anchor_batch(tiny_loaded))
+            ratios.append(measured)
+            if max_drift is None:
+                assert not any(k.startswith("drift/") for k in metrics)
+            else:
+                assert measured == pytest.approx(metrics["drift/perplexity_ratio"], rel=1e-4)
+                assert measured <= 1 + max_drift + 1e-6
+                assert version.manifest["hyperparameters"].get("max_drift") == max_drift
+        published[max_drift] = ratios
+    assert max(published[None]) > 1.02  # the setting does drift: the guard had something to hold
+    assert any(r < n for r, n in zip(published[0.02], published[None]))
+
