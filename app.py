@@ -103,7 +103,8 @@ def _learning_markdown(status: dict) -> str:
                f"({crowd['profiles']} so far)" if crowd["profiles"] < crowd["needed"] else "not trained yet")
     for label, info, none in (("Your adapter", status["personal"], "not trained yet"),
                               ("Everyone's adapter", status["global"], waiting)):
-        lines.append(f"**{label}:** " + (f"{info['version']}, trained {info['created_at']}" if info else none))
+        lines.append(f"**{label}:** " + (f"{info['version']}, trained {info['created_at']}"
+                                         + _guard_note(info.get("metrics", {})) if info else none))
     lines.append(f"**Personal weight α:** {status['alpha']:.2f} ({status['alpha_reason']})")
     for label, job in (("Training (yours)", status["job"]), ("Training (everyone's)", status["global_job"])):
         if job is None:
@@ -113,6 +114,19 @@ def _learning_markdown(status: dict) -> str:
         else:
             lines.append(f"**{label}:** last job {job['status']} ({job['message']})")
     return "\n\n".join(lines)
+
+
+def _guard_note(metrics: dict) -> str:
+    """What the drift guard (adapters/drift.py) did to a version, if anything."""
+    trained, kept = metrics.get("drift/perplexity_ratio_trained"), metrics.get("drift/perplexity_ratio")
+    if metrics.get("drift/update_scale", 1.0) >= 1.0 or trained is None:
+        return ""
+    if "drift/adapter_scale" in metrics:
+        done = f"scaled the whole adapter to {metrics['drift/adapter_scale']:.0%}"
+    else:
+        done = f"kept {metrics['drift/update_scale']:.0%} of its last update"
+    return (f" (the drift guard {done}: as trained, plain replies were ×{trained:.2f} harder to predict than for "
+            f"the base model; now ×{kept:.2f})")
 
 
 def _accuracy_frame(history: list[dict]) -> pd.DataFrame:

@@ -100,6 +100,7 @@ def limit_drift(model: torch.nn.Module, start: dict[str, torch.Tensor], batch: B
     first = ratio()
     metrics = {"drift/perplexity_ratio_trained": first, "drift/perplexity_ratio": first, "drift/update_scale": 1.0}
     if first <= max_ratio:
+        log.info("Drift guard: anchor perplexity ×%.3f, within ×%.3f", first, max_ratio)
         return metrics
 
     def along_update(s: float) -> None:

@@ -55,11 +55,17 @@ class LearningConfig:
     every style people chose."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     blend: BlendConfig = field(default_factory=BlendConfig)
-    max_drift: float | None = 0.08
+    max_drift: float | None = 0.5
     """Largest rise of the anchor replies' perplexity (`adapters.drift`) over the base model's a published version
-    may bring, as a fraction (0.08: ×1.08); an update that goes further is backtracked until it does not. None: no
-    guard. The issue's limit is +10 % on neutral text; the guard holds its own text to 8 % because the benchmark
-    judges on different text."""
+    may bring, as a fraction (0.5: ×1.5); an update that goes further is backtracked along its update until it does
+    not. None: no guard. A collapse guard, not a taste limit: held tight it made things worse. Measured at 0.08
+    (8 users to 32 choices, seed 2, paired with the unguarded run; bench/results/learning_curve_pilot_guard008_seed2
+    .json): the guard backtracked 17 of 64 updates (first updates reached ×1.28–1.32 on the anchor), and the mean
+    blend win rate fell 0.727 → 0.625 (as served 0.610 → 0.591) while the benchmark's own neutral-text perplexity
+    got *worse*, worst ×1.161 → ×1.232 (`emoji_lover` ×1.049 → ×1.232): the anchor's plain answers and the
+    benchmark's neutral sentences drift differently, and a chain held at the anchor's boundary took another path.
+    At 0.5 it leaves ordinary learning alone and stops an update that makes plain replies collapse (the test's
+    chooser who always prefers babble)."""
 
     def __post_init__(self):
         if self.personal_every < 1 or self.global_every < 1:

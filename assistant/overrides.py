@@ -10,7 +10,7 @@ def with_overrides(config, assignments: list[str]):
     """`a.b.c=value` → a copy of the (nested, frozen) dataclass config with that field replaced.
 
     Values are parsed by the field's current type: a tuple takes `x,y` (a tuple of named items, such as the
-    exploration probes, takes a subset of their names), a bool or None field takes true/false/none or a number.
+    exploration probes, takes a subset of their names), a bool or None field takes true/false/none or a number, and any field that may be None takes none.
     An unknown key, a value of the wrong kind or one the config's validation refuses raises ValueError."""
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")
@@ -28,7 +28,9 @@ def _replace_path(obj, path: list[str], raw: str):
     if len(path) > 1:
         return replace(obj, **{name: _replace_path(current, path[1:], raw)})
     annotation = str(next(f.type for f in fields(obj) if f.name == name))
-    if current is None and "tuple" in annotation:  # e.g. lora.target_modules: None or names
+    if raw.lower() == "none" and "None" in annotation:  # e.g. max_drift=none: a setting that may be switched off
+        value = None
+    elif current is None and "tuple" in annotation:  # e.g. lora.target_modules: None or names
         value = None if raw.lower() == "none" else tuple(v.strip() for v in raw.split(",") if v.strip())
     elif isinstance(current, bool) or current is None:
         value = {"true": True, "false": False, "none": None}.get(raw.lower(), raw)

@@ -242,13 +242,17 @@ class Harness:
 
     def drift_guard(self, user_id: str) -> dict:
         """What the drift guard did to this user's adapters so far: per adapter, its published versions, how many
-        the guard backtracked, and the smallest update scale it kept (`adapters.drift`)."""
+        the guard backtracked, the smallest update scale it kept (`adapters.drift`), and the current version's anchor
+        perplexity ratio as trained and as published (to set against the benchmark's own neutral text)."""
         out = {}
         for name, adapter in (("global", GLOBAL), ("personal", personal_adapter(user_id))):
             metrics = [v.manifest.get("metrics", {}) for v in self.registry.history(adapter)]
             scales = [m["drift/update_scale"] for m in metrics if "drift/update_scale" in m]
+            current = metrics[-1] if metrics else {}
             out[name] = {"versions": len(metrics), "backtracked": sum(s < 1 for s in scales),
-                         "min_update_scale": min(scales) if scales else None}
+                         "min_update_scale": min(scales) if scales else None,
+                         "anchor_ratio_trained": current.get("drift/perplexity_ratio_trained"),
+                         "anchor_ratio": current.get("drift/perplexity_ratio")}
         return out
 
     def margins(self, blend: Blend | None, pairs: list[PairExample]) -> torch.Tensor:

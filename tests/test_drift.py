@@ -14,6 +14,9 @@ from adapters.drift import ANCHOR, anchor_batch, limit_drift, perplexity, traina
 from adapters.jobs import LearningConfig
 from adapters.registry import personal_adapter
 from adapters.training import LoraSettings, TrainConfig, add_lora, sequence_logps
+from app import _learning_markdown
+from storage.db import DB_FILENAME
+from storage.store import Store, seeded_ids
 from tests.test_worker import _loop
 
 STEPS = 4
@@ -126,18 +129,18 @@ def _against_plain_replies(service, user_id, n, start=0):
         service.choose(user_id, pair.id, "a")
 
 
-def test_the_worker_publishes_only_versions_inside_the_limit(store, data_home, tiny_model_dir, app_config,
-                                                              tiny_loaded):
+def test_the_worker_publishes_only_versions_inside_the_limit(data_home, tiny_model_dir, app_config, tiny_loaded):
     """A step size that drifts far: every published version of the chain is inside the guard's limit, measured on
     the published weights; without the guard the same updates publish further out."""
     train = TrainConfig(steps=6, learning_rate=5e-2, decay=False, rpo_alpha=0.0)  # DPO alone: pushes plain down
     published = {}
+    store = Store(data_home / DB_FILENAME, new_id=seeded_ids("drift"))  # fixed ids: the same held-out pairs
     for max_drift in (None, 0.02):
         learning = LearningConfig(personal_every=4, global_every=10**6, train=train, max_drift=max_drift,
                                   lora=LoraSettings(rank=4, alpha=8))
         registry, service, worker = _loop(store, data_home, tiny_model_dir, app_config, learning)
         ann = service.create_profile(f"Ann {max_drift}")["id"]
-        ratios = []
+        ratios, scales = [], []
         for round_ in range(3):
             _against_plain_replies(service, ann, 4, start=4 * round_)
             torch.manual_seed(round_)
@@ -153,10 +156,16 @@ def test_the_worker_publishes_only_versions_inside_the_limit(store, data_home, t
             if max_drift is None:
                 assert not any(k.startswith("drift/") for k in metrics)
             else:
+                scales.append(metrics["drift/update_scale"])
                 assert measured == pytest.approx(metrics["drift/perplexity_ratio"], rel=1e-4)
                 assert measured <= 1 + max_drift + 1e-6
                 assert version.manifest["hyperparameters"].get("max_drift") == max_drift
+                note = _learning_markdown(service.learning_status(ann))
+                assert ("drift guard" in note) == (metrics["drift/update_scale"] < 1)  # the panel says what it did
+                if metrics["drift/update_scale"] < 1:
+                    assert f"now ×{metrics['drift/perplexity_ratio']:.2f}" in note
         published[max_drift] = ratios
     assert max(published[None]) > 1.02  # the setting does drift: the guard had something to hold
     assert any(r < n for r, n in zip(published[0.02], published[None]))
+    assert min(scales) < 1  # the guard did backtrack (and the panel said so, above)
 

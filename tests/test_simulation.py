@@ -317,6 +317,11 @@ def test_benchmark_settings_override_nested_frozen_configs_and_refuse_unknown_on
         "explore.probes=list,direct", "learning.lora.target_modules=q_proj,v_proj", "learning.lora.top_layers=1.0",
         "learning.train.bf16=false", "seed=3", "served_models=blend,personal"]
     assert with_overrides(CurveConfig(), settings_diff(changed, CurveConfig())) == changed  # the round trip
+    off = with_overrides(CurveConfig(), ["learning.max_drift=none"])  # a setting that may be None is switched off
+    assert off.learning.max_drift is None and settings_diff(off, CurveConfig()) == ["learning.max_drift=none"]
+    assert with_overrides(off, ["learning.max_drift=0.1"]).learning.max_drift == 0.1
+    with pytest.raises(ValueError, match="max_drift must be > 0"):
+        with_overrides(CurveConfig(), ["learning.max_drift=0"])
 
 
 def test_probe_benchmark_takes_new_wordings_and_refuses_malformed_ones():

@@ -191,6 +191,7 @@ def test_worker_command_line_runs_queued_jobs(parts, store, data_home, tiny_mode
     result = subprocess.run([*command, "--set", "lora.top_layers=0.5", "--set", "train.learning_rate=2e-3"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    assert registry.current(personal_adapter(ann)) and registry.current(GLOBAL), result.stderr[-3000:]
     assert registry.current(personal_adapter(ann)).version == 1 and registry.current(GLOBAL).version == 1
     manifest = registry.current(personal_adapter(ann)).manifest
     assert manifest["hyperparameters"]["lora"]["top_layers"] == 0.5
@@ -340,8 +341,10 @@ def test_the_worker_the_app_starts_trains_with_the_apps_learning_settings(tmp_pa
 
     config, learning = app.parse_args(["--data-dir", str(tmp_path), "--global-min-profiles", "1", "--learning",
                                        "lora.top_layers=1.0", "--learning", "train.learning_rate=2e-3",
-                                       "--learning", "lora.target_modules=q_proj,v_proj", "--blend-k", "8"])
+                                       "--learning", "lora.target_modules=q_proj,v_proj", "--blend-k", "8",
+                                       "--learning", "max_drift=none"])
     assert learning.lora.top_layers == 1.0 and learning.train.learning_rate == 2e-3 and learning.blend.k == 8
+    assert learning.max_drift is None  # the drift guard switched off, and so in the worker too
     command = app.worker_command(config, learning)
     assert command[command.index("--data-dir") + 1] == str(tmp_path)
     assert learning_config(command[command.index("-m") + 2:]) == learning
