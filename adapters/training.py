@@ -87,7 +87,10 @@ class TrainConfig:
     """AdamW step size of an adapter's first update (see `decay`). Learning-curve pilots (bullets, casual,
     emoji_lover, examples; 32 choices; mean blend win rate vs base, worst neutral-perplexity ratio): with the NLL
     term 0.67 / ×1.12 at 1e-3 and 0.69 / ×1.56 at 2e-3; with distillation (`chosen_term`) 0.61 / ×1.08 at 1e-3,
-    0.66 / ×1.09 at 2e-3, 0.73 / ×1.11 at 4e-3 — the KL leash is what lets the step size grow."""
+    0.66 / ×1.09 at 2e-3, 0.73 / ×1.11 at 4e-3 — the KL leash is what lets the step size grow. With LoRA on two
+    thirds of the layers, 3e-3 against 4e-3 (8 users to 32 choices, seeds 2 and 3, paired; bench/results/
+    learning_curve_comparison_lr3e-3{,_served}.json): +0.016 greedy, +0.002 as served, and 2 and 3 users past ×1.10
+    neutral perplexity instead of 2 and 2 — no better on drift, so 4e-3 stays."""
     rpo_alpha: float = 1.0
     """Weight of the chosen-reply term added to the DPO loss (TRL's `rpo_alpha`; the term is `chosen_term`): DPO
     alone can push down both replies of a pair, moving probability to text nobody chose. With compare mode's

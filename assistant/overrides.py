@@ -10,7 +10,8 @@ def with_overrides(config, assignments: list[str]):
     """`a.b.c=value` → a copy of the (nested, frozen) dataclass config with that field replaced.
 
     Values are parsed by the field's current type: a tuple takes `x,y` (a tuple of named items, such as the
-    exploration probes, takes a subset of their names), a bool or None field takes true/false/none or a number, and any field that may be None takes none.
+    exploration probes, takes a subset of their names), a bool or None field takes true/false/none or a number;
+    any field that may be None takes none.
     An unknown key, a value of the wrong kind or one the config's validation refuses raises ValueError."""
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")
