@@ -91,9 +91,6 @@ def limit_drift(model: torch.nn.Module, start: dict[str, torch.Tensor], batch: B
     `drift/perplexity_ratio` (as published), `drift/perplexity_ratio_trained` (before the guard),
     `drift/update_scale` (s: 1 = the update as trained) and, when the whole adapter had to shrink,
     `drift/adapter_scale` (t). Each bisection step is one forward pass over the anchor."""
-    params = {name: p for name, p in model.named_parameters() if name in start}
-    trained = {name: p.detach().clone() for name, p in params.items()}
-
     def ratio() -> float:
         return perplexity(model, batch) / base_perplexity
 
@@ -102,6 +99,8 @@ def limit_drift(model: torch.nn.Module, start: dict[str, torch.Tensor], batch: B
     if first <= max_ratio:
         log.info("Drift guard: anchor perplexity ×%.3f, within ×%.3f", first, max_ratio)
         return metrics
+    params = {name: p for name, p in model.named_parameters() if name in start}
+    trained = {name: p.detach().clone() for name, p in params.items()}
 
     def along_update(s: float) -> None:
         for name, p in params.items():

@@ -53,9 +53,10 @@ import torch
 
 from adapters.blend import AdapterServer, Blend
 from adapters.data import PairExample, collate, encode
+from adapters.drift import perplexity
 from adapters.jobs import LearningConfig
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
-from adapters.training import preference_margins, sequence_logps
+from adapters.training import preference_margins
 from adapters.worker import ADAPTERS_DIR, Worker
 from assistant.config import AppConfig, GenerationSettings, ModelConfig
 from assistant.executor import GenerationExecutor
@@ -267,12 +268,10 @@ class Harness:
         batch = collate(seqs, self.loaded.tokenizer.pad_token_id)
 
         def run():
-            with torch.no_grad(), (self.server.activate(blend) if blend else nullcontext()):
-                return sequence_logps(self.loaded.model, batch)
+            with self.server.activate(blend) if blend else nullcontext():
+                return perplexity(self.loaded.model, batch)
 
-        logps = self.on_main(run)
-        tokens = batch.completion_mask.sum().item()
-        return math.exp(-logps.sum().item() / tokens)
+        return self.on_main(run)
 
 
 def feedback_stats(shown: list[tuple[str, float, float, dict[str, str | None]]]) -> dict:
