@@ -68,7 +68,9 @@ class LearningConfig:
     anchor ratio was ×1.32) and stops an update that makes plain replies collapse (the test's chooser who always
     prefers babble). Its check costs one fp32 forward over the anchor per update: 0.84 s of a 12 s update on the
     2-core EPYC (bench/results/learning_speed_drift_guard.json; 1.6 s for the first, which also measures the
-    base)."""
+    base). It stays fp32 although bf16 autocast runs it ≈ 2.8× faster there: the served model is fp32, and on
+    SmolLM2 bf16 read the ratio 2–4 % low (an adapter pushed along the anchor's gradient: fp32 ×1.034 / ×1.159 /
+    ×1.278, bf16 ×1.016 / ×1.122 / ×1.229), so a bf16 guard would let the served replies drift past its limit."""
 
     def __post_init__(self):
         if self.personal_every < 1 or self.global_every < 1:
