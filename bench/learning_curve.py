@@ -10,8 +10,8 @@ run before the next prompt. At each feedback budget it measures on held-out prom
 
 - win rate against the base model of the served blend, of global only and of personal only (greedy replies;
   a tie counts half); and `served_win_rate`, the same with replies sampled as the app serves them by default
-  (T 0.7, 4 per prompt, each against each of the base model's samples; a seed of its own, so measuring it
-  leaves the run's draws alone);
+  (T 0.2 since 2026-12-01, T 0.7 before; 4 per prompt, each against each of the base model's samples; a seed of
+  its own, so measuring it leaves the run's draws alone);
 - preference accuracy on held-out pairs (two base samples per prompt, the user's better one as chosen): the
   share of pairs whose chosen reply the model finds more likely;
 - drift: perplexity of neutral text relative to the base model.
