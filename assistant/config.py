@@ -46,10 +46,10 @@ class GenerationSettings:
     polite, not degenerate) against 0.854, equal to greedy's 0.958, and win 0.54 against T 0.7 samples by the
     simulated users' own rewards (9 of 10 users above 0.5). After 32 choices the served blend's win rate against
     the base model sampled alike comes close to the greedy one: seed 2 0.701 vs 0.610 at T 0.7 (greedy 0.727),
-    seed 3 0.663 vs 0.664 (greedy 0.667); 13 of 16 users up (bench/results/learning_curve_pilot_served_t02_seed
-    {2,3}.json, each the same run draw for draw as the T 0.7 one). A retry at 0.2
-    still differs from the reply before: the same text twice for 2 of 24 prompts at 32 tokens (0 of 24 at 0.7).
-    Compare mode samples at least at `AppConfig.compare_min_temperature` either way."""
+    seed 3 0.663 vs 0.664 (greedy 0.667); 13 of 16 users up (bench/results/learning_curve_comparison_served_t02
+    .json; each run the same draw for draw as its T 0.7 one). A retry at 0.2 still differs from the reply before:
+    the same text twice for 2 of 24 prompts at 32 tokens (0 of 24 at 0.7). Compare mode samples at least at
+    `AppConfig.compare_min_temperature` either way."""
     top_p: float = 0.9
     """Nucleus sampling mass, in (0, 1]."""
     max_new_tokens: int = 256
