@@ -14,7 +14,7 @@ from adapters.blend import AdapterServer, BlendConfig
 from adapters.data import PairExample
 from adapters.jobs import LearningConfig, global_update, held_out, profile_cap
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
-from adapters.training import TrainConfig
+from adapters.training import LoraSettings, TrainConfig
 from adapters.worker import ADAPTERS_DIR, Worker
 from assistant.config import DATA_HOME_ENV, GenerationSettings, ModelConfig
 from assistant.model import load_model
@@ -218,6 +218,34 @@ def _loop(store, data_home, tiny_model_dir, app_config, learning: LearningConfig
     service = ChatService(store, served, app_config, adapters=AdapterServer(served, registry, store, BlendConfig()),
                           learning=learning)
     return registry, service, Worker(_fresh(tiny_model_dir), store, registry, learning)
+
+
+def test_the_feed_forward_of_the_top_layers_can_be_adapted_too_and_is_served(store, data_home, tiny_model_dir,
+                                                                             app_config):
+    """`lora.mlp_top_layers`: attention on every layer, the MLP's first projection only on the top half. The
+    published weights say so, and the next reply is generated through every one of those modules."""
+    learning = LearningConfig(personal_every=4, global_every=10**6, min_profiles=1,
+                              train=TrainConfig(steps=2, learning_rate=1e-3),
+                              lora=LoraSettings(top_layers=1.0, mlp_top_layers=0.5))
+    registry, service, worker = _loop(store, data_home, tiny_model_dir, app_config, learning)
+    ann = service.create_profile("Ann")["id"]
+    _choices(service, ann, 4)
+    assert worker.run_once()
+    version = registry.current(personal_adapter(ann))
+    assert version.manifest["hyperparameters"]["lora"]["mlp_top_layers"] == 0.5
+    modules = {k.split(".lora_")[0].removeprefix("base_model.model.") for k in registry.load_weights(version)[1]}
+    layer_of = lambda path: int(re.search(r"\.h\.(\d+)\.", path).group(1))  # noqa: E731
+    assert {layer_of(m) for m in modules if m.endswith("attn.c_attn")} == {0, 1}
+    assert {layer_of(m) for m in modules if m.endswith("mlp.c_fc")} == {1}  # the top half of two layers
+    update = list(service.send(ann, None, "Hello", GREEDY))[-1]
+    assert update.reply.adapter_versions["personal"] == "v0001"
+    assert any(p.endswith("h.1.mlp.c_fc") for p in service.adapters.paths)
+    assert not any(p.endswith("h.0.mlp.c_fc") for p in service.adapters.paths)
+
+
+def test_mlp_layers_beyond_the_adapted_layers_are_refused():
+    with pytest.raises(ValueError, match="mlp_top_layers"):
+        LoraSettings(top_layers=1 / 3, mlp_top_layers=2 / 3)
 
 
 def test_decay_shrinks_the_step_size_along_the_warm_start_chain_and_a_reset_restarts_it(store, data_home,
