@@ -133,8 +133,9 @@ class TrainConfig:
     to 32 choices, seeds 2 and 3, each paired with the default's run; bench/results/
     learning_curve_comparison_ls02{,_served}.json): blend win rate vs base −0.020 greedy (−0.034, −0.005 by seed;
     6 users up, 8 down), −0.019 as served at T 0.2 (5 up, 10 down); users past ×1.10 neutral perplexity 1 of 16
-    instead of 4 (worst ×1.049 and ×1.127 against ×1.161 and ×1.163). Less drift for a little taste; an option, off
-    until a full run (population and 64 choices) decides."""
+    instead of 4 (worst ×1.049 and ×1.127 against ×1.161 and ×1.163). In the shared home (seed 2, 16 choices each,
+    `learning_curve_pilot_ls02_population_seed2.json`) the blend won 0.667 vs 0.685 and its worst perplexity was
+    ×1.068 vs ×0.997. Less drift for users alone, a little less taste everywhere: an option, off."""
     learning_rate: float = 4e-3
     """AdamW step size of an adapter's first update (see `decay`). Learning-curve pilots (bullets, casual,
     emoji_lover, examples; 32 choices; mean blend win rate vs base, worst neutral-perplexity ratio): with the NLL
