@@ -42,6 +42,7 @@ log = logging.getLogger("attune.app")
 
 APOLOGY = "Sorry, something went wrong on our side. It has been logged; please try again."
 LIKE, DISLIKE = "Like", "Dislike"
+WRITING = "✍️ Writing"
 CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 CHOICE_CONFIRMATIONS = {
     "a": "Saved: A is better. A continues the conversation.",
@@ -320,8 +321,9 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
     @ui_errors
     def on_create_profile(name: str):
         profile = service.create_profile(name)
-        gr.Info(f"Profile '{profile['name']}' created.")
-        return {**view(profile["id"], None), ui.profile_name: ""}
+        created = f"Profile '{profile['name']}' created."
+        gr.Info(created)  # (a toast is sent before the outputs; the status line comes with the new profile)
+        return {**view(profile["id"], None, created), ui.profile_name: ""}
 
     @ui_errors
     def on_select_profile(user_id: str):
@@ -383,9 +385,13 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
                     gr.Info(update.notice)
                 first = False
             if update.done:
-                yield view(user_id, update.conversation_id, update.notice or "")
+                # Gradio applies a generator's last output once more when the event completes, after any event
+                # the person started in between. So this view keeps the choice buttons hidden; `on_refresh`,
+                # chained after the event, reveals them, and a choice can no longer be overwritten by it.
+                yield {**view(user_id, update.conversation_id, update.notice or ""),
+                       ui.choice_row: gr.Row(visible=False)}
                 continue
-            writing = "✍️ Writing both replies…" if compare else "✍️ Writing…"
+            writing = f"{WRITING} both replies…" if compare else f"{WRITING}…"
             out = {ui.status: " ".join(filter(None, [writing, update.notice])), ui.comment_row: gr.Row(visible=False)}
             if compare:
                 out.update({ui.chatbot: _chat_value(history), ui.compare_row: gr.Row(visible=True),
@@ -404,6 +410,12 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
         settings = settings_from(system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
         updates = service.send(user_id, conversation_id or None, text, settings, compare=bool(compare))
         yield from stream_view(user_id, updates, bool(compare), retrying=False)
+
+    @ui_errors
+    def on_refresh(user_id: str | None, conversation_id: str | None, status: str | None):
+        """The stored state once a reply has finished (or failed), keeping the reply's notice."""
+        status = status or ""
+        return view(user_id, conversation_id or None, "" if status.startswith(WRITING) else status)
 
     @ui_errors
     def on_retry(user_id, conversation_id, compare, system_prompt, temperature, top_p, max_new_tokens,
@@ -539,10 +551,12 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
 
     chat_outputs = view_outputs + [ui.message]
     send_inputs = [ui.profile, ui.conversation, ui.message, ui.compare] + settings_inputs
-    b["send"].click(on_send, send_inputs, chat_outputs, api_name="send")
-    ui.message.submit(on_send, send_inputs, chat_outputs, api_visibility="private")
+    refresh = dict(fn=on_refresh, inputs=[ui.profile, ui.conversation, ui.status], outputs=view_outputs,
+                   api_visibility="private", show_progress="hidden")
+    b["send"].click(on_send, send_inputs, chat_outputs, api_name="send").then(**refresh)
+    ui.message.submit(on_send, send_inputs, chat_outputs, api_visibility="private").then(**refresh)
     b["retry"].click(on_retry, [ui.profile, ui.conversation, ui.compare] + settings_inputs, chat_outputs,
-                     api_name="retry")
+                     api_name="retry").then(**refresh)
     ui.chatbot.like(on_like, [ui.profile, ui.conversation], [ui.comment_row, ui.comment, ui.disliked],
                     api_visibility="private")
     b["save_comment"].click(on_save_comment, [ui.profile, ui.disliked, ui.comment],
