@@ -28,6 +28,7 @@ from transformers import PreTrainedModel
 from adapters.data import Batch, Examples, PairExample, UnpairedExample, collate, encode, fit_prompt
 from adapters.losses import (Teacher, distill_kl, dpo_loss, kto_loss, kto_reference_point, pair_metrics,
                              rest_log_mass)
+from adapters.plain import plain_sequences
 from assistant.explore import instructed
 from assistant.generation import left_padded, sampling_kwargs
 from assistant.model import LoadedModel
@@ -175,6 +176,11 @@ class TrainConfig:
     learning_curve_comparison_on_policy_seed1{,_served}.json): blend win rate 0.570 vs 0.622 with greedy replies
     (1 user up, 6 down), 0.585 vs 0.571 with replies sampled as served (5 up, 3 down), worst neutral perplexity
     ×1.065 vs ×1.071, and an update's training 13–19 s instead of 3–6 s (the sampling). Not a gain; off."""
+    plain_weight: float = 0.0
+    """Weight of the plain-text leash (0: off): every step also asks, per token of `batch_size` of the plain
+    replies in `adapters.plain`, for KL(reference ‖ policy) over the reference's top-k next tokens (as "distill"),
+    so a taste is learned where it does not move ordinary replies, as InstructGPT's PPO-ptx mixes pretraining data
+    into its updates. The drift guard's anchor and the benchmark's neutral text are other texts."""
     on_policy_pairs: int = 8
     """At most this many pairs (new ones come first in an update's examples) get an on-policy reply per update."""
     on_policy_tokens: int = 32
@@ -237,6 +243,8 @@ class TrainConfig:
             raise ValueError("chosen_term must be 'nll' or 'distill', and distill_top_k ≥ 1")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError("label_smoothing must be in [0, 0.5)")
+        if self.plain_weight < 0:
+            raise ValueError("plain_weight must be ≥ 0")
         if self.on_policy_weight < 0 or self.on_policy_pairs < 1 or self.on_policy_tokens < 1 \
                 or self.on_policy_temperature < 0:
             raise ValueError("on_policy_weight and on_policy_temperature must be ≥ 0, on_policy_pairs and "
@@ -530,6 +538,8 @@ def train_adapter(
                                                             references, reference_key)
         ref_unpaired = _logps_in_chunks(model, enc.unpaired, pad, 8)
         ref_mismatched = _logps_in_chunks(model, enc.mismatched, pad, 8)
+        plain, plain_taught = (_plain_references(model, loaded, config, references, reference_key)
+                               if config.plain_weight > 0 else ([], []))
     labels = torch.tensor(enc.labels, dtype=torch.bool)
     on_policy, on_policy_taught = (on_policy_targets(model, loaded, examples.pairs, config)
                                    if config.on_policy_weight > 0 else ([], []))
@@ -540,6 +550,7 @@ def train_adapter(
     pair_order = _cycle(len(enc.chosen), rng)
     unpaired_order = _cycle(len(enc.unpaired), rng)
     on_policy_order = _cycle(len(on_policy), random.Random(config.seed + 1))  # leaves the pairs' order as it was
+    plain_order = _cycle(len(plain), random.Random(config.seed + 2))
     metrics: dict = {}
     _train_mode(model)
     for step in range(steps):
@@ -563,13 +574,13 @@ def train_adapter(
             metrics.update(pair_metrics(pair))
             metrics["logps/chosen"] = chosen.mean().item()
             metrics["logps/rejected"] = rejected.mean().item()
-        if on_policy:
-            idx = [next(on_policy_order) for _ in range(min(config.batch_size, len(on_policy)))]
-            with config.autocast():
-                log_probs, rows = completion_log_probs(model, collate([on_policy[i] for i in idx], pad))
-            kl = distill_kl(log_probs, rows, [on_policy_taught[i] for i in idx]).mean()
-            loss = loss + config.on_policy_weight * kl
-            metrics["on_policy_distill_loss"] = kl.item()
+        for name, weight, sequences, taught_here, order in (
+                ("on_policy_distill_loss", config.on_policy_weight, on_policy, on_policy_taught, on_policy_order),
+                ("plain_distill_loss", config.plain_weight, plain, plain_taught, plain_order)):
+            if sequences:
+                kl = _distill_step(model, sequences, taught_here, order, pad, config)
+                loss = loss + weight * kl
+                metrics[name] = kl.item()
         if enc.unpaired:
             idx, policy, mismatched, _ = _step_logps(model, enc.unpaired, enc.mismatched, unpaired_order, pad, config)
             z0 = kto_reference_point(mismatched, ref_mismatched[idx])
@@ -586,6 +597,28 @@ def train_adapter(
             progress(step + 1, steps, metrics)
     model.eval()
     return metrics
+
+
+def _distill_step(model, sequences: list, taught: list[Teacher], order, pad: int, config: TrainConfig) -> torch.Tensor:
+    """Mean KL(teacher ‖ policy) over a batch of `sequences` drawn from `order` (`distill_kl`)."""
+    idx = [next(order) for _ in range(min(config.batch_size, len(sequences)))]
+    with config.autocast():
+        log_probs, rows = completion_log_probs(model, collate([sequences[i] for i in idx], pad))
+    return distill_kl(log_probs, rows, [taught[i] for i in idx]).mean()
+
+
+def _plain_references(model, loaded: LoadedModel, config: TrainConfig, cache: ReferenceCache | None,
+                      reference_key: str) -> tuple[list[tuple[list[int], int]], list[Teacher]]:
+    """The plain replies (`adapters.plain`) and the reference's teachers on them, from `cache` while the reference
+    stays the same (call without grad, adapter disabled)."""
+    sequences = plain_sequences(loaded)
+    key = hashlib.sha256(json.dumps([reference_key, "plain", sequences, config.distill_top_k]).encode()).hexdigest()
+    taught = cache.get(key) if cache is not None else None
+    if taught is None:
+        taught, _ = teachers(model, sequences, loaded.tokenizer.pad_token_id, config.distill_top_k)
+        if cache is not None:
+            cache.put(key, taught)
+    return sequences, taught
 
 
 def _train_mode(model: torch.nn.Module) -> None:

@@ -363,6 +363,30 @@ def test_distilling_plain_replies_is_a_kl_leash_to_the_reference(follower, tmp_p
         TrainConfig(chosen_term="sft")
 
 
+def test_the_plain_text_leash_keeps_other_plain_replies_near_the_reference(follower, tmp_path):
+    """PPO-ptx's idea with a KL: a few plain replies (`adapters.plain`) held to the reference in every step keep
+    plain replies it never saw (the drift guard's anchor) closer to the reference, and the preference is learnt."""
+    from adapters.data import Examples
+    from adapters.drift import ANCHOR
+
+    train, held = _synthetic_pairs(16, 0), _synthetic_pairs(16, 500)
+    drift, accuracy, metrics = {}, {}, {}
+    for weight in (0.0, 4.0):
+        torch.manual_seed(0)
+        loaded = load_model(ModelConfig(model=str(follower)), tmp_path)
+        anchor = [encode(loaded, [{"role": "user", "content": q}], reply, 128) for q, reply in ANCHOR]
+        model = add_lora(loaded.model, LoraSettings(rank=8, alpha=16))
+        metrics[weight] = train_adapter(model, loaded, Examples(train, []), TrainConfig(
+            steps=30, learning_rate=5e-3, rpo_alpha=0.0, plain_weight=weight))
+        drift[weight] = _mean_kl(model, loaded, anchor, anchor)
+        accuracy[weight] = preference_accuracy(model, loaded, held)
+    assert "plain_distill_loss" in metrics[4.0] and "plain_distill_loss" not in metrics[0.0]
+    assert drift[4.0] < 0.5 * drift[0.0], drift
+    assert accuracy[4.0] >= 0.9, accuracy
+    with pytest.raises(ValueError, match="plain_weight"):
+        TrainConfig(plain_weight=-1)
+
+
 def _greedy_fox_share(model, loaded, pairs) -> float:
     """Share of greedy replies to the pairs' plain prompts that are about the fox."""
     from adapters.data import fit_prompt
