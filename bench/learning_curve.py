@@ -14,7 +14,9 @@ run before the next prompt. At each feedback budget it measures on held-out prom
   its own, so measuring it leaves the run's draws alone);
 - preference accuracy on held-out pairs (two base samples per prompt, the user's better one as chosen): the
   share of pairs whose chosen reply the model finds more likely;
-- drift: perplexity of neutral text relative to the base model.
+- drift: perplexity of neutral text relative to the base model;
+- `ties`: of the held-out prompts, how many got a (greedy) reply the user values exactly as the base model's — each
+  counts half in `win_rate` — and `same_as_base`, how many of those are the base model's reply word for word.
 
 Then one population run: all users in one shared data home, taking turns, so the global adapter learns from
 everyone under the per-profile cap. `--quick` runs the tiny test model with 2 users and small budgets (≈ 20 s).
@@ -383,13 +385,16 @@ def served_win_rate(user, prompts: list[str], served: list[list[str]], base: lis
 def evaluate(ev: Evaluation, user, user_id: str, pairs: list[PairExample]) -> dict:
     h, prompts, base = ev.h, ev.prompts, ev.base["replies"]
     out = {"win_rate": {}, "served_win_rate": {}, "preference_accuracy": {}, "perplexity_ratio": {},
-           "mean_user_reward": {}}
+           "mean_user_reward": {}, "ties": {}, "same_as_base": {}}
     base_rewards = [user.reward(p, b) for p, b in zip(prompts, base)]
     blends = h.blends(user_id)
     for name, blend in blends.items():
-        rewards = [user.reward(p, r) for p, r in zip(prompts, ev.replies(blend))]
+        replies = ev.replies(blend)
+        rewards = [user.reward(p, r) for p, r in zip(prompts, replies)]
         out["win_rate"][name] = round(statistics.mean(
             w for r, b in zip(rewards, base_rewards) for w in _wins([r], [b])), 3)
+        out["ties"][name] = sum(r == b for r, b in zip(rewards, base_rewards))
+        out["same_as_base"][name] = sum(r == b for r, b in zip(replies, base))
         out["served_win_rate"][name] = served_win_rate(user, prompts, ev.served(blend), ev.base["served"]) \
             if name in h.config.served_models else None
         active = blend if Evaluation.key(blend) != (None, None) else None

@@ -130,6 +130,10 @@ def test_learning_curve_quick_mode_runs_the_product_loop(tmp_path):
                 assert set(point[metric]) == {"blend", "global", "personal"}
                 assert all(v is None or 0 <= v <= 1 for v in point[metric].values())
             assert all(v > 0 for v in point["perplexity_ratio"].values())
+            prompts = data["config"]["held_out_prompts"]
+            assert all(0 <= point["same_as_base"][m] <= point["ties"][m] <= prompts for m in point["ties"])
+        assert user["curve"]["0"]["same_as_base"] == {m: data["config"]["held_out_prompts"]
+                                                      for m in ("blend", "global", "personal")}
         # Before any feedback every model is the base model: its samples against themselves win exactly half.
         # (the served samples are drawn for the served blend only, `CurveConfig.served_models`)
         assert user["curve"]["0"]["served_win_rate"] == {"blend": 0.5, "global": None, "personal": None}
