@@ -42,7 +42,6 @@ log = logging.getLogger("attune.app")
 
 APOLOGY = "Sorry, something went wrong on our side. It has been logged; please try again."
 LIKE, DISLIKE = "Like", "Dislike"
-WRITING = "✍️ Writing"
 CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 CHOICE_CONFIRMATIONS = {
     "a": "Saved: A is better. A continues the conversation.",
@@ -372,27 +371,42 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
         service.delete_conversation(user_id, conversation_id)
         return view(user_id, None, "Conversation deleted.")
 
+    def settled(user_id: str | None, conversation_id: str | None, status: str, buttons: bool) -> dict:
+        """The stored view after a reply, without the comment box (a 👎 given meanwhile keeps its box open), and
+        with the choice buttons only if `buttons`."""
+        out = view(user_id, conversation_id, status)
+        del out[ui.comment_row]
+        if not buttons:
+            out[ui.choice_row] = gr.Row(visible=False)
+        return out
+
     def stream_view(user_id: str, updates, compare: bool, retrying: bool):
-        """Yield UI updates while a reply (or A and B) streams in, then the stored state."""
+        """Yield UI updates while a reply (or A and B) streams in, then the stored state with the choice buttons
+        still hidden: `on_refresh`, chained after the event, shows them."""
         first = True
         for update in updates:
             update: ReplyUpdate
+            out = {}
             if first:
                 history = service.transcript(user_id, update.conversation_id)
                 if retrying and history and history[-1].role == "assistant":
                     history = history[:-1]
                 if update.notice:
                     gr.Info(update.notice)
+                # (a new conversation is selected at once: if the reply fails, the next message continues it)
+                out[ui.conversation] = gr.Dropdown(value=update.conversation_id, choices=[
+                    (c["title"], c["id"]) for c in service.list_conversations(user_id)])
                 first = False
             if update.done:
                 # Gradio applies a generator's last output once more when the event completes, after any event
-                # the person started in between. So this view keeps the choice buttons hidden; `on_refresh`,
-                # chained after the event, reveals them, and a choice can no longer be overwritten by it.
-                yield {**view(user_id, update.conversation_id, update.notice or ""),
-                       ui.choice_row: gr.Row(visible=False)}
+                # the person started in between. So this view keeps the choice buttons hidden and leaves the
+                # comment box alone; `on_refresh`, chained after the event, reveals the buttons, and neither a
+                # choice nor a 👎's comment box can be overwritten by it.
+                yield settled(user_id, update.conversation_id, update.notice or "", buttons=False)
                 continue
-            writing = f"{WRITING} both replies…" if compare else f"{WRITING}…"
-            out = {ui.status: " ".join(filter(None, [writing, update.notice])), ui.comment_row: gr.Row(visible=False)}
+            writing = "✍️ Writing both replies…" if compare else "✍️ Writing…"
+            out.update({ui.status: " ".join(filter(None, [writing, update.notice])),
+                        ui.comment_row: gr.Row(visible=False)})
             if compare:
                 out.update({ui.chatbot: _chat_value(history), ui.compare_row: gr.Row(visible=True),
                             ui.candidate_a: "**A**\n\n" + update.texts[0],
@@ -413,9 +427,9 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
 
     @ui_errors
     def on_refresh(user_id: str | None, conversation_id: str | None, status: str | None):
-        """The stored state once a reply has finished (or failed), keeping the reply's notice."""
-        status = status or ""
-        return view(user_id, conversation_id or None, "" if status.startswith(WRITING) else status)
+        """The stored state once a reply has finished, keeping its notice (chained with `.success`: a failure leaves
+        the error on screen with its toast, as Gradio 6 would even with `.then`)."""
+        return settled(user_id, conversation_id or None, status or "", buttons=True)
 
     @ui_errors
     def on_retry(user_id, conversation_id, compare, system_prompt, temperature, top_p, max_new_tokens,
@@ -551,12 +565,13 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
 
     chat_outputs = view_outputs + [ui.message]
     send_inputs = [ui.profile, ui.conversation, ui.message, ui.compare] + settings_inputs
-    refresh = dict(fn=on_refresh, inputs=[ui.profile, ui.conversation, ui.status], outputs=view_outputs,
-                   api_visibility="private", show_progress="hidden")
-    b["send"].click(on_send, send_inputs, chat_outputs, api_name="send").then(**refresh)
-    ui.message.submit(on_send, send_inputs, chat_outputs, api_visibility="private").then(**refresh)
+    refresh = dict(fn=on_refresh, inputs=[ui.profile, ui.conversation, ui.status],
+                   outputs=[o for o in view_outputs if o is not ui.comment_row], api_visibility="private",
+                   show_progress="hidden")
+    b["send"].click(on_send, send_inputs, chat_outputs, api_name="send").success(**refresh)
+    ui.message.submit(on_send, send_inputs, chat_outputs, api_visibility="private").success(**refresh)
     b["retry"].click(on_retry, [ui.profile, ui.conversation, ui.compare] + settings_inputs, chat_outputs,
-                     api_name="retry").then(**refresh)
+                     api_name="retry").success(**refresh)
     ui.chatbot.like(on_like, [ui.profile, ui.conversation], [ui.comment_row, ui.comment, ui.disliked],
                     api_visibility="private")
     b["save_comment"].click(on_save_comment, [ui.profile, ui.disliked, ui.comment],

@@ -34,5 +34,6 @@ PLAIN_MAX_TOKENS = 128
 
 
 def plain_sequences(loaded: LoadedModel) -> list[tuple[list[int], int]]:
-    """The plain replies encoded as the product serves a single question (`encode`'s (ids, prompt length))."""
+    """The plain replies as single-turn chats without a system prompt, as the drift guard encodes its anchor
+    (`encode`'s (ids, prompt length))."""
     return [encode(loaded, [{"role": "user", "content": q}], reply, PLAIN_MAX_TOKENS) for q, reply in PLAIN]

@@ -275,9 +275,10 @@ class TrainConfig:
 
 def objective(config: TrainConfig) -> str:
     """The loss an update trained with, as its manifest names it: "dpo+kto", then "+distill" or "+nll" when the
-    chosen-reply term is on, and "+on_policy_distill" when that term is."""
+    chosen-reply term is on, "+on_policy_distill" and "+plain_distill" when those terms are."""
     return ("dpo+kto" + (f"+{config.chosen_term}" if config.rpo_alpha > 0 else "")
-            + ("+on_policy_distill" if config.on_policy_weight > 0 else ""))
+            + ("+on_policy_distill" if config.on_policy_weight > 0 else "")
+            + ("+plain_distill" if config.plain_weight > 0 else ""))
 
 
 def native_bf16() -> bool:
@@ -411,9 +412,10 @@ def _generated_from(loaded: LoadedModel, p: PairExample, max_length: int, max_pr
 
 class ReferenceCache:
     """The reference model's values of training pairs — summed log-probs of both replies and the chosen one's
-    distillation teacher — kept across updates: an update replays older pairs, and while the reference stays the same
-    (for a personal adapter: until the global version changes) their values do too. Least recently used first out.
-    Keys come from `pair_key`; the worker keeps the held-out margins of the model below an adapter in another one."""
+    distillation teacher — and its teachers on the plain-text leash's replies, kept across updates: an update
+    replays older pairs, and while the reference stays the same (for a personal adapter: until the global version
+    changes) their values do too. Least recently used first out. Keys come from `pair_key` (and, for the leash,
+    `_plain_references`); the worker keeps the held-out margins of the model below an adapter in another one."""
 
     def __init__(self, size: int = 2048):
         self.size = size

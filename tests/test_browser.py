@@ -146,3 +146,40 @@ def test_a_choice_made_as_soon_as_the_buttons_show_stays_made(page, running_app,
     # (random text is mangled by markdown, so the shown messages are counted: the question and B)
     assert page.locator("#chatbot [data-testid='user']").count() == 1
     assert page.locator("#chatbot [data-testid='bot']").count() == 1
+
+
+def test_after_a_failed_first_reply_the_next_message_continues_that_conversation(page, running_app, data_home,
+                                                                                 monkeypatch):
+    """The first message of a new conversation is stored before its reply streams. If the reply then fails, that
+    conversation is the one selected, so sending again continues it instead of opening another."""
+    url, service = running_app
+    real_send = service.send
+
+    def send_that_breaks(*args, **kwargs):
+        stream = real_send(*args, **kwargs)
+        yield next(stream)
+        stream.close()
+        raise RuntimeError("the model process died")
+
+    monkeypatch.setattr(service, "send", send_that_breaks)
+    page.goto(url)
+    _create_profile(page, "Cy")
+    page.locator("#message textarea").fill("Will this fail?")
+    page.locator("#send").click()
+    page.get_by_text("Sorry, something went wrong on our side").first.wait_for()
+    assert page.locator("#conversation input").first.input_value() == "Will this fail?"
+
+    monkeypatch.setattr(service, "send", real_send)
+    page.locator("#message textarea").fill("Second try.")
+    page.locator("#send").click()
+    store = Store(data_home / "attune.db")
+    user = store.find_user_by_name("cy")
+    deadline = time.monotonic() + 60
+    while not [m for c in store.list_conversations(user["id"]) for m in store.transcript(user["id"], c["id"])
+               if m.role == "user" and m.content == "Second try."]:
+        assert time.monotonic() < deadline, "the second message was not stored"
+        time.sleep(0.1)
+    conversations = store.list_conversations(user["id"])
+    assert len(conversations) == 1
+    said = [m.content for m in store.transcript(user["id"], conversations[0]["id"]) if m.role == "user"]
+    assert said == ["Will this fail?", "Second try."]

@@ -9,8 +9,9 @@ import torch
 
 from adapters.data import Examples, PairExample, UnpairedExample, collate, encode, examples_from_feedback
 from adapters.losses import distill_kl
-from adapters.training import (LoraSettings, TrainConfig, add_lora, completion_log_probs, preference_accuracy,
-                               sequence_logps, shared_prompt_log_probs, shares_prompts, teachers, train_adapter)
+from adapters.training import (LoraSettings, TrainConfig, add_lora, completion_log_probs, objective,
+                               preference_accuracy, sequence_logps, shared_prompt_log_probs, shares_prompts, teachers,
+                               train_adapter)
 from assistant.explore import instructed
 from assistant.config import ModelConfig
 from assistant.model import load_model
@@ -383,6 +384,7 @@ def test_the_plain_text_leash_keeps_other_plain_replies_near_the_reference(follo
     assert "plain_distill_loss" in metrics[4.0] and "plain_distill_loss" not in metrics[0.0]
     assert drift[4.0] < 0.5 * drift[0.0], drift
     assert accuracy[4.0] >= 0.9, accuracy
+    assert objective(TrainConfig(plain_weight=1.0)) == "dpo+kto+distill+plain_distill"
     with pytest.raises(ValueError, match="plain_weight"):
         TrainConfig(plain_weight=-1)
 
