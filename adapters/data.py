@@ -118,6 +118,12 @@ def encode(loaded: LoadedModel, prompt: list[dict], completion: str, max_length:
     return fitted + completion_ids, len(fitted)
 
 
+def encode_answers(loaded: LoadedModel, answers, max_length: int) -> list[tuple[list[int], int]]:
+    """(question, reply) pairs as single-turn chats without a system prompt, each `encode`d: the fixed plain
+    replies of the drift guard's anchor and of the plain-text leash."""
+    return [encode(loaded, [{"role": "user", "content": q}], reply, max_length) for q, reply in answers]
+
+
 def fit_prompt(loaded: LoadedModel, prompt: list[dict], max_length: int, max_prompt: int | None,
                reply_tokens: int) -> list[int]:
     """Token ids of `prompt` fitted as for serving (oldest turns left out first) into `max_prompt` tokens, leaving

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from adapters.data import Batch, collate, encode
+from adapters.data import Batch, collate, encode_answers
 from adapters.training import sequence_logps
 from assistant.model import LoadedModel
 
@@ -49,8 +49,7 @@ ANCHOR_MAX_TOKENS = 128
 
 def anchor_batch(loaded: LoadedModel) -> Batch:
     """The anchor replies as one right-padded batch (prompt formatted as the product serves it)."""
-    sequences = [encode(loaded, [{"role": "user", "content": q}], reply, ANCHOR_MAX_TOKENS) for q, reply in ANCHOR]
-    return collate(sequences, loaded.tokenizer.pad_token_id)
+    return collate(encode_answers(loaded, ANCHOR, ANCHOR_MAX_TOKENS), loaded.tokenizer.pad_token_id)
 
 
 @torch.no_grad()

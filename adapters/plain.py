@@ -6,7 +6,7 @@ measures text no update was fitted to, and from the learning-curve benchmark's n
 
 from __future__ import annotations
 
-from adapters.data import encode
+from adapters.data import encode_answers
 from assistant.model import LoadedModel
 
 PLAIN: tuple[tuple[str, str], ...] = (
@@ -34,6 +34,5 @@ PLAIN_MAX_TOKENS = 128
 
 
 def plain_sequences(loaded: LoadedModel) -> list[tuple[list[int], int]]:
-    """The plain replies as single-turn chats without a system prompt, as the drift guard encodes its anchor
-    (`encode`'s (ids, prompt length))."""
-    return [encode(loaded, [{"role": "user", "content": q}], reply, PLAIN_MAX_TOKENS) for q, reply in PLAIN]
+    """The plain replies encoded as the drift guard encodes its anchor (`encode_answers`)."""
+    return encode_answers(loaded, PLAIN, PLAIN_MAX_TOKENS)

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from adapters.data import Examples, PairExample, UnpairedExample, collate, encode, examples_from_feedback
+from adapters.data import (Examples, PairExample, UnpairedExample, collate, encode, encode_answers,
+                           examples_from_feedback)
 from adapters.losses import distill_kl
 from adapters.training import (LoraSettings, TrainConfig, add_lora, completion_log_probs, objective,
                                preference_accuracy, sequence_logps, shared_prompt_log_probs, shares_prompts, teachers,
@@ -375,7 +376,7 @@ def test_the_plain_text_leash_keeps_other_plain_replies_near_the_reference(follo
     for weight in (0.0, 4.0):
         torch.manual_seed(0)
         loaded = load_model(ModelConfig(model=str(follower)), tmp_path)
-        anchor = [encode(loaded, [{"role": "user", "content": q}], reply, 128) for q, reply in ANCHOR]
+        anchor = encode_answers(loaded, ANCHOR, 128)
         model = add_lora(loaded.model, LoraSettings(rank=8, alpha=16))
         metrics[weight] = train_adapter(model, loaded, Examples(train, []), TrainConfig(
             steps=30, learning_rate=5e-3, rpo_alpha=0.0, plain_weight=weight))
