@@ -36,7 +36,7 @@ from assistant.overrides import settings_diff, with_overrides  # noqa: E402
 from assistant.service import ChatService, ReplyUpdate  # noqa: E402
 from storage.db import DB_FILENAME  # noqa: E402
 from storage.errors import AttuneError  # noqa: E402
-from storage.store import Message, Pair, Store  # noqa: E402
+from storage.store import Message, Comparison, Store  # noqa: E402
 
 log = logging.getLogger("attune.app")
 
@@ -72,14 +72,14 @@ def ui_errors(fn):
         return generator
 
     @functools.wraps(fn)
-    def plain(*args, **kwargs):
+    def call(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
         except Exception as exc:
             raise translate(exc) from exc
-    return plain
+    return call
 
 
 def _chat_value(transcript: list[Message], pending_text: str | None = None, user_text: str | None = None) -> gr.Chatbot:
@@ -96,11 +96,11 @@ def _chat_value(transcript: list[Message], pending_text: str | None = None, user
 
 def _learning_markdown(status: dict) -> str:
     n, since = status["feedback"], status["since_personal"]
-    lines = [f"**Your feedback:** {n['thumbs']} thumbs, {n['pairwise']} comparisons "
+    lines = [f"**Your feedback:** {n['thumbs']} thumbs, {n['comparison']} comparisons "
              f"({since['total']} since your adapter was last trained; it retrains every {status['every']})."]
-    crowd = status["crowd"]
-    waiting = (f"not trained yet: it learns once {crowd['needed']} profiles have given feedback "
-               f"({crowd['profiles']} so far)" if crowd["profiles"] < crowd["needed"] else "not trained yet")
+    waiting_for = status["global_profiles"]
+    waiting = (f"not trained yet: it learns once {waiting_for['needed']} profiles have given feedback "
+               f"({waiting_for['profiles']} so far)" if waiting_for["profiles"] < waiting_for["needed"] else "not trained yet")
     for label, info, none in (("Your adapter", status["personal"], "not trained yet"),
                               ("Everyone's adapter", status["global"], waiting)):
         lines.append(f"**{label}:** " + (f"{info['version']}, trained {info['created_at']}"
@@ -190,7 +190,7 @@ def build_app(service: ChatService, config: AppConfig) -> gr.Blocks:
 
 def _layout(service: ChatService, config: AppConfig) -> UI:
     gr.Markdown("# Attune\nA chat assistant that learns what you prefer.")
-    remembered = gr.BrowserState({"user_id": None, "conversation_id": None}, storage_key="attune-session",
+    remembered = gr.BrowserState({"profile_id": None, "conversation_id": None}, storage_key="attune-session",
                                  secret=_secret(config.data_dir))
     with gr.Row(equal_height=True):
         profile = gr.Dropdown(label="Profile", choices=[], value=None, scale=2, elem_id="profile",
@@ -270,32 +270,32 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
     view_outputs = [ui.profile, ui.conversation, ui.chatbot, ui.compare_row, ui.candidate_a, ui.candidate_b,
                     ui.choice_row, ui.comment_row, ui.status]
 
-    def require_profile(user_id: str | None) -> None:
-        if not user_id:
+    def require_profile(profile_id: str | None) -> None:
+        if not profile_id:
             raise gr.Error("Pick or create a profile first.", print_exception=False)
 
     def profile_choices() -> list[tuple[str, str]]:
         return [(p["name"], p["id"]) for p in service.list_profiles()]
 
-    def view(user_id: str | None, conversation_id: str | None, status: str = "") -> dict:
+    def view(profile_id: str | None, conversation_id: str | None, status: str = "") -> dict:
         """Everything shown for a profile and conversation, read fresh from storage."""
         transcript: list[Message] = []
-        pair: Pair | None = None
+        comparison: Comparison | None = None
         conversations = []
-        if user_id:
-            conversations = service.list_conversations(user_id)
+        if profile_id:
+            conversations = service.list_conversations(profile_id)
             if conversation_id:
-                transcript = service.transcript(user_id, conversation_id)
-                pair = service.pending_pair(user_id, conversation_id)
+                transcript = service.transcript(profile_id, conversation_id)
+                comparison = service.pending_comparison(profile_id, conversation_id)
         return {
-            ui.profile: gr.Dropdown(choices=profile_choices(), value=user_id),
+            ui.profile: gr.Dropdown(choices=profile_choices(), value=profile_id),
             ui.conversation: gr.Dropdown(choices=[(c["title"], c["id"]) for c in conversations],
                                          value=conversation_id),
             ui.chatbot: _chat_value(transcript),
-            ui.compare_row: gr.Row(visible=pair is not None),
-            ui.candidate_a: "**A**\n\n" + pair.a.content if pair else "",
-            ui.candidate_b: "**B**\n\n" + pair.b.content if pair else "",
-            ui.choice_row: gr.Row(visible=pair is not None),
+            ui.compare_row: gr.Row(visible=comparison is not None),
+            ui.candidate_a: "**A**\n\n" + comparison.a.content if comparison else "",
+            ui.candidate_b: "**B**\n\n" + comparison.b.content if comparison else "",
+            ui.choice_row: gr.Row(visible=comparison is not None),
             ui.comment_row: gr.Row(visible=False),
             ui.status: status,
         }
@@ -309,13 +309,13 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
     @ui_errors
     def on_load(remembered: dict | None):
         remembered = remembered or {}
-        user_id, conversation_id = remembered.get("user_id"), remembered.get("conversation_id")
+        profile_id, conversation_id = remembered.get("profile_id"), remembered.get("conversation_id")
         known = {p["id"] for p in service.list_profiles()}
-        if user_id not in known:
-            user_id, conversation_id = None, None
-        elif conversation_id not in {c["id"] for c in service.list_conversations(user_id)}:
+        if profile_id not in known:
+            profile_id, conversation_id = None, None
+        elif conversation_id not in {c["id"] for c in service.list_conversations(profile_id)}:
             conversation_id = None
-        return view(user_id, conversation_id)
+        return view(profile_id, conversation_id)
 
     @ui_errors
     def on_create_profile(name: str):
@@ -325,28 +325,28 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
         return {**view(profile["id"], None, created), ui.profile_name: ""}
 
     @ui_errors
-    def on_select_profile(user_id: str):
-        service.get_profile(user_id)
-        conversations = service.list_conversations(user_id)
-        return view(user_id, conversations[0]["id"] if conversations else None)
+    def on_select_profile(profile_id: str):
+        service.get_profile(profile_id)
+        conversations = service.list_conversations(profile_id)
+        return view(profile_id, conversations[0]["id"] if conversations else None)
 
     @ui_errors
-    def on_rename_profile(user_id: str, name: str):
-        profile = service.rename_profile(user_id, name)
+    def on_rename_profile(profile_id: str, name: str):
+        profile = service.rename_profile(profile_id, name)
         gr.Info(f"Profile renamed to '{profile['name']}'.")
-        return {ui.profile: gr.Dropdown(choices=profile_choices(), value=user_id), ui.profile_name: ""}
+        return {ui.profile: gr.Dropdown(choices=profile_choices(), value=profile_id), ui.profile_name: ""}
 
     @ui_errors
-    def on_delete_profile(user_id: str):
-        profile = service.get_profile(user_id)
+    def on_delete_profile(profile_id: str):
+        profile = service.get_profile(profile_id)
         return {ui.confirm_row: gr.Row(visible=True),
                 ui.confirm_text: f"Delete profile **{profile['name']}** with all its conversations and feedback? "
                                  "This cannot be undone."}
 
     @ui_errors
-    def on_confirm_delete_profile(user_id: str):
-        name = service.get_profile(user_id)["name"]
-        service.delete_profile(user_id)
+    def on_confirm_delete_profile(profile_id: str):
+        name = service.get_profile(profile_id)["name"]
+        service.delete_profile(profile_id)
         gr.Info(f"Profile '{name}' deleted.")
         return {**view(None, None), ui.confirm_row: gr.Row(visible=False)}
 
@@ -354,33 +354,33 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
         return gr.Row(visible=False)
 
     @ui_errors
-    def on_new_conversation(user_id: str):
-        require_profile(user_id)
-        conversation = service.new_conversation(user_id)
-        return view(user_id, conversation["id"])
+    def on_new_conversation(profile_id: str):
+        require_profile(profile_id)
+        conversation = service.new_conversation(profile_id)
+        return view(profile_id, conversation["id"])
 
     @ui_errors
-    def on_open_conversation(user_id: str, conversation_id: str):
-        service.transcript(user_id, conversation_id)  # ownership check before showing anything
-        return view(user_id, conversation_id)
+    def on_open_conversation(profile_id: str, conversation_id: str):
+        service.transcript(profile_id, conversation_id)  # ownership check before showing anything
+        return view(profile_id, conversation_id)
 
     @ui_errors
-    def on_delete_conversation(user_id: str, conversation_id: str):
+    def on_delete_conversation(profile_id: str, conversation_id: str):
         if not conversation_id:
             raise gr.Error("Open a conversation first.", print_exception=False)
-        service.delete_conversation(user_id, conversation_id)
-        return view(user_id, None, "Conversation deleted.")
+        service.delete_conversation(profile_id, conversation_id)
+        return view(profile_id, None, "Conversation deleted.")
 
-    def settled(user_id: str | None, conversation_id: str | None, status: str, buttons: bool) -> dict:
+    def settled(profile_id: str | None, conversation_id: str | None, status: str, buttons: bool) -> dict:
         """The stored view after a reply, without the comment box (a 👎 given meanwhile keeps its box open), and
         with the choice buttons only if `buttons`."""
-        out = view(user_id, conversation_id, status)
+        out = view(profile_id, conversation_id, status)
         del out[ui.comment_row]
         if not buttons:
             out[ui.choice_row] = gr.Row(visible=False)
         return out
 
-    def stream_view(user_id: str, updates, compare: bool, retrying: bool):
+    def stream_view(profile_id: str, updates, compare: bool, retrying: bool):
         """Yield UI updates while a reply (or A and B) streams in, then the stored state with the choice buttons
         still hidden: `on_refresh`, chained after the event, shows them."""
         first = True
@@ -388,21 +388,21 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
             update: ReplyUpdate
             out = {}
             if first:
-                history = service.transcript(user_id, update.conversation_id)
+                history = service.transcript(profile_id, update.conversation_id)
                 if retrying and history and history[-1].role == "assistant":
                     history = history[:-1]
                 if update.notice:
                     gr.Info(update.notice)
                 # (a new conversation is selected at once: if the reply fails, the next message continues it)
                 out[ui.conversation] = gr.Dropdown(value=update.conversation_id, choices=[
-                    (c["title"], c["id"]) for c in service.list_conversations(user_id)])
+                    (c["title"], c["id"]) for c in service.list_conversations(profile_id)])
                 first = False
             if update.done:
                 # Gradio applies a generator's last output once more when the event completes, after any event
                 # the person started in between. So this view keeps the choice buttons hidden and leaves the
                 # comment box alone; `on_refresh`, chained after the event, reveals the buttons, and neither a
                 # choice nor a 👎's comment box can be overwritten by it.
-                yield settled(user_id, update.conversation_id, update.notice or "", buttons=False)
+                yield settled(profile_id, update.conversation_id, update.notice or "", buttons=False)
                 continue
             writing = "✍️ Writing both replies…" if compare else "✍️ Writing…"
             out.update({ui.status: " ".join(filter(None, [writing, update.notice])),
@@ -418,36 +418,36 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
             yield out
 
     @ui_errors
-    def on_send(user_id, conversation_id, text, compare, system_prompt, temperature, top_p, max_new_tokens,
+    def on_send(profile_id, conversation_id, text, compare, system_prompt, temperature, top_p, max_new_tokens,
                 repetition_penalty=GenerationSettings.repetition_penalty):
-        require_profile(user_id)
+        require_profile(profile_id)
         settings = settings_from(system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
-        updates = service.send(user_id, conversation_id or None, text, settings, compare=bool(compare))
-        yield from stream_view(user_id, updates, bool(compare), retrying=False)
+        updates = service.send(profile_id, conversation_id or None, text, settings, compare=bool(compare))
+        yield from stream_view(profile_id, updates, bool(compare), retrying=False)
 
     @ui_errors
-    def on_refresh(user_id: str | None, conversation_id: str | None, status: str | None):
+    def on_refresh(profile_id: str | None, conversation_id: str | None, status: str | None):
         """The stored state once a reply has finished, keeping its notice (chained with `.success`: a failure leaves
         the error on screen with its toast, as Gradio 6 would even with `.then`)."""
-        return settled(user_id, conversation_id or None, status or "", buttons=True)
+        return settled(profile_id, conversation_id or None, status or "", buttons=True)
 
     @ui_errors
-    def on_retry(user_id, conversation_id, compare, system_prompt, temperature, top_p, max_new_tokens,
+    def on_retry(profile_id, conversation_id, compare, system_prompt, temperature, top_p, max_new_tokens,
                  repetition_penalty=GenerationSettings.repetition_penalty):
-        if not user_id or not conversation_id:
+        if not profile_id or not conversation_id:
             raise gr.Error("Open a conversation with a message first.", print_exception=False)
         settings = settings_from(system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
-        updates = service.retry(user_id, conversation_id, settings, compare=bool(compare))
-        yield from stream_view(user_id, updates, bool(compare), retrying=True)
+        updates = service.retry(profile_id, conversation_id, settings, compare=bool(compare))
+        yield from stream_view(profile_id, updates, bool(compare), retrying=True)
 
     @ui_errors
-    def on_like(user_id: str, conversation_id: str, data: gr.LikeData):
-        if not user_id or not conversation_id:
+    def on_like(profile_id: str, conversation_id: str, data: gr.LikeData):
+        if not profile_id or not conversation_id:
             raise gr.Error("Open a conversation first.", print_exception=False)
         index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
         value = 1 if data.liked is True or data.liked == LIKE else -1
         shown = data.value if isinstance(data.value, str) else None
-        feedback = service.vote_at(user_id, conversation_id, int(index), value, shown)
+        feedback = service.vote_at(profile_id, conversation_id, int(index), value, shown)
         if value > 0:
             gr.Info("Thanks! Saved your 👍.")
             return {ui.comment_row: gr.Row(visible=False), ui.disliked: None}
@@ -455,92 +455,92 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
         return {ui.comment_row: gr.Row(visible=True), ui.comment: "", ui.disliked: feedback["message_id"]}
 
     @ui_errors
-    def on_save_comment(user_id: str, message_id: str | None, comment: str):
+    def on_save_comment(profile_id: str, message_id: str | None, comment: str):
         if not message_id:
             raise gr.Error("Give a 👎 on a reply first, then add a comment.", print_exception=False)
-        service.comment(user_id, message_id, comment)
+        service.comment(profile_id, message_id, comment)
         gr.Info("Comment saved.")
         return {ui.comment_row: gr.Row(visible=False), ui.comment: "", ui.disliked: None}
 
     @ui_errors
-    def on_choose(choice: str, user_id: str, conversation_id: str):
-        if not user_id or not conversation_id:
+    def on_choose(choice: str, profile_id: str, conversation_id: str):
+        if not profile_id or not conversation_id:
             raise gr.Error("Open a conversation first.", print_exception=False)
-        service.choose_pending(user_id, conversation_id, choice)
+        service.choose_pending(profile_id, conversation_id, choice)
         gr.Info(CHOICE_CONFIRMATIONS[choice])
-        return view(user_id, conversation_id, CHOICE_CONFIRMATIONS[choice])
+        return view(profile_id, conversation_id, CHOICE_CONFIRMATIONS[choice])
 
-    def on_remember(user_id: str | None, conversation_id: str | None) -> dict:
-        return {"user_id": user_id, "conversation_id": conversation_id}
+    def on_remember(profile_id: str | None, conversation_id: str | None) -> dict:
+        return {"profile_id": profile_id, "conversation_id": conversation_id}
 
     # ---- learning panel ------------------------------------------------------------------------------------
 
-    def learning_view(user_id: str | None) -> dict:
-        if not user_id or service.adapters is None:
+    def learning_view(profile_id: str | None) -> dict:
+        if not profile_id or service.adapters is None:
             text = ("Learning is off in this app." if service.adapters is None
                     else "Pick a profile to see what Attune has learned from it.")
             return {ui.learning_status: text, ui.accuracy_plot: _accuracy_frame([])}
-        status = service.learning_status(user_id)
+        status = service.learning_status(profile_id)
         return {ui.learning_status: _learning_markdown(status), ui.accuracy_plot: _accuracy_frame(status["history"])}
 
     @ui_errors
-    def on_learning_refresh(user_id: str | None):
-        return learning_view(user_id)
+    def on_learning_refresh(profile_id: str | None):
+        return learning_view(profile_id)
 
     @ui_errors
-    def on_learning_open(user_id: str | None):
-        view_ = learning_view(user_id)
-        if user_id and service.adapters is not None:
-            status = service.learning_status(user_id)
+    def on_learning_open(profile_id: str | None):
+        view_ = learning_view(profile_id)
+        if profile_id and service.adapters is not None:
+            status = service.learning_status(profile_id)
             auto = status["alpha_override"] is None
             view_.update({ui.alpha_auto: auto, ui.alpha: status["alpha"] if auto else status["alpha_override"]})
         return view_
 
     @ui_errors
-    def on_alpha(user_id: str, auto: bool, alpha: float):
-        require_profile(user_id)
-        service.set_alpha(user_id, None if auto else float(alpha))
-        return learning_view(user_id)
+    def on_alpha(profile_id: str, auto: bool, alpha: float):
+        require_profile(profile_id)
+        service.set_alpha(profile_id, None if auto else float(alpha))
+        return learning_view(profile_id)
 
     @ui_errors
-    def on_train_now(user_id: str):
-        require_profile(user_id)
-        service.train_now(user_id)
+    def on_train_now(profile_id: str):
+        require_profile(profile_id)
+        service.train_now(profile_id)
         gr.Info("Training queued: your adapter and everyone's. The next reply after it finishes uses them.")
-        return learning_view(user_id)
+        return learning_view(profile_id)
 
     @ui_errors
-    def on_reset_adapter(user_id: str):
-        require_profile(user_id)
-        service.reset_personal(user_id)
+    def on_reset_adapter(profile_id: str):
+        require_profile(profile_id)
+        service.reset_personal(profile_id)
         gr.Info("Your personal adapter was dropped; your feedback is kept. Replies now follow everyone's taste.")
-        return learning_view(user_id)
+        return learning_view(profile_id)
 
     # ---- API-only endpoints (gradio_client and scripts): ids in, plain data out ----------------------------
 
     @ui_errors
-    def messages(user_id: str, conversation_id: str) -> list[dict]:
+    def messages(profile_id: str, conversation_id: str) -> list[dict]:
         """The active messages of a conversation with their ids and thumbs."""
         return [{"id": m.id, "role": m.role, "content": m.content, "vote": m.vote, "status": m.status,
                  "model_id": m.model_id, "settings": m.settings, "adapter_versions": m.adapter_versions}
-                for m in service.transcript(user_id, conversation_id)]
+                for m in service.transcript(profile_id, conversation_id)]
 
     @ui_errors
-    def vote(user_id: str, message_id: str, value: int, comment: str = "") -> dict:
+    def vote(profile_id: str, message_id: str, value: int, comment: str = "") -> dict:
         """Thumbs on an assistant reply: value +1 (up) or -1 (down). Voting again replaces the vote."""
-        return service.vote(user_id, message_id, value, comment or None)
+        return service.vote(profile_id, message_id, value, comment or None)
 
     @ui_errors
-    def choose(user_id: str, pair_id: str, choice: str) -> dict:
+    def choose(profile_id: str, comparison_id: str, choice: str) -> dict:
         """Decide a comparison: choice is one of a, b, tie, both_bad."""
-        pair = service.choose(user_id, pair_id, choice)
-        return {"pair_id": pair.id, "choice": pair.choice, "a": pair.a.content, "b": pair.b.content}
+        comparison = service.choose(profile_id, comparison_id, choice)
+        return {"comparison_id": comparison.id, "choice": comparison.choice, "a": comparison.a.content, "b": comparison.b.content}
 
     @ui_errors
-    def pending(user_id: str, conversation_id: str) -> dict:
+    def pending(profile_id: str, conversation_id: str) -> dict:
         """The comparison waiting for a choice in a conversation ({} if none)."""
-        pair = service.pending_pair(user_id, conversation_id)
-        return {"pair_id": pair.id, "a": pair.a.content, "b": pair.b.content} if pair else {}
+        comparison = service.pending_comparison(profile_id, conversation_id)
+        return {"comparison_id": comparison.id, "a": comparison.a.content, "b": comparison.b.content} if comparison else {}
 
     # ---- wiring --------------------------------------------------------------------------------------------
 
@@ -582,9 +582,9 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
     for component in (ui.profile, ui.conversation):
         component.change(on_remember, [ui.profile, ui.conversation], [ui.remembered], api_visibility="private")
     @ui_errors
-    def learning(user_id: str) -> dict:
+    def learning(profile_id: str) -> dict:
         """Feedback counts, adapter versions, the current blend weight α, training jobs, accuracy history."""
-        return service.learning_status(user_id)
+        return service.learning_status(profile_id)
 
     for fn in (messages, vote, choose, pending, learning):
         gr.api(fn, api_name=fn.__name__)
@@ -621,7 +621,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, LearningConfig
                         help="share of A/B comparisons that explore, a candidate following a hidden style "
                              "probe (0: never)")
     parser.add_argument("--explore-pairing", choices=PAIRINGS, default=defaults.explore.pairing,
-                        help="plain: a probe against a plain sample; duel: the two best arms of one Thompson draw, "
+                        help="single: a probe against a plain sample; duel: the two best arms of one Thompson draw, "
                              "the plain sample among them")
     learning = LearningConfig()
     parser.add_argument("--personal-every", type=int, default=learning.personal_every,

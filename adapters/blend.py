@@ -35,7 +35,7 @@ Weights = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module path → (A (r,
 @dataclass(frozen=True)
 class BlendConfig:
     k: float = 4.0
-    """α = n / (n + k): a profile with k feedback events is weighted half personal, half crowd. The personal adapter
+    """α = n / (n + k): a profile with k feedback events is weighted half personal, half global. The personal adapter
     is trained as a residual at full weight, so a large k dilutes what it learned: in the learning-curve
     benchmark at k = 8 the blend trailed personal-only (win rates vs base 0.60 vs 0.69 after 16 choices, 0.69 vs 0.73
     after 32, user `bullets`); at k = 4 they were level (0.69 and 0.69)."""
@@ -59,7 +59,7 @@ class Blend:
     personal_version: int | None
     alpha: float
     reason: str
-    user_id: str | None = None
+    profile_id: str | None = None
 
     def record(self) -> dict:
         return {
@@ -118,25 +118,25 @@ class AdapterServer:
 
     # ---- which blend ---------------------------------------------------------------------------------------
 
-    def blend_for(self, user_id: str | None) -> Blend:
+    def blend_for(self, profile_id: str | None) -> Blend:
         """The newest published versions and this profile's α (read fresh, so new versions serve at once)."""
         global_v = self.registry.current(GLOBAL)
-        if user_id is None:
+        if profile_id is None:
             return Blend(global_v.version if global_v else None, None, 0.0, "no profile")
-        personal_v = self.registry.current(personal_adapter(user_id))
-        user = self.store.get_user(user_id)
+        personal_v = self.registry.current(personal_adapter(profile_id))
+        user = self.store.get_profile(profile_id)
         if personal_v is None:
-            return Blend(global_v.version if global_v else None, None, 0.0, "no personal adapter yet", user_id)
+            return Blend(global_v.version if global_v else None, None, 0.0, "no personal adapter yet", profile_id)
         gate = _gate(personal_v)
         if user.get("alpha_override") is not None:
             alpha, reason = float(user["alpha_override"]), "set by you"
         elif gate:
             alpha, reason = 0.0, gate
         else:
-            n = self.store.feedback_counts(user_id)["total"]
+            n = self.store.feedback_counts(profile_id)["total"]
             alpha, reason = auto_alpha(n, self.config.k), f"n/(n+k) with n={n}, k={self.config.k:g}"
         return Blend(global_v.version if global_v else None, personal_v.version if alpha > 0 else None, alpha,
-                     reason, user_id)
+                     reason, profile_id)
 
     @contextmanager
     def activate(self, blend: Blend) -> Iterator[None]:
@@ -151,7 +151,7 @@ class AdapterServer:
     # ---- weights -------------------------------------------------------------------------------------------
 
     def weights(self, blend: Blend) -> Weights:
-        key = (blend.global_version, blend.user_id if blend.personal_version else None, blend.personal_version,
+        key = (blend.global_version, blend.profile_id if blend.personal_version else None, blend.personal_version,
                round(blend.alpha, 4))
         with self._lock:
             if key in self._blends:
@@ -161,7 +161,7 @@ class AdapterServer:
         if blend.global_version:
             parts.append((self._adapter(GLOBAL, blend.global_version), 1.0))
         if blend.personal_version and blend.alpha > 0:
-            parts.append((self._adapter(personal_adapter(blend.user_id), blend.personal_version), blend.alpha))
+            parts.append((self._adapter(personal_adapter(blend.profile_id), blend.personal_version), blend.alpha))
         combined: Weights = {}
         for path in sorted({p for w, _ in parts for p in w}):
             pieces = [(w[path][0], w[path][1] * scale) for w, scale in parts if path in w]
@@ -228,11 +228,11 @@ def _gate(personal: AdapterVersion) -> str | None:
     is right significantly less often (sign test, p < GATE_P_VALUE). With a handful of held-out votes a plain
     accuracy comparison is mostly noise: it held back adapters that served the person better."""
     ev = personal.manifest.get("metrics", {})
-    mine, crowd, n = ev.get("eval/accuracy_personal"), ev.get("eval/accuracy_global"), ev.get("eval/pairs", 0)
-    if mine is None or crowd is None or not n or mine >= crowd:
+    mine, global_, n = ev.get("eval/accuracy_personal"), ev.get("eval/accuracy_global"), ev.get("eval/pairs", 0)
+    if mine is None or global_ is None or not n or mine >= global_:
         return None
     worse, better = ev.get("eval/only_global_right"), ev.get("eval/only_personal_right")
     if worse is not None and better is not None and sign_test_p(int(worse), int(better)) >= GATE_P_VALUE:
         return None  # worse on these votes, but not clearly: serve it
-    return (f"your adapter scored {mine:.0%} on {n} held-out votes of yours, below the crowd's {crowd:.0%}: "
-            "serving the crowd's taste until it does better")
+    return (f"your adapter scored {mine:.0%} on {n} held-out votes of yours, below the global adapter's {global_:.0%}: "
+            "serving the global taste until it does better")

@@ -27,7 +27,7 @@ class PairExample:
     chosen: str
     rejected: str
     feedback_id: str
-    user_id: str
+    profile_id: str
     chosen_ended: bool = True
     rejected_ended: bool = True
     chosen_instruction: str | None = None
@@ -41,7 +41,7 @@ class UnpairedExample:
     completion: str
     label: bool
     feedback_id: str
-    user_id: str
+    profile_id: str
     ended: bool = True
 
 
@@ -63,11 +63,11 @@ def examples_from_feedback(events: list[dict]) -> Examples:
     pairs: list[PairExample] = []
     unpaired: list[UnpairedExample] = []
     for e in events:
-        key = dict(feedback_id=e["id"], user_id=e["user_id"])
+        key = dict(feedback_id=e["id"], profile_id=e["profile_id"])
         ended = e.get("ended", {})
         instruction = {side: text or _instruction_of(e.get("probe", {}).get(side))
                        for side, text in e.get("instruction", {}).items()}
-        if e["kind"] == "pairwise":
+        if e["kind"] == "comparison":
             if e["choice"] in ("a", "b"):
                 won, lost = ("a", "b") if e["choice"] == "a" else ("b", "a")
                 pairs.append(PairExample(e["prompt"], e[won], e[lost], **key, chosen_ended=ended.get(won, True),
@@ -108,7 +108,7 @@ def encode(loaded: LoadedModel, prompt: list[dict], completion: str, max_length:
     length. The prompt is fitted as for serving (oldest turns left out first) into `max_prompt` tokens, and
     everything into `max_length`."""
     tokenizer = loaded.tokenizer
-    spacer = "" if loaded.has_chat_template else " "  # plain transcripts put a space after "Assistant:"
+    spacer = "" if loaded.has_chat_template else " "  # tagged transcripts put a space after "Assistant:"
     completion_ids = tokenizer(spacer + completion.strip(), add_special_tokens=False)["input_ids"]
     kept = completion_ids[: max_length // 2]
     # An empty reply keeps its end-of-sequence even if it was cut: a completion needs at least one token.
@@ -120,7 +120,7 @@ def encode(loaded: LoadedModel, prompt: list[dict], completion: str, max_length:
 
 def encode_answers(loaded: LoadedModel, answers, max_length: int) -> list[tuple[list[int], int]]:
     """(question, reply) pairs as single-turn chats without a system prompt, each `encode`d: the fixed plain
-    replies of the drift guard's anchor and of the plain-text leash."""
+    replies of the drift guard's anchor and of the everyday-text leash."""
     return [encode(loaded, [{"role": "user", "content": q}], reply, max_length) for q, reply in answers]
 
 

@@ -24,9 +24,9 @@ class LearningConfig:
     max_per_profile: int = 32
     """Most feedback events one profile may supply to one global update."""
     min_per_profile: int = 2
-    """A lone profile still teaches the crowd this much per update (the share alone would give it nothing)."""
+    """A lone profile still teaches the global adapter this much per update (the share alone would give it nothing)."""
     min_profiles: int = 3
-    """The global adapter trains only once this many profiles have given feedback. A "crowd" of one or two is
+    """The global adapter trains only once this many profiles have given feedback. A global adapter of one or two profiles is
     those people: their personal adapters already learn their taste, and a global one would serve it — their data —
     to every newcomer. In the learning-curve benchmark a user alone in a home fed each global update 2 events
     (the cap): global-only won 0.51 and 0.55 against base in two full runs, and each new global version moved the
@@ -90,31 +90,26 @@ class LearningConfig:
             raise ValueError("max_drift must be > 0 (or None: no drift guard)")
 
 
-def _since(store: Store, adapter: str) -> str | None:
-    row = store.current_adapter(adapter)
-    return row["trained_until"] if row else None
-
-
-def enqueue_due(store: Store, user_id: str, config: LearningConfig) -> list[dict]:
+def enqueue_due(store: Store, profile_id: str, config: LearningConfig) -> list[dict]:
     """After a feedback event: queue the personal and/or global update if enough new events arrived."""
     jobs = []
-    mine = personal_adapter(user_id)
-    if store.feedback_counts(user_id, since=_since(store, mine))["total"] >= config.personal_every:
-        jobs.append(store.enqueue_job(mine, user_id, "auto"))
-    if store.feedback_counts(None, since=_since(store, GLOBAL))["total"] >= config.global_every \
-            and crowd_ready(store, config):
+    mine = personal_adapter(profile_id)
+    if store.feedback_counts(profile_id, since=store.trained_until(mine))["total"] >= config.personal_every:
+        jobs.append(store.enqueue_job(mine, profile_id, "auto"))
+    if store.feedback_counts(None, since=store.trained_until(GLOBAL))["total"] >= config.global_every \
+            and global_ready(store, config):
         jobs.append(store.enqueue_job(GLOBAL, None, "auto"))
     return jobs
 
 
-def crowd_ready(store: Store, config: LearningConfig) -> bool:
+def global_ready(store: Store, config: LearningConfig) -> bool:
     """Whether enough profiles have given feedback for a global update (`LearningConfig.min_profiles`)."""
-    return store.profiles_with_feedback(at_most=config.min_profiles) >= config.min_profiles
+    return store.count_profiles_with_feedback(at_most=config.min_profiles) >= config.min_profiles
 
 
-def enqueue_now(store: Store, user_id: str) -> list[dict]:
+def enqueue_now(store: Store, profile_id: str) -> list[dict]:
     """"Train now": this profile's adapter and the global one."""
-    return [store.enqueue_job(personal_adapter(user_id), user_id, "manual"), store.enqueue_job(GLOBAL, None, "manual")]
+    return [store.enqueue_job(personal_adapter(profile_id), profile_id, "manual"), store.enqueue_job(GLOBAL, None, "manual")]
 
 
 def profile_cap(counts: dict[str, int], config: LearningConfig) -> int:
@@ -146,13 +141,13 @@ class UpdateData:
 
 def _split(events: list[dict], config: LearningConfig) -> tuple[list[dict], list[dict]]:
     """(trainable, held out): only events that make pairs are held out, so thumbs-only users still train."""
-    pairs_kinds = [e for e in events if e["kind"] == "pairwise" and e["choice"] in ("a", "b")]
+    pairs_kinds = [e for e in events if e["kind"] == "comparison" and e["choice"] in ("a", "b")]
     held = {e["id"] for e in pairs_kinds if held_out(e["id"], config.holdout_every)}
     return [e for e in events if e["id"] not in held], [e for e in events if e["id"] in held]
 
 
-def personal_update(store: Store, user_id: str, since: str | None, config: LearningConfig, seed: int) -> UpdateData:
-    events = store.feedback(user_id)
+def personal_update(store: Store, profile_id: str, since: str | None, config: LearningConfig, seed: int) -> UpdateData:
+    events = store.feedback(profile_id)
     trainable, held = _split(events, config)
     newest = max((e["updated_at"] for e in events), default=since)
     if config.personal_refit:  # from scratch on the newest N, each counted as new (it sets the steps)
@@ -170,15 +165,15 @@ def global_update(store: Store, since: str | None, config: LearningConfig, seed:
     held_all: list[dict] = []
     newest = since
     new_by_profile: dict[str, int] = {}
-    for user_id in store.users_with_feedback():
-        events = store.feedback(user_id)
+    for profile_id in store.profiles_with_feedback():
+        events = store.feedback(profile_id)
         trainable, held = _split(events, config)
         held_all += held
         new = sorted((e for e in trainable if since is None or e["updated_at"] > since),
                      key=lambda e: e["updated_at"], reverse=True)
         old = [e for e in trainable if not (since is None or e["updated_at"] > since)]
-        new_by_profile[user_id] = len(new)
-        per_profile[user_id] = new + rng.sample(old, min(len(old), max(1, config.replay // 4)))
+        new_by_profile[profile_id] = len(new)
+        per_profile[profile_id] = new + rng.sample(old, min(len(old), max(1, config.replay // 4)))
         newest = max([newest or ""] + [e["updated_at"] for e in events]) or None
     cap = profile_cap({u: len(v) for u, v in per_profile.items()}, config)
     chosen = [e for events in per_profile.values() for e in events[:cap]]

@@ -3,7 +3,7 @@
 Layout under the data home (standard PEFT folders, loadable by `PeftModel.from_pretrained` anywhere):
 
     adapters/global/v0001/{adapter_config.json, adapter_model.safetensors, manifest.json}
-    adapters/user_<profile id>/v0001/…
+    adapters/profile_<profile id>/v0001/…
 
 Publishing: write into a temporary folder beside the target, fsync every file, rename it to `vNNNN`, fsync
 the parent, then point the database at it in one transaction. A crash before that last step leaves the
@@ -38,8 +38,8 @@ CONFIG = "adapter_config.json"
 MANIFEST = "manifest.json"
 
 
-def personal_adapter(user_id: str) -> str:
-    return f"user_{user_id}"
+def personal_adapter(profile_id: str) -> str:
+    return f"profile_{profile_id}"
 
 
 def version_name(version: int) -> str:
@@ -79,6 +79,7 @@ class AdapterRegistry:
         self.root = Path(root)
         self.store = store
         self.root.mkdir(parents=True, exist_ok=True)
+        self.move_renamed_folders()
 
     # ---- reading -------------------------------------------------------------------------------------------
 
@@ -105,7 +106,7 @@ class AdapterRegistry:
 
     # ---- writing -------------------------------------------------------------------------------------------
 
-    def publish(self, adapter: str, user_id: str | None, model: PeftModel, manifest: dict,
+    def publish(self, adapter: str, profile_id: str | None, model: PeftModel, manifest: dict,
                 trained_until: str) -> AdapterVersion:
         """Save the model's active LoRA adapter as the next version and make it the served one."""
         parent = self.current(adapter)
@@ -139,7 +140,7 @@ class AdapterRegistry:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._step("pointed")
-        self.store.publish_version(adapter, user_id, version, folder_rel, parent.version if parent else None,
+        self.store.publish_version(adapter, profile_id, version, folder_rel, parent.version if parent else None,
                                    full_manifest, trained_until)
         log.info("Published %s %s", adapter, version_name(version))
         return AdapterVersion(adapter, version, target, full_manifest)
@@ -162,6 +163,18 @@ class AdapterRegistry:
                     shutil.rmtree(folder, ignore_errors=True)
                     removed.append(folder)
         return removed
+
+    def move_renamed_folders(self) -> None:
+        """Personal adapters were named `user_<id>` before migration m003 renamed their rows `profile_<id>`: move
+        their folders to match (once; safe when the app and the worker start together)."""
+        for old in self.root.glob("user_*"):
+            new = self.root / ("profile_" + old.name.removeprefix("user_"))
+            if old.is_dir() and not new.exists():
+                try:
+                    os.rename(old, new)
+                except FileNotFoundError:  # the other process moved it first
+                    continue
+                log.info("Moved %s to %s (profiles are no longer called users).", old.name, new.name)
 
     def _highest_folder(self, adapter: str) -> int:
         folder = self.root / adapter

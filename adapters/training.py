@@ -2,7 +2,7 @@
 `TrainConfig.chosen_term`) plus KTO on unpaired feedback, a few steps at a time.
 
 The caller passes the model: the base for the global adapter, or base + global merged for a personal one
-(a residual on top of the crowd). In both cases the reference policy is that model with the LoRA disabled, so
+(a residual on top of the global adapter). In both cases the reference policy is that model with the LoRA disabled, so
 the KL leash pulls towards the model the adapter is trained on top of. Reference log-probs are computed
 once per example before the steps. Logits are only computed at reply positions.
 """
@@ -28,7 +28,7 @@ from transformers import PreTrainedModel
 from adapters.data import Batch, Examples, PairExample, UnpairedExample, collate, encode, fit_prompt
 from adapters.losses import (Teacher, distill_kl, dpo_loss, kto_loss, kto_reference_point, pair_metrics,
                              rest_log_mass)
-from adapters.plain import plain_sequences
+from adapters.everyday import everyday_sequences
 from assistant.explore import instructed
 from assistant.generation import left_padded, sampling_kwargs
 from assistant.model import LoadedModel
@@ -176,9 +176,9 @@ class TrainConfig:
     learning_curve_comparison_on_policy_seed1{,_served}.json): blend win rate 0.570 vs 0.622 with greedy replies
     (1 user up, 6 down), 0.585 vs 0.571 with replies sampled as served (5 up, 3 down), worst neutral perplexity
     ×1.065 vs ×1.071, and an update's training 13–19 s instead of 3–6 s (the sampling). Not a gain; off."""
-    plain_weight: float = 0.0
-    """Weight of the plain-text leash (0: off): every step also asks, per token of `batch_size` of the plain
-    replies in `adapters.plain`, for KL(reference ‖ policy) over the reference's top-k next tokens (as "distill"),
+    everyday_weight: float = 0.0
+    """Weight of the everyday-text leash (0: off): every step also asks, per token of `batch_size` of the plain
+    replies in `adapters.everyday`, for KL(reference ‖ policy) over the reference's top-k next tokens (as "distill"),
     so a taste is learned where it does not move ordinary replies, as InstructGPT's PPO-ptx mixes pretraining data
     into its updates. The drift guard's anchor and the benchmark's neutral text are other texts. Measured at weight
     1 (8 users to 32 choices, seed 2, paired with the default's run; bench/results/
@@ -249,8 +249,8 @@ class TrainConfig:
             raise ValueError("chosen_term must be 'nll' or 'distill', and distill_top_k ≥ 1")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError("label_smoothing must be in [0, 0.5)")
-        if self.plain_weight < 0:
-            raise ValueError("plain_weight must be ≥ 0")
+        if self.everyday_weight < 0:
+            raise ValueError("everyday_weight must be ≥ 0")
         if self.on_policy_weight < 0 or self.on_policy_pairs < 1 or self.on_policy_tokens < 1 \
                 or self.on_policy_temperature < 0:
             raise ValueError("on_policy_weight and on_policy_temperature must be ≥ 0, on_policy_pairs and "
@@ -275,10 +275,10 @@ class TrainConfig:
 
 def objective(config: TrainConfig) -> str:
     """The loss an update trained with, as its manifest names it: "dpo+kto", then "+distill" or "+nll" when the
-    chosen-reply term is on, "+on_policy_distill" and "+plain_distill" when those terms are."""
+    chosen-reply term is on, "+on_policy_distill" and "+everyday_distill" when those terms are."""
     return ("dpo+kto" + (f"+{config.chosen_term}" if config.rpo_alpha > 0 else "")
             + ("+on_policy_distill" if config.on_policy_weight > 0 else "")
-            + ("+plain_distill" if config.plain_weight > 0 else ""))
+            + ("+everyday_distill" if config.everyday_weight > 0 else ""))
 
 
 def native_bf16() -> bool:
@@ -412,10 +412,10 @@ def _generated_from(loaded: LoadedModel, p: PairExample, max_length: int, max_pr
 
 class ReferenceCache:
     """The reference model's values of training pairs — summed log-probs of both replies and the chosen one's
-    distillation teacher — and its teachers on the plain-text leash's replies, kept across updates: an update
+    distillation teacher — and its teachers on the everyday-text leash's replies, kept across updates: an update
     replays older pairs, and while the reference stays the same (for a personal adapter: until the global version
     changes) their values do too. Least recently used first out. Keys come from `pair_key` (and, for the leash,
-    `_plain_references`); the worker keeps the held-out margins of the model below an adapter in another one."""
+    `_everyday_references`); the worker keeps the held-out margins of the model below an adapter in another one."""
 
     def __init__(self, size: int = 2048):
         self.size = size
@@ -546,8 +546,8 @@ def train_adapter(
                                                             references, reference_key)
         ref_unpaired = _logps_in_chunks(model, enc.unpaired, pad, 8)
         ref_mismatched = _logps_in_chunks(model, enc.mismatched, pad, 8)
-        plain, plain_taught = (_plain_references(model, loaded, config, references, reference_key)
-                               if config.plain_weight > 0 else ([], []))
+        plain, plain_taught = (_everyday_references(model, loaded, config, references, reference_key)
+                               if config.everyday_weight > 0 else ([], []))
     labels = torch.tensor(enc.labels, dtype=torch.bool)
     on_policy, on_policy_taught = (on_policy_targets(model, loaded, examples.pairs, config)
                                    if config.on_policy_weight > 0 else ([], []))
@@ -584,7 +584,7 @@ def train_adapter(
             metrics["logps/rejected"] = rejected.mean().item()
         for name, weight, sequences, taught_here, order in (
                 ("on_policy_distill_loss", config.on_policy_weight, on_policy, on_policy_taught, on_policy_order),
-                ("plain_distill_loss", config.plain_weight, plain, plain_taught, plain_order)):
+                ("everyday_distill_loss", config.everyday_weight, plain, plain_taught, plain_order)):
             if sequences:
                 kl = _distill_step(model, sequences, taught_here, order, pad, config)
                 loss = loss + weight * kl
@@ -615,12 +615,12 @@ def _distill_step(model, sequences: list, taught: list[Teacher], order, pad: int
     return distill_kl(log_probs, rows, [taught[i] for i in idx]).mean()
 
 
-def _plain_references(model, loaded: LoadedModel, config: TrainConfig, cache: ReferenceCache | None,
+def _everyday_references(model, loaded: LoadedModel, config: TrainConfig, cache: ReferenceCache | None,
                       reference_key: str) -> tuple[list[tuple[list[int], int]], list[Teacher]]:
-    """The plain replies (`adapters.plain`) and the reference's teachers on them, from `cache` while the reference
+    """The plain replies (`adapters.everyday`) and the reference's teachers on them, from `cache` while the reference
     stays the same (call without grad, adapter disabled)."""
-    sequences = plain_sequences(loaded)
-    key = hashlib.sha256(json.dumps([reference_key, "plain", sequences, config.distill_top_k]).encode()).hexdigest()
+    sequences = everyday_sequences(loaded)
+    key = hashlib.sha256(json.dumps([reference_key, "everyday", sequences, config.distill_top_k]).encode()).hexdigest()
     taught = cache.get(key) if cache is not None else None
     if taught is None:
         taught, _ = teachers(model, sequences, loaded.tokenizer.pad_token_id, config.distill_top_k)

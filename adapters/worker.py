@@ -23,7 +23,7 @@ import torch
 from peft import set_peft_model_state_dict
 
 from adapters.drift import anchor_batch, limit_drift, perplexity, trainable_state
-from adapters.jobs import LearningConfig, UpdateData, crowd_ready, global_update, personal_update
+from adapters.jobs import LearningConfig, UpdateData, global_ready, global_update, personal_update
 from adapters.registry import GLOBAL, AdapterRegistry
 from adapters.training import ReferenceCache, add_lora, objective, pair_key, preference_margins, train_adapter
 from assistant.config import DATA_HOME_ENV, ModelConfig, default_data_dir
@@ -107,19 +107,19 @@ class Worker:
             timings[name] = round(now - clock[0], 3)
             clock[0] = now
 
-        adapter, user_id = job["adapter"], job["user_id"]
+        adapter, profile_id = job["adapter"], job["profile_id"]
         current = self.registry.current(adapter)
-        since = current.manifest.get("trained_until") if current else None
+        since = self.store.trained_until(adapter)
         update = (current.manifest.get("update", 0) if current else 0) + 1  # place in the warm-start chain
         # Replay sample: fixed by the adapter and its place in the chain (not the clock), so the same database
         # gives the same replay (the benchmark also draws profile and feedback ids from its seed, so a run repeats).
         seed = int(hashlib.sha256(f"{adapter}:{update}".encode()).hexdigest()[:8], 16)
         if adapter == GLOBAL:
-            if not crowd_ready(self.store, self.config):  # e.g. "Train now" in a home of one
+            if not global_ready(self.store, self.config):  # e.g. "Train now" in a home of one
                 return {"message": f"the global adapter waits for feedback from {self.config.min_profiles} profiles"}
             data = global_update(self.store, since, self.config, seed)
         else:
-            data = personal_update(self.store, user_id, since, self.config, seed)
+            data = personal_update(self.store, profile_id, since, self.config, seed)
         if not len(data.train):
             return {"message": "nothing new to learn from"}
         lap("data_s")
@@ -173,7 +173,7 @@ class Worker:
         }
         if self.store.get_job(job["id"])["status"] == "cancelled":
             return {"message": "cancelled"}
-        version = self.registry.publish(adapter, user_id, peft_model, manifest, data.trained_until or "")
+        version = self.registry.publish(adapter, profile_id, peft_model, manifest, data.trained_until or "")
         lap("publish_s")
         log.info("Job %s timings: %s", job["id"], timings)
         return {"message": f"published {version.label}", "version": version.label, "metrics": metrics,
@@ -195,11 +195,11 @@ class Worker:
             return {"eval/pairs": len(pairs), "eval/accuracy_global": accuracy["adapter"],
                     "eval/accuracy_base": accuracy["below"]}
         base_margins = self._cached_margins(self.loaded.model, pairs, None)
-        mine, crowd = with_adapter > 0, below > 0
+        mine, below_right = with_adapter > 0, below > 0
         return {"eval/pairs": len(pairs), "eval/accuracy_personal": accuracy["adapter"],
                 "eval/accuracy_global": accuracy["below"],
-                "eval/only_personal_right": int((mine & ~crowd).sum()),
-                "eval/only_global_right": int((crowd & ~mine).sum()),
+                "eval/only_personal_right": int((mine & ~below_right).sum()),
+                "eval/only_global_right": int((below_right & ~mine).sum()),
                 "eval/accuracy_base": (base_margins > 0).float().mean().item()}
 
     def _anchor(self):

@@ -8,17 +8,17 @@ training prompt are the message as sent, so a chosen probed reply teaches the ad
 *without* being asked (off-policy data for DPO). The probe's name is stored with the candidate.
 
 Which probe: Thompson sampling on a Beta–Bernoulli bandit per profile, arm = probe, success = the probed
-candidate was chosen (a tie counts half). Each profile's prior is the crowd's record of that probe scaled to
+candidate was chosen (a tie counts half). Each profile's prior is the global record of that probe scaled to
 `prior_strength` choices, so a new profile starts from what most people liked and a regular from their own
 record. Styles someone keeps choosing get asked more, which is what gives the personal adapter pairs to learn
 from; styles never tried keep a chance.
 
-Pairing (`ExploreConfig.pairing`): "plain" sets the drawn probe against a plain sample. "duel" makes the plain
+Pairing (`ExploreConfig.pairing`): "single" sets the drawn probe against a plain sample. "duel" makes the plain
 sample one more arm (`PLAIN`, whose record is its wins against probes) and sets the two arms with the highest
 draws of one Thompson sample against each other — a variant of Self-Sparring (Sui, Zhuang, Burdick & Yue 2017,
 "Multi-dueling bandits with dependent arms"), which draws each slot independently and so may pair an arm with
 itself. Once a person's favourite style is clear it is in nearly every pair and the other slot ranks the rest
-against it, where "plain" pairing asks it at most as often as Thompson sampling draws it and only ever against the
+against it, where "single" pairing asks it at most as often as Thompson sampling draws it and only ever against the
 plain sample.
 """
 
@@ -59,22 +59,22 @@ DEFAULT_PROBES = (
 
 PLAIN = PLAIN_ARM
 """The record key of the plain sample's arm (a candidate sampled from the message as sent); not a probe name."""
-PAIRINGS = ("plain", "duel")
+PAIRINGS = ("single", "duel")
 
 
 @dataclass(frozen=True)
 class ExploreConfig:
     rate: float = 1.0
-    """Share of compare requests that explore (0: never, plain samples only): with "plain" pairing one candidate
+    """Share of compare requests that explore (0: never, plain samples only): with "single" pairing one candidate
     follows a probe and the other is a plain sample, so each choice compares against what the assistant would say
     unasked; in duels at least one candidate follows a probe. Every pair probed learned faster than half of them in
     the learning-curve pilot (see adapters/training.py's `rpo_alpha`)."""
     probes: tuple[Probe, ...] = DEFAULT_PROBES
     """The style axes to explore, each an instruction the model can follow (see `DEFAULT_PROBES`)."""
     prior_strength: float = 2.0
-    """How many of a profile's own choices the crowd's record of a probe is worth."""
+    """How many of a profile's own choices the global record of a probe is worth."""
     pairing: str = "duel"
-    """What an explored pair sets against each other (see the module docstring): "plain" — the drawn probe and a
+    """What an explored pair sets against each other (see the module docstring): "single" — the drawn probe and a
     plain sample; "duel" — the top two arms of one Thompson draw, the plain sample being an arm (`PLAIN`, so no
     probe may be named so). Learning-curve benchmark, 8 users to 32 choices, three seeds each paired with a plain
     run of the same seed (bench/results/learning_curve_comparison_duel.json): blend win rate vs base 0.622 vs 0.564
@@ -106,13 +106,13 @@ Record = dict[str, tuple[float, float]]
 def choose_arms(config: ExploreConfig, mine: Record, everyone: Record,
                 rng: random.Random) -> tuple[Probe | None, Probe | None]:
     """The two candidates' arms for this request, each a probe or None (a plain sample), drawn by Thompson
-    sampling: (None, None) when it does not explore; with "plain" pairing (the probe with the highest draw, None);
+    sampling: (None, None) when it does not explore; with "single" pairing (the probe with the highest draw, None);
     with "duel" the two arms with the highest draws over the probes and the plain sample (record key `PLAIN`), the
     higher first. `everyone` is the record of all profiles, this one included (its own share is taken out of the
     prior)."""
     if not config.probes or rng.random() >= config.rate:
         return None, None
-    if config.pairing == "plain":
+    if config.pairing == "single":
         return _ranked(config, config.probes, mine, everyone, rng)[0], None
     first, second, *_ = _ranked(config, (*config.probes, None), mine, everyone, rng)
     return first, second
@@ -126,10 +126,10 @@ def _ranked(config: ExploreConfig, arms: Sequence[Probe | None], mine: Record, e
         name = arm.name if arm else PLAIN
         wins, losses = mine.get(name, (0.0, 0.0))
         all_wins, all_losses = everyone.get(name, (0.0, 0.0))
-        crowd_wins, crowd_losses = max(0.0, all_wins - wins), max(0.0, all_losses - losses)
-        crowd_mean = (crowd_wins + 1) / (crowd_wins + crowd_losses + 2)
-        draws.append(rng.betavariate(1 + config.prior_strength * crowd_mean + wins,
-                                     1 + config.prior_strength * (1 - crowd_mean) + losses))
+        global_wins, global_losses = max(0.0, all_wins - wins), max(0.0, all_losses - losses)
+        global_mean = (global_wins + 1) / (global_wins + global_losses + 2)
+        draws.append(rng.betavariate(1 + config.prior_strength * global_mean + wins,
+                                     1 + config.prior_strength * (1 - global_mean) + losses))
     return [arms[i] for i in sorted(range(len(arms)), key=lambda i: -draws[i])]
 
 

@@ -1,6 +1,6 @@
 """Turning a conversation into prompt tokens that fit the model's context window.
 
-Models with a chat template use it. Models without one (GPT-2 and friends) get a plain transcript,
+Models with a chat template use it. Models without one (GPT-2 and friends) get a tagged transcript,
 
     {system prompt}
 
@@ -22,7 +22,7 @@ from storage.errors import InvalidInput
 
 USER_TAG = "User:"
 ASSISTANT_TAG = "Assistant:"
-PLAIN_STOP_STRINGS = ("\n" + USER_TAG,)
+TAGGED_STOP_STRINGS = ("\n" + USER_TAG,)
 MIN_PROMPT_TOKENS = 16
 
 
@@ -78,7 +78,7 @@ def build_prompt(loaded: LoadedModel, system_prompt: str, turns: list[dict], max
     window = loaded.context_window
     reply_budget = max(1, min(max_new_tokens, window // 2))
     budget = window - reply_budget
-    stops = () if loaded.has_chat_template else PLAIN_STOP_STRINGS
+    stops = () if loaded.has_chat_template else TAGGED_STOP_STRINGS
 
     kept = list(turns)
     ids = _render(loaded, system_prompt, kept)

@@ -22,7 +22,7 @@ from assistant.generation import ReplyStream
 from assistant.model import LoadedModel
 from assistant.prompts import Prompt, build_prompt
 from storage.errors import Conflict, InvalidInput, NotFound
-from storage.store import Message, Pair, Store
+from storage.store import Message, Comparison, Store
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class ReplyUpdate:
     """Something the person should know, e.g. that old turns were left out to fit the context window."""
     reply: Message | None = None
     """Chat mode, when done: the stored reply."""
-    pair: Pair | None = None
+    comparison: Comparison | None = None
     """Compare mode, when done: the stored comparison."""
 
 
@@ -83,62 +83,62 @@ class ChatService:
     # ---- profiles and conversations: thin, so the UI never talks to storage itself ------------------------
 
     def list_profiles(self) -> list[dict]:
-        return self.store.list_users()
+        return self.store.list_profiles()
 
     def create_profile(self, name: object) -> dict:
-        return self.store.create_user(name)
+        return self.store.create_profile(name)
 
-    def rename_profile(self, user_id: str, name: object) -> dict:
-        return self.store.rename_user(user_id, name)
+    def rename_profile(self, profile_id: str, name: object) -> dict:
+        return self.store.rename_profile(profile_id, name)
 
-    def delete_profile(self, user_id: str) -> None:
-        self.store.get_user(user_id)
+    def delete_profile(self, profile_id: str) -> None:
+        self.store.get_profile(profile_id)
         if self.adapters:
-            self.adapters.registry.drop(personal_adapter(user_id))
-            self.adapters.forget(personal_adapter(user_id))
-        self.store.delete_user(user_id)
+            self.adapters.registry.drop(personal_adapter(profile_id))
+            self.adapters.forget(personal_adapter(profile_id))
+        self.store.delete_profile(profile_id)
 
-    def get_profile(self, user_id: str) -> dict:
-        return self.store.get_user(user_id)
+    def get_profile(self, profile_id: str) -> dict:
+        return self.store.get_profile(profile_id)
 
-    def list_conversations(self, user_id: str) -> list[dict]:
-        return self.store.list_conversations(user_id)
+    def list_conversations(self, profile_id: str) -> list[dict]:
+        return self.store.list_conversations(profile_id)
 
-    def new_conversation(self, user_id: str, title: str = "New conversation") -> dict:
-        return self.store.create_conversation(user_id, title)
+    def new_conversation(self, profile_id: str, title: str = "New conversation") -> dict:
+        return self.store.create_conversation(profile_id, title)
 
-    def delete_conversation(self, user_id: str, conversation_id: str) -> None:
-        self.store.delete_conversation(user_id, conversation_id)
+    def delete_conversation(self, profile_id: str, conversation_id: str) -> None:
+        self.store.delete_conversation(profile_id, conversation_id)
 
-    def transcript(self, user_id: str, conversation_id: str) -> list[Message]:
-        return self.store.transcript(user_id, conversation_id)
+    def transcript(self, profile_id: str, conversation_id: str) -> list[Message]:
+        return self.store.transcript(profile_id, conversation_id)
 
-    def pending_pair(self, user_id: str, conversation_id: str) -> Pair | None:
-        return self.store.pending_pair(user_id, conversation_id)
+    def pending_comparison(self, profile_id: str, conversation_id: str) -> Comparison | None:
+        return self.store.pending_comparison(profile_id, conversation_id)
 
     # ---- replies -------------------------------------------------------------------------------------------
 
-    def send(self, user_id: str, conversation_id: str | None, text: object, settings: GenerationSettings,
+    def send(self, profile_id: str, conversation_id: str | None, text: object, settings: GenerationSettings,
              compare: bool = False) -> Iterator[ReplyUpdate]:
         """Store the user's message, then stream a reply (or A and B in compare mode) and store it."""
         text = validate_message(text, self.config.max_message_chars)
-        self.store.get_user(user_id)
+        self.store.get_profile(profile_id)
         if conversation_id:
-            self.store.get_conversation(user_id, conversation_id)
-            if self.store.pending_pair(user_id, conversation_id):
+            self.store.get_conversation(profile_id, conversation_id)
+            if self.store.pending_comparison(profile_id, conversation_id):
                 raise Conflict("Choose between A and B first (or Tie / Both bad); then send your next message.")
         else:
-            conversation_id = self.new_conversation(user_id, _title(text))["id"]
-        user_message = self.store.add_message(user_id, conversation_id, "user", text,
+            conversation_id = self.new_conversation(profile_id, _title(text))["id"]
+        user_message = self.store.add_message(profile_id, conversation_id, "user", text,
                                               settings={"system_prompt": settings.system_prompt})
-        return self._reply(user_id, conversation_id, user_message, settings, compare, replaces=None)
+        return self._reply(profile_id, conversation_id, user_message, settings, compare, replaces=None)
 
-    def retry(self, user_id: str, conversation_id: str, settings: GenerationSettings,
+    def retry(self, profile_id: str, conversation_id: str, settings: GenerationSettings,
               compare: bool = False) -> Iterator[ReplyUpdate]:
         """Answer the newest user message again; the old reply stays stored, marked superseded."""
-        if self.store.pending_pair(user_id, conversation_id):
+        if self.store.pending_comparison(profile_id, conversation_id):
             raise Conflict("Choose between A and B first; retry applies to a reply that continues the chat.")
-        transcript = self.store.transcript(user_id, conversation_id)
+        transcript = self.store.transcript(profile_id, conversation_id)
         if not transcript:
             raise InvalidInput("There is nothing to retry yet: send a message first.")
         last = transcript[-1]
@@ -146,15 +146,15 @@ class ChatService:
         user_message = transcript[-2] if replaces else last
         if user_message.role != "user":
             raise InvalidInput("There is no user message to answer.")
-        return self._reply(user_id, conversation_id, user_message, settings, compare, replaces=replaces)
+        return self._reply(profile_id, conversation_id, user_message, settings, compare, replaces=replaces)
 
-    def _reply(self, user_id: str, conversation_id: str, user_message: Message, settings: GenerationSettings,
+    def _reply(self, profile_id: str, conversation_id: str, user_message: Message, settings: GenerationSettings,
                compare: bool, replaces: Message | None) -> Iterator[ReplyUpdate]:
-        history = [m for m in self.store.transcript(user_id, conversation_id) if m.seq <= user_message.seq]
+        history = [m for m in self.store.transcript(profile_id, conversation_id) if m.seq <= user_message.seq]
         turns = [{"role": m.role, "content": m.content} for m in history]
         prompt = build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens)
-        blend = self.adapters.blend_for(user_id) if self.adapters else None
-        candidates, sides = self._explore(user_id, settings, turns, prompt) if compare else ((), ({}, {}))
+        blend = self.adapters.blend_for(profile_id) if self.adapters else None
+        candidates, sides = self._explore(profile_id, settings, turns, prompt) if compare else ((), ({}, {}))
         stream = ReplyStream(
             self.loaded, prompt, settings, num_candidates=2 if compare else 1, candidate_prompts=candidates,
             min_temperature=self.config.compare_min_temperature if compare else 0.0, executor=self.executor,
@@ -172,25 +172,25 @@ class ChatService:
                 for texts in steps:
                     yield ReplyUpdate(texts=texts, **base)
                 stored = True
-                yield self._store_reply(user_id, conversation_id, user_message, settings, prompt, stream,
+                yield self._store_reply(profile_id, conversation_id, user_message, settings, prompt, stream,
                                         replaces, base, adapter_versions, sides)
             finally:
                 steps.close()  # generation stops and the stream settles its texts and stats before we store
                 if not stored and any(stream.texts) and not compare:
                     # The person saw part of a reply before the stream stopped: keep it, marked interrupted.
-                    self._store_reply(user_id, conversation_id, user_message, settings, prompt, stream, replaces,
+                    self._store_reply(profile_id, conversation_id, user_message, settings, prompt, stream, replaces,
                                       base, adapter_versions)
 
         return updates()
 
-    def _explore(self, user_id: str, settings: GenerationSettings, turns: list[dict],
+    def _explore(self, profile_id: str, settings: GenerationSettings, turns: list[dict],
                  prompt: Prompt) -> tuple[tuple, tuple[dict, dict]]:
         """Compare mode: the two candidates' prompts (empty: both sampled from `prompt`) and each one's own facts.
         One candidate, A or B at random, may follow a hidden style probe; in duels both may (assistant/explore.py)."""
         explore = self.config.explore
         if explore.rate <= 0:
             return (), ({}, {})
-        arms = choose_arms(explore, *self.store.probe_records(user_id), self.rng)
+        arms = choose_arms(explore, *self.store.probe_records(profile_id), self.rng)
         if arms == (None, None):
             return (), ({}, {})
         try:
@@ -209,102 +209,101 @@ class ChatService:
         hinted = build_prompt(self.loaded, settings.system_prompt, probed(turns, probe), settings.max_new_tokens)
         return hinted, {"probe": probe.name, "probe_instruction": probe.instruction, **hinted.facts()}
 
-    def _store_reply(self, user_id, conversation_id, user_message, settings, prompt, stream, replaces, base,
+    def _store_reply(self, profile_id, conversation_id, user_message, settings, prompt, stream, replaces, base,
                      adapter_versions, sides=None):
         facts = {**settings.as_dict(), **prompt.facts(), **stream.stats()}
         if stream.num_candidates == 2:
             sides = sides or ({}, {})
             own = tuple({"new_tokens": stream.new_tokens[i], "ended": stream.ended[i], **sides[i]} for i in range(2))
-            pair = self.store.create_pair(user_id, conversation_id, user_message.id, stream.texts[0],
+            comparison = self.store.create_comparison(profile_id, conversation_id, user_message.id, stream.texts[0],
                                           stream.texts[1], model_id=self.model_id, settings=facts,
                                           adapter_versions=adapter_versions, replaces=replaces.id if replaces else None,
                                           candidate_settings=own)
-            return ReplyUpdate(texts=list(stream.texts), done=True, pair=pair, **base)
-        reply = self.store.add_message(user_id, conversation_id, "assistant", stream.texts[0],
+            return ReplyUpdate(texts=list(stream.texts), done=True, comparison=comparison, **base)
+        reply = self.store.add_message(profile_id, conversation_id, "assistant", stream.texts[0],
                                        parent_id=user_message.id, model_id=self.model_id, settings=facts,
                                        adapter_versions=adapter_versions, replaces=replaces.id if replaces else None)
         return ReplyUpdate(texts=list(stream.texts), done=True, reply=reply, **base)
 
     # ---- feedback ------------------------------------------------------------------------------------------
 
-    def vote(self, user_id: str, message_id: str, value: int, comment: str | None = None) -> dict:
-        feedback = self.store.record_thumbs(user_id, message_id, value, comment)
-        self._after_feedback(user_id)
+    def vote(self, profile_id: str, message_id: str, value: int, comment: str | None = None) -> dict:
+        feedback = self.store.record_thumbs(profile_id, message_id, value, comment)
+        self._after_feedback(profile_id)
         return feedback
 
-    def vote_at(self, user_id: str, conversation_id: str, index: int, value: int, shown: str | None = None) -> dict:
+    def vote_at(self, profile_id: str, conversation_id: str, index: int, value: int, shown: str | None = None) -> dict:
         """Vote on the `index`-th message of the transcript as the UI shows it."""
-        transcript = self.store.transcript(user_id, conversation_id)
+        transcript = self.store.transcript(profile_id, conversation_id)
         if not isinstance(index, int) or not 0 <= index < len(transcript):
             raise NotFound("That reply is still being written or is no longer in this conversation; "
                            "wait for it to finish, or reopen the conversation.")
         message = transcript[index]
         if shown is not None and message.content.strip() != shown.strip():
             raise Conflict("The conversation changed since it was shown; reopen it and vote again.")
-        feedback = self.store.record_thumbs(user_id, message.id, value)
-        self._after_feedback(user_id)
+        feedback = self.store.record_thumbs(profile_id, message.id, value)
+        self._after_feedback(profile_id)
         return feedback
 
-    def comment(self, user_id: str, message_id: str, comment: str) -> dict:
-        return self.store.set_comment(user_id, message_id, comment)
+    def comment(self, profile_id: str, message_id: str, comment: str) -> dict:
+        return self.store.set_comment(profile_id, message_id, comment)
 
-    def choose(self, user_id: str, pair_id: str, choice: str, comment: str = "") -> Pair:
-        pair = self.store.record_choice(user_id, pair_id, choice, comment)
-        self._after_feedback(user_id)
-        return pair
+    def choose(self, profile_id: str, comparison_id: str, choice: str, comment: str = "") -> Comparison:
+        comparison = self.store.record_choice(profile_id, comparison_id, choice, comment)
+        self._after_feedback(profile_id)
+        return comparison
 
-    def choose_pending(self, user_id: str, conversation_id: str, choice: str) -> Pair:
-        pair = self.store.pending_pair(user_id, conversation_id)
-        if pair is None:
+    def choose_pending(self, profile_id: str, conversation_id: str, choice: str) -> Comparison:
+        comparison = self.store.pending_comparison(profile_id, conversation_id)
+        if comparison is None:
             raise NotFound("There is no comparison waiting for a choice in this conversation.")
-        return self.choose(user_id, pair.id, choice)
+        return self.choose(profile_id, comparison.id, choice)
 
     # ---- learning ------------------------------------------------------------------------------------------
 
-    def _after_feedback(self, user_id: str) -> None:
+    def _after_feedback(self, profile_id: str) -> None:
         """The feedback is committed; queue training if enough new events arrived (the worker picks it up)."""
         if self.adapters:
-            enqueue_due(self.store, user_id, self.learning)
+            enqueue_due(self.store, profile_id, self.learning)
 
-    def train_now(self, user_id: str) -> list[dict]:
+    def train_now(self, profile_id: str) -> list[dict]:
         self._require_learning()
-        if not self.store.feedback_counts(user_id)["total"]:
+        if not self.store.feedback_counts(profile_id)["total"]:
             raise InvalidInput("There is no feedback to learn from yet: vote on a reply or compare two.")
-        return enqueue_now(self.store, user_id)
+        return enqueue_now(self.store, profile_id)
 
-    def reset_personal(self, user_id: str) -> None:
+    def reset_personal(self, profile_id: str) -> None:
         """Drop this profile's personal adapter (its feedback stays stored)."""
         self._require_learning()
-        self.store.get_user(user_id)
-        self.store.cancel_jobs(personal_adapter(user_id))
-        self.adapters.registry.drop(personal_adapter(user_id))
-        self.adapters.forget(personal_adapter(user_id))
+        self.store.get_profile(profile_id)
+        self.store.cancel_jobs(personal_adapter(profile_id))
+        self.adapters.registry.drop(personal_adapter(profile_id))
+        self.adapters.forget(personal_adapter(profile_id))
 
-    def set_alpha(self, user_id: str, alpha: float | None) -> None:
-        self.store.set_alpha_override(user_id, alpha)
+    def set_alpha(self, profile_id: str, alpha: float | None) -> None:
+        self.store.set_alpha_override(profile_id, alpha)
 
-    def learning_status(self, user_id: str) -> dict:
+    def learning_status(self, profile_id: str) -> dict:
         """What the Learning panel shows for a profile."""
         self._require_learning()
         registry = self.adapters.registry
-        mine = personal_adapter(user_id)
-        personal, crowd = registry.current(mine), registry.current(GLOBAL)
-        since = self.store.current_adapter(mine)
-        blend = self.adapters.blend_for(user_id)
-        user = self.store.get_user(user_id)
-        n = self.store.feedback_counts(user_id)
+        mine = personal_adapter(profile_id)
+        personal, global_ = registry.current(mine), registry.current(GLOBAL)
+        blend = self.adapters.blend_for(profile_id)
+        user = self.store.get_profile(profile_id)
+        n = self.store.feedback_counts(profile_id)
         return {
             "feedback": n,
-            "since_personal": self.store.feedback_counts(user_id, since["trained_until"] if since else None),
+            "since_personal": self.store.feedback_counts(profile_id, self.store.trained_until(mine)),
             "personal": _version_info(personal),
-            "global": _version_info(crowd),
+            "global": _version_info(global_),
             "alpha": blend.alpha,
             "alpha_reason": blend.reason,
             "alpha_auto": auto_alpha(n["total"], self.adapters.config.k),
             "alpha_override": user.get("alpha_override"),
             "job": self.store.latest_job(mine),
             "global_job": self.store.latest_job(GLOBAL),
-            "crowd": {"profiles": self.store.profiles_with_feedback(at_most=self.learning.min_profiles),
+            "global_profiles": {"profiles": self.store.count_profiles_with_feedback(at_most=self.learning.min_profiles),
                       "needed": self.learning.min_profiles},
             "history": [{"version": v.label, **{k: v.manifest.get("metrics", {}).get(k) for k in
                          ("eval/accuracy_personal", "eval/accuracy_global", "eval/accuracy_base", "eval/pairs")}}

@@ -219,36 +219,36 @@ class Harness:
         texts = [visible_text(tokenizer.decode(row, skip_special_tokens=True), stops)[0].strip() for row in out]
         return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
-    def feedback_step(self, env: PreferenceChatEnv, user_id: str, prompt: str) -> str:
+    def feedback_step(self, env: PreferenceChatEnv, profile_id: str, prompt: str) -> str:
         """One turn of the product loop: compare mode, the user's choice, training as the app queues it."""
-        conversation = self.service.new_conversation(user_id)["id"]
+        conversation = self.service.new_conversation(profile_id)["id"]
         settings = GenerationSettings(temperature=self.config.sample_temperature,
                                       max_new_tokens=self.config.max_new_tokens,
                                       repetition_penalty=self.config.repetition_penalty)
-        final = list(self.service.send(user_id, conversation, prompt, settings, compare=True))[-1]
-        observation, _, _, _, info = env.step((final.pair.a.content, final.pair.b.content))
-        self.service.choose(user_id, final.pair.id, info["choice"])
-        arms = {"a": final.pair.a.settings.get("probe"), "b": final.pair.b.settings.get("probe")}
-        self.shown.setdefault(user_id, []).append((info["choice"], *info["user_rewards"], arms))
+        final = list(self.service.send(profile_id, conversation, prompt, settings, compare=True))[-1]
+        observation, _, _, _, info = env.step((final.comparison.a.content, final.comparison.b.content))
+        self.service.choose(profile_id, final.comparison.id, info["choice"])
+        arms = {"a": final.comparison.a.settings.get("probe"), "b": final.comparison.b.settings.get("probe")}
+        self.shown.setdefault(profile_id, []).append((info["choice"], *info["user_rewards"], arms))
         while self.on_main(self.worker.run_once):  # the worker's jobs, before the next prompt
             pass
         return observation["prompt"]
 
-    def blends(self, user_id: str) -> dict[str, Blend | None]:
+    def blends(self, profile_id: str) -> dict[str, Blend | None]:
         g = self.registry.current(GLOBAL)
-        p = self.registry.current(personal_adapter(user_id))
+        p = self.registry.current(personal_adapter(profile_id))
         return {
-            "blend": self.server.blend_for(user_id),
-            "global": Blend(g.version if g else None, None, 0.0, "global only", user_id),
-            "personal": Blend(None, p.version if p else None, 1.0 if p else 0.0, "personal only", user_id),
+            "blend": self.server.blend_for(profile_id),
+            "global": Blend(g.version if g else None, None, 0.0, "global only", profile_id),
+            "personal": Blend(None, p.version if p else None, 1.0 if p else 0.0, "personal only", profile_id),
         }
 
-    def drift_guard(self, user_id: str) -> dict:
+    def drift_guard(self, profile_id: str) -> dict:
         """What the drift guard did to this user's adapters so far: per adapter, its published versions, how many
         the guard backtracked, the smallest update scale it kept (`adapters.drift`), and the current version's anchor
         perplexity ratio as trained and as published (to set against the benchmark's own neutral text)."""
         out = {}
-        for name, adapter in (("global", GLOBAL), ("personal", personal_adapter(user_id))):
+        for name, adapter in (("global", GLOBAL), ("personal", personal_adapter(profile_id))):
             metrics = [v.manifest.get("metrics", {}) for v in self.registry.history(adapter)]
             scales = [m["drift/update_scale"] for m in metrics if "drift/update_scale" in m]
             current = metrics[-1] if metrics else {}
@@ -281,7 +281,7 @@ def feedback_stats(shown: list[tuple[str, float, float, dict[str, str | None]]])
     exploration went: how often each arm was asked and how often its candidate was chosen (a tie counts half) — a
     probe, or "plain" for a plain sample facing a probed one, as `Store.probe_records` counts them.
     `probed_share`: pairs with at least one probed candidate; `probed_chosen`: the share of probed candidates
-    chosen — against the plain sample in "plain" pairing, but in a duel of two probes one of them always wins, so
+    chosen — against the plain sample in "single" pairing, but in a duel of two probes one of them always wins, so
     the two pairings' figures do not compare."""
     gaps = [abs(a - b) for _, a, b, _ in shown]
     decided = [(c, a, b) for c, a, b, _ in shown if c != "tie" and a != b]
@@ -334,7 +334,7 @@ class Evaluation:
 
     @staticmethod
     def key(blend: Blend) -> tuple:
-        personal = (blend.user_id, blend.personal_version, round(blend.alpha, 4)) if blend.personal_version else None
+        personal = (blend.profile_id, blend.personal_version, round(blend.alpha, 4)) if blend.personal_version else None
         return blend.global_version, personal
 
     def replies(self, blend: Blend) -> list[str]:
@@ -382,12 +382,12 @@ def served_win_rate(user, prompts: list[str], served: list[list[str]], base: lis
         [user.reward(p, r) for r in mine], [user.reward(p, b) for b in theirs])), 3)
 
 
-def evaluate(ev: Evaluation, user, user_id: str, pairs: list[PairExample]) -> dict:
+def evaluate(ev: Evaluation, user, profile_id: str, pairs: list[PairExample]) -> dict:
     h, prompts, base = ev.h, ev.prompts, ev.base["replies"]
     out = {"win_rate": {}, "served_win_rate": {}, "preference_accuracy": {}, "perplexity_ratio": {},
            "mean_user_reward": {}, "ties": {}, "same_as_base": {}}
     base_rewards = [user.reward(p, b) for p, b in zip(prompts, base)]
-    blends = h.blends(user_id)
+    blends = h.blends(profile_id)
     for name, blend in blends.items():
         replies = ev.replies(blend)
         rewards = [user.reward(p, r) for p, r in zip(prompts, replies)]
@@ -405,7 +405,7 @@ def evaluate(ev: Evaluation, user, user_id: str, pairs: list[PairExample]) -> di
     out["mean_user_reward"]["base"] = round(statistics.mean(base_rewards), 3)
     out["served"] = blends["blend"].record()
     out["published"] = {"global": blends["global"].global_version, "personal": blends["personal"].personal_version}
-    out["drift_guard"] = h.drift_guard(user_id)
+    out["drift_guard"] = h.drift_guard(profile_id)
     out["examples"] = [{"prompt": p, "base": b, "blend": r} for p, b, r in
                        list(zip(prompts, base, ev.replies(blends["blend"])))[:EXAMPLES]]
     return out
@@ -428,7 +428,7 @@ def run_user(user, config: CurveConfig, train: list[str], base: dict, cache: Pat
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"attune-curve-{user.name}-") as tmp:
         h = Harness(Path(tmp), config, cache, executor, run=user.name)
-        user_id = h.service.create_profile(user.name[:40])["id"]
+        profile_id = h.service.create_profile(user.name[:40])["id"]
         prompts = base["prompts"]
         pairs = _eval_pairs(user, base["pair_prompts"], base["samples"])
         env = PreferenceChatEnv(user, train, mode="pair", episode_length=max(config.budgets))
@@ -436,13 +436,13 @@ def run_user(user, config: CurveConfig, train: list[str], base: dict, cache: Pat
         curve = {}
         for given in range(max(config.budgets) + 1):
             if given in config.budgets:
-                curve[given] = evaluate(Evaluation(h, prompts, base), user, user_id, pairs)
+                curve[given] = evaluate(Evaluation(h, prompts, base), user, profile_id, pairs)
                 curve[given]["elapsed_s"] = round(time.perf_counter() - began)
                 log.info("%s after %d choices: win rate %s", user.name, given, curve[given]["win_rate"])
             if given < max(config.budgets):
-                prompt = h.feedback_step(env, user_id, prompt)
+                prompt = h.feedback_step(env, profile_id, prompt)
         return {"description": getattr(user, "description", ""), "curve": curve, "eval_pairs": len(pairs),
-                "feedback": feedback_stats(h.shown.get(user_id, [])), "seconds": round(time.perf_counter() - began)}
+                "feedback": feedback_stats(h.shown.get(profile_id, [])), "seconds": round(time.perf_counter() - began)}
 
 
 def run_population(users, config: CurveConfig, train: list[str], base: dict, cache: Path,

@@ -66,7 +66,7 @@ def pairs(n: int, offset: int = 0) -> list[PairExample]:
                         chosen=f"Sure! Here is one: number {i + offset}. 🙂",
                         rejected=f"A majestic and mystical answer {i + offset}. I am no longer here to provide it. "
                                  "You can find me online, I'm here to assist you in your quest.",
-                        feedback_id=f"f{i + offset}", user_id="u") for i in range(n)]
+                        feedback_id=f"f{i + offset}", profile_id="u") for i in range(n)]
 
 
 def med(values):
@@ -124,15 +124,15 @@ def training_compute(rounds: int, learning: LearningConfig) -> dict:
 
 # ---- 2. update latency ------------------------------------------------------------------------------------
 
-def _add_choices(service: ChatService, user_id: str, n: int, offset: int, last_via_service: bool) -> None:
+def _add_choices(service: ChatService, profile_id: str, n: int, offset: int, last_via_service: bool) -> None:
     store = service.store
-    conv = service.new_conversation(user_id)["id"]
+    conv = service.new_conversation(profile_id)["id"]
     for i, p in enumerate(pairs(n, offset)):
-        q = store.add_message(user_id, conv, "user", p.prompt[0]["content"])
-        pair = store.create_pair(user_id, conv, q.id, p.chosen, p.rejected, model_id="bench", settings={})
+        q = store.add_message(profile_id, conv, "user", p.prompt[0]["content"])
+        pair = store.create_comparison(profile_id, conv, q.id, p.chosen, p.rejected, model_id="bench", settings={})
         if last_via_service and i == n - 1:
             return pair
-        store.record_choice(user_id, pair.id, "a")
+        store.record_choice(profile_id, pair.id, "a")
 
 
 def update_latency(home: Path, rounds: int, learning: LearningConfig,
@@ -194,7 +194,7 @@ def _seconds(a: str, b: str) -> float:
 def serving_speed(service: ChatService, rounds: int) -> dict:
     """Generate on the main thread (as the app does) with: the bare unwrapped base model; the served model
     with no adapter; the served model with global + 0.5·personal."""
-    user = service.store.list_users()[0]["id"]
+    user = service.store.list_profiles()[0]["id"]
     registry = service.adapters.registry
     personal = registry.current(personal_adapter(user))
     if registry.current(GLOBAL) is None:  # a global adapter for the blend: the personal weights, republished
@@ -239,12 +239,12 @@ def serving_speed(service: ChatService, rounds: int) -> dict:
 
 def profile_switch(service: ChatService, n_profiles: int, visits: int) -> dict:
     store, registry = service.store, service.adapters.registry
-    template_user = store.list_users()[0]["id"]
+    template_user = store.list_profiles()[0]["id"]
     template = registry.current(personal_adapter(template_user))
     start = time.perf_counter()
     users = []
     for i in range(n_profiles):
-        user = store.create_user(f"p{i:05d}")["id"]
+        user = store.create_profile(f"p{i:05d}")["id"]
         rel = f"{personal_adapter(user)}/v0001"
         shutil.copytree(template.folder, registry.root / rel)
         store.publish_version(personal_adapter(user), user, 1, rel, None, template.manifest, "bench")
@@ -278,7 +278,7 @@ def profile_switch(service: ChatService, n_profiles: int, visits: int) -> dict:
 # ---- 5. two profiles at once ------------------------------------------------------------------------------
 
 def two_at_once(service: ChatService, rounds: int) -> dict:
-    users = [u["id"] for u in service.store.list_users()[:2]]
+    users = [u["id"] for u in service.store.list_profiles()[:2]]
     settings = GenerationSettings(temperature=0, max_new_tokens=64)
     executor = GenerationExecutor()
     service.executor = executor

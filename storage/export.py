@@ -2,7 +2,7 @@
 
     python -m storage.export --user NAME --format dpo|kto|jsonl [--data-dir DIR] [--output FILE]
 
-- dpo: `prompt` / `chosen` / `rejected` (conversational: lists of role/content dicts) from pairwise choices
+- dpo: `prompt` / `chosen` / `rejected` (conversational: lists of role/content dicts) from comparisons
   A or B. Ties carry no preference and are skipped; "both bad" is no preference between the two either.
 - kto: `prompt` / `completion` / `label` from thumbs (up = True), plus each decided comparison as the chosen
   reply (True) and the rejected one (False); "both bad" gives both replies as False; ties are skipped.
@@ -35,7 +35,7 @@ def _assistant(text: str) -> list[dict]:
 
 def dpo_records(events: Iterable[dict]) -> Iterator[dict]:
     for e in events:
-        if e["kind"] == "pairwise" and e["choice"] in ("a", "b"):
+        if e["kind"] == "comparison" and e["choice"] in ("a", "b"):
             chosen, rejected = (e["a"], e["b"]) if e["choice"] == "a" else (e["b"], e["a"])
             yield {"prompt": e["prompt"], "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
 
@@ -53,8 +53,8 @@ def kto_records(events: Iterable[dict]) -> Iterator[dict]:
                 yield {"prompt": e["prompt"], "completion": _assistant(text), "label": False}
 
 
-def records(store: Store, user_id: str, fmt: str) -> Iterator[dict]:
-    events = store.feedback(user_id)
+def records(store: Store, profile_id: str, fmt: str) -> Iterator[dict]:
+    events = store.feedback(profile_id)
     if fmt == "dpo":
         return dpo_records(events)
     if fmt == "kto":
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     store = Store(db_path)
     try:
-        user = store.find_user_by_name(args.user)
+        user = store.find_profile_by_name(args.user)
     except AttuneError as exc:
         log.error("%s", exc)
         return 2

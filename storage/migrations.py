@@ -125,3 +125,53 @@ def m002_adapters_and_jobs(db: Database) -> None:
         ALTER TABLE users ADD COLUMN alpha_override REAL CHECK (alpha_override BETWEEN 0 AND 1)
         """,
     )
+
+
+@MIGRATIONS()
+def m003_profiles_and_comparisons(db: Database) -> None:
+    """One word per concept: `users` → `profiles` (and every `user_id` → `profile_id`), `pairs` → `comparisons`,
+    feedback kind 'pairwise' → 'comparison', personal adapters `user_<id>` → `profile_<id>` (their folders move at
+    the registry's next start: `AdapterRegistry.move_renamed_folders`)."""
+    _run(
+        db,
+        """
+        ALTER TABLE users RENAME TO profiles;
+        ALTER TABLE pairs RENAME TO comparisons;
+        ALTER TABLE conversations RENAME COLUMN user_id TO profile_id;
+        ALTER TABLE comparisons RENAME COLUMN user_id TO profile_id;
+        ALTER TABLE adapter_versions RENAME COLUMN user_id TO profile_id;
+        ALTER TABLE adapters RENAME COLUMN user_id TO profile_id;
+        ALTER TABLE training_jobs RENAME COLUMN user_id TO profile_id;
+        DROP INDEX conversations_by_user;
+        CREATE INDEX conversations_by_profile ON conversations(profile_id, updated_at);
+        DROP INDEX pairs_by_conversation;
+        CREATE INDEX comparisons_by_conversation ON comparisons(conversation_id);
+        CREATE TABLE feedback_new (
+            id TEXT PRIMARY KEY,
+            profile_id TEXT NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL CHECK (kind IN ('thumbs', 'comparison')),
+            message_id TEXT UNIQUE REFERENCES messages(id) ON DELETE CASCADE,        -- thumbs: the reply voted on
+            comparison_id TEXT UNIQUE REFERENCES comparisons(id) ON DELETE CASCADE,  -- comparison: which one
+            value INTEGER CHECK (value IN (-1, 1)),                                  -- thumbs: +1 up, -1 down
+            choice TEXT CHECK (choice IN ('a', 'b', 'tie', 'both_bad')),             -- comparison
+            comment TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            CHECK ((kind = 'thumbs' AND message_id IS NOT NULL AND value IS NOT NULL
+                    AND comparison_id IS NULL AND choice IS NULL)
+                OR (kind = 'comparison' AND comparison_id IS NOT NULL AND choice IS NOT NULL
+                    AND message_id IS NULL AND value IS NULL))
+        );
+        INSERT INTO feedback_new (id, profile_id, kind, message_id, comparison_id, value, choice, comment, created_at,
+                                  updated_at)
+            SELECT id, user_id, CASE kind WHEN 'pairwise' THEN 'comparison' ELSE kind END, message_id, pair_id, value,
+                   choice, comment, created_at, updated_at FROM feedback;
+        DROP TABLE feedback;
+        ALTER TABLE feedback_new RENAME TO feedback;
+        CREATE INDEX feedback_by_profile ON feedback(profile_id, created_at);
+        UPDATE adapter_versions SET adapter = 'profile_' || substr(adapter, 6), path = 'profile_' || substr(path, 6)
+            WHERE adapter LIKE 'user\\_%' ESCAPE '\\';
+        UPDATE adapters SET adapter = 'profile_' || substr(adapter, 6) WHERE adapter LIKE 'user\\_%' ESCAPE '\\';
+        UPDATE training_jobs SET adapter = 'profile_' || substr(adapter, 6) WHERE adapter LIKE 'user\\_%' ESCAPE '\\'
+        """,
+    )

@@ -31,8 +31,8 @@ def _dropdown(update: dict) -> tuple[list, str | None]:
     return [tuple(c) for c in update["choices"]], update["value"]
 
 
-def send(client: Client, user_id, conversation_id, text, compare=False):
-    job = client.submit(user_id, conversation_id, text, compare, *SETTINGS.values(), api_name="/send")
+def send(client: Client, profile_id, conversation_id, text, compare=False):
+    job = client.submit(profile_id, conversation_id, text, compare, *SETTINGS.values(), api_name="/send")
     final = job.result()
     return final, job.outputs()
 
@@ -58,7 +58,7 @@ def test_create_chat_vote_compare_switch(client, running_app, data_home):
 
     send(client, ann, conv, "Compare please", compare=True)
     pending = client.predict(ann, conv, api_name="/pending")
-    assert set(pending) == {"pair_id", "a", "b"}
+    assert set(pending) == {"comparison_id", "a", "b"}
     with pytest.raises(AppError, match="Choose between A and B"):
         send(client, ann, conv, "too early")
     view = client.predict(ann, conv, api_name="/choose_b")
@@ -72,10 +72,10 @@ def test_create_chat_vote_compare_switch(client, running_app, data_home):
     assert view[1]["value"] == conv and len(view[2]["value"]) == 4
 
     store = Store(data_home / "attune.db")
-    assert store.counts() == {"users": 2, "conversations": 1, "messages": 5, "pairs": 1, "feedback": 2}
+    assert store.counts() == {"profiles": 2, "conversations": 1, "messages": 5, "comparisons": 1, "feedback": 2}
     events = store.feedback(ann)
     assert [(e["kind"], e["value"], e["choice"], e["comment"]) for e in events] == [
-        ("thumbs", -1, None, "too terse"), ("pairwise", None, "b", "")]
+        ("thumbs", -1, None, "too terse"), ("comparison", None, "b", "")]
 
 
 @pytest.mark.parametrize("args, api, message", [
@@ -145,10 +145,10 @@ def test_retry_rename_and_delete_with_confirmation(client, data_home):
     assert _dropdown(profile)[0] == [("Annie", ann)]
     text = client.predict(ann, api_name="/ask_delete_profile")  # shows the confirmation row (layout: not returned)
     assert "Delete profile **Annie**" in text
-    assert store.counts()["users"] == 1  # asking deletes nothing
+    assert store.counts()["profiles"] == 1  # asking deletes nothing
     view = client.predict(ann, api_name="/delete_profile")
     assert view[0]["choices"] == [] and store.counts() == {
-        "users": 0, "conversations": 0, "messages": 0, "pairs": 0, "feedback": 0}
+        "profiles": 0, "conversations": 0, "messages": 0, "comparisons": 0, "feedback": 0}
 
 
 def test_two_clients_streaming_at_once_stay_separate(running_app):
@@ -229,19 +229,19 @@ def test_votes_train_a_new_version_that_the_next_reply_uses(cli_app):
         assert job is None or job["status"] in ("queued", "running", "done"), job
         assert time.monotonic() < deadline, status
         time.sleep(0.5)
-    assert status["personal"]["version"] == "v0001" and status["feedback"]["pairwise"] == 4
+    assert status["personal"]["version"] == "v0001" and status["feedback"]["comparison"] == 4
     assert status["job"]["status"] == "done"
     send(client, ann, conv, "And now?")
     last = client.predict(ann, conv, api_name="/messages")[-1]
-    # Served at α = 4/(4+k), unless its held-out accuracy fell below the crowd's (then α = 0, with the reason).
+    # Served at α = 4/(4+k), unless its held-out accuracy fell below the global adapter's (then α = 0, with the reason).
     k = BlendConfig().k
     assert last["adapter_versions"]["alpha"] == pytest.approx(4 / (4 + k), abs=1e-4) or (
-        last["adapter_versions"]["alpha"] == 0 and "below the crowd" in last["adapter_versions"]["alpha_reason"])
+        last["adapter_versions"]["alpha"] == 0 and "below the global" in last["adapter_versions"]["alpha_reason"])
     client.predict(ann, False, 1.0, api_name="/set_alpha")  # "just me"
     send(client, ann, conv, "And with just my taste?")
     last = client.predict(ann, conv, api_name="/messages")[-1]
     assert last["adapter_versions"] == {"global": None, "personal": "v0001", "alpha": 1.0, "alpha_reason": "set by you"}
-    assert (home / "adapters" / f"user_{ann}" / "v0001" / "adapter_model.safetensors").exists()
+    assert (home / "adapters" / f"profile_{ann}" / "v0001" / "adapter_model.safetensors").exists()
 
 
 def test_unavailable_model_exits_with_one_clear_message(tmp_path):

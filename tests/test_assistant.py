@@ -44,7 +44,7 @@ def _decode(loaded: LoadedModel, ids) -> str:
     return loaded.tokenizer.decode(ids)
 
 
-def test_plain_transcript_for_models_without_chat_template(tiny_loaded):
+def test_tagged_transcript_for_models_without_chat_template(tiny_loaded):
     turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
              {"role": "user", "content": "Name a colour."}]
     prompt = build_prompt(tiny_loaded, "Be kind.", turns, max_new_tokens=20)

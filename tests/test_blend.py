@@ -22,20 +22,20 @@ def _fresh(tiny_model_dir):
     return load_model(ModelConfig(model=str(tiny_model_dir)), tiny_model_dir.parent)
 
 
-def _publish(registry, tiny_model_dir, adapter, user_id, seed, rank=4, metrics=None):
+def _publish(registry, tiny_model_dir, adapter, profile_id, seed, rank=4, metrics=None):
     model = add_lora(_fresh(tiny_model_dir).model, LoraSettings(rank=rank, alpha=2 * rank))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return registry.publish(adapter, user_id, model, {"metrics": metrics or {}}, "t")
+    return registry.publish(adapter, profile_id, model, {"metrics": metrics or {}}, "t")
 
 
 @pytest.fixture
 def setup(store, data_home, tiny_model_dir):
     registry = AdapterRegistry(data_home / "adapters", store)
-    ann, bob = store.create_user("Ann")["id"], store.create_user("Bob")["id"]
+    ann, bob = store.create_profile("Ann")["id"], store.create_profile("Bob")["id"]
     _publish(registry, tiny_model_dir, GLOBAL, None, 1)
     _publish(registry, tiny_model_dir, personal_adapter(ann), ann, 2, rank=2)
     _publish(registry, tiny_model_dir, personal_adapter(bob), bob, 3)
@@ -110,7 +110,7 @@ def test_alpha_follows_feedback_count_override_and_gate(setup, tiny_model_dir, s
     _publish(registry, tiny_model_dir, personal_adapter(ann), ann, 4,
              metrics={"eval/accuracy_personal": 0.4, "eval/accuracy_global": 0.7, "eval/pairs": 5})
     gated = server.blend_for(ann)
-    assert gated.alpha == 0.0 and gated.personal_version is None and "below the crowd" in gated.reason
+    assert gated.alpha == 0.0 and gated.personal_version is None and "below the global" in gated.reason
     # Worse on 2 of the 3 votes where the two disagree is not evidence (sign test p = 0.5): served.
     _publish(registry, tiny_model_dir, personal_adapter(ann), ann, 4,
              metrics={"eval/accuracy_personal": 0.5, "eval/accuracy_global": 0.67, "eval/pairs": 6,

@@ -38,7 +38,7 @@ def page(tmp_path):
 def _wait_for_reply(store: Store, profile: str, seconds: float = 60):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        user = store.find_user_by_name(profile)
+        user = store.find_profile_by_name(profile)
         for conversation in store.list_conversations(user["id"]):
             transcript = store.transcript(user["id"], conversation["id"])
             if transcript and transcript[-1].role == "assistant":
@@ -64,7 +64,7 @@ def test_profile_chat_thumbs_and_reload(page, running_app, data_home, tmp_path):
     store = Store(data_home / "attune.db")
     transcript = _wait_for_reply(store, "ann 🎉")
     page.locator("#status").get_by_text("Writing").wait_for(state="detached")
-    user = store.find_user_by_name("ann 🎉")
+    user = store.find_profile_by_name("ann 🎉")
     conversation = store.list_conversations(user["id"])[0]
     like = page.locator("#chatbot button[aria-label='Like']").last
     assert page.locator("#chatbot").get_by_text("Hello there!").count() == 1
@@ -89,14 +89,14 @@ def test_profile_chat_thumbs_and_reload(page, running_app, data_home, tmp_path):
     page.locator("#message textarea").fill("Say it again, differently.")
     page.locator("#send").click()
     page.locator("#choose-b").wait_for()
-    pair = store.pending_pair(user["id"], conversation["id"])
+    pair = store.pending_comparison(user["id"], conversation["id"])
     assert pair is not None and pair.choice is None
     # (the tiny model's random text is mangled by markdown, so only the panels' headings are compared)
     assert page.locator("#candidate-a").inner_text().startswith("A") and len(pair.a.content) > 0
     assert page.locator("#candidate-b").inner_text().startswith("B") and len(pair.b.content) > 0
     page.locator("#choose-b").click()
     page.get_by_text("Saved: B is better").first.wait_for()
-    assert store.get_pair(user["id"], pair.id).choice == "b"
+    assert store.get_comparison(user["id"], pair.id).choice == "b"
     assert store.transcript(user["id"], conversation["id"])[-1].id == pair.b.id
     page.locator("#choose-b").wait_for(state="hidden")
     assert not page.locator("#candidate-b").is_visible()
@@ -140,7 +140,7 @@ def test_a_choice_made_as_soon_as_the_buttons_show_stays_made(page, running_app,
     time.sleep(3)  # past the event's completion
     assert not page.locator("#choose-b").is_visible() and not page.locator("#candidate-b").is_visible()
     store = Store(data_home / "attune.db")
-    user = store.find_user_by_name("bo")
+    user = store.find_profile_by_name("bo")
     conversation = store.list_conversations(user["id"])[0]
     assert [m.role for m in store.transcript(user["id"], conversation["id"])] == ["user", "assistant"]
     # (random text is mangled by markdown, so the shown messages are counted: the question and B)
@@ -173,7 +173,7 @@ def test_after_a_failed_first_reply_the_next_message_continues_that_conversation
     page.locator("#message textarea").fill("Second try.")
     page.locator("#send").click()
     store = Store(data_home / "attune.db")
-    user = store.find_user_by_name("cy")
+    user = store.find_profile_by_name("cy")
     deadline = time.monotonic() + 60
     while not [m for c in store.list_conversations(user["id"]) for m in store.transcript(user["id"], c["id"])
                if m.role == "user" and m.content == "Second try."]:

@@ -119,14 +119,14 @@ def test_a_start_already_outside_shrinks_the_whole_adapter(tiny_loaded):
     assert metrics["drift/perplexity_ratio"] <= limit
 
 
-def _against_plain_replies(service, user_id, n, start=0):
+def _against_plain_replies(service, profile_id, n, start=0):
     """n A/B choices, each preferring a babbled reply to a plain one: an update that learns them drifts."""
-    conv = service.new_conversation(user_id)["id"]
+    conv = service.new_conversation(profile_id)["id"]
     for i in range(start, start + n):
         question, plain = ANCHOR[i % len(ANCHOR)]
-        q = service.store.add_message(user_id, conv, "user", question)
-        pair = service.store.create_pair(user_id, conv, q.id, "Fox fox fox fox fox.", plain, model_id="m", settings={})
-        service.choose(user_id, pair.id, "a")
+        q = service.store.add_message(profile_id, conv, "user", question)
+        pair = service.store.create_comparison(profile_id, conv, q.id, "Fox fox fox fox fox.", plain, model_id="m", settings={})
+        service.choose(profile_id, pair.id, "a")
 
 
 def test_the_worker_publishes_only_versions_inside_the_limit(data_home, tiny_model_dir, app_config, tiny_loaded):

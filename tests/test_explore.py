@@ -22,8 +22,8 @@ PROBES = (Probe("list", "Answer as a list."), Probe("short", "Be short."), Probe
 
 
 def choose_probe(config: ExploreConfig, mine, everyone, rng: random.Random) -> Probe | None:
-    """The probe of "plain" pairing, whose other candidate is always a plain sample."""
-    probe, plain = choose_arms(replace(config, pairing="plain"), mine, everyone, rng)
+    """The probe of "single" pairing, whose other candidate is always a plain sample."""
+    probe, plain = choose_arms(replace(config, pairing="single"), mine, everyone, rng)
     assert plain is None
     return probe
 
@@ -46,13 +46,13 @@ def test_thompson_sampling_asks_more_of_what_this_person_chose_and_still_tries_t
     assert 0 < counts["joke"] < counts["list"]  # never tried: still asked sometimes
 
 
-def test_a_new_profile_starts_from_the_crowds_record():
+def test_a_new_profile_starts_from_the_global_record():
     config = ExploreConfig(rate=1.0, probes=PROBES, prior_strength=8.0)
     rng = random.Random(2)
     everyone = {"joke": (80.0, 20.0), "list": (20.0, 80.0), "short": (20.0, 80.0)}
-    with_crowd = Counter(choose_probe(config, {}, everyone, rng).name for _ in range(1000))
-    no_crowd = Counter(choose_probe(replace(config, prior_strength=0.0), {}, everyone, rng).name for _ in range(1000))
-    assert with_crowd["joke"] > 600 and 250 < no_crowd["joke"] < 420
+    with_global = Counter(choose_probe(config, {}, everyone, rng).name for _ in range(1000))
+    no_global = Counter(choose_probe(replace(config, prior_strength=0.0), {}, everyone, rng).name for _ in range(1000))
+    assert with_global["joke"] > 600 and 250 < no_global["joke"] < 420
 
 
 @pytest.mark.parametrize("kwargs", [dict(rate=1.5), dict(rate=-0.1), dict(probes=()),
@@ -64,7 +64,7 @@ def test_bad_exploration_settings_get_a_clear_error(kwargs):
         ExploreConfig(**kwargs)
 
 
-def test_plain_pairing_draws_the_same_random_numbers_as_before_duels_existed():
+def test_single_pairing_draws_the_same_random_numbers_as_before_duels_existed():
     """Seeded benchmark runs must repeat: these probes and the generator's next number after each choice were
     recorded with the explorer of commit 6a45561, before `pairing` existed."""
     config = ExploreConfig(rate=0.7, probes=PROBES)
@@ -106,7 +106,7 @@ def test_probe_goes_to_the_newest_user_message_only():
 
 @pytest.fixture
 def exploring(store, tiny_loaded, app_config) -> ChatService:
-    config = replace(app_config, explore=ExploreConfig(rate=1.0, probes=PROBES, pairing="plain"))
+    config = replace(app_config, explore=ExploreConfig(rate=1.0, probes=PROBES, pairing="single"))
     return ChatService(store, tiny_loaded, config, rng=random.Random(0))
 
 
@@ -114,7 +114,7 @@ def test_one_candidate_explores_hidden_from_the_transcript_and_the_training_data
     ann = exploring.create_profile("Ann")["id"]
     sides = []
     for i in range(6):
-        pair = list(exploring.send(ann, None, f"Plan my day number {i}.", SETTINGS, compare=True))[-1].pair
+        pair = list(exploring.send(ann, None, f"Plan my day number {i}.", SETTINGS, compare=True))[-1].comparison
         probes = [pair.a.settings.get("probe"), pair.b.settings.get("probe")]
         assert sum(p is not None for p in probes) == 1 and set(probes) - {None} <= {p.name for p in PROBES}
         sides.append("a" if probes[0] else "b")
@@ -145,7 +145,7 @@ def test_probe_record_counts_each_profile_and_everyone(exploring, store):
     ann, bob = exploring.create_profile("Ann")["id"], exploring.create_profile("Bob")["id"]
     won = {}
     for user, verdict in ((ann, "won"), (bob, "lost"), (bob, "both_bad")):
-        pair = list(exploring.send(user, None, "Hello", SETTINGS, compare=True))[-1].pair
+        pair = list(exploring.send(user, None, "Hello", SETTINGS, compare=True))[-1].comparison
         side = "a" if pair.a.settings.get("probe") else "b"
         probe = (pair.a if side == "a" else pair.b).settings["probe"]
         choice = {"won": side, "lost": "b" if side == "a" else "a", "both_bad": "both_bad"}[verdict]
@@ -167,7 +167,7 @@ def test_duels_store_both_arms_train_on_the_winners_instruction_and_keep_both_re
     instructions = {p.name: p.instruction for p in PROBES}
     seen, wins = set(), Counter()
     for i in range(12):
-        pair = list(service.send(ann, None, f"Plan my day number {i}.", SETTINGS, compare=True))[-1].pair
+        pair = list(service.send(ann, None, f"Plan my day number {i}.", SETTINGS, compare=True))[-1].comparison
         arms = tuple(side.settings.get("probe") or PLAIN for side in (pair.a, pair.b))
         assert arms[0] != arms[1] and set(arms) <= {*instructions, PLAIN}
         for side, arm in zip((pair.a, pair.b), arms):
@@ -187,7 +187,7 @@ def test_duels_store_both_arms_train_on_the_winners_instruction_and_keep_both_re
 def test_plain_compare_mode_without_exploration_has_no_probe(store, tiny_loaded, app_config):
     service = ChatService(store, tiny_loaded, replace(app_config, explore=ExploreConfig(rate=0.0)))
     ann = service.create_profile("Ann")["id"]
-    pair = list(service.send(ann, None, "Hi", SETTINGS, compare=True))[-1].pair
+    pair = list(service.send(ann, None, "Hi", SETTINGS, compare=True))[-1].comparison
     assert "probe" not in pair.a.settings and "probe" not in pair.b.settings
     assert store.probe_record(ann) == {}
     service.choose(ann, pair.id, "b")
@@ -201,10 +201,10 @@ def test_a_reply_cut_at_its_budget_is_trained_without_end_of_sequence(tiny_loade
     cut, _ = encode(tiny_loaded, prompt, "Hello there", 64, ended=False)
     assert ended[-1] == eos and ended[:-1] == cut and cut[-1] != eos
     # Through storage: the facts of each stored candidate decide it.
-    user = store.create_user("Ann")["id"]
+    user = store.create_profile("Ann")["id"]
     conv = store.create_conversation(user, "t")["id"]
     q = store.add_message(user, conv, "user", "Hi")
-    pair = store.create_pair(user, conv, q.id, "long cut reply", "short", model_id="m", settings={},
+    pair = store.create_comparison(user, conv, q.id, "long cut reply", "short", model_id="m", settings={},
                              candidate_settings=({"ended": False}, {"ended": True}))
     store.record_choice(user, pair.id, "a")
     old = store.add_message(user, conv, "user", "Again")
@@ -224,7 +224,7 @@ def test_the_command_line_sets_the_rate_and_refuses_a_bad_one():
         app.parse_args(["--explore-rate", "2"])
 
 
-@pytest.mark.parametrize("pairing", ["plain", "duel"])
+@pytest.mark.parametrize("pairing", ["single", "duel"])
 def test_the_candidate_labelled_with_the_probe_is_the_one_generated_with_it(store, tiny_loaded, app_config,
                                                                           monkeypatch, pairing):
     """The row of the batch that `generate` receives for the labelled candidate is the hinted prompt, the other
@@ -247,7 +247,7 @@ def test_the_candidate_labelled_with_the_probe_is_the_one_generated_with_it(stor
     ann = service.create_profile("Ann")["id"]
     sides = set()
     for i in range(8):
-        pair = list(service.send(ann, None, "Hi", SETTINGS, compare=True))[-1].pair
+        pair = list(service.send(ann, None, "Hi", SETTINGS, compare=True))[-1].comparison
         side = 0 if pair.a.settings.get("probe") else 1
         assert rows[i][side] == hinted and rows[i][1 - side] == plain
         explorer, other = (pair.a, pair.b) if side == 0 else (pair.b, pair.a)
@@ -259,10 +259,10 @@ def test_the_candidate_labelled_with_the_probe_is_the_one_generated_with_it(stor
 
 def test_ended_flags_follow_each_text_into_the_examples():
     prompt = [{"role": "user", "content": "Hi"}]
-    base = dict(user_id="u", prompt=prompt)
+    base = dict(profile_id="u", prompt=prompt)
     events = [
-        {**base, "id": "f1", "kind": "pairwise", "choice": "b", "a": "A", "b": "B", "ended": {"a": True, "b": False}},
-        {**base, "id": "f2", "kind": "pairwise", "choice": "both_bad", "a": "A2", "b": "B2",
+        {**base, "id": "f1", "kind": "comparison", "choice": "b", "a": "A", "b": "B", "ended": {"a": True, "b": False}},
+        {**base, "id": "f2", "kind": "comparison", "choice": "both_bad", "a": "A2", "b": "B2",
          "ended": {"a": False, "b": True}},
         {**base, "id": "f3", "kind": "thumbs", "value": 1, "completion": "new", "superseded": ["old1", "old2"],
          "ended": {"completion": True, "superseded": [False, True]}},
@@ -274,7 +274,7 @@ def test_ended_flags_follow_each_text_into_the_examples():
 
 
 def test_a_superseded_reply_keeps_its_ended_flag_through_storage(store):
-    user = store.create_user("Ann")["id"]
+    user = store.create_profile("Ann")["id"]
     conv = store.create_conversation(user, "t")["id"]
     q = store.add_message(user, conv, "user", "Hi")
     first = store.add_message(user, conv, "assistant", "cut off", parent_id=q.id, settings={"ended": [False]})

@@ -100,11 +100,60 @@ def test_tampered_weights_are_refused(registry, lora_model):
 
 
 def test_personal_adapters_live_under_the_profile_id_and_can_be_dropped(registry, lora_model, store):
-    user = store.create_user("Ann/../x" if False else "Ann")
+    user = store.create_profile("Ann/../x" if False else "Ann")
     name = personal_adapter(user["id"])
     version = registry.publish(name, user["id"], lora_model, {}, "t")
-    assert version.folder == registry.root / f"user_{user['id']}" / "v0001"
+    assert version.folder == registry.root / f"profile_{user['id']}" / "v0001"
     assert "Ann" not in str(version.folder)
     registry.drop(name)
     assert registry.current(name) is None and not (registry.root / name).exists()
-    assert store.counts()["users"] == 1
+    assert store.counts()["profiles"] == 1
+
+
+def test_a_database_from_before_the_rename_keeps_every_row_and_adapter(tmp_path):
+    """Migration m003 (users → profiles, pairs → comparisons, `user_<id>` adapters → `profile_<id>`) on a database
+    written by the previous schema: every row survives under its new name and the registry moves the folder."""
+    from storage.db import DB_FILENAME, connect
+    from storage.migrations import MIGRATIONS
+    from storage.store import Store
+
+    path, root, t = tmp_path / DB_FILENAME, tmp_path / "adapters", "2026-12-01T00:00:00+00:00"
+    db = connect(path)
+    MIGRATIONS.apply(db, stop_before="m003_profiles_and_comparisons")
+    db["users"].insert({"id": "u1", "name": "Ann", "name_key": "ann", "created_at": t, "updated_at": t})
+    db["conversations"].insert({"id": "c1", "user_id": "u1", "title": "t", "created_at": t, "updated_at": t})
+    for seq, (mid, role, status, parent) in enumerate([("q", "user", "active", None), ("a", "assistant", "active", "q"),
+                                                       ("b", "assistant", "rejected", "q")]):
+        db["messages"].insert({"id": mid, "conversation_id": "c1", "seq": seq, "parent_id": parent, "role": role,
+                               "content": mid * 3, "status": status, "created_at": t})
+    db["pairs"].insert({"id": "p1", "user_id": "u1", "conversation_id": "c1", "prompt_message_id": "q",
+                        "a_message_id": "a", "b_message_id": "b", "created_at": t})
+    db["feedback"].insert({"id": "f1", "user_id": "u1", "kind": "thumbs", "message_id": "a", "value": 1,
+                           "comment": "short", "created_at": t, "updated_at": t})
+    db["feedback"].insert({"id": "f2", "user_id": "u1", "kind": "pairwise", "pair_id": "p1", "choice": "a",
+                           "created_at": t, "updated_at": t})
+    db["adapter_versions"].insert({"id": "v1", "adapter": "user_u1", "user_id": "u1", "version": 1,
+                                   "path": "user_u1/v0001", "manifest": "{}", "trained_until": t, "created_at": t})
+    db["adapters"].insert({"adapter": "user_u1", "user_id": "u1", "current_version": 1, "updated_at": t})
+    db["training_jobs"].insert({"id": "j1", "adapter": "user_u1", "user_id": "u1", "status": "done",
+                                "reason": "auto", "created_at": t})
+    db.conn.commit()
+    db.close()
+    (root / "user_u1" / "v0001").mkdir(parents=True)
+    (root / "user_u1" / "v0001" / "weights").write_text("w")
+
+    store = Store(path)  # applies m003
+    assert store.get_profile("u1")["name"] == "Ann"
+    events = {e["id"]: e for e in store.feedback("u1")}
+    assert (events["f1"]["kind"], events["f1"]["value"], events["f1"]["comment"]) == ("thumbs", 1, "short")
+    assert (events["f2"]["kind"], events["f2"]["comparison_id"], events["f2"]["choice"]) == ("comparison", "p1", "a")
+    comparison = store.get_comparison("u1", "p1")
+    assert (comparison.a.id, comparison.b.id, comparison.choice) == ("a", "b", "a")
+    assert store.feedback_counts("u1") == {"thumbs": 1, "comparison": 1, "total": 2}
+    assert store.current_adapter("profile_u1")["path"] == "profile_u1/v0001"
+    assert store.current_adapter("user_u1") is None
+
+    AdapterRegistry(root, store)
+    assert (root / "profile_u1" / "v0001" / "weights").read_text() == "w" and not (root / "user_u1").exists()
+    AdapterRegistry(root, store)  # a second start (or the worker's) finds nothing left to move
+    assert (root / "profile_u1" / "v0001" / "weights").exists()

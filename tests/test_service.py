@@ -57,7 +57,7 @@ def test_retry_keeps_the_old_reply_as_superseded(service, ann):
 
 def test_compare_blocks_sending_until_a_choice(service, ann):
     updates = _finish(service.send(ann, None, "Hi", GREEDY, compare=True))
-    pair = updates[-1].pair
+    pair = updates[-1].comparison
     assert len(updates[-1].texts) == 2 and pair.a.status == "candidate"
     assert pair.a.settings["temperature"] == GREEDY.temperature  # recorded as asked; sampled at ≥ 0.7
     conv = updates[-1].conversation_id

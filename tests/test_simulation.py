@@ -305,7 +305,7 @@ def test_benchmark_settings_override_nested_frozen_configs_and_refuse_unknown_on
         with_overrides(CurveConfig(), ["held_out_prompts"])
     with pytest.raises(ValueError, match="no such users"):
         select_users(with_overrides(CurveConfig(), ["only=nobody"]))
-    probes = with_overrides(CurveConfig(), ["explore.probes=list,direct", "explore.pairing=plain"]).explore
+    probes = with_overrides(CurveConfig(), ["explore.probes=list,direct", "explore.pairing=single"]).explore
     assert [(p.name, p.instruction) for p in probes.probes] == [
         (p.name, p.instruction) for p in CurveConfig().explore.probes if p.name in ("list", "direct")]
     with pytest.raises(ValueError, match="names among"):

@@ -15,7 +15,7 @@ from storage.store import Store, seeded_ids
 
 
 def _conversation_with_reply(store: Store, name: str = "Ann"):
-    user = store.create_user(name)
+    user = store.create_profile(name)
     conv = store.create_conversation(user["id"], "t")
     question = store.add_message(user["id"], conv["id"], "user", "What is 2+2?",
                                  settings={"system_prompt": "Be brief."})
@@ -43,9 +43,9 @@ def test_migrations_from_empty_file_and_rerun(tmp_path):
     initialise(path)  # re-running applies nothing and breaks nothing
     db = connect(path)
     tables = set(db.table_names())
-    assert {"users", "conversations", "messages", "pairs", "feedback", "_sqlite_migrations"} <= tables
+    assert {"profiles", "conversations", "messages", "comparisons", "feedback", "_sqlite_migrations"} <= tables
     applied = [m.name for m in MIGRATIONS.applied(db)]
-    assert applied == ["m001_initial", "m002_adapters_and_jobs"]
+    assert applied == ["m001_initial", "m002_adapters_and_jobs", "m003_profiles_and_comparisons"]
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
@@ -86,24 +86,24 @@ def test_migration_failure_rolls_back(tmp_path):
     ],
 )
 def test_bad_profile_names_are_refused_and_nothing_is_stored(store, name, message):
-    store.create_user("Keeper")
+    store.create_profile("Keeper")
     with pytest.raises(InvalidInput, match=message.replace("\\", "\\\\").replace(".", "\\.")):
-        store.create_user(name)
-    assert [u["name"] for u in store.list_users()] == ["Keeper"]
+        store.create_profile(name)
+    assert [u["name"] for u in store.list_profiles()] == ["Keeper"]
 
 
 def test_profile_names_are_unique_ignoring_case_and_keep_emoji(store):
-    ann = store.create_user("  Ann 🎉 ")
+    ann = store.create_profile("  Ann 🎉 ")
     assert ann["name"] == "Ann 🎉"
     assert len(ann["id"]) == 32 and "ann" not in ann["id"].lower()  # generated, not derived from the name
     with pytest.raises(Conflict, match="already exists"):
-        store.create_user("ANN 🎉")
-    bob = store.create_user("Bob")
+        store.create_profile("ANN 🎉")
+    bob = store.create_profile("Bob")
     with pytest.raises(Conflict):
-        store.rename_user(bob["id"], "ann 🎉")
-    assert store.rename_user(bob["id"], "Robert")["name"] == "Robert"
-    assert store.rename_user(bob["id"], "ROBERT")["name"] == "ROBERT"  # its own name in other case is fine
-    assert store.create_user("x" * 40)["name"] == "x" * 40
+        store.rename_profile(bob["id"], "ann 🎉")
+    assert store.rename_profile(bob["id"], "Robert")["name"] == "Robert"
+    assert store.rename_profile(bob["id"], "ROBERT")["name"] == "ROBERT"  # its own name in other case is fine
+    assert store.create_profile("x" * 40)["name"] == "x" * 40
 
 
 def test_deleting_a_profile_removes_its_data_only(store):
@@ -111,13 +111,13 @@ def test_deleting_a_profile_removes_its_data_only(store):
     store.record_thumbs(ann["id"], reply.id, 1)
     bob, *_ = _conversation_with_reply(store, "Bob")
     before = store.counts()
-    store.delete_user(ann["id"])
+    store.delete_profile(ann["id"])
     after = store.counts()
-    assert after == {"users": 1, "conversations": 1, "messages": 2, "pairs": 0, "feedback": 0}
+    assert after == {"profiles": 1, "conversations": 1, "messages": 2, "comparisons": 0, "feedback": 0}
     assert before["feedback"] == 1
     with pytest.raises(NotFound):
-        store.get_user(ann["id"])
-    assert store.list_users()[0]["id"] == bob["id"]
+        store.get_profile(ann["id"])
+    assert store.list_profiles()[0]["id"] == bob["id"]
 
 
 def test_thumbs_vote_again_updates_instead_of_adding(store):
@@ -135,7 +135,7 @@ def test_thumbs_vote_again_updates_instead_of_adding(store):
 
 def test_votes_are_refused_on_foreign_missing_or_user_messages(store):
     ann, _, question, reply = _conversation_with_reply(store, "Ann")
-    bob = store.create_user("Bob")
+    bob = store.create_profile("Bob")
     with pytest.raises(NotFound):
         store.record_thumbs(bob["id"], reply.id, 1)  # not Bob's message
     with pytest.raises(NotFound):
@@ -153,7 +153,7 @@ def test_votes_are_refused_on_foreign_missing_or_user_messages(store):
 
 def test_conversations_are_private_to_their_profile(store):
     ann, conv, *_ = _conversation_with_reply(store, "Ann")
-    bob = store.create_user("Bob")
+    bob = store.create_profile("Bob")
     with pytest.raises(NotFound):
         store.transcript(bob["id"], conv["id"])
     with pytest.raises(NotFound):
@@ -177,17 +177,17 @@ def test_retry_supersedes_in_the_same_transaction(store):
 
 @pytest.mark.parametrize("choice, continues", [("a", "A"), ("b", "B"), ("tie", "A"), ("both_bad", "A")])
 def test_pair_choice_decides_which_reply_continues(store, choice, continues):
-    user = store.create_user("Ann")
+    user = store.create_profile("Ann")
     conv = store.create_conversation(user["id"], "t")
     question = store.add_message(user["id"], conv["id"], "user", "Hi")
-    pair = store.create_pair(user["id"], conv["id"], question.id, "A", "B", model_id="m", settings={})
-    assert store.pending_pair(user["id"], conv["id"]).id == pair.id
+    pair = store.create_comparison(user["id"], conv["id"], question.id, "A", "B", model_id="m", settings={})
+    assert store.pending_comparison(user["id"], conv["id"]).id == pair.id
     assert [m.content for m in store.transcript(user["id"], conv["id"])] == ["Hi"]
     with pytest.raises(Conflict):
-        store.create_pair(user["id"], conv["id"], question.id, "C", "D", model_id="m", settings={})
+        store.create_comparison(user["id"], conv["id"], question.id, "C", "D", model_id="m", settings={})
     decided = store.record_choice(user["id"], pair.id, choice)
     assert decided.choice == choice
-    assert store.pending_pair(user["id"], conv["id"]) is None
+    assert store.pending_comparison(user["id"], conv["id"]) is None
     assert [m.content for m in store.transcript(user["id"], conv["id"])] == ["Hi", continues]
     # Choosing again updates the one record.
     store.record_choice(user["id"], pair.id, "b")
@@ -196,13 +196,13 @@ def test_pair_choice_decides_which_reply_continues(store, choice, continues):
 
 
 def test_bad_choice_and_foreign_pair_are_refused(store):
-    user = store.create_user("Ann")
+    user = store.create_profile("Ann")
     conv = store.create_conversation(user["id"], "t")
     question = store.add_message(user["id"], conv["id"], "user", "Hi")
-    pair = store.create_pair(user["id"], conv["id"], question.id, "A", "B", model_id="m", settings={})
+    pair = store.create_comparison(user["id"], conv["id"], question.id, "A", "B", model_id="m", settings={})
     with pytest.raises(InvalidInput, match="one of a, b, tie, both_bad"):
         store.record_choice(user["id"], pair.id, "c")
-    bob = store.create_user("Bob")
+    bob = store.create_profile("Bob")
     with pytest.raises(NotFound):
         store.record_choice(bob["id"], pair.id, "a")
     assert store.counts()["feedback"] == 0
@@ -212,11 +212,11 @@ def test_export_writes_trl_records(store, data_home, tmp_path):
     user, conv, question, reply = _conversation_with_reply(store, "Ann")
     store.record_thumbs(user["id"], reply.id, -1, "too short")
     q2 = store.add_message(user["id"], conv["id"], "user", "And 3+3?")
-    pair = store.create_pair(user["id"], conv["id"], q2.id, "6", "six, because 3+3=6", model_id="m",
+    pair = store.create_comparison(user["id"], conv["id"], q2.id, "6", "six, because 3+3=6", model_id="m",
                              settings={"system_prompt": "Be brief."})
     store.record_choice(user["id"], pair.id, "b")
     q3 = store.add_message(user["id"], conv["id"], "user", "Bye")
-    p3 = store.create_pair(user["id"], conv["id"], q3.id, "bye", "ciao", model_id="m", settings={})
+    p3 = store.create_comparison(user["id"], conv["id"], q3.id, "bye", "ciao", model_id="m", settings={})
     store.record_choice(user["id"], p3.id, "both_bad")
 
     def run(fmt):
@@ -236,7 +236,7 @@ def test_export_writes_trl_records(store, data_home, tmp_path):
         ("4", False), ("six, because 3+3=6", True), ("6", False), ("bye", False), ("ciao", False)]
     assert kto[0]["prompt"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]
     raw = run("jsonl")
-    assert [r["kind"] for r in raw] == ["thumbs", "pairwise", "pairwise"]
+    assert [r["kind"] for r in raw] == ["thumbs", "comparison", "comparison"]
     assert raw[0]["comment"] == "too short"
     assert export.main(["--user", "nobody", "--format", "dpo", "--data-dir", str(data_home)]) == 2
     assert export.main(["--user", "ann", "--format", "dpo", "--data-dir", str(tmp_path / "none")]) == 2
@@ -250,7 +250,7 @@ def test_concurrent_writers_all_succeed(store):
     """Writers on separate connections queue on the lock instead of failing with 'database is locked'."""
     import threading
 
-    users = [store.create_user(f"user {i}")["id"] for i in range(4)]
+    users = [store.create_profile(f"user {i}")["id"] for i in range(4)]
     convs = [store.create_conversation(u, "t")["id"] for u in users]
     errors = []
 
@@ -274,11 +274,11 @@ def test_concurrent_writers_all_succeed(store):
 
 
 def test_profiles_with_feedback_are_counted_up_to_a_limit(store):
-    assert store.profiles_with_feedback(at_most=3) == 0
+    assert store.count_profiles_with_feedback(at_most=3) == 0
     for name in ("Ann", "Bob", "Cy", "Dee"):
         user, _, _, reply = _conversation_with_reply(store, name)
         store.record_thumbs(user["id"], reply.id, 1)
         store.record_thumbs(user["id"], reply.id, -1)  # a changed vote is still one profile
-    store.create_user("Eve")  # no feedback: not counted
-    assert store.profiles_with_feedback(at_most=10) == 4
-    assert store.profiles_with_feedback(at_most=3) == 3
+    store.create_profile("Eve")  # no feedback: not counted
+    assert store.count_profiles_with_feedback(at_most=10) == 4
+    assert store.count_profiles_with_feedback(at_most=3) == 3

@@ -26,12 +26,12 @@ def fresh_tiny(tiny_model_dir):
 
 def test_examples_from_feedback_handles_every_kind():
     prompt = [{"role": "user", "content": "Hi"}]
-    base = dict(user_id="u", prompt=prompt)
+    base = dict(profile_id="u", prompt=prompt)
     events = [
-        {**base, "id": "f1", "kind": "pairwise", "choice": "a", "a": "A1", "b": "B1"},
-        {**base, "id": "f2", "kind": "pairwise", "choice": "b", "a": "A2", "b": "B2"},
-        {**base, "id": "f3", "kind": "pairwise", "choice": "tie", "a": "A3", "b": "B3"},
-        {**base, "id": "f4", "kind": "pairwise", "choice": "both_bad", "a": "A4", "b": "B4"},
+        {**base, "id": "f1", "kind": "comparison", "choice": "a", "a": "A1", "b": "B1"},
+        {**base, "id": "f2", "kind": "comparison", "choice": "b", "a": "A2", "b": "B2"},
+        {**base, "id": "f3", "kind": "comparison", "choice": "tie", "a": "A3", "b": "B3"},
+        {**base, "id": "f4", "kind": "comparison", "choice": "both_bad", "a": "A4", "b": "B4"},
         {**base, "id": "f5", "kind": "thumbs", "value": 1, "completion": "good", "superseded": ["old1", "old2"]},
         {**base, "id": "f6", "kind": "thumbs", "value": -1, "completion": "bad", "superseded": ["older"]},
     ]
@@ -48,7 +48,7 @@ def test_a_chosen_explorer_carries_its_instruction_even_when_stored_by_name_only
     from assistant.explore import DEFAULT_PROBES
 
     listing = next(p for p in DEFAULT_PROBES if p.name == "list")
-    base = dict(user_id="u", prompt=[{"role": "user", "content": "Hi"}], kind="pairwise", a="A", b="B")
+    base = dict(profile_id="u", prompt=[{"role": "user", "content": "Hi"}], kind="comparison", a="A", b="B")
     events = [
         {**base, "id": "f1", "choice": "b", "probe": {"a": None, "b": "x"}, "instruction": {"a": None, "b": "Rhyme."}},
         {**base, "id": "f2", "choice": "a", "probe": {"a": "list", "b": None}, "instruction": {"a": None, "b": None}},
@@ -62,7 +62,7 @@ def test_a_chosen_explorer_carries_its_instruction_even_when_stored_by_name_only
 def test_retry_then_like_forms_a_pair_from_the_database(store):
     from storage.store import Store  # noqa: F401  (fixture type)
 
-    user = store.create_user("Ann")
+    user = store.create_profile("Ann")
     conv = store.create_conversation(user["id"], "t")
     q = store.add_message(user["id"], conv["id"], "user", "Hi")
     first = store.add_message(user["id"], conv["id"], "assistant", "meh", parent_id=q.id)
@@ -181,7 +181,7 @@ def _synthetic_pairs(n: int, offset: int) -> list[PairExample]:
     topics = ["the weather", "breakfast", "a good book", "the weekend", "music", "travel", "work", "sleep"]
     return [PairExample([{"role": "user", "content": f"Tell me about {topics[i % 8]} number {i + offset}."}],
                         chosen=f"The quick brown fox jumps {i % 5} times.",
-                        rejected=f"The lazy dog sleeps {i % 5} times.", feedback_id=f"f{i}", user_id="u")
+                        rejected=f"The lazy dog sleeps {i % 5} times.", feedback_id=f"f{i}", profile_id="u")
             for i in range(n)]
 
 
@@ -365,8 +365,8 @@ def test_distilling_plain_replies_is_a_kl_leash_to_the_reference(follower, tmp_p
         TrainConfig(chosen_term="sft")
 
 
-def test_the_plain_text_leash_keeps_other_plain_replies_near_the_reference(follower, tmp_path):
-    """PPO-ptx's idea with a KL: a few plain replies (`adapters.plain`) held to the reference in every step keep
+def test_the_everyday_text_leash_keeps_other_plain_replies_near_the_reference(follower, tmp_path):
+    """PPO-ptx's idea with a KL: a few plain replies (`adapters.everyday`) held to the reference in every step keep
     plain replies it never saw (the drift guard's anchor) closer to the reference, and the preference is learnt."""
     from adapters.data import Examples
     from adapters.drift import ANCHOR
@@ -379,15 +379,15 @@ def test_the_plain_text_leash_keeps_other_plain_replies_near_the_reference(follo
         anchor = encode_answers(loaded, ANCHOR, 128)
         model = add_lora(loaded.model, LoraSettings(rank=8, alpha=16))
         metrics[weight] = train_adapter(model, loaded, Examples(train, []), TrainConfig(
-            steps=30, learning_rate=5e-3, rpo_alpha=0.0, plain_weight=weight))
+            steps=30, learning_rate=5e-3, rpo_alpha=0.0, everyday_weight=weight))
         drift[weight] = _mean_kl(model, loaded, anchor, anchor)
         accuracy[weight] = preference_accuracy(model, loaded, held)
-    assert "plain_distill_loss" in metrics[4.0] and "plain_distill_loss" not in metrics[0.0]
+    assert "everyday_distill_loss" in metrics[4.0] and "everyday_distill_loss" not in metrics[0.0]
     assert drift[4.0] < 0.5 * drift[0.0], drift
     assert accuracy[4.0] >= 0.9, accuracy
-    assert objective(TrainConfig(plain_weight=1.0)) == "dpo+kto+distill+plain_distill"
-    with pytest.raises(ValueError, match="plain_weight"):
-        TrainConfig(plain_weight=-1)
+    assert objective(TrainConfig(everyday_weight=1.0)) == "dpo+kto+distill+everyday_distill"
+    with pytest.raises(ValueError, match="everyday_weight"):
+        TrainConfig(everyday_weight=-1)
 
 
 def _greedy_fox_share(model, loaded, pairs) -> float:

@@ -41,14 +41,14 @@ def parts(store, data_home, tiny_model_dir, app_config):
     return service, worker, registry
 
 
-def _choices(service, user_id, n, start=0):
+def _choices(service, profile_id, n, start=0):
     """n A/B choices preferring the reply about foxes."""
-    conv = service.new_conversation(user_id)["id"]
+    conv = service.new_conversation(profile_id)["id"]
     for i in range(start, start + n):
-        q = service.store.add_message(user_id, conv, "user", f"Tell me about topic {i}.")
-        pair = service.store.create_pair(user_id, conv, q.id, f"A fox story {i}.", f"A dog story {i}.",
+        q = service.store.add_message(profile_id, conv, "user", f"Tell me about topic {i}.")
+        pair = service.store.create_comparison(profile_id, conv, q.id, f"A fox story {i}.", f"A dog story {i}.",
                                          model_id="m", settings={})
-        service.choose(user_id, pair.id, "a")
+        service.choose(profile_id, pair.id, "a")
 
 
 def test_feedback_triggers_personal_then_global_jobs(parts, store):
@@ -102,7 +102,7 @@ def test_worker_publishes_and_the_next_reply_uses_the_new_version(parts, store):
     assert second.manifest["new_events"] == 4 - len(newly_held_out)  # held-out votes are never trained on
     status = service.learning_status(ann)
     assert status["personal"]["version"] == "v0002" and [h["version"] for h in status["history"]] == ["v0001", "v0002"]
-    assert status["since_personal"]["total"] == 0 and status["feedback"]["pairwise"] == 14
+    assert status["since_personal"]["total"] == 0 and status["feedback"]["comparison"] == 14
 
 
 def test_a_job_of_a_killed_worker_is_resumed(parts, store, tiny_model_dir):
@@ -170,7 +170,7 @@ def test_global_update_applies_the_cap(parts, store):
     data = global_update(store, None, LEARNING, seed=0)
     by_user = {}
     for ex in (*data.train.pairs, *data.train.unpaired):
-        by_user.setdefault(ex.user_id, set()).add(ex.feedback_id)
+        by_user.setdefault(ex.profile_id, set()).add(ex.feedback_id)
     assert len(by_user[loud]) <= max(LEARNING.min_per_profile, int(0.25 * (len(by_user[loud]) + len(by_user[quiet]))))
     assert len(by_user[loud]) < 12 - len(data.held_out.feedback_ids)
 
@@ -308,10 +308,10 @@ def test_global_updates_can_use_their_own_chosen_reply_weight(store, data_home, 
     while worker.run_once():
         pass
     personal = registry.current(personal_adapter(ann)).manifest
-    crowd = registry.current(GLOBAL).manifest
+    global_ = registry.current(GLOBAL).manifest
     assert personal["hyperparameters"]["train"]["rpo_alpha"] == 1.0 and "distill_loss" in personal["metrics"]
-    assert crowd["hyperparameters"]["train"]["rpo_alpha"] == 0.0 and "distill_loss" not in crowd["metrics"]
-    assert (personal["objective"], crowd["objective"]) == ("dpo+kto+distill", "dpo+kto")
+    assert global_["hyperparameters"]["train"]["rpo_alpha"] == 0.0 and "distill_loss" not in global_["metrics"]
+    assert (personal["objective"], global_["objective"]) == ("dpo+kto+distill", "dpo+kto")
     with pytest.raises(ValueError, match="global_rpo_alpha"):
         LearningConfig(global_rpo_alpha=-1.0)
 
@@ -329,7 +329,7 @@ def test_held_out_margins_of_the_model_below_follow_a_changed_vote(parts):
     assert len(worker._margins) == 2
 
 
-def test_the_global_adapter_waits_for_a_crowd_of_min_profiles(store, data_home, tiny_model_dir, app_config):
+def test_the_global_adapter_waits_for_min_profiles(store, data_home, tiny_model_dir, app_config):
     learning = LearningConfig(personal_every=4, global_every=4, min_profiles=3, train=TrainConfig(steps=2))
     registry, service, worker = _loop(store, data_home, tiny_model_dir, app_config, learning)
     ann, bob, cy = (service.create_profile(name)["id"] for name in ("Ann", "Bob", "Cy"))
@@ -340,7 +340,7 @@ def test_the_global_adapter_waits_for_a_crowd_of_min_profiles(store, data_home, 
         pass
     assert registry.current(personal_adapter(ann)) is not None and registry.current(GLOBAL) is None
     assert "waits for feedback from 3 profiles" in store.latest_job(GLOBAL)["message"]
-    assert service.learning_status(ann)["crowd"] == {"profiles": 1, "needed": 3}
+    assert service.learning_status(ann)["global_profiles"] == {"profiles": 1, "needed": 3}
     assert "it learns once 3 profiles have given feedback (1 so far)" in _learning_markdown(service.learning_status(ann))
     _choices(service, bob, 4)
     assert store.latest_job(GLOBAL)["status"] == "done"  # two profiles: still nothing queued
@@ -354,7 +354,7 @@ def test_the_global_adapter_waits_for_a_crowd_of_min_profiles(store, data_home, 
         LearningConfig(min_profiles=0)
 
 
-def test_the_app_passes_its_crowd_size_to_the_learning_config():
+def test_the_app_passes_its_global_min_profiles_to_the_learning_config():
     import app
 
     assert app.parse_args([])[1].min_profiles == 3

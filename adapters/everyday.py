@@ -1,4 +1,4 @@
-"""Plain replies for the plain-text leash (`TrainConfig.plain_weight`): the reference's next-token distributions on
+"""Everyday replies for the everyday-text leash (`TrainConfig.everyday_weight`): the reference's next-token distributions on
 them are kept while a taste is learned, as InstructGPT's PPO-ptx mixes pretraining data into its updates.
 
 Written for this purpose and kept apart from the drift guard's anchor (`adapters.drift.ANCHOR`), so the guard still
@@ -9,7 +9,7 @@ from __future__ import annotations
 from adapters.data import encode_answers
 from assistant.model import LoadedModel
 
-PLAIN: tuple[tuple[str, str], ...] = (
+EVERYDAY: tuple[tuple[str, str], ...] = (
     ("What time does the sun set in winter?", "In winter the sun sets early, often before five in the afternoon."),
     ("How often should I water a cactus?", "Water a cactus about once every two or three weeks, and less in winter."),
     ("What is the tallest mountain in the world?", "Mount Everest is the tallest mountain, at almost nine thousand "
@@ -30,9 +30,9 @@ PLAIN: tuple[tuple[str, str], ...] = (
 )
 """Everyday questions with plain, neutral replies: no list, no emoji, no examples, no question back."""
 
-PLAIN_MAX_TOKENS = 128
+EVERYDAY_MAX_TOKENS = 128
 
 
-def plain_sequences(loaded: LoadedModel) -> list[tuple[list[int], int]]:
-    """The plain replies encoded as the drift guard encodes its anchor (`encode_answers`)."""
-    return encode_answers(loaded, PLAIN, PLAIN_MAX_TOKENS)
+def everyday_sequences(loaded: LoadedModel) -> list[tuple[list[int], int]]:
+    """The everyday replies encoded as the drift guard encodes its anchor (`encode_answers`)."""
+    return encode_answers(loaded, EVERYDAY, EVERYDAY_MAX_TOKENS)

@@ -1,0 +1,104 @@
+"""Conversations and their messages: append, supersede on retry, read the active transcript."""
+
+from __future__ import annotations
+
+import json
+
+from storage.base import MESSAGE_SELECT, Message, StoreBase, now
+from storage.errors import Conflict
+
+
+class Conversations(StoreBase):
+    def create_conversation(self, profile_id: str, title: str) -> dict:
+        created = now()
+        conversation = {"id": self._new_id(), "profile_id": profile_id, "title": title, "created_at": created,
+                        "updated_at": created}
+        with self._write() as db:
+            self._require_profile(db, profile_id)
+            db.execute("INSERT INTO conversations (id, profile_id, title, created_at, updated_at) "
+                       "VALUES (?, ?, ?, ?, ?)", (conversation["id"], profile_id, title, created, created))
+        return conversation
+
+    def list_conversations(self, profile_id: str) -> list[dict]:
+        with self._db() as db:
+            self._require_profile(db, profile_id)
+            return self._rows(db, "SELECT id, title, created_at, updated_at FROM conversations "
+                                  "WHERE profile_id = ? ORDER BY updated_at DESC", (profile_id,))
+
+    def get_conversation(self, profile_id: str, conversation_id: str) -> dict:
+        with self._db() as db:
+            return self._require_conversation(db, profile_id, conversation_id)
+
+    def delete_conversation(self, profile_id: str, conversation_id: str) -> None:
+        with self._write() as db:
+            self._require_conversation(db, profile_id, conversation_id)
+            db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+
+    def add_message(
+        self,
+        profile_id: str,
+        conversation_id: str,
+        role: str,
+        content: str,
+        *,
+        parent_id: str | None = None,
+        status: str = "active",
+        model_id: str | None = None,
+        settings: dict | None = None,
+        adapter_versions: dict | None = None,
+        replaces: str | None = None,
+    ) -> Message:
+        """Append a message. `replaces`: the active assistant reply it takes over from (a retry), which stays
+        stored as superseded, in the same transaction."""
+        with self._write() as db:
+            self._require_conversation(db, profile_id, conversation_id)
+            self._supersede(db, profile_id, conversation_id, replaces)
+            message_id = self._insert_message(db, conversation_id, role, content, parent_id, status, model_id,
+                                              settings, adapter_versions)
+        return self.get_message(profile_id, message_id)
+
+    def _supersede(self, db, profile_id: str, conversation_id: str, message_id: str | None) -> None:
+        if message_id is None:
+            return
+        old = self._require_message(db, profile_id, message_id)
+        if old.role != "assistant" or old.status != "active" or old.conversation_id != conversation_id:
+            raise Conflict("That reply is no longer the current one; reopen the conversation.")
+        db.execute("UPDATE messages SET status = 'superseded' WHERE id = ?", (message_id,))
+
+    def _insert_message(self, db, conversation_id, role, content, parent_id, status, model_id, settings,
+                        adapters) -> str:
+        message_id, created = self._new_id(), now()
+        db.execute(
+            "INSERT INTO messages (id, conversation_id, seq, parent_id, role, content, status, model_id, settings, "
+            "adapter_versions, created_at) VALUES (?, ?, "
+            "(SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = ?), ?, ?, ?, ?, ?, ?, ?, ?)",
+            (message_id, conversation_id, conversation_id, parent_id, role, content, status, model_id,
+             json.dumps(settings or {}), json.dumps(adapters or {}), created),
+        )
+        db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (created, conversation_id))
+        return message_id
+
+    def get_message(self, profile_id: str, message_id: str) -> Message:
+        with self._db() as db:
+            return self._require_message(db, profile_id, message_id)
+
+    def transcript(self, profile_id: str, conversation_id: str) -> list[Message]:
+        """The active messages of a conversation, in order, each with its thumbs vote."""
+        with self._db() as db:
+            self._require_conversation(db, profile_id, conversation_id)
+            rows = self._rows(db, MESSAGE_SELECT + " WHERE m.conversation_id = ? AND m.status = 'active' "
+                                                   "ORDER BY m.seq", (conversation_id,))
+        return [Message.from_row(r) for r in rows]
+
+    def _context_through(self, db, message_id: str | None, system_prompt: str | None) -> list[dict]:
+        """The system prompt a reply was generated with, then the active transcript through `message_id`."""
+        if message_id is None:
+            return []
+        target = self._rows(db, "SELECT conversation_id, seq FROM messages WHERE id = ?", (message_id,))[0]
+        rows = self._rows(
+            db,
+            "SELECT role, content FROM messages WHERE conversation_id = ? AND seq <= ? "
+            "AND (status = 'active' OR id = ?) ORDER BY seq",
+            (target["conversation_id"], target["seq"], message_id),
+        )
+        return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + rows

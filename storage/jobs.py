@@ -1,0 +1,76 @@
+"""The training job queue: one queued job per adapter at most, claimed by a worker, taken over when it goes quiet."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+from storage.base import StoreBase, now
+from storage.errors import NotFound
+
+
+class TrainingJobs(StoreBase):
+    def enqueue_job(self, adapter: str, profile_id: str | None, reason: str) -> dict:
+        """Queue a training job for an adapter unless one is already queued (then that one is returned)."""
+        with self._write() as db:
+            if profile_id is not None:
+                self._require_profile(db, profile_id)
+            queued = self._rows(db, "SELECT * FROM training_jobs WHERE adapter = ? AND status = 'queued'", (adapter,))
+            if queued:
+                return queued[0]
+            job_id = self._new_id()
+            db.execute("INSERT INTO training_jobs (id, adapter, profile_id, status, reason, created_at) "
+                       "VALUES (?, ?, ?, 'queued', ?, ?)", (job_id, adapter, profile_id, reason, now()))
+            return self._rows(db, "SELECT * FROM training_jobs WHERE id = ?", (job_id,))[0]
+
+    def claim_job(self, stale_seconds: float) -> dict | None:
+        """Take the oldest job to run: a running one whose worker stopped beating (resumed), else a queued one."""
+        stale_before = (datetime.now(timezone.utc) - timedelta(seconds=stale_seconds)).isoformat(timespec="microseconds")
+        with self._write() as db:
+            rows = self._rows(
+                db,
+                "SELECT * FROM training_jobs WHERE (status = 'running' AND heartbeat_at < ?) OR status = 'queued' "
+                "ORDER BY status = 'queued', created_at LIMIT 1",
+                (stale_before,),
+            )
+            if not rows:
+                return None
+            started = now()
+            db.execute(
+                "UPDATE training_jobs SET status = 'running', attempts = attempts + 1, started_at = ?, "
+                "heartbeat_at = ?, progress = 0, message = ? WHERE id = ?",
+                (started, started, "resumed after the worker stopped" if rows[0]["status"] == "running" else "started",
+                 rows[0]["id"]),
+            )
+            return self._rows(db, "SELECT * FROM training_jobs WHERE id = ?", (rows[0]["id"],))[0]
+
+    def job_progress(self, job_id: str, progress: float, message: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE training_jobs SET progress = ?, message = ?, heartbeat_at = ? WHERE id = ?",
+                       (progress, message, now(), job_id))
+
+    def finish_job(self, job_id: str, status: str, message: str, result: dict | None = None) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE training_jobs SET status = ?, message = ?, result = ?, finished_at = ?, progress = ? "
+                "WHERE id = ?",
+                (status, message, json.dumps(result or {}), now(), 1.0 if status == "done" else 0.0, job_id),
+            )
+
+    def get_job(self, job_id: str) -> dict:
+        with self._db() as db:
+            rows = self._rows(db, "SELECT * FROM training_jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise NotFound("That training job does not exist.")
+        return rows[0]
+
+    def latest_job(self, adapter: str) -> dict | None:
+        with self._db() as db:
+            rows = self._rows(db, "SELECT * FROM training_jobs WHERE adapter = ? ORDER BY created_at DESC LIMIT 1",
+                              (adapter,))
+        return rows[0] if rows else None
+
+    def cancel_jobs(self, adapter: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE training_jobs SET status = 'cancelled', finished_at = ? "
+                       "WHERE adapter = ? AND status IN ('queued', 'running')", (now(), adapter))

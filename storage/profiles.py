@@ -1,0 +1,94 @@
+"""Profiles: create, rename, delete, find; names are data, ids are random."""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any
+
+from storage.base import StoreBase, now
+from storage.errors import Conflict, InvalidInput, NotFound
+
+MAX_PROFILE_NAME = 40
+
+
+def validate_profile_name(name: Any) -> str:
+    """Return the cleaned name or raise InvalidInput saying what is wrong with it."""
+    if not isinstance(name, str):
+        raise InvalidInput("A profile name must be text.")
+    if "\x00" in name:
+        raise InvalidInput("A profile name cannot contain a NUL character.")
+    cleaned = unicodedata.normalize("NFC", name).strip()
+    if not cleaned:
+        raise InvalidInput("A profile name cannot be empty.")
+    if len(cleaned) > MAX_PROFILE_NAME:
+        raise InvalidInput(f"A profile name can be at most {MAX_PROFILE_NAME} characters (this one has {len(cleaned)}).")
+    if "/" in cleaned or "\\" in cleaned:
+        raise InvalidInput("A profile name cannot contain '/' or '\\'.")
+    if ".." in cleaned:
+        raise InvalidInput("A profile name cannot contain '..'.")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in cleaned):
+        raise InvalidInput("A profile name cannot contain control or invisible formatting characters.")
+    return cleaned
+
+
+def name_key(name: str) -> str:
+    """What two names must not share: duplicates are case-insensitive."""
+    return name.casefold()
+
+
+def _taken(name: str) -> Conflict:
+    return Conflict(f"A profile named '{name}' already exists (names ignore upper/lower case).")
+
+
+class Profiles(StoreBase):
+    def create_profile(self, name: Any) -> dict:
+        cleaned = validate_profile_name(name)
+        created, profile_id = now(), self._new_id()
+        with self._write() as db:
+            if self._rows(db, "SELECT id FROM profiles WHERE name_key = ?", (name_key(cleaned),)):
+                raise _taken(cleaned)
+            db.execute("INSERT INTO profiles (id, name, name_key, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                       (profile_id, cleaned, name_key(cleaned), created, created))
+        return {"id": profile_id, "name": cleaned, "created_at": created}
+
+    def rename_profile(self, profile_id: str, name: Any) -> dict:
+        cleaned = validate_profile_name(name)
+        with self._write() as db:
+            self._require_profile(db, profile_id)
+            if self._rows(db, "SELECT id FROM profiles WHERE name_key = ? AND id != ?",
+                          (name_key(cleaned), profile_id)):
+                raise _taken(cleaned)
+            db.execute("UPDATE profiles SET name = ?, name_key = ?, updated_at = ? WHERE id = ?",
+                       (cleaned, name_key(cleaned), now(), profile_id))
+        return self.get_profile(profile_id)
+
+    def delete_profile(self, profile_id: str) -> None:
+        """Delete a profile and, by cascade, its conversations, messages, comparisons and feedback."""
+        with self._write() as db:
+            self._require_profile(db, profile_id)
+            db.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))
+
+    def get_profile(self, profile_id: str) -> dict:
+        with self._db() as db:
+            return self._require_profile(db, profile_id)
+
+    def find_profile_by_name(self, name: str) -> dict:
+        with self._db() as db:
+            rows = self._rows(db, "SELECT id, name, created_at FROM profiles WHERE name_key = ?",
+                              (name_key(name.strip()),))
+        if not rows:
+            raise NotFound(f"No profile is named '{name}'.")
+        return rows[0]
+
+    def list_profiles(self) -> list[dict]:
+        with self._db() as db:
+            return self._rows(db, "SELECT id, name, created_at FROM profiles ORDER BY name_key")
+
+    def set_alpha_override(self, profile_id: str, alpha: float | None) -> None:
+        """Pin this profile's personal weight α (0 = everyone, 1 = just me), or None for the automatic n/(n+k)."""
+        if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
+            raise InvalidInput(f"The personal weight must be between 0 and 1 (got {alpha}).")
+        with self._write() as db:
+            self._require_profile(db, profile_id)
+            db.execute("UPDATE profiles SET alpha_override = ?, updated_at = ? WHERE id = ?",
+                       (None if alpha is None else float(alpha), now(), profile_id))
