@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -23,16 +23,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402  (the environment must be set before gradio is imported)
 import pandas as pd  # noqa: E402  (comes with gradio; the accuracy plot takes a DataFrame)
 
-from adapters.blend import AdapterServer, BlendConfig  # noqa: E402
-from adapters.jobs import LearningConfig  # noqa: E402
+from adapters.blend import AdapterServer  # noqa: E402
 from adapters.registry import AdapterRegistry  # noqa: E402
 from adapters.worker import ADAPTERS_DIR  # noqa: E402
 
-from assistant.config import DEFAULT_SYSTEM_PROMPT, AppConfig, GenerationSettings, ModelConfig  # noqa: E402
+from assistant.config import DEFAULT_SYSTEM_PROMPT, AppConfig, GenerationSettings  # noqa: E402
 from assistant.executor import GenerationExecutor  # noqa: E402
-from assistant.explore import PAIRINGS  # noqa: E402
 from assistant.model import load_model  # noqa: E402
-from assistant.overrides import settings_diff, with_overrides  # noqa: E402
+from assistant.overrides import add_settings_arguments, config_from_args, settings_diff  # noqa: E402
 from assistant.service import ChatService, ReplyUpdate  # noqa: E402
 from storage.db import DB_FILENAME  # noqa: E402
 from storage.errors import AttuneError  # noqa: E402
@@ -601,90 +599,59 @@ def _wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:  # noqa: C901 
     b["reset_adapter"].click(on_reset_adapter, [ui.profile], learning_outputs, api_name="reset_adapter")
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, LearningConfig]:
-    defaults = AppConfig()
-    parser = argparse.ArgumentParser(description="Attune: a chat assistant that learns your preferences.")
-    parser.add_argument("--model", default=defaults.model.model,
-                        help="'embedded' (SmolLM2-135M-Instruct, default), gpt2, distilgpt2, a hub id or a folder")
-    parser.add_argument("--data-dir", type=Path, default=defaults.data_dir,
-                        help="data home (default: $ATTUNE_HOME or ./data)")
-    parser.add_argument("--model-cache", type=Path, default=None, help="where the converted embedded model is kept")
-    parser.add_argument("--allow-download", action="store_true",
-                        help="let transformers download a hub id that is not cached locally")
-    parser.add_argument("--host", default=defaults.host)
-    parser.add_argument("--port", type=int, default=defaults.port)
-    parser.add_argument("--no-worker", action="store_true",
-                        help="do not start the training worker (run `python -m adapters.worker` yourself)")
-    parser.add_argument("--worker-threads", type=int, default=defaults.worker_threads,
-                        help="torch threads of the training worker (0: all cores, at a lower priority)")
-    parser.add_argument("--explore-rate", type=float, default=defaults.explore.rate,
-                        help="share of A/B comparisons that explore, a candidate following a hidden style "
-                             "probe (0: never)")
-    parser.add_argument("--explore-pairing", choices=PAIRINGS, default=defaults.explore.pairing,
-                        help="single: a probe against a plain sample; duel: the two best arms of one Thompson draw, "
-                             "the plain sample among them")
-    learning = LearningConfig()
-    parser.add_argument("--personal-every", type=int, default=learning.personal_every,
-                        help="train a profile's adapter after this many new feedback events of it (M)")
-    parser.add_argument("--global-every", type=int, default=learning.global_every,
-                        help="train the global adapter after this many new events across profiles (G)")
-    parser.add_argument("--global-min-profiles", type=int, default=learning.min_profiles,
-                        help="the global adapter trains once this many profiles have given feedback")
-    parser.add_argument("--blend-k", type=float, default=learning.blend.k,
-                        help="personal weight alpha = n / (n + k) for a profile with n feedback events")
-    parser.add_argument("--adapter-cache", type=int, default=learning.blend.cache_size,
-                        help="adapter versions kept in memory (the rest load from disk on demand)")
-    parser.add_argument("--learning", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other learning setting (adapters.jobs.LearningConfig), for this app and its worker, "
-                             "e.g. lora.top_layers=1.0 or train.learning_rate=2e-3")
-    args = parser.parse_args(argv)
-    explore = replace(defaults.explore, rate=args.explore_rate, pairing=args.explore_pairing)
-    app = AppConfig(data_dir=args.data_dir, host=args.host, port=args.port, worker=not args.no_worker,
-                    worker_threads=args.worker_threads, explore=explore,
-                    model=ModelConfig(model=args.model, cache_dir=args.model_cache, allow_download=args.allow_download))
-    try:
-        learning = LearningConfig(personal_every=args.personal_every, global_every=args.global_every,
-                                  min_profiles=args.global_min_profiles,
-                                  blend=BlendConfig(k=args.blend_k, cache_size=args.adapter_cache))
-        learning = with_overrides(learning, args.learning)
-    except (ValueError, TypeError) as exc:  # a bad number on the command line: one line saying which, not a traceback
-        parser.error(str(exc))
-    return app, learning
+APP_ALIASES = {
+    "--model": ("model.model", None),
+    "--model-cache": ("model.cache_dir", None),
+    "--allow-download": ("model.allow_download", "true"),
+    "--data-dir": ("data_dir", None),
+    "--host": ("host", None),
+    "--port": ("port", None),
+    "--no-worker": ("worker", "false"),
+    "--worker-threads": ("worker_threads", None),
+}
+"""The app's short flags, each the same as one `--set` setting."""
 
 
-def create_service(config: AppConfig, executor: GenerationExecutor | None = None,
-                   learning: LearningConfig | None = None) -> ChatService:
-    learning = learning or LearningConfig()
+def parse_args(argv: list[str] | None = None) -> AppConfig:
+    parser = argparse.ArgumentParser(
+        description="Attune: a chat assistant that learns your preferences.",
+        epilog="--model takes 'embedded' (SmolLM2-135M-Instruct, the default), gpt2, a hub id or a folder; the data "
+               "home defaults to $ATTUNE_HOME or ./data. Every setting is listed in docs/usage.md.")
+    add_settings_arguments(parser, APP_ALIASES)
+    return config_from_args(parser, parser.parse_args(argv), AppConfig())
+
+
+def create_service(config: AppConfig, executor: GenerationExecutor | None = None) -> ChatService:
     loaded = load_model(config.model, config.model_cache_dir)
     store = Store(config.data_dir / DB_FILENAME)
-    adapters = AdapterServer(loaded, AdapterRegistry(config.data_dir / ADAPTERS_DIR, store), store, learning.blend)
-    return ChatService(store, loaded, config, executor, adapters, learning)
+    adapters = AdapterServer(loaded, AdapterRegistry(config.data_dir / ADAPTERS_DIR, store), store,
+                             config.learning.blend)
+    return ChatService(store, loaded, config, executor, adapters, config.learning)
 
 
-def worker_command(config: AppConfig, learning: LearningConfig) -> list[str]:
-    """The training worker's command line: this app's data home, model and learning settings."""
-    settings = settings_diff(learning, LearningConfig())
-    return [sys.executable, "-m", "adapters.worker", "--data-dir", str(config.data_dir), "--model",
-            str(config.model.model), "--model-cache", str(config.model_cache_dir), "--threads",
-            str(config.worker_threads), "--parent-pid", str(os.getpid()),
-            *(a for setting in settings for a in ("--set", setting))]
+def worker_command(config: AppConfig) -> list[str]:
+    """The training worker's command line: every setting in which this app's config differs from the defaults
+    (the data home always, as its default depends on the environment), and this process to watch."""
+    settings = [s for s in settings_diff(config, AppConfig()) if not s.startswith("data_dir=")]
+    return [sys.executable, "-m", "adapters.worker", "--data-dir", str(config.data_dir), "--parent-pid",
+            str(os.getpid()), *(a for setting in settings for a in ("--set", setting))]
 
 
-def start_worker(config: AppConfig, learning: LearningConfig) -> subprocess.Popen:
+def start_worker(config: AppConfig) -> subprocess.Popen:
     """The training worker, as its own process (it trains while this one serves)."""
-    return subprocess.Popen(worker_command(config, learning), cwd=Path(__file__).resolve().parent)
+    return subprocess.Popen(worker_command(config), cwd=Path(__file__).resolve().parent)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     executor = GenerationExecutor()
     try:
-        config, learning = parse_args(argv)
-        service = create_service(config, executor, learning)
+        config = parse_args(argv)
+        service = create_service(config, executor)
     except AttuneError as exc:
         log.error("%s", exc)
         return 2
-    worker = start_worker(config, learning) if config.worker else None
+    worker = start_worker(config) if config.worker else None
     demo = build_app(service, config)
     demo.queue(default_concurrency_limit=4)
     demo.launch(server_name=config.host, server_port=config.port, show_error=False, prevent_thread_lock=True)

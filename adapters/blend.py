@@ -24,27 +24,13 @@ import torch
 from torch import nn
 
 from adapters.registry import GLOBAL, AdapterRegistry, AdapterVersion, personal_adapter, version_name
+from assistant.config import BlendConfig
 from assistant.model import LoadedModel
 from storage.store import Store
 
 log = logging.getLogger(__name__)
 
 Weights = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module path → (A (r, in), B·scale (out, r))
-
-
-@dataclass(frozen=True)
-class BlendConfig:
-    k: float = 4.0
-    """α = n / (n + k): a profile with k feedback events is weighted half personal, half global. The personal adapter
-    is trained as a residual at full weight, so a large k dilutes what it learned: in the learning-curve
-    benchmark at k = 8 the blend trailed personal-only (win rates vs base 0.60 vs 0.69 after 16 choices, 0.69 vs 0.73
-    after 32, user `bullets`); at k = 4 they were level (0.69 and 0.69)."""
-    cache_size: int = 64
-    """Adapter versions (and blends) kept in memory; the rest load from disk when needed."""
-
-    def __post_init__(self):
-        if self.k <= 0 or self.cache_size < 1:
-            raise ValueError("k must be positive and cache_size at least 1")
 
 
 def auto_alpha(n: int, k: float) -> float:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from assistant.explore import DEFAULT_PROBES
+from assistant.config import DEFAULT_PROBES
 from assistant.model import LoadedModel
 from assistant.prompts import build_prompt
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import random
-import re
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,13 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import PreTrainedModel
+from peft import PeftModel
 
-from adapters.data import Batch, Examples, PairExample, UnpairedExample, collate, encode, fit_prompt
+from adapters.data import Batch, Examples, PairExample, collate, encode, fit_prompt
 from adapters.losses import (Teacher, distill_kl, dpo_loss, kto_loss, kto_reference_point, pair_metrics,
                              rest_log_mass)
 from adapters.everyday import everyday_sequences
+from adapters.lora import autocast
+from assistant.config import TrainConfig
 from assistant.explore import instructed
 from assistant.generation import left_padded, sampling_kwargs
 from assistant.model import LoadedModel
@@ -36,259 +35,12 @@ from storage.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
-TARGET_MODULES = {
-    "gpt2": ["c_attn", "c_proj"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
-}
-DEFAULT_TARGETS = ["q_proj", "v_proj"]
-MLP_MODULES = {
-    "gpt2": ["mlp.c_fc", "mlp.c_proj"],
-    "llama": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
-    "mistral": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
-    "qwen2": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
-}
-"""The feed-forward projections `LoraSettings.mlp_top_layers` adapts, as paths inside one layer."""
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    rank: int = 8
-    """LoRA rank r. Rank 16 with alpha 32 (the same alpha / r; 8 users to 32 choices, seed 2, paired with the
-    default's run; bench/results/learning_curve_comparison_rank16_seed2{,_served}.json): blend win rate vs base
-    0.680 vs 0.727 greedy (3 users up, 5 down), 0.695 vs 0.701 as served at T 0.2, worst neutral perplexity ×1.110
-    vs ×1.161. Thirty-two noisy choices do not need more capacity; 8 stays."""
-    alpha: int = 16
-    """LoRA scaling numerator: the update is (alpha / rank)·B·A."""
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] | None = None
-    """Module names to adapt; None: chosen per architecture (TARGET_MODULES)."""
-    top_layers: float = 2 / 3
-    """Adapt only this top fraction of the layers (20 of SmolLM2's 30): backpropagation then stops there. Measured on
-    SmolLM2-135M, 8 sequences, one thread, bf16: forward + backward 2.7 s with all 30 layers adapted, 1.2 s with the
-    top 10. Learning curves against the previous default, the top third (`bench/results/
-    learning_curve_comparison_two_thirds{,_served}.json`; full run, seed 2, paired draw for draw): blend win rate vs
-    base after 32 choices 0.727 vs 0.620 greedy (6 vs 4 users ≥ 0.70), 0.610 vs 0.588 as served, 0.734 vs 0.646 after
-    64; shared home 0.685 vs 0.641; worst neutral perplexity ×1.16 vs ×1.24. Seed 3 to 32 (`…_two_thirds_seed3`):
-    0.667 vs 0.620 greedy, 0.664 vs 0.565 as served, worst perplexity ×1.16 vs ×1.08. Every layer (1.0; seeds 1 and 2 to 32,
-    `learning_curve_comparison_layers_all{,_served}.json`): 0.682 vs 0.621. Vote-to-new-version latency
-    (`learning_speed_layers.json`, AMD EPYC, 8 pairs of an 8-turn conversation, median of 5): 11.4 s top third,
-    13.4 s two thirds, 17.1 s every layer, against a 15 s target — every layer does not fit it."""
-
-    mlp_top_layers: float = 0.0
-    """Also adapt the feed-forward projections (`MLP_MODULES`) of this top fraction of the layers; 0: none. It
-    must not exceed `top_layers`, so that backpropagation still stops at the lowest adapted layer. Measured with
-    attention on two thirds and the MLP on the top third (1/3; 8 users to 32 choices, seed 2, paired with the
-    default's run; bench/results/learning_curve_comparison_mlp_top_third_attn_two_thirds_seed2{,_served}.json):
-    blend win rate vs base 0.623 vs 0.727 greedy (1 user up, 6 down), 0.617 vs 0.701 as served at T 0.2, worst
-    neutral perplexity ×1.205 vs ×1.161; vote-to-new-version latency 15.5 s vs 13.4 s measured beside it
-    (`learning_speed_mlp_top_third_attn_two_thirds.json`, `learning_speed_default_beside_mlp.json`). Off."""
-
-    def __post_init__(self):
-        if self.rank < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1 or not 0 < self.top_layers <= 1:
-            raise ValueError("LoRA needs rank ≥ 1, alpha > 0, 0 ≤ dropout < 1 and 0 < top_layers ≤ 1")
-        if not 0 <= self.mlp_top_layers <= self.top_layers:
-            raise ValueError("LoRA needs 0 ≤ mlp_top_layers ≤ top_layers")
-
-    def layers(self, model: PreTrainedModel) -> list[int]:
-        """Indexes of the adapted layers (the top `top_layers` of them)."""
-        return self._top(model, self.top_layers)
-
-    @staticmethod
-    def _top(model: PreTrainedModel, fraction: float) -> list[int]:
-        n = model.config.num_hidden_layers
-        return list(range(n - max(1, math.ceil(n * fraction)), n)) if fraction else []
-
-    def peft_config(self, model: PreTrainedModel) -> LoraConfig:
-        kind = model.config.model_type
-        targets = list(self.target_modules or TARGET_MODULES.get(kind, DEFAULT_TARGETS))
-        layers = self.layers(model)
-        common = dict(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, task_type="CAUSAL_LM",
-                      fan_in_fan_out=kind == "gpt2")
-        if not self.mlp_top_layers:
-            return LoraConfig(target_modules=targets, layers_to_transform=layers, **common)
-        if kind not in MLP_MODULES:
-            raise ValueError(f"lora.mlp_top_layers: no feed-forward module names known for {kind!r}; "
-                             "name them in lora.target_modules instead")
-        # Two sets of layers: one regex (peft full-matches it against each module's path; layers_to_transform
-        # cannot be combined with it).
-        mlp_layers = self._top(model, self.mlp_top_layers)
-
-        def part(names: list[str], indexes: list[int]) -> str:
-            return (rf".*\.({'|'.join(map(str, indexes))})\.(.*\.)?"
-                    rf"({'|'.join(re.escape(name) for name in names)})")
-
-        pattern = f"{part(targets, layers)}|{part(MLP_MODULES[kind], mlp_layers)}"
-        return LoraConfig(target_modules=pattern, **common)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    beta: float = 0.1
-    """DPO/KTO temperature: larger keeps the policy closer to the reference."""
-    label_smoothing: float = 0.0
-    """DPO conservative smoothing ε in [0, 0.5) for noisy choosers (cDPO): each choice is taken as flipped with
-    probability ε, so the loss stops pulling once a pair's implicit reward margin reaches log((1 − ε) / ε) / β.
-    The simulated choosers agree with their own reward on 0.80 of informative pairs. Measured at ε = 0.2 (8 users
-    to 32 choices, seeds 2 and 3, each paired with the default's run; bench/results/
-    learning_curve_comparison_ls02{,_served}.json): blend win rate vs base −0.020 greedy (−0.034, −0.005 by seed;
-    6 users up, 8 down), −0.019 as served at T 0.2 (5 up, 10 down); users past ×1.10 neutral perplexity 1 of 16
-    instead of 4 (worst ×1.049 and ×1.127 against ×1.161 and ×1.163). In the shared home (seed 2, 16 choices each,
-    `learning_curve_pilot_ls02_population_seed2.json`) the blend won 0.667 vs 0.685 and its worst perplexity was
-    ×1.068 vs ×0.997. Less drift for users alone, a little less taste everywhere: an option, off."""
-    learning_rate: float = 4e-3
-    """AdamW step size of an adapter's first update (see `decay`). Learning-curve pilots (bullets, casual,
-    emoji_lover, examples; 32 choices; mean blend win rate vs base, worst neutral-perplexity ratio): with the NLL
-    term 0.67 / ×1.12 at 1e-3 and 0.69 / ×1.56 at 2e-3; with distillation (`chosen_term`) 0.61 / ×1.08 at 1e-3,
-    0.66 / ×1.09 at 2e-3, 0.73 / ×1.11 at 4e-3 — the KL leash is what lets the step size grow. With LoRA on two
-    thirds of the layers, 3e-3 against 4e-3 (8 users to 32 choices, seeds 2 and 3, paired; bench/results/
-    learning_curve_comparison_lr3e-3{,_served}.json): +0.016 greedy, +0.002 as served, and 2 and 3 users past ×1.10
-    neutral perplexity instead of 2 and 2 — no better on drift, so 4e-3 stays."""
-    rpo_alpha: float = 1.0
-    """Weight of the chosen-reply term added to the DPO loss (TRL's `rpo_alpha`; the term is `chosen_term`): DPO
-    alone can push down both replies of a pair, moving probability to text nobody chose. With compare mode's
-    exploration the chosen reply is often a probed one (a list, emoji, …) the model would not write unasked; this
-    term is what teaches it to. Learning-curve pilot (bullets, casual, emoji_lover, examples; 32 choices): blend
-    win rate vs base 0.55 (mean, no exploration, no NLL) → 0.59 (half the pairs probed, NLL) → 0.67 (every pair
-    probed, NLL)."""
-    chosen_term: str = "distill"
-    """What the `rpo_alpha` term asks of the chosen reply, per token, averaged over its tokens:
-    "nll": its negative log-likelihood (RPO, as TRL) — the adapter copies that one sampled reply;
-    "distill": the KL divergence from the reference model's next-token distribution given the prompt the reply
-    was generated from (the exploration instruction included) to the policy's given the prompt as sent. For a
-    probed reply that is context distillation (Snell et al. 2022, "Learning by distilling context"): the adapter
-    learns to answer as if asked to, from the whole distribution instead of one sample; for a plain reply it is a
-    token-level KL leash to the reference."""
-    distill_top_k: int = 64
-    """Reference tokens kept per position for "distill"; the rest of the vocabulary is one more outcome, "any other
-    token", so the policy is asked to match the tail's total mass, not to squeeze it into the k (keeping a 49k
-    vocabulary per token would cost ~0.2 MB)."""
-    on_policy_weight: float = 0.0
-    """Weight of on-policy context distillation (0: off). The "distill" term teaches on the chosen reply's own
-    tokens: prefixes sampled under the instruction, which the policy asked plainly may never write itself. With this
-    term, at the start of an update the policy (the warm-started adapter) samples its own replies to the plain
-    prompts of up to `on_policy_pairs` pairs whose chosen reply followed an exploration instruction, and every step
-    also asks, per token of those replies, for the reference's next-token distribution given the instructed prompt
-    (KL(teacher ‖ policy), top-k as "distill"): the policy is taught where its own replies go (generalised knowledge
-    distillation, Agarwal et al. 2024, "On-policy distillation of language models"). Measured at weight 1 (8 users
-    to 32 choices, seed 1, paired with the default's run of the same seed; bench/results/
-    learning_curve_comparison_on_policy_seed1{,_served}.json): blend win rate 0.570 vs 0.622 with greedy replies
-    (1 user up, 6 down), 0.585 vs 0.571 with replies sampled as served (5 up, 3 down), worst neutral perplexity
-    ×1.065 vs ×1.071, and an update's training 13–19 s instead of 3–6 s (the sampling). Not a gain; off."""
-    everyday_weight: float = 0.0
-    """Weight of the everyday-text leash (0: off): every step also asks, per token of `batch_size` of the plain
-    replies in `adapters.everyday`, for KL(reference ‖ policy) over the reference's top-k next tokens (as "distill"),
-    so a taste is learned where it does not move ordinary replies, as InstructGPT's PPO-ptx mixes pretraining data
-    into its updates. The drift guard's anchor and the benchmark's neutral text are other texts. Measured at weight
-    1 (8 users to 32 choices, seed 2, paired with the default's run; bench/results/
-    learning_curve_comparison_plain1_seed2{,_served}.json): every user within ×1.10 neutral perplexity (worst ×1.071,
-    mean ×1.018, against ×1.161 and ×1.061), but blend win rate vs base −0.086 greedy (0.641 vs 0.727) and −0.080 as
-    served at T 0.2; `examples` fell to 0.396 and `emoji_lover` to 0.500. The plain replies carry no example, no
-    emoji and no list, so holding them in place holds exactly what those users want changed. Label smoothing
-    (`label_smoothing` 0.2) held the drift as well on this seed for −0.034. Off."""
-    on_policy_pairs: int = 8
-    """At most this many pairs (new ones come first in an update's examples) get an on-policy reply per update."""
-    on_policy_tokens: int = 32
-    """Length of the policy's on-policy replies, in tokens."""
-    on_policy_temperature: float = 0.7
-    """Sampling temperature of the on-policy replies (0: greedy); the app serves at 0.7 by default."""
-    decay: bool = True
-    """Step size of the adapter's k-th warm-started update = learning_rate / k ** `decay_power`. Every update starts
-    a fresh AdamW, whose first steps move each weight by about the learning rate whatever the gradient's size, so
-    with a constant rate an adapter that keeps updating random-walks away on noisy choices. Measured with the
-    learning-curve benchmark (bench/results/learning_curve_ablation_decay.json), user `emoji_lover` after 16/32/64
-    choices: blend win rate vs base 0.38/0.17/0.10 and neutral perplexity ×1.20 at 32, ×2.30 at 64 with a
-    constant rate; 0.58/0.60/0.58 and ×1.07, ×1.14 with the decay."""
-    decay_power: float = 1.0
-    """With `decay`, the k-th update's step size is learning_rate / k ** decay_power (0.5: 1/√k, 1: 1/k). The
-    learning-curve pilot of all 8 users to 32 choices (lr 4e-3; bench/results/learning_curve_pilot_decay1_8users.json)
-    measured the blend's neutral perplexity at most ×1.109 with 1/k against ×1.145 with 1/√k in the full run, mean
-    blend win rate 0.667 against 0.69 (one run each; the SE of an 8-user mean is ≈ 0.035). The two full runs with
-    1/k (README, Learning curves): worst perplexity at 32 ×1.10 and ×1.12 (`casual`; the others ≤ ×1.07), and the
-    mean curve rose from 32 to 64 choices (+0.02, +0.05) where with 1/√k it fell (−0.03); their win rates at 32 (0.66,
-    0.62) are within the spread between runs."""
-    epochs: float = 4.0
-    """Passes over the update's new examples; replayed older ones are mixed into the same steps. The learning-curve
-    benchmark (lr 1e-3, 32 choices) measured blend win rates 0.69 (bullets) and 0.69 (formal) at 4 epochs,
-    0.69 and 0.63 at 2."""
-    max_steps: int = 16
-    """Upper bound on optimizer steps per update, whatever the data."""
-    steps: int | None = None
-    """Exact optimizer steps, overriding epochs (tests and benchmarks)."""
-    batch_size: int = 4
-    """Pairs (and, separately, unpaired examples) per step."""
-    bf16: bool | None = None
-    """bf16 autocast for forward and backward; None: on when the CPU has native bf16 (AVX512-BF16 / AMX).
-    Measured on SmolLM2-135M, 8 sequences, one thread: forward 2.9 s fp32, 0.9 s bf16 (AMX)."""
-    max_length: int = 384
-    """Longest prompt+reply sequence trained on, in tokens."""
-    max_prompt_tokens: int = 192
-    """Newest tokens of the conversation kept as the prompt when training (a taste rarely needs more; the
-    compute of an update grows with it)."""
-    desirable_weight: float = 1.0
-    undesirable_weight: float = 1.0
-    unpaired_weight: float = 1.0
-    """Weight of the KTO term next to the DPO term."""
-    seed: int = 0
-    share_prompts: bool = True
-    """Run a pair's prompt once for both replies in a training step (`shared_prompt_log_probs`): the same
-    log-probabilities and gradients as two full sequences, with fewer tokens through the model. Measured on the
-    embedded model (AMD EPYC, 2 threads, bf16, 8 steps on the 5 training pairs of an 8-turn conversation, prompts
-    up to 192 tokens; medians of 3): top third of the layers 11.3 → 9.3 s, every layer 20.3 → 15.5 s. Single-turn
-    prompts (≈ 30 tokens) gain nothing: 5.0 vs 5.2 s and 7.9 vs 8.0 s."""
-
-    def __post_init__(self):
-        if self.beta <= 0 or self.learning_rate <= 0 or self.batch_size < 1 or self.epochs <= 0:
-            raise ValueError("beta, learning_rate and epochs must be positive, batch_size ≥ 1")
-        if (self.steps is not None and self.steps < 0) or self.max_steps < 1:
-            raise ValueError("steps must be ≥ 0 and max_steps ≥ 1")
-        if self.rpo_alpha < 0 or self.decay_power < 0:
-            raise ValueError("rpo_alpha and decay_power must be ≥ 0")
-        if self.chosen_term not in ("nll", "distill") or self.distill_top_k < 1:
-            raise ValueError("chosen_term must be 'nll' or 'distill', and distill_top_k ≥ 1")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ValueError("label_smoothing must be in [0, 0.5)")
-        if self.everyday_weight < 0:
-            raise ValueError("everyday_weight must be ≥ 0")
-        if self.on_policy_weight < 0 or self.on_policy_pairs < 1 or self.on_policy_tokens < 1 \
-                or self.on_policy_temperature < 0:
-            raise ValueError("on_policy_weight and on_policy_temperature must be ≥ 0, on_policy_pairs and "
-                             "on_policy_tokens ≥ 1")
-
-    def steps_for(self, examples: Examples, new: int | None = None) -> int:
-        """Optimizer steps for an update: `epochs` passes over its `new` examples (default: all of them), so
-        an update costs in proportion to the new feedback however much replay it mixes in."""
-        if self.steps is not None:
-            return self.steps
-        count = new if new is not None else max(len(examples.pairs), len(examples.unpaired))
-        return max(1, min(self.max_steps, math.ceil(self.epochs * count / self.batch_size)))
-
-    def learning_rate_at(self, update: int) -> float:
-        """The step size of an adapter's `update`-th version in its warm-start chain (1 = trained from scratch)."""
-        return self.learning_rate / max(1, update) ** self.decay_power if self.decay else self.learning_rate
-
-    def autocast(self) -> torch.autocast:
-        enabled = self.bf16 if self.bf16 is not None else native_bf16()
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
-
-
 def objective(config: TrainConfig) -> str:
     """The loss an update trained with, as its manifest names it: "dpo+kto", then "+distill" or "+nll" when the
     chosen-reply term is on, "+on_policy_distill" and "+everyday_distill" when those terms are."""
     return ("dpo+kto" + (f"+{config.chosen_term}" if config.rpo_alpha > 0 else "")
             + ("+on_policy_distill" if config.on_policy_weight > 0 else "")
             + ("+everyday_distill" if config.everyday_weight > 0 else ""))
-
-
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (otherwise autocast is slower than fp32)."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
-def add_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
-    """Wrap `model` with a fresh, trainable LoRA adapter; every base weight is frozen."""
-    return get_peft_model(model, settings.peft_config(model))
 
 
 def completion_log_probs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -498,7 +250,7 @@ def on_policy_targets(model: PeftModel, loaded: LoadedModel, pairs: list[PairExa
         return [], []
     input_ids, attention_mask = left_padded(plain, tokenizer.pad_token_id)  # (rows, widest prompt)
     model.eval()
-    with torch.random.fork_rng(devices=[]), config.autocast():
+    with torch.random.fork_rng(devices=[]), autocast(config):
         torch.manual_seed(zlib.crc32(json.dumps([config.seed, plain]).encode()))
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask,
                              max_new_tokens=config.on_policy_tokens, pad_token_id=tokenizer.pad_token_id,
@@ -507,7 +259,7 @@ def on_policy_targets(model: PeftModel, loaded: LoadedModel, pairs: list[PairExa
     replies = []
     for row in out[:, input_ids.shape[1]:].tolist():  # up to and with the first end-of-sequence, no padding
         replies.append(row[: row.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in row else row)
-    with model.disable_adapter(), config.autocast():
+    with model.disable_adapter(), autocast(config):
         taught, _ = teachers(model, [(t + r, len(t)) for t, r in zip(taught_prompts, replies)],
                              tokenizer.pad_token_id, config.distill_top_k)
     return [(p + r, len(p)) for p, r in zip(plain, replies)], taught
@@ -541,7 +293,7 @@ def train_adapter(
     steps = config.steps_for(examples, new_examples)
     model.eval()
     distilling = config.rpo_alpha > 0 and config.chosen_term == "distill"
-    with torch.no_grad(), model.disable_adapter(), config.autocast():
+    with torch.no_grad(), model.disable_adapter(), autocast(config):
         ref_chosen, ref_rejected, taught = _pair_references(model, enc, examples.pairs, config, distilling, pad,
                                                             references, reference_key)
         ref_unpaired = _logps_in_chunks(model, enc.unpaired, pad, 8)
@@ -610,7 +362,7 @@ def train_adapter(
 def _distill_step(model, sequences: list, taught: list[Teacher], order, pad: int, config: TrainConfig) -> torch.Tensor:
     """Mean KL(teacher ‖ policy) over a batch of `sequences` drawn from `order` (`distill_kl`)."""
     idx = [next(order) for _ in range(min(config.batch_size, len(sequences)))]
-    with config.autocast():
+    with autocast(config):
         log_probs, rows = completion_log_probs(model, collate([sequences[i] for i in idx], pad))
     return distill_kl(log_probs, rows, [taught[i] for i in idx]).mean()
 
@@ -646,7 +398,7 @@ def _step_logps(model, first: list, second: list, order, pad: int, config: Train
     idx = [next(order) for _ in range(min(config.batch_size, len(first)))]
     a, b = [first[i] for i in idx], [second[i] for i in idx]
     batch = collate(a + b, pad)
-    with config.autocast():
+    with autocast(config):
         if config.share_prompts and shares_prompts(a, b):
             log_probs, rows = shared_prompt_log_probs(model, a, b, pad)
         else:
@@ -673,7 +425,7 @@ def preference_margins(model: torch.nn.Module, loaded: LoadedModel, pairs: list[
     rejected = [encode(loaded, p.prompt, p.rejected, config.max_length, config.max_prompt_tokens,
                        p.rejected_ended) for p in pairs]
     model.eval()
-    with config.autocast():
+    with autocast(config):
         return _logps_in_chunks(model, chosen, pad, 8) - _logps_in_chunks(model, rejected, pad, 8)
 
 

@@ -17,18 +17,18 @@ import signal
 import threading
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import torch
 from peft import set_peft_model_state_dict
 
 from adapters.drift import anchor_batch, limit_drift, perplexity, trainable_state
-from adapters.jobs import LearningConfig, UpdateData, global_ready, global_update, personal_update
+from adapters.jobs import UpdateData, global_ready, global_update, personal_update
+from assistant.config import DATA_HOME_ENV, AppConfig, LearningConfig
 from adapters.registry import GLOBAL, AdapterRegistry
-from adapters.training import ReferenceCache, add_lora, objective, pair_key, preference_margins, train_adapter
-from assistant.config import DATA_HOME_ENV, ModelConfig, default_data_dir
+from adapters.training import ReferenceCache, objective, pair_key, preference_margins, train_adapter
+from adapters.lora import add_lora
 from assistant.model import LoadedModel, load_model
-from assistant.overrides import with_overrides
+from assistant.overrides import add_settings_arguments, config_from_args
 from storage.db import DB_FILENAME
 from storage.errors import AttuneError
 from storage.store import Store
@@ -230,53 +230,47 @@ def _parent_alive(pid: int) -> bool:
     return os.getppid() == pid
 
 
+WORKER_ALIASES = {
+    "--model": ("model.model", None),
+    "--model-cache": ("model.cache_dir", None),
+    "--data-dir": ("data_dir", None),
+    "--threads": ("worker_threads", None),
+}
+"""The worker's short flags, each the same as one `--set` setting (the app passes its settings as `--set`)."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m adapters.worker", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
-                        help=f"data home (default: ${DATA_HOME_ENV} or ./data)")
-    parser.add_argument("--model", default="embedded")
-    parser.add_argument("--model-cache", type=Path, default=None)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, all cores)")
+    parser = argparse.ArgumentParser(prog="attune-worker", description=__doc__.split("\n\n")[0],
+                                     epilog=f"The data home defaults to ${DATA_HOME_ENV} or ./data.")
+    add_settings_arguments(parser, WORKER_ALIASES)
     parser.add_argument("--nice", type=int, default=10,
                         help="lower the worker's CPU priority by this much, so replies win the CPU (0: off)")
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process (the app) exits")
     parser.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
-    parser.add_argument("--min-profiles", type=int, default=LearningConfig.min_profiles,
-                        help="profiles with feedback before the global adapter trains")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a LearningConfig setting, e.g. lora.top_layers=1.0 or train.learning_rate=2e-3")
     return parser
 
 
-def learning_config(argv: list[str]) -> LearningConfig:
-    """The learning settings a worker command line asks for (ValueError or TypeError if they are bad)."""
-    return _learning(_parser().parse_args(argv))
-
-
-def _learning(args: argparse.Namespace) -> LearningConfig:
-    return with_overrides(LearningConfig(min_profiles=args.min_profiles), args.set)
+def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, argparse.Namespace]:
+    """The settings a worker command line asks for, and its process flags (a bad setting exits with status 2)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    return config_from_args(parser, args, AppConfig()), args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker %(name)s: %(message)s")
-    try:
-        config = _learning(args)
-    except (ValueError, TypeError) as exc:
-        log.error("Bad --set: %s", exc)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    config, args = parse_args(argv)
+    if config.worker_threads:
+        torch.set_num_threads(config.worker_threads)
     if args.nice:
         os.nice(args.nice)
     try:
-        loaded = load_model(ModelConfig(model=args.model, cache_dir=args.model_cache),
-                            args.model_cache or args.data_dir / "models")
+        loaded = load_model(config.model, config.model_cache_dir)
     except AttuneError as exc:
         log.error("%s", exc)
         return 2
-    store = Store(args.data_dir / DB_FILENAME)
-    worker = Worker(loaded, store, AdapterRegistry(args.data_dir / ADAPTERS_DIR, store), config)
+    store = Store(config.data_dir / DB_FILENAME)
+    worker = Worker(loaded, store, AdapterRegistry(config.data_dir / ADAPTERS_DIR, store), config.learning)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     if args.once:
         while worker.run_once():

@@ -26,78 +26,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from storage.errors import InvalidInput
-from storage.store import PLAIN_ARM
-
-
-@dataclass(frozen=True)
-class Probe:
-    name: str
-    """Stored with the candidate that followed it (`settings.probe`) and used to keep its record."""
-    instruction: str
-    """Added, after a blank line, to the newest user message of the probed candidate only."""
-
-
-# Measured on SmolLM2-135M-Instruct with bench/probes.py (24 training prompts × 2 samples, 32 tokens): each moves
-# the feature it names, e.g. the `bullets` user's mean reward −0.21 → 1.73 with "list", `emoji_lover`'s −0.23 →
-# 0.85 with "emoji". Wordings that barely moved this 135M model were replaced ("Use a few emoji." without an
-# example emoji, "Answer in a formal tone.", "Answer warmly and politely." — the last one drifted off topic).
-DEFAULT_PROBES = (
-    Probe("short", "Answer in one short sentence."),
-    Probe("detailed", "Answer in detail."),
-    Probe("list", "Answer as a bulleted list."),
-    Probe("formal", "Answer in formal, professional language."),
-    Probe("casual", "Answer in a relaxed, chatty way, like texting a friend."),
-    Probe("emoji", "Use emoji 😊 in your answer."),
-    Probe("example", "Give a concrete example."),
-    Probe("question", "Answer, then ask me a follow-up question."),
-    Probe("direct", "Answer directly, using the words of my question."),
-)
-
-
-PLAIN = PLAIN_ARM
-"""The record key of the plain sample's arm (a candidate sampled from the message as sent); not a probe name."""
-PAIRINGS = ("single", "duel")
-
-
-@dataclass(frozen=True)
-class ExploreConfig:
-    rate: float = 1.0
-    """Share of compare requests that explore (0: never, plain samples only): with "single" pairing one candidate
-    follows a probe and the other is a plain sample, so each choice compares against what the assistant would say
-    unasked; in duels at least one candidate follows a probe. Every pair probed learned faster than half of them in
-    the learning-curve pilot (see adapters/training.py's `rpo_alpha`)."""
-    probes: tuple[Probe, ...] = DEFAULT_PROBES
-    """The style axes to explore, each an instruction the model can follow (see `DEFAULT_PROBES`)."""
-    prior_strength: float = 2.0
-    """How many of a profile's own choices the global record of a probe is worth."""
-    pairing: str = "duel"
-    """What an explored pair sets against each other (see the module docstring): "single" — the drawn probe and a
-    plain sample; "duel" — the top two arms of one Thompson draw, the plain sample being an arm (`PLAIN`, so no
-    probe may be named so). Learning-curve benchmark, 8 users to 32 choices, three seeds each paired with a plain
-    run of the same seed (bench/results/learning_curve_comparison_duel.json): blend win rate vs base 0.622 vs 0.564
-    (+0.089, +0.005, +0.081 by seed; 13 users up, 9 down); `concise`, `bullets` and `casual` up in all three seeds,
-    `formal` down in all three (−0.02 to −0.08). Worst neutral perplexity ×1.08 / ×1.28 / ×1.08 vs ×1.13 / ×1.13 /
-    ×1.08: a favourite asked in most pairs is learnt harder, `emoji_lover`'s emoji (57 of 128 candidates) too.
-    A fourth paired seed: 0.682 vs 0.539; over the four, 0.637 vs 0.558 (21 users up, 9 down)."""
-
-    def __post_init__(self):
-        if not 0.0 <= float(self.rate) <= 1.0:
-            raise InvalidInput(f"The exploration rate must be between 0 and 1 (got {self.rate}).")
-        if self.rate > 0 and not self.probes:
-            raise InvalidInput("Exploration needs at least one probe (or rate 0).")
-        names = [p.name for p in self.probes]
-        if len(set(names)) != len(names) or not all(n and p.instruction.strip() for n, p in zip(names, self.probes)):
-            raise InvalidInput("Probes need distinct names and non-empty instructions.")
-        if self.prior_strength < 0:
-            raise InvalidInput("prior_strength cannot be negative.")
-        if self.pairing not in PAIRINGS:
-            raise InvalidInput(f"Pairing must be one of {', '.join(PAIRINGS)} (got {self.pairing!r}).")
-        if PLAIN in names:
-            raise InvalidInput(f"{PLAIN!r} names the plain sample's arm; give the probe another name.")
-
+from assistant.config.explore import PLAIN, ExploreConfig, Probe
 
 Record = dict[str, tuple[float, float]]
 """Probe name → (successes, failures) of its candidates."""

@@ -3,7 +3,14 @@ benchmarks), and back: the settings in which one config differs from another, to
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import fields, is_dataclass, replace
+from pathlib import Path
+
+from storage.errors import InvalidInput
+
+SET_HELP = ("a setting, as a dotted path into the config dataclasses (assistant/config/), e.g. learning.blend.k=8, "
+            "learning.train.learning_rate=2e-3 or explore.rate=0.5; repeat for more")
 
 
 def with_overrides(config, assignments: list[str]):
@@ -31,6 +38,8 @@ def _replace_path(obj, path: list[str], raw: str):
     annotation = str(next(f.type for f in fields(obj) if f.name == name))
     if raw.lower() == "none" and "None" in annotation:  # e.g. max_drift=none: a setting that may be switched off
         value = None
+    elif current is None and "Path" in annotation:  # e.g. model.cache_dir: None or a folder
+        value = Path(raw)
     elif current is None and "tuple" in annotation:  # e.g. lora.target_modules: None or names
         value = None if raw.lower() == "none" else tuple(v.strip() for v in raw.split(",") if v.strip())
     elif isinstance(current, bool) or current is None:
@@ -73,3 +82,34 @@ def _text(value) -> str:
     if isinstance(value, tuple):
         return ",".join(str(getattr(v, "name", v)) for v in value)  # named items (probes) by name
     return repr(value) if isinstance(value, float) else str(value)
+
+
+class _Alias(argparse.Action):
+    """A short flag that stands for one `--set` setting (`--port 8000` is `--set port=8000`), kept in the same list
+    so that the last of the two wins."""
+
+    def __init__(self, option_strings, dest, key: str, const: str | None = None, **kwargs):
+        super().__init__(option_strings, dest, nargs=0 if const is not None else None, const=const, **kwargs)
+        self.key = key
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        value = self.const if self.const is not None else values
+        namespace.settings = [*(getattr(namespace, "settings", None) or []), f"{self.key}={value}"]
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, aliases: dict[str, tuple[str, str | None]]) -> None:
+    """`--set KEY=VALUE` and the entry point's short flags, each `flag: (key, const)`: a flag with a const takes no
+    value (`--no-worker`: ("worker", "false"))."""
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    for flag, (key, const) in aliases.items():
+        parser.add_argument(flag, dest="settings", action=_Alias, key=key, const=const,
+                            metavar=None if const is not None else "VALUE",
+                            help=f"the same as --set {key}={const if const is not None else 'VALUE'}")
+
+
+def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, config):
+    """`config` with the command line's settings; a bad one ends the program with one line saying which."""
+    try:
+        return with_overrides(config, args.settings)
+    except (ValueError, TypeError, InvalidInput) as exc:
+        parser.error(f"Bad --set: {exc}")

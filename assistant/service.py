@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from adapters.blend import AdapterServer, auto_alpha
-from adapters.jobs import LearningConfig, enqueue_due, enqueue_now
+from adapters.jobs import enqueue_due, enqueue_now
+from assistant.config import AppConfig, GenerationSettings, LearningConfig, Probe
 from adapters.registry import GLOBAL, personal_adapter
-from assistant.config import AppConfig, GenerationSettings
 from assistant.executor import GenerationExecutor
-from assistant.explore import Probe, choose_arms, probed
+from assistant.explore import choose_arms, probed
 from assistant.generation import ReplyStream
 from assistant.model import LoadedModel
 from assistant.prompts import Prompt, build_prompt

@@ -56,13 +56,11 @@ import torch
 from adapters.blend import AdapterServer, Blend
 from adapters.data import PairExample, collate, encode
 from adapters.drift import perplexity
-from adapters.jobs import LearningConfig
+from assistant.config import PLAIN, AppConfig, ExploreConfig, GenerationSettings, LearningConfig, ModelConfig
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
 from adapters.training import preference_margins
 from adapters.worker import ADAPTERS_DIR, Worker
-from assistant.config import AppConfig, GenerationSettings, ModelConfig
 from assistant.executor import GenerationExecutor
-from assistant.explore import PLAIN, ExploreConfig
 from assistant.generation import left_padded, sampling_kwargs, visible_text
 from assistant.model import load_model
 from assistant.overrides import with_overrides

@@ -39,11 +39,11 @@ import torch
 
 from adapters.blend import AdapterServer
 from adapters.data import Examples, PairExample
-from adapters.jobs import LearningConfig
+from assistant.config import AppConfig, GenerationSettings, LearningConfig, ModelConfig
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
-from adapters.training import add_lora, native_bf16, train_adapter
+from adapters.training import train_adapter
+from adapters.lora import adapted_layers, add_lora, native_bf16
 from adapters.worker import ADAPTERS_DIR
-from assistant.config import AppConfig, GenerationSettings, ModelConfig
 from assistant.executor import GenerationExecutor
 from assistant.generation import ReplyStream
 from assistant.model import load_model
@@ -87,7 +87,7 @@ def training_compute(rounds: int, learning: LearningConfig) -> dict:
     for _ in range(rounds):
         loaded = load_model(ModelConfig(), CACHE)
         model = add_lora(loaded.model, lora)
-        adapted = len(lora.layers(loaded.model))
+        adapted = len(adapted_layers(lora, loaded.model))
         start = time.perf_counter()
         train_adapter(model, loaded, Examples(data, []), train)
         ours.append(time.perf_counter() - start)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from assistant.explore import DEFAULT_PROBES, Probe, probed
+from assistant.explore import probed
+from assistant.config import DEFAULT_PROBES, Probe
 from bench.env import load_prompts, split_prompts
 from bench.learning_curve import REPO, RESULTS, CurveConfig, Harness
 from bench.model_speed import machine

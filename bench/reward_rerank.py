@@ -38,9 +38,10 @@ from pathlib import Path
 import torch
 
 from adapters.data import collate, encode
-from adapters.jobs import LearningConfig
+from assistant.config import DEFAULT_PROBES, LearningConfig
+from adapters.lora import autocast
 from adapters.training import sequence_logps
-from assistant.explore import DEFAULT_PROBES, probed
+from assistant.explore import probed
 from bench.env import load_prompts, split_prompts
 from bench.learning_curve import REPO, RESULTS, CurveConfig, Harness, _wins, quick_config, served_replies
 from bench.model_speed import machine
@@ -70,7 +71,7 @@ class Featurizer:
         seqs, out = self._sequences([_turns(p) for p in prompts], replies), []
         for start in range(0, len(seqs), CHUNK):
             batch = collate(seqs[start:start + CHUNK], self.loaded.tokenizer.pad_token_id)
-            with torch.inference_mode(), self.h.config.learning.train.autocast():
+            with torch.inference_mode(), autocast(self.h.config.learning.train):
                 states = self.loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                            output_hidden_states=True).hidden_states[self.layer].float()
             mask = batch.completion_mask[..., None].float()
@@ -81,7 +82,7 @@ class Featurizer:
         seqs, sums, counts = self._sequences(turns, replies), [], []
         for start in range(0, len(seqs), CHUNK):
             batch = collate(seqs[start:start + CHUNK], self.loaded.tokenizer.pad_token_id)
-            with torch.inference_mode(), self.h.config.learning.train.autocast():
+            with torch.inference_mode(), autocast(self.h.config.learning.train):
                 sums.append(sequence_logps(self.loaded.model, batch).float())
             counts.append(batch.completion_mask.sum(1).float())
         counts = torch.cat(counts)

@@ -58,9 +58,9 @@ def free_port() -> int:
 @pytest.fixture
 def running_app(tiny_model_dir, data_home):
     """Start app.py's own service and UI exactly as `main` does, on 127.0.0.1."""
-    config, learning = attune_app.parse_args(["--model", str(tiny_model_dir), "--data-dir", str(data_home),
-                                              "--port", str(free_port())])
-    service = attune_app.create_service(config, learning=learning)
+    config = attune_app.parse_args(["--model", str(tiny_model_dir), "--data-dir", str(data_home),
+                                    "--port", str(free_port())])
+    service = attune_app.create_service(config)
     demo = attune_app.build_app(service, config)
     demo.queue(default_concurrency_limit=4)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=config.port, prevent_thread_lock=True,

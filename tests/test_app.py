@@ -14,8 +14,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from adapters.blend import BlendConfig
-from assistant.config import DATA_HOME_ENV
+from assistant.config import DATA_HOME_ENV, BlendConfig
 from storage.store import Store
 from tests.conftest import REPO, free_port
 

@@ -11,9 +11,10 @@ import torch
 
 from adapters.data import collate, encode
 from adapters.drift import ANCHOR, anchor_batch, limit_drift, perplexity, trainable_state
-from adapters.jobs import LearningConfig
+from assistant.config import LearningConfig, LoraSettings, TrainConfig
 from adapters.registry import personal_adapter
-from adapters.training import LoraSettings, TrainConfig, add_lora, sequence_logps
+from adapters.training import sequence_logps
+from adapters.lora import add_lora
 from app import _learning_markdown
 from storage.db import DB_FILENAME
 from storage.store import Store, seeded_ids

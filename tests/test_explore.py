@@ -11,8 +11,8 @@ import pytest
 
 import app
 from adapters.data import encode, examples_from_feedback
-from assistant.config import AppConfig, GenerationSettings
-from assistant.explore import DEFAULT_PROBES, PLAIN, ExploreConfig, Probe, choose_arms, probed
+from assistant.config import DEFAULT_PROBES, PLAIN, ExploreConfig, GenerationSettings, Probe
+from assistant.explore import choose_arms, probed
 from assistant.prompts import build_prompt
 from assistant.service import ChatService
 from storage.errors import InvalidInput
@@ -216,12 +216,13 @@ def test_a_reply_cut_at_its_budget_is_trained_without_end_of_sequence(tiny_loade
 
 
 def test_the_command_line_sets_the_rate_and_refuses_a_bad_one():
-    config, _ = app.parse_args(["--explore-rate", "0.25"])
+    config = app.parse_args(["--set", "explore.rate=0.25"])
     assert config.explore.rate == 0.25 and config.explore.probes == DEFAULT_PROBES
     assert config.explore.pairing == ExploreConfig().pairing
-    assert app.parse_args(["--explore-pairing", "duel"])[0].explore.pairing == "duel"
-    with pytest.raises(InvalidInput, match="between 0 and 1"):
-        app.parse_args(["--explore-rate", "2"])
+    assert app.parse_args(["--set", "explore.pairing=single"]).explore.pairing == "single"
+    assert app.parse_args(["--set", "explore.probes=list,short"]).explore.probes == DEFAULT_PROBES[2:3] + DEFAULT_PROBES[:1]
+    with pytest.raises(SystemExit):
+        app.parse_args(["--set", "explore.rate=2"])
 
 
 @pytest.mark.parametrize("pairing", ["single", "duel"])

@@ -7,8 +7,8 @@ import torch
 from peft import PeftModel
 
 from adapters.registry import CONFIG, GLOBAL, MANIFEST, WEIGHTS, AdapterRegistry, personal_adapter
-from adapters.training import LoraSettings, add_lora
-from assistant.config import ModelConfig
+from adapters.lora import add_lora
+from assistant.config import LoraSettings, ModelConfig
 from assistant.model import load_model
 from storage.errors import NotFound
 

@@ -329,7 +329,7 @@ def test_benchmark_settings_override_nested_frozen_configs_and_refuse_unknown_on
 
 
 def test_probe_benchmark_takes_new_wordings_and_refuses_malformed_ones():
-    from assistant.explore import Probe
+    from assistant.config import Probe
     from bench.probes import _probe
 
     assert _probe(' sure = Begin your answer with "Sure". ') == Probe("sure", 'Begin your answer with "Sure".')

@@ -10,11 +10,10 @@ import torch
 from adapters.data import (Examples, PairExample, UnpairedExample, collate, encode, encode_answers,
                            examples_from_feedback)
 from adapters.losses import distill_kl
-from adapters.training import (LoraSettings, TrainConfig, add_lora, completion_log_probs, objective,
-                               preference_accuracy, sequence_logps, shared_prompt_log_probs, shares_prompts, teachers,
-                               train_adapter)
+from adapters.training import completion_log_probs, objective, preference_accuracy, sequence_logps, shared_prompt_log_probs, shares_prompts, teachers, train_adapter
+from adapters.lora import add_lora
+from assistant.config import LoraSettings, ModelConfig, TrainConfig
 from assistant.explore import instructed
-from assistant.config import ModelConfig
 from assistant.model import load_model
 
 
@@ -45,7 +44,7 @@ def test_examples_from_feedback_handles_every_kind():
 
 
 def test_a_chosen_explorer_carries_its_instruction_even_when_stored_by_name_only():
-    from assistant.explore import DEFAULT_PROBES
+    from assistant.config import DEFAULT_PROBES
 
     listing = next(p for p in DEFAULT_PROBES if p.name == "list")
     base = dict(profile_id="u", prompt=[{"role": "user", "content": "Hi"}], kind="comparison", a="A", b="B")

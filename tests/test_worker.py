@@ -10,13 +10,13 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from adapters.blend import AdapterServer, BlendConfig
+from adapters.blend import AdapterServer
+from assistant.config import (DATA_HOME_ENV, AppConfig, BlendConfig, GenerationSettings, LearningConfig, LoraSettings,
+                              ModelConfig, TrainConfig)
 from adapters.data import PairExample
-from adapters.jobs import LearningConfig, global_update, held_out, profile_cap
+from adapters.jobs import global_update, held_out, profile_cap
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
-from adapters.training import LoraSettings, TrainConfig
 from adapters.worker import ADAPTERS_DIR, Worker
-from assistant.config import DATA_HOME_ENV, GenerationSettings, ModelConfig
 from assistant.model import load_model
 from assistant.service import ChatService
 from app import _learning_markdown
@@ -181,14 +181,14 @@ def test_worker_command_line_runs_queued_jobs(parts, store, data_home, tiny_mode
     _choices(service, ann, 4)
     store.enqueue_job(GLOBAL, None, "manual")  # "Train now" in a home of one: --min-profiles 1 lets it train
     command = [sys.executable, "-m", "adapters.worker", "--model", str(tiny_model_dir), "--once", "--threads", "1",
-               "--min-profiles", "1"]
+               "--set", "learning.min_profiles=1"]
     env = {**__import__("os").environ, DATA_HOME_ENV: str(data_home), "HF_HUB_OFFLINE": "1"}
-    refused = subprocess.run([*command, "--set", "lora.top_layer=1.0"], cwd=REPO, env=env, capture_output=True,
+    refused = subprocess.run([*command, "--set", "learning.lora.top_layer=1.0"], cwd=REPO, env=env, capture_output=True,
                              text=True, timeout=300)
     assert refused.returncode == 2 and "Bad --set" in refused.stderr and "no setting 'top_layer'" in refused.stderr
     assert registry.current(personal_adapter(ann)) is None
     assert [store.latest_job(a)["status"] for a in (personal_adapter(ann), GLOBAL)] == ["queued", "queued"]
-    result = subprocess.run([*command, "--set", "lora.top_layers=0.5", "--set", "train.learning_rate=2e-3"],
+    result = subprocess.run([*command, "--set", "learning.lora.top_layers=0.5", "--set", "learning.train.learning_rate=2e-3"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert registry.current(personal_adapter(ann)) and registry.current(GLOBAL), result.stderr[-3000:]
@@ -357,35 +357,41 @@ def test_the_global_adapter_waits_for_min_profiles(store, data_home, tiny_model_
 def test_the_app_passes_its_global_min_profiles_to_the_learning_config():
     import app
 
-    assert app.parse_args([])[1].min_profiles == 3
-    assert app.parse_args(["--global-min-profiles", "1"])[1].min_profiles == 1
+    assert app.parse_args([]).learning.min_profiles == 3
+    assert app.parse_args(["--set", "learning.min_profiles=1"]).learning.min_profiles == 1
 
 
 def test_the_worker_the_app_starts_trains_with_the_apps_learning_settings(tmp_path):
-    """Settings given to the app (its own flags and `--learning`) reach the worker's command line, and the worker's
-    parser rebuilds exactly the app's LearningConfig from it: the two processes never disagree."""
+    """Settings given to the app (its short flags and `--set`) reach the worker's command line, and the worker's
+    parser rebuilds exactly the app's config from it: the two processes never disagree."""
     import app
-    from adapters.worker import learning_config
+    from adapters import worker
 
-    config, learning = app.parse_args(["--data-dir", str(tmp_path), "--global-min-profiles", "1", "--learning",
-                                       "lora.top_layers=1.0", "--learning", "train.learning_rate=2e-3",
-                                       "--learning", "lora.target_modules=q_proj,v_proj", "--blend-k", "8",
-                                       "--learning", "max_drift=none"])
+    config = app.parse_args(["--data-dir", str(tmp_path), "--model", "gpt2", "--set", "learning.min_profiles=1",
+                             "--set", "learning.lora.top_layers=1.0", "--set", "learning.train.learning_rate=2e-3",
+                             "--set", "learning.lora.target_modules=q_proj,v_proj", "--set", "learning.blend.k=8",
+                             "--set", "learning.max_drift=none", "--worker-threads", "1", "--port", "8000"])
+    learning = config.learning
     assert learning.lora.top_layers == 1.0 and learning.train.learning_rate == 2e-3 and learning.blend.k == 8
-    assert learning.max_drift is None  # the drift guard switched off, and so in the worker too
-    command = app.worker_command(config, learning)
+    assert learning.max_drift is None and learning.min_profiles == 1  # off in the worker too
+    assert (config.model.model, config.worker_threads, config.port) == ("gpt2", 1, 8000)
+    command = app.worker_command(config)
     assert command[command.index("--data-dir") + 1] == str(tmp_path)
-    assert learning_config(command[command.index("-m") + 2:]) == learning
-    assert "--set" not in app.worker_command(*app.parse_args([]))  # defaults: nothing to pass
+    assert worker.parse_args(command[command.index("-m") + 2:])[0] == config
+    defaults = app.worker_command(app.parse_args([]))
+    assert "--set" not in defaults  # defaults: nothing to pass
+    assert worker.parse_args(defaults[defaults.index("-m") + 2:])[0] == AppConfig()
 
 def test_a_bad_learning_setting_on_the_command_line_is_one_clear_error(capsys):
     import app
 
     with pytest.raises(SystemExit) as exit_:
-        app.parse_args(["--global-min-profiles", "0"])
+        app.parse_args(["--set", "learning.min_profiles=0"])
     assert exit_.value.code == 2 and "min_profiles must be at least 1" in capsys.readouterr().err
-    for bad, message in (("lora.top_layer=1", "no setting 'top_layer'"), ("lora.top_layers=2", "top_layers"),
-                         ("train.learning_rate=fast", "could not convert"), ("lora", "KEY=VALUE")):
+    for bad, message in (("learning.lora.top_layer=1", "no setting 'top_layer'"),
+                         ("learning.lora.top_layers=2", "top_layers"),
+                         ("learning.train.learning_rate=fast", "could not convert"), ("learning", "KEY=VALUE"),
+                         ("explore.rate=2", "between 0 and 1"), ("port=99999", "0-65535")):
         with pytest.raises(SystemExit) as exit_:
-            app.parse_args(["--learning", bad])
+            app.parse_args(["--set", bad])
         assert exit_.value.code == 2 and message in capsys.readouterr().err

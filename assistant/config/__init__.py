@@ -1,0 +1,60 @@
+"""Every setting of Attune, in one place: frozen dataclasses validated on creation, rooted at `AppConfig`.
+
+Each entry point (the app, the worker, the benchmarks) takes `--set KEY=VALUE` with dotted keys into these
+dataclasses (`assistant.overrides`), e.g. `--set learning.blend.k=8` or `--set model.model=gpt2`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from assistant.config.explore import DEFAULT_PROBES, PAIRINGS, PLAIN, ExploreConfig, Probe
+from assistant.config.learning import BlendConfig, LearningConfig, LoraSettings, TrainConfig
+from assistant.config.model import DEFAULT_SYSTEM_PROMPT, EMBEDDED_MODEL, GenerationSettings, ModelConfig
+from storage.errors import InvalidInput
+
+__all__ = ["DATA_HOME_ENV", "DEFAULT_PROBES", "DEFAULT_SYSTEM_PROMPT", "EMBEDDED_MODEL", "PAIRINGS", "PLAIN",
+           "AppConfig", "BlendConfig", "ExploreConfig", "GenerationSettings", "LearningConfig", "LoraSettings",
+           "ModelConfig", "Probe", "TrainConfig", "default_data_dir"]
+
+DATA_HOME_ENV = "ATTUNE_HOME"
+
+
+def default_data_dir() -> Path:
+    """The data home: $ATTUNE_HOME, or ./data."""
+    return Path(os.environ.get(DATA_HOME_ENV, "data"))
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    data_dir: Path = field(default_factory=default_data_dir)
+    """The data home: database, model cache and adapters."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model served and trained on."""
+    host: str = "127.0.0.1"
+    """Interface the web server binds; loopback unless you mean to share it."""
+    port: int = 7860
+    """Port of the web server, 0–65535 (0: any free one)."""
+    max_message_chars: int = 16_000
+    """Longest message accepted from a person, ≥ 1; longer ones are refused, not cut."""
+    compare_min_temperature: float = 0.7
+    """Compare mode samples both candidates; a greedy setting is raised to this so A and B can differ."""
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
+    """Compare mode: how often, and with which hidden style probes, one candidate explores (assistant/explore.py)."""
+    learning: LearningConfig = field(default_factory=LearningConfig)
+    """When and how the adapters learn (handed to the worker the app starts)."""
+    worker: bool = True
+    """Start the training worker process beside the app."""
+    worker_threads: int = 0
+    """Torch threads of the worker (0: all cores). It runs at a lower priority (nice 10), so replies come first."""
+
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise InvalidInput(f"Port must be 0-65535 (got {self.port}).")
+        if self.max_message_chars < 1:
+            raise InvalidInput("max_message_chars must be positive.")
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.model.cache_dir or self.data_dir / "models"

