@@ -65,8 +65,9 @@ def records(store: Store, profile_id: str, fmt: str) -> Iterator[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m storage.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--user", required=True, help="profile name (case-insensitive)")
+    parser = argparse.ArgumentParser(prog="attune-export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", "--user", dest="profile", required=True,
+                        help="profile name (case-insensitive); --user is its former name")
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get(DATA_HOME_ENV, "data")))
     parser.add_argument("--output", type=Path, help="file to write (default: standard output)")
@@ -79,20 +80,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     store = Store(db_path)
     try:
-        user = store.find_profile_by_name(args.user)
+        profile = store.find_profile_by_name(args.profile)
     except AttuneError as exc:
         log.error("%s", exc)
         return 2
     out = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
     count = 0
     try:
-        for record in records(store, user["id"], args.format):
+        for record in records(store, profile["id"], args.format):
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += 1
     finally:
         if args.output:
             out.close()
-    log.info("Wrote %d %s records for profile %s.", count, args.format, user["name"])
+    log.info("Wrote %d %s records for profile %s.", count, args.format, profile["name"])
     return 0
 
 

@@ -221,7 +221,7 @@ def test_export_writes_trl_records(store, data_home, tmp_path):
 
     def run(fmt):
         out = tmp_path / f"{fmt}.jsonl"
-        assert export.main(["--user", "ann", "--format", fmt, "--data-dir", str(data_home), "--output", str(out)]) == 0
+        assert export.main(["--profile", "ann", "--format", fmt, "--data-dir", str(data_home), "--output", str(out)]) == 0
         return [json.loads(line) for line in out.read_text().splitlines()]
 
     dpo = run("dpo")
@@ -238,7 +238,7 @@ def test_export_writes_trl_records(store, data_home, tmp_path):
     raw = run("jsonl")
     assert [r["kind"] for r in raw] == ["thumbs", "comparison", "comparison"]
     assert raw[0]["comment"] == "too short"
-    assert export.main(["--user", "nobody", "--format", "dpo", "--data-dir", str(data_home)]) == 2
+    assert export.main(["--profile", "nobody", "--format", "dpo", "--data-dir", str(data_home)]) == 2
     assert export.main(["--user", "ann", "--format", "dpo", "--data-dir", str(tmp_path / "none")]) == 2
 
 

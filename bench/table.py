@@ -1,0 +1,141 @@
+"""The README's table of today's benchmark figures, generated from the result files in bench/results.
+
+    python -m bench.table                    # print the table (markdown)
+    python -m bench.table --check README.md  # exit 1 if the README's table differs from it
+
+The README holds the table between `<!-- bench-table -->` and `<!-- /bench-table -->`; paste the printed table
+there after a result file changes. Each row links to where its details live (docs/benchmarks.md or an experiment's
+folder). Learning-curve figures are at 32 A/B choices, for seeds 2 and 3 (the runs of today's defaults), with their
+mean from `bench.seeds.combine`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+from pathlib import Path
+
+from bench.seeds import combine
+
+log = logging.getLogger("bench.table")
+RESULTS = Path(__file__).parent / "results"
+BEGIN, END = "<!-- bench-table -->", "<!-- /bench-table -->"
+SEEDS = ("learning_curve_repeat_t02_seed2.json", "learning_curve_repeat_t02_seed3.json")
+"""Today's defaults to 32 choices, served at T 0.2, ties counted (experiments/2026-12-01-ties)."""
+AT = "32"
+CURVES = "docs/benchmarks.md#learning-curves"
+TIES = "experiments/2026-12-01-ties/"
+SPEED = "docs/benchmarks.md#online-learning"
+
+
+def _load(results: Path, name: str) -> dict:
+    return json.loads((results / name).read_text(encoding="utf-8"))
+
+
+def _points(run: dict) -> list[dict]:
+    return [user["curve"][AT] for user in run["users"].values()]
+
+
+def _served(run: dict) -> float:
+    return statistics.mean(p["served_win_rate"]["blend"] for p in _points(run))
+
+
+def _link(text: str, target: str) -> str:
+    return f"[{text}]({target})"
+
+
+def rows(results: Path = RESULTS) -> list[list[str]]:
+    """[benchmark, figure, today, target, details] per figure."""
+    runs = [_load(results, name) for name in SEEDS]
+    both = combine(runs, list(SEEDS))["summary"]
+    greedy = [r["summary"]["mean_win_rate"][AT] for r in runs]
+    full = _load(results, "learning_curve.json")
+    shared = full["summary"]["population_mean_win_rate"]["16"]
+    latency = _load(results, "learning_speed_drift_guard.json")["update_latency"]
+    depth = _load(results, "learning_speed_layers.json")["summary"]["two_thirds (0.66: 20 of 30 layers)"]
+    serving = _load(results, "learning_speed_two_thirds_serving.json")["serving_speed"]
+    switch = _load(results, "learning_speed.json")["profile_switch"]
+    model = _load(results, "model_speed.json")
+    ceilings = _load(results, "probes.json")["best_ceiling_per_user"]
+    users = list(runs[0]["users"])
+    lone = "a user alone, 32 choices"
+    return [
+        [lone, "blend's replies beat the base model's, greedy: seed 2 / 3 (mean)",
+         f"{greedy[0]['blend']:.3f} / {greedy[1]['blend']:.3f} ({both['mean_win_rate'][AT]['blend']:.3f})",
+         "", _link("learning curves", CURVES)],
+        [lone, "the same, replies sampled as served (T 0.2)",
+         f"{_served(runs[0]):.3f} / {_served(runs[1]):.3f} ({statistics.mean(map(_served, runs)):.3f})",
+         "", _link("served and ties", TIES)],
+        [lone, "users of 8 at ≥ 0.70, greedy",
+         " / ".join(str(len(r["summary"]["users_with_blend_win_rate_at_least_0.7"])) for r in runs),
+         "≥ 6 of 8", _link("learning curves", CURVES)],
+        [lone, "blend vs personal-only adapter",
+         " / ".join(f"{g['blend']:.3f} vs {g['personal']:.3f}" for g in greedy), "blend ≥ personal", _link("learning curves", CURVES)],
+        [lone, "worst user's neutral-text perplexity, × base",
+         " / ".join(f"×{max(p['perplexity_ratio']['blend'] for p in _points(r)):.3f}" for r in runs), "≤ ×1.10",
+         _link("why it falls short", "docs/benchmarks.md#why-the-targets-are-not-met")],
+        [lone, "ties among 8 × 24 held-out prompts",
+         " / ".join(str(sum(p["ties"]["blend"] for p in _points(r))) for r in runs), "", _link("ties", TIES)],
+        ["8 users in one home, 16 choices each", "blend / global-only / personal-only (seed 2)",
+         f"{shared['blend']:.3f} / {shared['global']:.3f} / {shared['personal']:.3f}", "blend ≥ both",
+         _link("learning curves", CURVES)],
+        ["whole learning-curve benchmark", f"minutes (seed 2, {len(users)} users to 64 choices + shared home)",
+         f"{full['seconds'] / 60:.1f}", "≤ 60", _link("learning curves", CURVES)],
+        ["online learning", "vote → first token from the new version, median",
+         f"{latency['median_s']:.1f} s", "≤ 15 s", _link("online learning", SPEED)],
+        ["online learning", "training compute vs TRL DPOTrainer", f"{depth['ratio_vs_trl_default']:.2f}×", "≤ 0.4×",
+         _link("adapted depth", "experiments/2026-11-30-prompt-sharing-and-depth/")],
+        ["online learning", "tokens/s, base + global + 0.5·personal vs bare", f"{serving['blend_vs_bare_ratio']:.2f}×",
+         "≥ 0.95×", _link("online learning", SPEED)],
+        ["online learning", f"profile switch p95, {switch['profiles_on_disk']:,} profiles on disk",
+         f"{switch['switch_ms']['p95']:.1f} ms", "≤ 20 ms", _link("online learning", SPEED)],
+        ["model speed", "tokens/s streaming (× bare generate), first token",
+         f"{model['medians']['attune_main_thread']['tokens_per_s']:.1f} "
+         f"({model['ratio_vs_bare']['attune_main_thread']:.3f}×), {model['medians']['attune_main_thread']['ttft_s']:.2f} s",
+         "", _link("model speed", "docs/benchmarks.md#model-speed")],
+        ["exploration probes", "best probe's greedy ceiling, per user",
+         f"{min(ceilings[u][1] for u in users):.2f}–{max(ceilings[u][1] for u in users):.2f}", "",
+         _link("probes", "docs/benchmarks.md#probes")],
+    ]
+
+
+def markdown(results: Path = RESULTS) -> str:
+    table = [["benchmark", "figure", "today", "target", "details"], ["---"] * 5] + rows(results)
+    return "\n".join("| " + " | ".join(row) + " |" for row in table)
+
+
+def readme_block(text: str) -> str:
+    """The text between the README's markers, without surrounding blank lines."""
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"no {BEGIN} … {END} block")
+    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", type=Path, default=None, metavar="README.md",
+                        help="compare the table between the markers of this file with the generated one")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the result files")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    table = markdown(args.results)
+    if args.check is None:
+        sys.stdout.write(table + "\n")
+        return 0
+    try:
+        current = readme_block(args.check.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        parser.error(f"{args.check}: {exc}")
+    if current != table:
+        log.error("%s: the benchmark table differs from `python -m bench.table`; paste its output between the markers",
+                  args.check)
+        return 1
+    log.info("%s: the benchmark table matches the result files", args.check)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
