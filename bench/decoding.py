@@ -16,7 +16,6 @@ on the 2-core machine.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import tempfile
@@ -28,7 +27,7 @@ import torch
 from assistant.overrides import with_overrides
 from bench.env import load_prompts, split_prompts
 from bench.learning_curve import REPO, RESULTS, CurveConfig, Harness, served_replies, served_win_rate
-from bench.model_speed import machine
+from bench.provenance import machine, write_result
 from bench.users import population, shared_reward
 
 log = logging.getLogger("bench.decoding")
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
               **compare(replies(changed, prompts, args.model_cache), base, prompts),
               "seconds": round(time.perf_counter() - began, 1)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_result(args.output, result, vars(args))
     log.info("%s: greedy %s, served %s (mean win rate vs unchanged); %.0f s -> %s", args.change,
              result["greedy"]["mean_win_rate_vs_unchanged"], result["served"]["mean_win_rate_vs_unchanged"],
              result["seconds"], args.output)

@@ -67,7 +67,7 @@ from assistant.overrides import with_overrides
 from assistant.prompts import build_prompt
 from assistant.service import ChatService
 from bench.env import PreferenceChatEnv, load_prompts, split_prompts
-from bench.model_speed import machine
+from bench.provenance import machine, write_result
 from bench.users import load_users
 from storage.db import DB_FILENAME
 from storage.store import Store, seeded_ids
@@ -650,7 +650,7 @@ def _run(args: argparse.Namespace, executor: GenerationExecutor) -> int:
     result["seconds"] = round(time.perf_counter() - began, 1)
     output = args.output or RESULTS / ("learning_curve_quick.json" if args.quick else "learning_curve.json")
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_result(output, result)
     plot(result, output.with_suffix(".png"))
     log.info("done in %.0f s: %s -> %s", result["seconds"], result["summary"], output)
     return 0

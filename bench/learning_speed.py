@@ -50,9 +50,9 @@ from assistant.model import load_model
 from assistant.overrides import with_overrides
 from assistant.prompts import build_prompt
 from assistant.service import ChatService
-from bench.model_speed import machine
 from storage.db import DB_FILENAME
 from storage.store import Store
+from bench.provenance import machine, write_result
 
 log = logging.getLogger("bench.learning_speed")
 REPO = Path(__file__).resolve().parent.parent
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(home, ignore_errors=True)
     result["seconds"] = round(time.perf_counter() - began, 1)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.output, result, vars(args))
     log.info("done in %.0f s -> %s", result["seconds"], args.output)
     return 0
 

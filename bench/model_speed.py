@@ -12,10 +12,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,25 +28,13 @@ from assistant.executor import GenerationExecutor
 from assistant.generation import ReplyStream
 from assistant.model import LoadedModel, load_model
 from assistant.prompts import Prompt, build_prompt
+from bench.provenance import machine, write_result
 
 log = logging.getLogger("bench.model_speed")
 
 PROMPT_TOKENS = 100
 NEW_TOKENS = 128
 RESULTS = Path(__file__).parent / "results"
-
-
-def machine() -> dict:
-    cpu = ""
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "")
-    mem_kb = 0
-    if Path("/proc/meminfo").exists():
-        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
-            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform()}
 
 
 def prompt_of_length(loaded: LoadedModel, n_tokens: int) -> Prompt:
@@ -160,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.output, result, vars(args))
     m = result["medians"]
     log.info("cold load %.1f s | warm load %.2f s (new process: %.2f s with imports) | prompt %d tokens, %d new",
              cold, warm_process["load_s"], warm_process["process_total_s"], len(prompt.input_ids), NEW_TOKENS)

@@ -15,7 +15,6 @@ had fully learned to answer like that probe unasked would score. ≈ 4 min on th
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import tempfile
@@ -26,16 +25,19 @@ import torch
 
 from assistant.explore import probed
 from assistant.config import DEFAULT_PROBES, Probe
+from assistant.overrides import with_overrides
+from storage.errors import InvalidInput
 from bench.env import load_prompts, split_prompts
 from bench.learning_curve import REPO, RESULTS, CurveConfig, Harness
-from bench.model_speed import machine
+from bench.provenance import machine, write_result
 from bench.users import population
 
 log = logging.getLogger("bench.probes")
 
 
-def measure(prompts: int, samples: int, cache: Path, probes: tuple[Probe, ...] = DEFAULT_PROBES) -> dict:
-    config = CurveConfig()
+def measure(prompts: int, samples: int, cache: Path, probes: tuple[Probe, ...] = DEFAULT_PROBES,
+            config: CurveConfig | None = None) -> dict:
+    config = config or CurveConfig()
     train, _ = split_prompts(load_prompts())
     asked = train[:prompts]
     users = population()
@@ -88,11 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe", action="append", default=[], metavar="NAME=INSTRUCTION",
                         help="measure this probe instead of the default ones (repeatable)")
     parser.add_argument("--output", type=Path, default=RESULTS / "probes.json")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a CurveConfig setting (bench/learning_curve.py), e.g. sample_temperature=0.7")
     args = parser.parse_args(argv)
+    try:
+        config = with_overrides(CurveConfig(), args.set)
+    except (ValueError, TypeError, InvalidInput) as exc:
+        parser.error(f"Bad --set: {exc}")
     torch.set_num_threads(2)
     began = time.perf_counter()
     chosen = tuple(_probe(spec) for spec in args.probe) or DEFAULT_PROBES
-    probes = measure(args.prompts, args.samples, args.model_cache, chosen)
+    probes = measure(args.prompts, args.samples, args.model_cache, chosen, config)
     best = {u: max((n for n in probes if n != "none"), key=lambda n: probes[n]["lift"][u])
             for u in probes["none"]["lift"]}
     ceiling = {u: max((probes[n]["ceiling_win_rate"][u], n) for n in probes if n != "none") for u in best}
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
               "best_ceiling_per_user": {u: [n, w] for u, (w, n) in ceiling.items()},
               "seconds": round(time.perf_counter() - began, 1)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_result(args.output, result, vars(args))
     log.info("best probe per user (reward lift): %s; best ceiling: %s; %.0f s → %s", result["best_probe_per_user"],
              result["best_ceiling_per_user"], result["seconds"], args.output)
     return 0

@@ -25,7 +25,6 @@ this measures what reranking alone could add on top of the served model, the bas
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import random
@@ -42,9 +41,11 @@ from assistant.config import DEFAULT_PROBES, LearningConfig
 from adapters.lora import autocast
 from adapters.training import sequence_logps
 from assistant.explore import probed
+from assistant.overrides import with_overrides
+from storage.errors import InvalidInput
 from bench.env import load_prompts, split_prompts
 from bench.learning_curve import REPO, RESULTS, CurveConfig, Harness, _wins, quick_config, served_replies
-from bench.model_speed import machine
+from bench.provenance import machine, write_result
 from bench.users import choose, population
 
 log = logging.getLogger("bench.reward_rerank")
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--model-cache", type=Path, default=REPO / ".cache" / "models")
     parser.add_argument("--output", type=Path, default=RESULTS / "reward_rerank.json")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a CurveConfig setting (bench/learning_curve.py), e.g. learning.train.beta=0.2")
     args = parser.parse_args(argv)
     if min(args.n) < 1 or args.train_prompts < 1 or args.choices < 2 or args.draws < 1:
         parser.error("--n, --train-prompts, --draws must be at least 1 and --choices at least 2")
@@ -199,13 +202,17 @@ def main(argv: list[str] | None = None) -> int:
             args.train_prompts, args.choices, args.draws, args.n, args.users = 4, 8, 1, [2], config.max_users
         else:
             config = CurveConfig(seed=args.seed, max_users=args.users)
+        try:
+            config = with_overrides(config, args.set)
+        except (ValueError, TypeError, InvalidInput) as exc:
+            parser.error(f"Bad --set: {exc}")
         measured = measure(args, config)
     result = {"benchmark": "reward_rerank", "quick": args.quick, "model": config.model, "machine": machine(),
               "date": time.strftime("%Y-%m-%d"),
               "settings": {k: v for k, v in vars(args).items() if k not in ("began", "model_cache", "output")},
               "l2": L2, **measured, "seconds": round(time.perf_counter() - args.began)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_result(args.output, result, vars(args))
     log.info("%s; %d s → %s", result["summary"], result["seconds"], args.output)
     return 0
 

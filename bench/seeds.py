@@ -29,6 +29,7 @@ from pathlib import Path
 
 from bench.learning_curve import RESULTS, mean_panel, save_figure
 from bench.learning_curve import markdown_table as run_table
+from bench.provenance import write_result
 
 log = logging.getLogger("bench.seeds")
 MODELS = ("blend", "global", "personal")
@@ -222,8 +223,8 @@ def plot(result: dict, path: Path) -> None:
 
 
 def _write(result: dict, output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    """The combination with its provenance; its configuration is the command that combined the run files."""
+    write_result(output, result, {"argv": sys.argv[1:]})
 
 
 def main(argv: list[str] | None = None) -> int:
