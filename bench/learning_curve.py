@@ -56,10 +56,10 @@ import torch
 from adapters.blend import AdapterServer, Blend
 from adapters.data import PairExample, collate, encode
 from adapters.drift import perplexity
-from assistant.config import PLAIN, AppConfig, ExploreConfig, GenerationSettings, LearningConfig, ModelConfig
+from adapters.evaluation import preference_margins
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
-from adapters.training import preference_margins
 from adapters.worker import ADAPTERS_DIR, Worker
+from assistant.config import PLAIN, AppConfig, ExploreConfig, GenerationSettings, LearningConfig, ModelConfig
 from assistant.executor import GenerationExecutor
 from assistant.generation import left_padded, sampling_kwargs, visible_text
 from assistant.model import load_model

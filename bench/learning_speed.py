@@ -39,20 +39,20 @@ import torch
 
 from adapters.blend import AdapterServer
 from adapters.data import Examples, PairExample
-from assistant.config import AppConfig, GenerationSettings, LearningConfig, ModelConfig
+from adapters.lora import adapted_layers, add_lora, native_bf16
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
 from adapters.training import train_adapter
-from adapters.lora import adapted_layers, add_lora, native_bf16
 from adapters.worker import ADAPTERS_DIR
+from assistant.config import AppConfig, GenerationSettings, LearningConfig, ModelConfig
 from assistant.executor import GenerationExecutor
 from assistant.generation import ReplyStream
 from assistant.model import load_model
 from assistant.overrides import with_overrides
 from assistant.prompts import build_prompt
 from assistant.service import ChatService
+from bench.provenance import machine, write_result
 from storage.db import DB_FILENAME
 from storage.store import Store
-from bench.provenance import machine, write_result
 
 log = logging.getLogger("bench.learning_speed")
 REPO = Path(__file__).resolve().parent.parent

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import torch
 
-from assistant.explore import probed
 from assistant.config import DEFAULT_PROBES, Probe
+from assistant.explore import probed
 from assistant.overrides import with_overrides
-from storage.errors import InvalidInput
 from bench.env import load_prompts, split_prompts
 from bench.learning_curve import REPO, RESULTS, CurveConfig, Harness
 from bench.provenance import machine, write_result
 from bench.users import population
+from storage.errors import InvalidInput
 
 log = logging.getLogger("bench.probes")
 

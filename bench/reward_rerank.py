@@ -37,16 +37,16 @@ from pathlib import Path
 import torch
 
 from adapters.data import collate, encode
-from assistant.config import DEFAULT_PROBES, LearningConfig
+from adapters.logprobs import sequence_logps
 from adapters.lora import autocast
-from adapters.training import sequence_logps
+from assistant.config import DEFAULT_PROBES, LearningConfig
 from assistant.explore import probed
 from assistant.overrides import with_overrides
-from storage.errors import InvalidInput
 from bench.env import load_prompts, split_prompts
 from bench.learning_curve import REPO, RESULTS, CurveConfig, Harness, _wins, quick_config, served_replies
 from bench.provenance import machine, write_result
 from bench.users import choose, population
+from storage.errors import InvalidInput
 
 log = logging.getLogger("bench.reward_rerank")
 FEATURE_SETS = ("hidden", "style", "style+length")

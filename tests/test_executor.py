@@ -9,6 +9,10 @@ from assistant.executor import GenerationExecutor
 from assistant.generation import ReplyStream
 from assistant.prompts import build_prompt
 
+HANG = 1800
+"""Seconds after which a process or thread is taken as hung: a guard, never the verdict (a busy machine may be
+ten times slower)."""
+
 
 def _stream(loaded, executor, text="Tell me a joke.", tokens=30):
     prompt = build_prompt(loaded, "", [{"role": "user", "content": text}], tokens)
@@ -71,5 +75,5 @@ def test_jobs_accepted_before_stop_still_run(tiny_loaded):
     while executor.main_thread_jobs == 0:
         pass
     executor.serve_forever(should_stop=lambda: True)
-    consumer.join(timeout=30)
+    consumer.join(timeout=HANG)
     assert stream.finished

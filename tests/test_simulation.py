@@ -16,6 +16,10 @@ from bench.users import (SimulatedUser, choose, concise, load_users, population,
                          shared_reward, thumbs)
 from tests.conftest import REPO
 
+HANG = 1800
+"""Seconds after which a process or thread is taken as hung: a guard, never the verdict (a busy machine may be
+ten times slower)."""
+
 PROMPT = "How do I keep basil alive on a windowsill?"
 
 
@@ -118,7 +122,7 @@ def test_environment_steps_pairs_and_thumbs():
 def test_learning_curve_quick_mode_runs_the_product_loop(tmp_path):
     out = tmp_path / "curve.json"
     result = subprocess.run([sys.executable, "-m", "bench.learning_curve", "--quick", "--jobs", "2", "--output", str(out)],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
+                            cwd=REPO, capture_output=True, text=True, timeout=HANG)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert out.with_suffix(".png").stat().st_size > 10_000
@@ -151,7 +155,7 @@ def test_learning_curve_quick_mode_runs_the_product_loop(tmp_path):
         assert user["feedback"]["pairs"] == 8 and 0 <= user["feedback"]["informative_share"] <= 1
     assert set(data["population"]["feedback"]) == set(data["users"])
     table = subprocess.run([sys.executable, "-m", "bench.learning_curve", "--table", str(out)], cwd=REPO,
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=HANG)
     lines = table.stdout.splitlines()
     assert table.returncode == 0 and lines[0].startswith("| user | blend @0 | blend @4 | blend @8 |")
     assert len(lines) == 2 + len(data["users"]) + 1 and lines[-1].startswith("| **mean** |")
@@ -182,7 +186,7 @@ def test_killed_benchmark_leaves_no_pool_process_running(tmp_path):
                             str(tmp_path / "curve.json")], cwd=REPO, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG
         workers: list[int] = []
         while len(workers) < 2 and time.monotonic() < deadline and run.poll() is None:
             time.sleep(0.2)
@@ -190,8 +194,8 @@ def test_killed_benchmark_leaves_no_pool_process_running(tmp_path):
                        if b"spawn_main" in (Path("/proc") / str(pid) / "cmdline").read_bytes()]
         assert len(workers) == 2, "the pool never started"
         run.kill()  # SIGKILL: no handler of the parent runs
-        run.wait(timeout=30)
-        deadline = time.monotonic() + 30
+        run.wait(timeout=HANG)
+        deadline = time.monotonic() + HANG
         while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(_alive(pid) for pid in workers)
@@ -217,7 +221,7 @@ def test_learning_curve_repeats_exactly_with_one_seed_and_seeds_combine(tmp_path
                         ("greedy_only", ["--set", "served_samples=0"])):
         out = tmp_path / f"{name}.json"
         result = subprocess.run([sys.executable, "-m", "bench.learning_curve", "--quick", "--jobs", "2", "--output",
-                                 str(out), *extra], cwd=REPO, capture_output=True, text=True, timeout=600)
+                                 str(out), *extra], cwd=REPO, capture_output=True, text=True, timeout=HANG)
         assert result.returncode == 0, result.stderr[-3000:]
         runs[name] = _curve_without_clock(out)
     assert runs["first"] == runs["again"]
@@ -233,7 +237,7 @@ def test_learning_curve_repeats_exactly_with_one_seed_and_seeds_combine(tmp_path
     out = tmp_path / "seeds.json"
     result = subprocess.run([sys.executable, "-m", "bench.seeds", str(tmp_path / "first.json"),
                              str(tmp_path / "seed1.json"), "--output", str(out)], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=HANG)
     assert result.returncode == 0, result.stderr[-3000:]
     combined = json.loads(out.read_text())
     assert out.with_suffix(".png").stat().st_size > 10_000
@@ -245,23 +249,23 @@ def test_learning_curve_repeats_exactly_with_one_seed_and_seeds_combine(tmp_path
             assert combined["users"][name][budget]["blend"]["mean"] == pytest.approx(sum(values) / 2, abs=1e-3)
     assert set(combined["summary"]["targets_on_means"]) == set(runs["first"]["summary"]["targets"])
     table = subprocess.run([sys.executable, "-m", "bench.seeds", "--table", str(out)], cwd=REPO,
-                           capture_output=True, text=True, timeout=60).stdout.splitlines()
+                           capture_output=True, text=True, timeout=HANG).stdout.splitlines()
     assert table[0].startswith("| user | blend @0 |") and len(table) == 2 + len(runs["first"]["users"]) + 1
     # --table also prints one run's table (as bench.learning_curve does), and refuses a file that is no such result.
     tables = [subprocess.run([sys.executable, "-m", module, "--table", str(tmp_path / "first.json")], cwd=REPO,
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=HANG)
               for module in ("bench.seeds", "bench.learning_curve")]
     assert tables[0].returncode == 0 and tables[0].stdout == tables[1].stdout and "| **mean** |" in tables[0].stdout
     (tmp_path / "other.json").write_text('{"benchmark": "model_speed"}')
     other = subprocess.run([sys.executable, "-m", "bench.seeds", "--table", str(tmp_path / "other.json")], cwd=REPO,
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=HANG)
     assert other.returncode == 2 and "'model_speed'" in other.stderr and not other.stdout
     # A change judged against a baseline run by run (paired by seed): a repeat differs by nothing; no baseline of
     # the seed is an error.
     versus = tmp_path / "versus.json"
     result = subprocess.run([sys.executable, "-m", "bench.seeds", str(tmp_path / "again.json"), "--against",
                              str(tmp_path / "seed1.json"), str(tmp_path / "first.json"), "--output", str(versus)],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+                            cwd=REPO, capture_output=True, text=True, timeout=HANG)
     assert result.returncode == 0, result.stderr[-3000:]
     paired = json.loads(versus.read_text())
     assert [(p["seed"], p["baseline"]) for p in paired["pairs"]] == [(0, "first.json")]
@@ -269,21 +273,21 @@ def test_learning_curve_repeats_exactly_with_one_seed_and_seeds_combine(tmp_path
     # The same on the served (sampled) win rates; a run that did not measure them is refused, not read as zeros.
     served = subprocess.run([sys.executable, "-m", "bench.seeds", str(tmp_path / "again.json"), "--against",
                              str(tmp_path / "first.json"), "--metric", "served_win_rate", "--output",
-                             str(tmp_path / "served.json")], cwd=REPO, capture_output=True, text=True, timeout=120)
+                             str(tmp_path / "served.json")], cwd=REPO, capture_output=True, text=True, timeout=HANG)
     assert served.returncode == 0, served.stderr[-3000:]
     paired = json.loads((tmp_path / "served.json").read_text())
     assert paired["metric"] == "served_win_rate"
     assert all(v["blend_diff_mean"] == 0 and v["up"] == v["down"] == 0 for v in paired["per_budget"].values())
     missing = subprocess.run([sys.executable, "-m", "bench.seeds", str(tmp_path / "greedy_only.json"), "--against",
                               str(tmp_path / "first.json"), "--metric", "served_win_rate", "--output",
-                              str(tmp_path / "missing.json")], cwd=REPO, capture_output=True, text=True, timeout=120)
+                              str(tmp_path / "missing.json")], cwd=REPO, capture_output=True, text=True, timeout=HANG)
     assert missing.returncode == 2 and "has no served_win_rate" in missing.stderr
     unpaired = subprocess.run([sys.executable, "-m", "bench.seeds", str(tmp_path / "seed1.json"), "--against",
                                str(tmp_path / "first.json"), "--output", str(tmp_path / "none.json")], cwd=REPO,
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=HANG)
     assert unpaired.returncode == 2 and "no baseline run with that seed" in unpaired.stderr
     refused = subprocess.run([sys.executable, "-m", "bench.seeds", str(tmp_path / "first.json"), "--output",
-                              str(tmp_path / "one.json")], cwd=REPO, capture_output=True, text=True, timeout=60)
+                              str(tmp_path / "one.json")], cwd=REPO, capture_output=True, text=True, timeout=HANG)
     assert refused.returncode == 2 and "at least two" in refused.stderr and not (tmp_path / "one.json").exists()
 
 
@@ -359,7 +363,7 @@ def test_decoding_benchmark_measures_a_setting_on_the_base_model(tmp_path, tiny_
     common = ["--set", f"model={tiny_model_dir}", "--set", "held_out_prompts=4", "--set", "max_new_tokens=12"]
     result = subprocess.run([sys.executable, "-m", "bench.decoding", "--change", "repetition_penalty=2.0", *common,
                              "--model-cache", str(tmp_path / "cache"), "--output", str(out)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+                            cwd=REPO, capture_output=True, text=True, timeout=HANG)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "RepetitionPenaltyLogitsProcessor" not in result.stderr  # the deliberate override is not a warning
     data = json.loads(out.read_text())
@@ -372,12 +376,12 @@ def test_decoding_benchmark_measures_a_setting_on_the_base_model(tmp_path, tiny_
     # A change that changes nothing wins exactly half against itself.
     same = subprocess.run([sys.executable, "-m", "bench.decoding", "--change", "repetition_penalty=1.0", *common,
                            "--model-cache", str(tmp_path / "cache"), "--output", str(tmp_path / "same.json")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+                          cwd=REPO, capture_output=True, text=True, timeout=HANG)
     assert same.returncode == 0, same.stderr[-3000:]
     unchanged = json.loads((tmp_path / "same.json").read_text())
     assert all(w == 0.5 for kind in ("greedy", "served") for w in unchanged[kind]["win_rate_vs_unchanged"].values())
     refused = subprocess.run([sys.executable, "-m", "bench.decoding", *common], cwd=REPO, capture_output=True,
-                             text=True, timeout=60)
+                             text=True, timeout=HANG)
     assert refused.returncode == 2 and "--change" in refused.stderr
 
 
@@ -386,7 +390,7 @@ def test_learning_speed_refuses_bad_settings_and_parts_before_loading_anything(t
     of timing the wrong settings (or leave the worker unable to start while the benchmark waits for it)."""
     def run(*args):
         return subprocess.run([sys.executable, "-m", "bench.learning_speed", *args, "--output",
-                               str(tmp_path / "speed.json")], cwd=REPO, capture_output=True, text=True, timeout=120)
+                               str(tmp_path / "speed.json")], cwd=REPO, capture_output=True, text=True, timeout=HANG)
 
     typo = run("--set", "lora.top_layer=1.0", "--parts", "latency")
     assert typo.returncode == 2 and "no setting 'top_layer'" in typo.stderr
