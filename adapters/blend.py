@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from adapters.evaluation import HeldOutEval
+from adapters.lora import lora_updates
 from adapters.registry import GLOBAL, AdapterRegistry, AdapterVersion, personal_adapter, version_name
 from assistant.config import BlendConfig
 from assistant.model import LoadedModel
@@ -177,16 +179,8 @@ class AdapterServer:
         return weights
 
     def _read(self, version: AdapterVersion) -> Weights:
-        config, tensors = self.registry.load_weights(version)
+        out: Weights = lora_updates(*self.registry.load_weights(version))
         self.loads_from_disk += 1
-        scale = config["lora_alpha"] / config["r"]
-        out: Weights = {}
-        for key, a in tensors.items():
-            if ".lora_A." not in key:
-                continue
-            path = key.removeprefix("base_model.model.").split(".lora_A.")[0]
-            b = tensors[key.replace(".lora_A.", ".lora_B.")]
-            out[path] = (a.float(), b.float() * scale)
         self._wrap(out)
         return out
 
@@ -213,12 +207,12 @@ def _gate(personal: AdapterVersion) -> str | None:
     """Why a personal version should not be served: on the held-out votes where it and global-only disagree, it
     is right significantly less often (sign test, p < GATE_P_VALUE). With a handful of held-out votes a plain
     accuracy comparison is mostly noise: it held back adapters that served the person better."""
-    ev = personal.manifest.get("metrics", {})
-    mine, global_, n = ev.get("eval/accuracy_personal"), ev.get("eval/accuracy_global"), ev.get("eval/pairs", 0)
-    if mine is None or global_ is None or not n or mine >= global_:
+    ev = HeldOutEval.from_metrics(personal.manifest.get("metrics", {}))
+    mine, global_ = ev.accuracy_personal, ev.accuracy_global
+    if mine is None or global_ is None or not ev.pairs or mine >= global_:
         return None
-    worse, better = ev.get("eval/only_global_right"), ev.get("eval/only_personal_right")
+    worse, better = ev.only_global_right, ev.only_personal_right
     if worse is not None and better is not None and sign_test_p(int(worse), int(better)) >= GATE_P_VALUE:
         return None  # worse on these votes, but not clearly: serve it
-    return (f"your adapter scored {mine:.0%} on {n} held-out votes of yours, below the global adapter's {global_:.0%}: "
-            "serving the global taste until it does better")
+    return (f"your adapter scored {mine:.0%} on {ev.pairs} held-out votes of yours, below the global adapter's "
+            f"{global_:.0%}: serving the global taste until it does better")

@@ -12,13 +12,15 @@ is not (else every cut reply would teach the model to stop at that length).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from assistant.config import DEFAULT_PROBES
+from assistant.explore import instructed
 from assistant.model import LoadedModel
 from assistant.prompts import build_prompt
+from storage.errors import InvalidInput
 
 
 @dataclass(frozen=True)
@@ -154,3 +156,43 @@ def collate(sequences: list[tuple[list[int], int]], pad_token_id: int) -> Batch:
         attention_mask[row, : len(ids)] = 1
         completion_mask[row, prompt_len: len(ids)] = True
     return Batch(input_ids, attention_mask, completion_mask)
+
+
+@dataclass
+class Encoded:
+    """Training examples as (token ids, prompt length) sequences, in the order of `Examples`' lists."""
+
+    chosen: list[tuple[list[int], int]] = field(default_factory=list)
+    rejected: list[tuple[list[int], int]] = field(default_factory=list)
+    unpaired: list[tuple[list[int], int]] = field(default_factory=list)
+    labels: list[bool] = field(default_factory=list)
+    mismatched: list[tuple[list[int], int]] = field(default_factory=list)
+    """Unpaired reply i after the prompt of reply i+1: KTO's reference point z0 (a reply that does not answer)."""
+    taught: list[tuple[list[int], int]] = field(default_factory=list)
+    """Each chosen reply after the prompt it was generated from (the exploration instruction included)."""
+
+
+def encode_examples(loaded: LoadedModel, examples: Examples, max_length: int, max_prompt: int | None) -> Encoded:
+    """Every sequence a training run needs from `examples` (`encode`)."""
+    enc = Encoded()
+    for p in examples.pairs:
+        enc.chosen.append(encode(loaded, p.prompt, p.chosen, max_length, max_prompt, p.chosen_ended))
+        enc.rejected.append(encode(loaded, p.prompt, p.rejected, max_length, max_prompt, p.rejected_ended))
+        enc.taught.append(_generated_from(loaded, p, max_length, max_prompt) if p.chosen_instruction
+                          else enc.chosen[-1])
+    items = examples.unpaired
+    for i, u in enumerate(items):
+        enc.unpaired.append(encode(loaded, u.prompt, u.completion, max_length, max_prompt, u.ended))
+        enc.labels.append(u.label)
+        other = items[(i + 1) % len(items)]
+        enc.mismatched.append(encode(loaded, other.prompt, u.completion, max_length, max_prompt, u.ended))
+    return enc
+
+
+def _generated_from(loaded: LoadedModel, p: PairExample, max_length: int,
+                    max_prompt: int | None) -> tuple[list[int], int]:
+    try:
+        return encode(loaded, instructed(p.prompt, p.chosen_instruction), p.chosen, max_length, max_prompt,
+                      p.chosen_ended)
+    except InvalidInput:  # the instruction does not fit: the reply's own prompt teaches instead
+        return encode(loaded, p.prompt, p.chosen, max_length, max_prompt, p.chosen_ended)

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from adapters.data import Batch, collate, encode_answers
-from adapters.training import sequence_logps
+from adapters.logprobs import sequence_logps
 from assistant.model import LoadedModel
 
 log = logging.getLogger(__name__)

@@ -16,17 +16,19 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
-from peft import set_peft_model_state_dict
+from peft import PeftModel, set_peft_model_state_dict
 
 from adapters.drift import anchor_batch, limit_drift, perplexity, trainable_state
+from adapters.evaluation import HeldOutEval, cached_margins, preference_margins
 from adapters.jobs import UpdateData, global_ready, global_update, personal_update
-from assistant.config import DATA_HOME_ENV, AppConfig, LearningConfig
-from adapters.registry import GLOBAL, AdapterRegistry
-from adapters.training import ReferenceCache, objective, pair_key, preference_margins, train_adapter
-from adapters.lora import add_lora
+from adapters.lora import add_lora, merge_lora
+from adapters.references import ReferenceCache
+from adapters.registry import GLOBAL, AdapterRegistry, AdapterVersion
+from adapters.training import objective, train_adapter
+from assistant.config import DATA_HOME_ENV, AppConfig, LearningConfig, TrainConfig
 from assistant.model import LoadedModel, load_model
 from assistant.overrides import add_settings_arguments, config_from_args
 from storage.db import DB_FILENAME
@@ -38,17 +40,59 @@ log = logging.getLogger(__name__)
 ADAPTERS_DIR = "adapters"
 
 
-def merge_lora(model: torch.nn.Module, config: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Add a LoRA adapter's update into `model`'s weights in place (W += s·B·A)."""
-    scale = config["lora_alpha"] / config["r"]
-    for key, a in tensors.items():
-        if ".lora_A." not in key:
-            continue
-        module = model.get_submodule(key.removeprefix("base_model.model.").split(".lora_A.")[0])
-        delta = scale * tensors[key.replace(".lora_A.", ".lora_B.")].float() @ a.float()  # (out, in)
-        weight = module.weight
-        with torch.no_grad():
-            weight += delta.T if weight.shape != delta.shape else delta  # GPT-2's Conv1D stores (in, out)
+@dataclass(frozen=True)
+class Selection:
+    """Step 1 of a job (`Worker.select_data`): what the update trains and evaluates on, or why it has nothing to do."""
+
+    adapter: str
+    profile_id: str | None
+    update: int
+    """The update's place in the warm-start chain: 1 + the current version's."""
+    current: AdapterVersion | None
+    """The version the update starts from (None: the first)."""
+    data: UpdateData | None = None
+    skip: str | None = None
+    """Why there is nothing to train (the job's message); None when `data` has training examples."""
+
+    @property
+    def personal(self) -> bool:
+        return self.adapter != GLOBAL
+
+
+@dataclass(frozen=True)
+class Built:
+    """Step 2 (`Worker.build_model`): the adapter to train, on the model it sits on."""
+
+    model: PeftModel
+    global_version: str | None
+    """The global version merged below a personal adapter (None: the bare base is below)."""
+    reference_key: str
+    """Names the reference (the model with the adapter disabled) for the `ReferenceCache`."""
+    refit: bool
+    """Trained from scratch (`LearningConfig.personal_refit`) instead of warm-started from `Selection.current`."""
+    start: dict[str, torch.Tensor] | None
+    """The LoRA parameters before training, where the drift guard backtracks to (None: no guard)."""
+
+
+@dataclass(frozen=True)
+class Trained:
+    """Step 3 (`Worker.train`): the settings the update trained with, and TRL-named metrics of its last step."""
+
+    config: TrainConfig
+    metrics: dict
+
+
+class _Laps:
+    """Seconds spent in each named part of a job (its `timings`)."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._last, 3)
+        self._last = now
 
 
 class Worker:
@@ -84,7 +128,7 @@ class Worker:
         log.info("Job %s: %s (%s, attempt %d)", job["id"], job["adapter"], job["reason"], job["attempts"])
         try:
             result = self._run(job)
-            if self.store.get_job(job["id"])["status"] == "cancelled":
+            if self._cancelled(job):
                 log.info("Job %s was cancelled while it ran; nothing published.", job["id"])
             else:
                 self.store.finish_job(job["id"], "done", result.pop("message"), result)
@@ -93,114 +137,140 @@ class Worker:
             self.store.finish_job(job["id"], "failed", f"{type(exc).__name__}: {exc}")
         return True
 
-    # ---- one job -------------------------------------------------------------------------------------------
-
-    def _fresh_base(self) -> torch.nn.Module:
-        return copy.deepcopy(self.loaded.model)
+    # ---- one job: select data → build the model → train → drift guard → evaluate → publish -------------------
 
     def _run(self, job: dict) -> dict:
-        timings: dict[str, float] = {}
-        clock = [time.perf_counter()]
+        lap = _Laps()
+        selection = self.select_data(job)
+        if selection.skip:
+            return {"message": selection.skip}
+        lap("data_s")
+        built = self.build_model(selection)
+        lap("model_s")
+        trained = self.train(job["id"], selection, built)
+        lap("train_s")
+        drift = self.guard_drift(built)
+        if built.start is not None:
+            lap("drift_s")
+        held_out = self.evaluate(selection, built)
+        lap("eval_s")
+        if self._cancelled(job):
+            return {"message": "cancelled"}
+        metrics = {**trained.metrics, **drift, **held_out.to_metrics()}
+        version = self.publish(selection, built, trained.config, metrics)
+        lap("publish_s")
+        log.info("Job %s timings: %s", job["id"], lap.timings)
+        return {"message": f"published {version.label}", "version": version.label, "metrics": metrics,
+                "timings": lap.timings}
 
-        def lap(name: str) -> None:
-            now = time.perf_counter()
-            timings[name] = round(now - clock[0], 3)
-            clock[0] = now
+    def _cancelled(self, job: dict) -> bool:
+        return self.store.get_job(job["id"])["status"] == "cancelled"
 
+    def select_data(self, job: dict) -> Selection:
+        """The job's training and held-out examples: new feedback since the adapter's last version plus a replay
+        sample of older feedback (`adapters.jobs`)."""
         adapter, profile_id = job["adapter"], job["profile_id"]
         current = self.registry.current(adapter)
         since = self.store.trained_until(adapter)
-        update = (current.manifest.get("update", 0) if current else 0) + 1  # place in the warm-start chain
+        update = (current.manifest.get("update", 0) if current else 0) + 1
         # Replay sample: fixed by the adapter and its place in the chain (not the clock), so the same database
         # gives the same replay (the benchmark also draws profile and feedback ids from its seed, so a run repeats).
         seed = int(hashlib.sha256(f"{adapter}:{update}".encode()).hexdigest()[:8], 16)
         if adapter == GLOBAL:
             if not global_ready(self.store, self.config):  # e.g. "Train now" in a home of one
-                return {"message": f"the global adapter waits for feedback from {self.config.min_profiles} profiles"}
+                return Selection(adapter, profile_id, update, current,
+                                 skip=f"the global adapter waits for feedback from {self.config.min_profiles} profiles")
             data = global_update(self.store, since, self.config, seed)
         else:
             data = personal_update(self.store, profile_id, since, self.config, seed)
-        if not len(data.train):
-            return {"message": "nothing new to learn from"}
-        lap("data_s")
+        skip = None if len(data.train) else "nothing new to learn from"
+        return Selection(adapter, profile_id, update, current, data, skip)
 
-        model = self._fresh_base()
+    def build_model(self, selection: Selection) -> Built:
+        """A fresh copy of the base (+ the current global version merged in, below a personal adapter) with a LoRA
+        adapter, warm-started from the current version unless refitting."""
+        model = copy.deepcopy(self.loaded.model)
         global_version = None
         reference_key = "base"  # what the adapter's reference (the model with the adapter disabled) is
-        if adapter != GLOBAL:  # a personal adapter is a residual on top of the current global one
+        if selection.personal:  # a personal adapter is a residual on top of the current global one
             global_current = self.registry.current(GLOBAL)
             if global_current:
                 merge_lora(model, *self.registry.load_weights(global_current))
                 global_version = global_current.label
                 reference_key = f"global {global_version} {global_current.manifest.get('checksum_sha256')}"
         peft_model = add_lora(model, self.config.lora)
-        refit = adapter != GLOBAL and self.config.personal_refit > 0
-        if current and not refit:  # warm start
-            set_peft_model_state_dict(peft_model, self.registry.load_weights(current)[1])
+        refit = selection.personal and self.config.personal_refit > 0
+        if selection.current and not refit:  # warm start
+            set_peft_model_state_dict(peft_model, self.registry.load_weights(selection.current)[1])
         start = trainable_state(peft_model) if self.config.max_drift is not None else None
+        return Built(peft_model, global_version, reference_key, refit, start)
+
+    def train_config(self, selection: Selection, refit: bool) -> TrainConfig:
+        """`LearningConfig.train` at this place in the warm-start chain (a refit starts a chain), with the global
+        adapter's own chosen-reply weight."""
+        train = replace(self.config.train,
+                        learning_rate=self.config.train.learning_rate_at(1 if refit else selection.update))
+        if not selection.personal and self.config.global_rpo_alpha is not None:
+            train = replace(train, rpo_alpha=self.config.global_rpo_alpha)
+        return train
+
+    def train(self, job_id: str, selection: Selection, built: Built) -> Trained:
+        """Train `built.model` in place on the selected examples, reporting progress on the job."""
+        data = selection.data
 
         def progress(step, total, metrics):
-            self.store.job_progress(job["id"], step / total,
+            self.store.job_progress(job_id, step / total,
                                     f"step {step}/{total}, loss {metrics.get('loss', float('nan')):.3f}")
 
-        self.store.job_progress(job["id"], 0.0, f"training on {len(data.train)} examples")
-        lap("model_s")
-        train = replace(self.config.train, learning_rate=self.config.train.learning_rate_at(1 if refit else update))
-        if adapter == GLOBAL and self.config.global_rpo_alpha is not None:
-            train = replace(train, rpo_alpha=self.config.global_rpo_alpha)
-        metrics = train_adapter(peft_model, self.loaded, data.train, train, progress, new_examples=data.new_events,
-                                references=self._references, reference_key=reference_key)
-        lap("train_s")
-        if start is not None:
-            metrics.update(limit_drift(peft_model, start, self._anchor(), self._anchor_base_perplexity(),
-                                       1 + self.config.max_drift))
-            lap("drift_s")
-        metrics.update(self._evaluate(peft_model, data, personal=adapter != GLOBAL, global_version=global_version))
-        lap("eval_s")
+        self.store.job_progress(job_id, 0.0, f"training on {len(data.train)} examples")
+        config = self.train_config(selection, built.refit)
+        metrics = train_adapter(built.model, self.loaded, data.train, config, progress, new_examples=data.new_events,
+                                references=self._references, reference_key=built.reference_key)
+        return Trained(config, metrics)
+
+    def guard_drift(self, built: Built) -> dict:
+        """Hold the trained adapter inside `LearningConfig.max_drift` (`adapters.drift.limit_drift`, in place);
+        the guard's metrics, none when it is off."""
+        if built.start is None:
+            return {}
+        return limit_drift(built.model, built.start, self._anchor(), self._anchor_base_perplexity(),
+                           1 + self.config.max_drift)
+
+    def evaluate(self, selection: Selection, built: Built) -> HeldOutEval:
+        """Held-out preference accuracy (the model's own likelihood prefers the chosen reply) of the adapter, of
+        the model it sits on (base + global for a personal one) and of the bare base. The last two cannot change
+        for a given pair until the global version does, so their margins are kept per pair."""
+        pairs, train, model = selection.data.held_out.pairs, self.config.train, built.model
+        if not pairs:
+            return HeldOutEval(pairs=0)
+        with_adapter = preference_margins(model, self.loaded, pairs, train)
+        with model.disable_adapter():
+            below = cached_margins(model, self.loaded, pairs, built.global_version if selection.personal else None,
+                                   train, self._margins)
+        if not selection.personal:
+            return HeldOutEval.of_global(with_adapter, base=below)
+        base = cached_margins(self.loaded.model, self.loaded, pairs, None, train, self._margins)
+        return HeldOutEval.of_personal(with_adapter, below=below, base=base)
+
+    def publish(self, selection: Selection, built: Built, train: TrainConfig, metrics: dict) -> AdapterVersion:
+        """Publish the adapter as the next version, its manifest recording what it was trained on and how."""
+        data = selection.data
         manifest = {
             "base_model": self.loaded.model_id,
             "objective": objective(train),
-            "trained_on_global": global_version,
+            "trained_on_global": built.global_version,
             "feedback_ids": data.train.feedback_ids,
             "held_out_feedback_ids": data.held_out.feedback_ids,
             "new_events": data.new_events,
-            "update": update,
-            "refit": refit,
+            "update": selection.update,
+            "refit": built.refit,
             "trained_until": data.trained_until,
             "hyperparameters": {"train": asdict(train), "lora": asdict(self.config.lora),
                                 "max_drift": self.config.max_drift},
             "metrics": metrics,
         }
-        if self.store.get_job(job["id"])["status"] == "cancelled":
-            return {"message": "cancelled"}
-        version = self.registry.publish(adapter, profile_id, peft_model, manifest, data.trained_until or "")
-        lap("publish_s")
-        log.info("Job %s timings: %s", job["id"], timings)
-        return {"message": f"published {version.label}", "version": version.label, "metrics": metrics,
-                "timings": timings}
-
-    def _evaluate(self, peft_model, data: UpdateData, personal: bool, global_version: str | None) -> dict:
-        """Held-out preference accuracy (the model's own likelihood prefers the chosen reply) of the adapter, of
-        the model it sits on (base + global for a personal one) and of the bare base. The last two cannot change
-        for a given pair until the global version does, so their margins are kept per feedback id."""
-        pairs = data.held_out.pairs
-        if not pairs:
-            return {"eval/pairs": 0}
-        train = self.config.train
-        with_adapter = preference_margins(peft_model, self.loaded, pairs, train)
-        with peft_model.disable_adapter():
-            below = self._cached_margins(peft_model, pairs, global_version if personal else None)
-        accuracy = {"adapter": (with_adapter > 0).float().mean().item(), "below": (below > 0).float().mean().item()}
-        if not personal:
-            return {"eval/pairs": len(pairs), "eval/accuracy_global": accuracy["adapter"],
-                    "eval/accuracy_base": accuracy["below"]}
-        base_margins = self._cached_margins(self.loaded.model, pairs, None)
-        mine, below_right = with_adapter > 0, below > 0
-        return {"eval/pairs": len(pairs), "eval/accuracy_personal": accuracy["adapter"],
-                "eval/accuracy_global": accuracy["below"],
-                "eval/only_personal_right": int((mine & ~below_right).sum()),
-                "eval/only_global_right": int((below_right & ~mine).sum()),
-                "eval/accuracy_base": (base_margins > 0).float().mean().item()}
+        return self.registry.publish(selection.adapter, selection.profile_id, built.model, manifest,
+                                     data.trained_until or "")
 
     def _anchor(self):
         if self._anchor_batch is None:
@@ -212,17 +282,6 @@ class Worker:
         if self._anchor_base is None:
             self._anchor_base = perplexity(self.loaded.model, self._anchor())
         return self._anchor_base
-
-    def _cached_margins(self, model, pairs, key: str | None) -> torch.Tensor:
-        """Held-out margins of the model below (base, or base + global version `key`), kept per pair *content*: a
-        changed vote swaps chosen and rejected and so gets its own entry."""
-        keys = [pair_key(f"margin {key}", p, self.config.train) for p in pairs]
-        missing = [(k, p) for k, p in zip(keys, pairs) if self._margins.get(k) is None]
-        if missing:
-            fresh = preference_margins(model, self.loaded, [p for _, p in missing], self.config.train).tolist()
-            for (k, _), m in zip(missing, fresh):
-                self._margins.put(k, m)
-        return torch.tensor([self._margins.get(k) for k in keys])
 
 
 def _parent_alive(pid: int) -> bool:

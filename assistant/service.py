@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from adapters.blend import AdapterServer, auto_alpha
+from adapters.evaluation import HeldOutEval
 from adapters.jobs import enqueue_due, enqueue_now
 from assistant.config import AppConfig, GenerationSettings, LearningConfig, Probe
 from adapters.registry import GLOBAL, personal_adapter
@@ -305,8 +306,7 @@ class ChatService:
             "global_job": self.store.latest_job(GLOBAL),
             "global_profiles": {"profiles": self.store.count_profiles_with_feedback(at_most=self.learning.min_profiles),
                       "needed": self.learning.min_profiles},
-            "history": [{"version": v.label, **{k: v.manifest.get("metrics", {}).get(k) for k in
-                         ("eval/accuracy_personal", "eval/accuracy_global", "eval/accuracy_base", "eval/pairs")}}
+            "history": [{"version": v.label, **HeldOutEval.from_metrics(v.manifest.get("metrics", {})).to_metrics()}
                         for v in registry.history(mine)],
             "every": self.learning.personal_every,
         }

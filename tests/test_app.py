@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import typing
 
 import psutil
 import pytest
@@ -17,6 +18,7 @@ from gradio_client.exceptions import AppError
 from assistant.config import DATA_HOME_ENV, BlendConfig
 from storage.store import Store
 from tests.conftest import REPO, free_port
+from ui import OUTPUTS, UI, api_returns
 
 SETTINGS = dict(system_prompt="Be brief.", temperature=0, top_p=0.9, max_new_tokens=12)
 
@@ -30,29 +32,48 @@ def _dropdown(update: dict) -> tuple[list, str | None]:
     return [tuple(c) for c in update["choices"]], update["value"]
 
 
+def named(api_name: str, result) -> dict:
+    """An endpoint's result by output name (ui.OUTPUTS, less what Gradio does not send to clients)."""
+    names = api_returns(api_name)
+    return dict(zip(names, result if len(names) > 1 else (result,), strict=True))
+
+
+def call(client: Client, api_name: str, *args) -> dict:
+    return named(api_name, client.predict(*args, api_name=f"/{api_name}"))
+
+
+def create_profile(client: Client, name: str) -> str:
+    """The new profile's id."""
+    return _dropdown(call(client, "create_profile", name)["profile"])[1]
+
+
 def send(client: Client, profile_id, conversation_id, text, compare=False):
     job = client.submit(profile_id, conversation_id, text, compare, *SETTINGS.values(), api_name="/send")
     final = job.result()
-    return final, job.outputs()
+    return named("send", final), job.outputs()
+
+
+def last_text(chat: dict) -> str:
+    return chat["value"][-1]["content"][0]["text"]
 
 
 def test_create_chat_vote_compare_switch(client, running_app, data_home):
     _, service = running_app
-    profile, conversation, chat, *_ = client.predict("Ann", api_name="/create_profile")
-    (choices, ann) = _dropdown(profile)
-    assert choices == [("Ann", ann)] and conversation["value"] is None and chat["value"] == []
+    created = call(client, "create_profile", "Ann")
+    (choices, ann) = _dropdown(created["profile"])
+    assert choices == [("Ann", ann)] and created["conversation"]["value"] is None and created["chatbot"]["value"] == []
 
     final, outputs = send(client, ann, None, "Hello!")
     assert len(outputs) >= 3  # streamed: several updates before the final one
-    conv = final[1]["value"]
+    conv = final["conversation"]["value"]
     messages = client.predict(ann, conv, api_name="/messages")
     assert [m["role"] for m in messages] == ["user", "assistant"]
-    assert final[2]["value"][-1]["content"][0]["text"] == messages[1]["content"]
+    assert last_text(final["chatbot"]) == messages[1]["content"]
 
     feedback = client.predict(ann, messages[1]["id"], 1, "", api_name="/vote")
     assert feedback["value"] == 1 and feedback["kind"] == "thumbs"
     client.predict(ann, messages[1]["id"], -1, "too terse", api_name="/vote")  # voting again updates
-    chat = client.predict(ann, conv, api_name="/open_conversation")[2]
+    chat = call(client, "open_conversation", ann, conv)["chatbot"]
     assert chat["feedback_value"] == ["Dislike"]  # earlier votes come back when reopened
 
     send(client, ann, conv, "Compare please", compare=True)
@@ -60,21 +81,32 @@ def test_create_chat_vote_compare_switch(client, running_app, data_home):
     assert set(pending) == {"comparison_id", "a", "b"}
     with pytest.raises(AppError, match="Choose between A and B"):
         send(client, ann, conv, "too early")
-    view = client.predict(ann, conv, api_name="/choose_b")
-    assert view[2]["value"][-1]["content"][0]["text"] == pending["b"]
+    view = call(client, "choose_b", ann, conv)
+    assert last_text(view["chatbot"]) == pending["b"]
     assert client.predict(ann, conv, api_name="/pending") == {}
 
-    bob = _dropdown(client.predict("Bob", api_name="/create_profile")[0])[1]
-    view = client.predict(bob, api_name="/select_profile")
-    assert view[1]["choices"] == [] and view[2]["value"] == []
-    view = client.predict(ann, api_name="/select_profile")
-    assert view[1]["value"] == conv and len(view[2]["value"]) == 4
+    bob = create_profile(client, "Bob")
+    view = call(client, "select_profile", bob)
+    assert view["conversation"]["choices"] == [] and view["chatbot"]["value"] == []
+    view = call(client, "select_profile", ann)
+    assert view["conversation"]["value"] == conv and len(view["chatbot"]["value"]) == 4
 
     store = Store(data_home / "attune.db")
     assert store.counts() == {"profiles": 2, "conversations": 1, "messages": 5, "comparisons": 1, "feedback": 2}
     events = store.feedback(ann)
     assert [(e["kind"], e["value"], e["choice"], e["comment"]) for e in events] == [
         ("thumbs", -1, None, "too terse"), ("comparison", None, "b", "")]
+
+
+def test_every_endpoint_returns_its_named_outputs(client):
+    """ui.OUTPUTS names each event endpoint's outputs; a client gets those, less layout, as those components."""
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(endpoints) == {f"/{name}" for name in OUTPUTS} | {"/messages", "/vote", "/choose", "/pending",
+                                                                  "/learning"}
+    kinds = typing.get_type_hints(UI)
+    for api_name in OUTPUTS:
+        returned = [r["component"].lower() for r in endpoints[f"/{api_name}"]["returns"]]
+        assert returned == [kinds[name].__name__.lower() for name in api_returns(api_name)], api_name
 
 
 @pytest.mark.parametrize("args, api, message", [
@@ -94,11 +126,11 @@ def test_bad_requests_get_clear_errors(client, args, api, message):
 
 
 def test_bad_chat_input_is_refused_and_nothing_is_lost(client, data_home):
-    ann = _dropdown(client.predict("Ann", api_name="/create_profile")[0])[1]
+    ann = create_profile(client, "Ann")
     with pytest.raises(AppError, match="Ann.*already exists|already exists"):
         client.predict("ANN", api_name="/create_profile")
     final, _ = send(client, ann, None, "Keep me")
-    conv = final[1]["value"]
+    conv = final["conversation"]["value"]
     store = Store(data_home / "attune.db")
     before = store.counts()
     for text, message in [("", "empty"), ("   ", "empty"), ("y" * 200_000, "200,000 characters"),
@@ -110,7 +142,7 @@ def test_bad_chat_input_is_refused_and_nothing_is_lost(client, data_home):
     with pytest.raises(AppError, match="profile does not exist"):
         send(client, "f" * 32, conv, "hello")
     assert store.counts() == before
-    bob = _dropdown(client.predict("Bob", api_name="/create_profile")[0])[1]
+    bob = create_profile(client, "Bob")
     ann_reply = client.predict(ann, conv, api_name="/messages")[1]["id"]
     with pytest.raises(AppError, match="message does not exist for this profile"):
         client.predict(bob, ann_reply, 1, "", api_name="/vote")  # Bob cannot vote on Ann's reply
@@ -135,34 +167,34 @@ def test_bad_chat_input_is_refused_and_nothing_is_lost(client, data_home):
 
 
 def test_retry_rename_and_delete_with_confirmation(client, data_home):
-    ann = _dropdown(client.predict("Ann", api_name="/create_profile")[0])[1]
-    conv = send(client, ann, None, "Hi")[0][1]["value"]
+    ann = create_profile(client, "Ann")
+    conv = send(client, ann, None, "Hi")[0]["conversation"]["value"]
     client.submit(ann, conv, False, *SETTINGS.values(), api_name="/retry").result()
     store = Store(data_home / "attune.db")
     assert store.counts()["messages"] == 3 and len(store.transcript(ann, conv)) == 2
-    profile, _ = client.predict(ann, "Annie", api_name="/rename_profile")
-    assert _dropdown(profile)[0] == [("Annie", ann)]
-    text = client.predict(ann, api_name="/ask_delete_profile")  # shows the confirmation row (layout: not returned)
-    assert "Delete profile **Annie**" in text
+    renamed = call(client, "rename_profile", ann, "Annie")
+    assert _dropdown(renamed["profile"])[0] == [("Annie", ann)]
+    asked = call(client, "ask_delete_profile", ann)  # shows the confirmation row (layout: not returned)
+    assert "Delete profile **Annie**" in asked["confirm_text"]
     assert store.counts()["profiles"] == 1  # asking deletes nothing
-    view = client.predict(ann, api_name="/delete_profile")
-    assert view[0]["choices"] == [] and store.counts() == {
+    view = call(client, "delete_profile", ann)
+    assert view["profile"]["choices"] == [] and store.counts() == {
         "profiles": 0, "conversations": 0, "messages": 0, "comparisons": 0, "feedback": 0}
 
 
 def test_two_clients_streaming_at_once_stay_separate(running_app):
     url, _ = running_app
     clients = [Client(url, verbose=False) for _ in range(2)]
-    users = [_dropdown(c.predict(name, api_name="/create_profile")[0])[1] for c, name in zip(clients, ["A1", "B2"])]
+    users = [create_profile(c, name) for c, name in zip(clients, ["A1", "B2"])]
     texts = ["Tell me a joke.", "What is the capital of France?"]
-    alone = [send(c, u, None, t)[0][2]["value"][-1]["content"][0]["text"] for c, u, t in zip(clients, users, texts)]
+    alone = [last_text(send(c, u, None, t)[0]["chatbot"]) for c, u, t in zip(clients, users, texts)]
     jobs = [c.submit(u, None, t, False, *SETTINGS.values(), api_name="/send")
             for c, u, t in zip(clients, users, texts)]
-    finals = [j.result() for j in jobs]
-    assert [f[2]["value"][-1]["content"][0]["text"] for f in finals] == alone
+    finals = [named("send", j.result()) for j in jobs]
+    assert [last_text(f["chatbot"]) for f in finals] == alone
     for final, user, text in zip(finals, users, texts):
-        assert [m["content"][0]["text"] for m in final[2]["value"] if m["role"] == "user"] == [text]
-        assert final[0]["value"] == user
+        assert [m["content"][0]["text"] for m in final["chatbot"]["value"] if m["role"] == "user"] == [text]
+        assert final["profile"]["value"] == user
 
 
 def _start_cli(args, home, port=None):
@@ -195,8 +227,8 @@ def cli_app(tiny_model_dir, tmp_path):
 
 def test_command_line_app_serves_with_generation_on_its_main_thread(cli_app):
     client, home, proc = cli_app
-    ann = _dropdown(client.predict("Ann", api_name="/create_profile")[0])[1]
-    conv = send(client, ann, None, "Hello from the command line")[0][1]["value"]
+    ann = create_profile(client, "Ann")
+    conv = send(client, ann, None, "Hello from the command line")[0]["conversation"]["value"]
     assert [m["role"] for m in client.predict(ann, conv, api_name="/messages")] == ["user", "assistant"]
     assert Store(home / "attune.db").counts()["messages"] == 2  # ATTUNE_HOME chose the data home
     workers = [c for c in psutil.Process(proc.pid).children() if "adapters.worker" in " ".join(c.cmdline())]
@@ -212,11 +244,11 @@ def test_command_line_app_serves_with_generation_on_its_main_thread(cli_app):
 def test_votes_train_a_new_version_that_the_next_reply_uses(cli_app):
     """End to end: A/B choices → a queued job → the worker publishes → the next reply records that version."""
     client, home, _ = cli_app
-    ann = _dropdown(client.predict("Ann", api_name="/create_profile")[0])[1]
+    ann = create_profile(client, "Ann")
     conv = None
     for i in range(4):  # M = 4 new events trigger the personal update
         final, _ = send(client, ann, conv, f"Question number {i}?", compare=True)
-        conv = final[1]["value"]
+        conv = final["conversation"]["value"]
         client.predict(ann, conv, api_name="/choose_a")
     deadline = time.monotonic() + 240
     while True:

@@ -13,12 +13,13 @@ from adapters.data import collate, encode
 from adapters.drift import ANCHOR, anchor_batch, limit_drift, perplexity, trainable_state
 from assistant.config import LearningConfig, LoraSettings, TrainConfig
 from adapters.registry import personal_adapter
-from adapters.training import sequence_logps
+from adapters.logprobs import sequence_logps
 from adapters.lora import add_lora
-from app import _learning_markdown
+from adapters.worker import Worker
+from ui.learning import _learning_markdown
 from storage.db import DB_FILENAME
 from storage.store import Store, seeded_ids
-from tests.test_worker import _loop
+from tests.test_worker import LEARNING, _choices, _loop
 
 STEPS = 4
 
@@ -120,6 +121,33 @@ def test_a_start_already_outside_shrinks_the_whole_adapter(tiny_loaded):
     assert metrics["drift/perplexity_ratio"] <= limit
 
 
+def test_the_workers_drift_guard_step_backtracks_an_update_past_the_limit(store, data_home, tiny_model_dir,
+                                                                         app_config):
+    registry, service, worker = _loop(store, data_home, tiny_model_dir, app_config, LEARNING)
+    ann = service.create_profile("Ann")["id"]
+    _choices(service, ann, 4)
+    built = worker.build_model(worker.select_data({"adapter": personal_adapter(ann), "profile_id": ann}))
+    batch = anchor_batch(worker.loaded)
+    _push(built.model, batch, 0.3)  # the update: away from the plain replies
+    trained = {n: p.detach().clone() for n, p in built.model.named_parameters() if n in built.start}
+    ratio = perplexity(built.model, batch) / perplexity(worker.loaded.model, batch)
+    assert ratio > 1
+    assert worker.guard_drift(replace(built, start=None)) == {}  # no guard: nothing measured, nothing changed
+    limit = (ratio - 1) / 2  # half the drift, whatever this CPU made of the update
+    guard = Worker(worker.loaded, store, registry, replace(LEARNING, max_drift=limit))
+    metrics = guard.guard_drift(built)
+    s = metrics["drift/update_scale"]
+    assert 0 <= s < 1 and "drift/adapter_scale" not in metrics  # the start (a fresh adapter) is inside
+    assert metrics["drift/perplexity_ratio_trained"] == pytest.approx(ratio)
+    assert metrics["drift/perplexity_ratio"] <= 1 + limit
+    for name, p in built.model.named_parameters():  # the model holds start + s·(trained − start) …
+        if name in built.start:
+            assert torch.allclose(p, built.start[name] + s * (trained[name] - built.start[name]), atol=1e-6)
+    # … and that is the ratio the manifest records
+    published = perplexity(built.model, batch) / perplexity(worker.loaded.model, batch)
+    assert published == pytest.approx(metrics["drift/perplexity_ratio"])
+
+
 def _against_plain_replies(service, profile_id, n, start=0):
     """n A/B choices, each preferring a babbled reply to a plain one: an update that learns them drifts."""
     conv = service.new_conversation(profile_id)["id"]
@@ -130,43 +158,52 @@ def _against_plain_replies(service, profile_id, n, start=0):
         service.choose(profile_id, pair.id, "a")
 
 
-def test_the_worker_publishes_only_versions_inside_the_limit(data_home, tiny_model_dir, app_config, tiny_loaded):
-    """A step size that drifts far: every published version of the chain is inside the guard's limit, measured on
-    the published weights; without the guard the same updates publish further out."""
-    train = TrainConfig(steps=6, learning_rate=5e-2, decay=False, rpo_alpha=0.0)  # DPO alone: pushes plain down
-    published = {}
-    store = Store(data_home / DB_FILENAME, new_id=seeded_ids("drift"))  # fixed ids: the same held-out pairs
-    for max_drift in (None, 0.02):
-        learning = LearningConfig(personal_every=4, global_every=10**6, train=train, max_drift=max_drift,
-                                  lora=LoraSettings(rank=4, alpha=8))
-        registry, service, worker = _loop(store, data_home, tiny_model_dir, app_config, learning)
-        ann = service.create_profile(f"Ann {max_drift}")["id"]
-        ratios, scales = [], []
-        for round_ in range(3):
-            _against_plain_replies(service, ann, 4, start=4 * round_)
-            torch.manual_seed(round_)
-            assert worker.run_once()
-            version = registry.current(personal_adapter(ann))
-            metrics = version.manifest["metrics"]
-            served = service.adapters.blend_for(ann)
-            # the personal version at full weight: the guard holds the adapter as trained, before α scales it
-            with service.adapters.activate(replace(served, alpha=1.0)):
-                measured = perplexity(service.loaded.model, anchor_batch(tiny_loaded)) / perplexity(
-                    tiny_loaded.model, anchor_batch(tiny_loaded))
-            ratios.append(measured)
-            if max_drift is None:
-                assert not any(k.startswith("drift/") for k in metrics)
-            else:
-                scales.append(metrics["drift/update_scale"])
-                assert measured == pytest.approx(metrics["drift/perplexity_ratio"], rel=1e-4)
-                assert measured <= 1 + max_drift + 1e-6
-                assert version.manifest["hyperparameters"].get("max_drift") == max_drift
-                note = _learning_markdown(service.learning_status(ann))
-                assert ("drift guard" in note) == (metrics["drift/update_scale"] < 1)  # the panel says what it did
-                if metrics["drift/update_scale"] < 1:
-                    assert f"now ×{metrics['drift/perplexity_ratio']:.2f}" in note
-        published[max_drift] = ratios
-    assert max(published[None]) > 1.02  # the setting does drift: the guard had something to hold
-    assert any(r < n for r, n in zip(published[0.02], published[None]))
-    assert min(scales) < 1  # the guard did backtrack (and the panel said so, above)
+def _published_chain(home, tiny_model_dir, app_config, tiny_loaded, learning):
+    """Three updates of one profile's adapter on votes against plain replies, in a data home of its own whose ids
+    follow a fixed sequence: two chains on the same settings train on the same examples. The anchor perplexity
+    ratio of each published version (personal at full weight, as the guard holds it), and its manifest."""
+    store = Store(home / DB_FILENAME, new_id=seeded_ids("drift"))
+    registry, service, worker = _loop(store, home, tiny_model_dir, replace(app_config, data_dir=home), learning)
+    ann = service.create_profile("Ann")["id"]
+    chain = []
+    base = perplexity(tiny_loaded.model, anchor_batch(tiny_loaded))
+    for round_ in range(3):
+        _against_plain_replies(service, ann, 4, start=4 * round_)
+        torch.manual_seed(round_)
+        assert worker.run_once()
+        version = registry.current(personal_adapter(ann))
+        with service.adapters.activate(replace(service.adapters.blend_for(ann), alpha=1.0)):
+            ratio = perplexity(service.loaded.model, anchor_batch(tiny_loaded)) / base
+        chain.append((ratio, version.manifest, _learning_markdown(service.learning_status(ann))))
+    return chain
 
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_worker_publishes_only_versions_inside_the_limit(tmp_path, tiny_model_dir, app_config, tiny_loaded, bf16):
+    """The same chain of updates without and with the guard, its limit set at half the drift the unguarded chain
+    reached, whatever this CPU's arithmetic made of it (bf16 autocast or fp32, chosen explicitly: each drifts by its
+    own amount). The guarded chain is the unguarded one until an update goes past the limit; that update is
+    backtracked, and every published version is inside the limit, measured on the published weights."""
+    train = TrainConfig(steps=6, learning_rate=5e-2, decay=False, rpo_alpha=0.0, bf16=bf16)  # DPO alone: plain down
+    learning = LearningConfig(personal_every=4, global_every=10**6, train=train, max_drift=None,
+                              lora=LoraSettings(rank=4, alpha=8))
+    unguarded = _published_chain(tmp_path / "unguarded", tiny_model_dir, app_config, tiny_loaded, learning)
+    assert not any(k.startswith("drift/") for _, manifest, _ in unguarded for k in manifest["metrics"])
+    drift = max(ratio for ratio, _, _ in unguarded) - 1
+    assert drift > 0  # the updates push the plain replies down: the guard has something to hold
+    max_drift = drift / 2
+    guarded = _published_chain(tmp_path / "guarded", tiny_model_dir, app_config, tiny_loaded,
+                               replace(learning, max_drift=max_drift))
+    first_held = next(i for i, (_, manifest, _) in enumerate(guarded)
+                      if manifest["metrics"]["drift/update_scale"] < 1)  # there is one: see the docstring
+    for i, ((ratio, manifest, note), (free_ratio, _, _)) in enumerate(zip(guarded, unguarded)):
+        metrics = manifest["metrics"]
+        assert manifest["hyperparameters"]["max_drift"] == max_drift
+        assert ratio == pytest.approx(metrics["drift/perplexity_ratio"], rel=1e-4)
+        assert ratio <= 1 + max_drift + 1e-6
+        assert ("drift guard" in note) == (metrics["drift/update_scale"] < 1)  # the panel says what it did
+        if metrics["drift/update_scale"] < 1:
+            assert f"now ×{metrics['drift/perplexity_ratio']:.2f}" in note
+        if i <= first_held:  # up to there the two chains trained alike: the guard held back what went past
+            assert metrics["drift/perplexity_ratio_trained"] == pytest.approx(free_ratio, rel=1e-3)
+    assert guarded[first_held][0] < unguarded[first_held][0]

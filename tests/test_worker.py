@@ -1,4 +1,5 @@
-"""Triggers, the training worker, resumption after a killed worker, reset, and the global update's cap."""
+"""Triggers, the training worker, resumption after a killed worker, reset, and the global update's cap (each step of
+a job on its own: test_worker_steps.py)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,12 @@ from transformers import AutoConfig
 from adapters.blend import AdapterServer
 from assistant.config import (DATA_HOME_ENV, AppConfig, BlendConfig, GenerationSettings, LearningConfig, LoraSettings,
                               ModelConfig, TrainConfig)
-from adapters.data import PairExample
 from adapters.jobs import global_update, held_out, profile_cap
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
 from adapters.worker import ADAPTERS_DIR, Worker
 from assistant.model import load_model
 from assistant.service import ChatService
-from app import _learning_markdown
+from ui.learning import _learning_markdown
 from tests.conftest import REPO
 
 LEARNING = LearningConfig(personal_every=4, global_every=6, min_profiles=1,
@@ -139,13 +139,13 @@ def test_a_job_cancelled_while_running_publishes_nothing(parts, store, monkeypat
     service, worker, registry = parts
     ann = service.create_profile("Ann")["id"]
     _choices(service, ann, 4)
-    original = worker._evaluate
+    original = worker.evaluate
 
     def reset_midway(*args, **kwargs):
         service.reset_personal(ann)  # the person pressed Reset while the job trained
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(worker, "_evaluate", reset_midway)
+    monkeypatch.setattr(worker, "evaluate", reset_midway)
     worker.run_once()
     assert registry.current(personal_adapter(ann)) is None
     assert store.latest_job(personal_adapter(ann))["status"] == "cancelled"
@@ -314,19 +314,6 @@ def test_global_updates_can_use_their_own_chosen_reply_weight(store, data_home, 
     assert (personal["objective"], global_["objective"]) == ("dpo+kto+distill", "dpo+kto")
     with pytest.raises(ValueError, match="global_rpo_alpha"):
         LearningConfig(global_rpo_alpha=-1.0)
-
-
-def test_held_out_margins_of_the_model_below_follow_a_changed_vote(parts):
-    _, worker, _ = parts
-    prompt = [{"role": "user", "content": "Name a fruit."}]
-    voted = PairExample(prompt, "An apple.", "A chair, maybe.", "f1", "ann")
-    changed = PairExample(prompt, "A chair, maybe.", "An apple.", "f1", "ann")  # the same vote, turned around
-    first = worker._cached_margins(worker.loaded.model, [voted], None)
-    again = worker._cached_margins(worker.loaded.model, [changed], None)
-    assert first.item() != 0 and again.item() == pytest.approx(-first.item(), abs=1e-4)
-    assert len(worker._margins) == 2
-    assert worker._cached_margins(worker.loaded.model, [voted], None).item() == first.item()  # kept, not recomputed
-    assert len(worker._margins) == 2
 
 
 def test_the_global_adapter_waits_for_min_profiles(store, data_home, tiny_model_dir, app_config):

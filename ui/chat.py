@@ -1,0 +1,114 @@
+"""Chat: conversations (new, open, delete), and sending or retrying a message while the reply streams in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import gradio as gr
+
+from assistant.config import GenerationSettings
+from assistant.service import ChatService, ReplyUpdate
+from ui.errors import refuse, require_conversation, require_profile, ui_errors
+from ui.layout import UI
+from ui.views import chat_value, conversation_choices, view
+
+
+@ui_errors
+def on_new_conversation(service: ChatService, ui: UI, profile_id: str):
+    require_profile(profile_id)
+    conversation = service.new_conversation(profile_id)
+    return view(service, ui, profile_id, conversation["id"])
+
+
+@ui_errors
+def on_open_conversation(service: ChatService, ui: UI, profile_id: str, conversation_id: str):
+    service.transcript(profile_id, conversation_id)  # ownership check before showing anything
+    return view(service, ui, profile_id, conversation_id)
+
+
+@ui_errors
+def on_delete_conversation(service: ChatService, ui: UI, profile_id: str, conversation_id: str):
+    if not conversation_id:
+        raise refuse("Open a conversation first.")
+    service.delete_conversation(profile_id, conversation_id)
+    return view(service, ui, profile_id, None, "Conversation deleted.")
+
+
+@ui_errors
+def on_send(service: ChatService, ui: UI, profile_id, conversation_id, text, compare, system_prompt, temperature,
+            top_p, max_new_tokens, repetition_penalty=GenerationSettings.repetition_penalty):
+    require_profile(profile_id)
+    settings = _settings(system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
+    updates = service.send(profile_id, conversation_id or None, text, settings, compare=bool(compare))
+    yield from _stream_view(service, ui, profile_id, updates, bool(compare), retrying=False)
+
+
+@ui_errors
+def on_retry(service: ChatService, ui: UI, profile_id, conversation_id, compare, system_prompt, temperature, top_p,
+             max_new_tokens, repetition_penalty=GenerationSettings.repetition_penalty):
+    require_conversation(profile_id, conversation_id, "Open a conversation with a message first.")
+    settings = _settings(system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
+    updates = service.retry(profile_id, conversation_id, settings, compare=bool(compare))
+    yield from _stream_view(service, ui, profile_id, updates, bool(compare), retrying=True)
+
+
+@ui_errors
+def on_refresh(service: ChatService, ui: UI, profile_id: str | None, conversation_id: str | None, status: str | None):
+    """The stored state once a reply has finished, keeping its notice (chained with `.success`: a failure leaves
+    the error on screen with its toast, as Gradio 6 would even with `.then`)."""
+    return _settled(service, ui, profile_id, conversation_id or None, status or "", buttons=True)
+
+
+def _settings(system_prompt, temperature, top_p, max_new_tokens,
+              repetition_penalty=GenerationSettings.repetition_penalty) -> GenerationSettings:
+    return GenerationSettings(system_prompt=system_prompt or "", temperature=float(temperature),
+                              top_p=float(top_p), max_new_tokens=int(max_new_tokens),
+                              repetition_penalty=float(repetition_penalty))
+
+
+def _settled(service: ChatService, ui: UI, profile_id: str | None, conversation_id: str | None, status: str,
+             buttons: bool) -> dict:
+    """The stored view after a reply, without the comment box (a 👎 given meanwhile keeps its box open), and
+    with the choice buttons only if `buttons`."""
+    out = view(service, ui, profile_id, conversation_id, status)
+    del out[ui.comment_row]
+    if not buttons:
+        out[ui.choice_row] = gr.Row(visible=False)
+    return out
+
+
+def _stream_view(service: ChatService, ui: UI, profile_id: str, updates: Iterable[ReplyUpdate], compare: bool,
+                 retrying: bool):
+    """Yield UI updates while a reply (or A and B) streams in, then the stored state with the choice buttons
+    still hidden: `on_refresh`, chained after the event, shows them."""
+    first = True
+    for update in updates:
+        out = {}
+        if first:
+            history = service.transcript(profile_id, update.conversation_id)
+            if retrying and history and history[-1].role == "assistant":
+                history = history[:-1]
+            if update.notice:
+                gr.Info(update.notice)
+            # (a new conversation is selected at once: if the reply fails, the next message continues it)
+            out[ui.conversation] = gr.Dropdown(value=update.conversation_id,
+                                               choices=conversation_choices(service, profile_id))
+            first = False
+        if update.done:
+            # Gradio applies a generator's last output once more when the event completes, after any event
+            # the person started in between. So this view keeps the choice buttons hidden and leaves the
+            # comment box alone; `on_refresh`, chained after the event, reveals the buttons, and neither a
+            # choice nor a 👎's comment box can be overwritten by it.
+            yield _settled(service, ui, profile_id, update.conversation_id, update.notice or "", buttons=False)
+            continue
+        writing = "✍️ Writing both replies…" if compare else "✍️ Writing…"
+        out.update({ui.status: " ".join(filter(None, [writing, update.notice])), ui.comment_row: gr.Row(visible=False)})
+        if compare:
+            out.update({ui.chatbot: chat_value(history), ui.compare_row: gr.Row(visible=True),
+                        ui.candidate_a: "**A**\n\n" + update.texts[0],
+                        ui.candidate_b: "**B**\n\n" + update.texts[1], ui.choice_row: gr.Row(visible=False)})
+        else:
+            out[ui.chatbot] = chat_value(history, pending_text=update.texts[0])
+        if not retrying:
+            out[ui.message] = ""
+        yield out

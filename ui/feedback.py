@@ -1,0 +1,50 @@
+"""Feedback on replies: thumbs (with an optional comment on a 👎) and the choice between A and B."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from assistant.service import ChatService
+from ui.errors import refuse, require_conversation, ui_errors
+from ui.layout import LIKE, UI
+from ui.views import view
+
+CHOICE_CONFIRMATIONS = {
+    "a": "Saved: A is better. A continues the conversation.",
+    "b": "Saved: B is better. B continues the conversation.",
+    "tie": "Saved: a tie. A continues the conversation.",
+    "both_bad": "Saved: both bad. A is kept so the conversation can go on; use Retry for a new reply.",
+}
+
+
+@ui_errors
+def on_like(service: ChatService, ui: UI, profile_id: str, conversation_id: str, data: gr.LikeData):
+    """A 👍 or 👎 on a reply in the chatbot; a 👎 opens the comment box."""
+    require_conversation(profile_id, conversation_id)
+    index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
+    value = 1 if data.liked is True or data.liked == LIKE else -1
+    shown = data.value if isinstance(data.value, str) else None
+    feedback = service.vote_at(profile_id, conversation_id, int(index), value, shown)
+    if value > 0:
+        gr.Info("Thanks! Saved your 👍.")
+        return {ui.comment_row: gr.Row(visible=False), ui.disliked: None}
+    gr.Info("Saved your 👎. You can say what was wrong below.")
+    return {ui.comment_row: gr.Row(visible=True), ui.comment: "", ui.disliked: feedback["message_id"]}
+
+
+@ui_errors
+def on_save_comment(service: ChatService, ui: UI, profile_id: str, message_id: str | None, comment: str):
+    if not message_id:
+        raise refuse("Give a 👎 on a reply first, then add a comment.")
+    service.comment(profile_id, message_id, comment)
+    gr.Info("Comment saved.")
+    return {ui.comment_row: gr.Row(visible=False), ui.comment: "", ui.disliked: None}
+
+
+@ui_errors
+def on_choose(service: ChatService, ui: UI, choice: str, profile_id: str, conversation_id: str):
+    """Decide the comparison waiting in a conversation with this endpoint's choice (a, b, tie or both_bad)."""
+    require_conversation(profile_id, conversation_id)
+    service.choose_pending(profile_id, conversation_id, choice)
+    gr.Info(CHOICE_CONFIRMATIONS[choice])
+    return view(service, ui, profile_id, conversation_id, CHOICE_CONFIRMATIONS[choice])

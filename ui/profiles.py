@@ -1,0 +1,70 @@
+"""Profiles: the remembered session on load, create, pick, rename, and delete after a confirmation."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from assistant.service import ChatService
+from ui.errors import ui_errors
+from ui.layout import UI
+from ui.views import profile_choices, view
+
+
+@ui_errors
+def on_load(service: ChatService, ui: UI, remembered: dict | None):
+    """The profile and conversation this browser had open, if they still exist."""
+    remembered = remembered or {}
+    profile_id, conversation_id = remembered.get("profile_id"), remembered.get("conversation_id")
+    known = {p["id"] for p in service.list_profiles()}
+    if profile_id not in known:
+        profile_id, conversation_id = None, None
+    elif conversation_id not in {c["id"] for c in service.list_conversations(profile_id)}:
+        conversation_id = None
+    return view(service, ui, profile_id, conversation_id)
+
+
+def on_remember(profile_id: str | None, conversation_id: str | None) -> dict:
+    return {"profile_id": profile_id, "conversation_id": conversation_id}
+
+
+@ui_errors
+def on_create_profile(service: ChatService, ui: UI, name: str):
+    profile = service.create_profile(name)
+    created = f"Profile '{profile['name']}' created."
+    gr.Info(created)  # (a toast is sent before the outputs; the status line comes with the new profile)
+    return {**view(service, ui, profile["id"], None, created), ui.profile_name: ""}
+
+
+@ui_errors
+def on_select_profile(service: ChatService, ui: UI, profile_id: str):
+    service.get_profile(profile_id)
+    conversations = service.list_conversations(profile_id)
+    return view(service, ui, profile_id, conversations[0]["id"] if conversations else None)
+
+
+@ui_errors
+def on_rename_profile(service: ChatService, ui: UI, profile_id: str, name: str):
+    profile = service.rename_profile(profile_id, name)
+    gr.Info(f"Profile renamed to '{profile['name']}'.")
+    return {ui.profile: gr.Dropdown(choices=profile_choices(service), value=profile_id), ui.profile_name: ""}
+
+
+@ui_errors
+def on_delete_profile(service: ChatService, ui: UI, profile_id: str):
+    """Ask first: shows the confirmation row; nothing is deleted yet."""
+    profile = service.get_profile(profile_id)
+    return {ui.confirm_row: gr.Row(visible=True),
+            ui.confirm_text: f"Delete profile **{profile['name']}** with all its conversations and feedback? "
+                             "This cannot be undone."}
+
+
+@ui_errors
+def on_confirm_delete_profile(service: ChatService, ui: UI, profile_id: str):
+    name = service.get_profile(profile_id)["name"]
+    service.delete_profile(profile_id)
+    gr.Info(f"Profile '{name}' deleted.")
+    return {**view(service, ui, None, None), ui.confirm_row: gr.Row(visible=False)}
+
+
+def on_cancel_delete_profile(ui: UI):
+    return {ui.confirm_row: gr.Row(visible=False)}

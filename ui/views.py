@@ -1,0 +1,54 @@
+"""What the page shows for a profile and conversation, read fresh from the service; shared by the handlers."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from assistant.service import ChatService
+from storage.store import Comparison, Message
+from ui.layout import DISLIKE, LIKE, UI
+
+VIEW = ("profile", "conversation", "chatbot", "compare_row", "candidate_a", "candidate_b", "choice_row", "comment_row",
+        "status")
+"""The outputs of every event that shows a profile and conversation afresh (`view`)."""
+
+
+def chat_value(transcript: list[Message], pending_text: str | None = None, user_text: str | None = None) -> gr.Chatbot:
+    """The chatbot's messages and the earlier thumbs, one per assistant message."""
+    messages = [{"role": m.role, "content": m.content} for m in transcript]
+    feedback = [{1: LIKE, -1: DISLIKE}.get(m.vote) for m in transcript if m.role == "assistant"]
+    if user_text is not None:
+        messages.append({"role": "user", "content": user_text})
+    if pending_text is not None:
+        messages.append({"role": "assistant", "content": pending_text})
+        feedback.append(None)
+    return gr.Chatbot(value=messages, feedback_value=feedback)
+
+
+def profile_choices(service: ChatService) -> list[tuple[str, str]]:
+    return [(p["name"], p["id"]) for p in service.list_profiles()]
+
+
+def conversation_choices(service: ChatService, profile_id: str | None) -> list[tuple[str, str]]:
+    return [(c["title"], c["id"]) for c in service.list_conversations(profile_id)] if profile_id else []
+
+
+def view(service: ChatService, ui: UI, profile_id: str | None, conversation_id: str | None, status: str = "") -> dict:
+    """Everything shown for a profile and conversation (the `VIEW` outputs), read fresh from storage."""
+    conversations = conversation_choices(service, profile_id)
+    transcript: list[Message] = []
+    comparison: Comparison | None = None
+    if profile_id and conversation_id:
+        transcript = service.transcript(profile_id, conversation_id)
+        comparison = service.pending_comparison(profile_id, conversation_id)
+    return {
+        ui.profile: gr.Dropdown(choices=profile_choices(service), value=profile_id),
+        ui.conversation: gr.Dropdown(choices=conversations, value=conversation_id),
+        ui.chatbot: chat_value(transcript),
+        ui.compare_row: gr.Row(visible=comparison is not None),
+        ui.candidate_a: "**A**\n\n" + comparison.a.content if comparison else "",
+        ui.candidate_b: "**B**\n\n" + comparison.b.content if comparison else "",
+        ui.choice_row: gr.Row(visible=comparison is not None),
+        ui.comment_row: gr.Row(visible=False),
+        ui.status: status,
+    }

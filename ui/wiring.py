@@ -1,0 +1,148 @@
+"""Every event of the page in one place: which handler runs, which components go in and come out, and under which
+API name. The handlers are module-level functions (ui/profiles.py, chat.py, feedback.py, learning.py, data_api.py)
+whose leading arguments, the service and the `UI`, are bound here."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+
+import gradio as gr
+from gradio.blocks import BlockContext
+
+from assistant.service import ChatService
+from ui import data_api
+from ui.chat import on_delete_conversation, on_new_conversation, on_open_conversation, on_refresh, on_retry, on_send
+from ui.feedback import on_choose, on_like, on_save_comment
+from ui.layout import CHOICE_LABELS, UI
+from ui.learning import LEARNING, on_alpha, on_learning_open, on_learning_refresh, on_reset_adapter, on_train_now
+from ui.profiles import (on_cancel_delete_profile, on_confirm_delete_profile, on_create_profile, on_delete_profile,
+                         on_load, on_remember, on_rename_profile, on_select_profile)
+from ui.views import VIEW
+
+SETTINGS = ("system_prompt", "temperature", "top_p", "max_new_tokens", "repetition_penalty")
+OUTPUTS = {
+    "load": VIEW,
+    "create_profile": VIEW + ("profile_name",),
+    "select_profile": VIEW,
+    "rename_profile": ("profile", "profile_name"),
+    "ask_delete_profile": ("confirm_row", "confirm_text"),
+    "delete_profile": VIEW + ("confirm_row",),
+    "new_conversation": VIEW,
+    "open_conversation": VIEW,
+    "delete_conversation": VIEW,
+    "send": VIEW + ("message",),
+    "retry": VIEW + ("message",),
+    **{f"choose_{choice}": VIEW for choice in CHOICE_LABELS},
+    "set_alpha": LEARNING,
+    "train_now": LEARNING,
+    "reset_adapter": LEARNING,
+}
+"""The outputs of each named event, in order, by `UI` field name."""
+
+
+def api_returns(api_name: str) -> tuple[str, ...]:
+    """What a gradio_client call of `api_name` returns, by name and in order: its outputs less layout and session
+    state (rows and `gr.State`), which Gradio does not send to API clients."""
+    kinds = typing.get_type_hints(UI)
+    return tuple(name for name in OUTPUTS[api_name] if not issubclass(kinds[name], (BlockContext, gr.State)))
+
+
+def bind(handler, *leading):
+    """`handler` with its leading arguments given. Unlike a bare `functools.partial`, the result keeps what Gradio
+    reads from a function: the other parameters' type hints (`gr.LikeData`; an API endpoint's types), its name, its
+    docstring and whether it streams."""
+    bound = functools.partial(handler, *leading)
+    if inspect.isgeneratorfunction(handler):
+        @functools.wraps(handler)
+        def call(*args, **kwargs):
+            yield from bound(*args, **kwargs)
+    else:
+        @functools.wraps(handler)
+        def call(*args, **kwargs):
+            return bound(*args, **kwargs)
+    call.__signature__ = inspect.signature(bound)
+    typing.get_type_hints(call)  # a hint that does not resolve fails here, not silently inside Gradio
+    return call
+
+
+def wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:
+    """Bind every event of the page, by concern."""
+    _wire_profiles(demo, ui, service)
+    _wire_chat(ui, service)
+    _wire_feedback(ui, service)
+    for endpoint in data_api.ENDPOINTS:
+        gr.api(bind(endpoint, service), api_name=endpoint.__name__)
+    _wire_learning(ui, service)
+
+
+def _outputs(ui: UI, api_name: str) -> list[gr.components.Component]:
+    return ui.pick(*OUTPUTS[api_name])
+
+
+def _wire_profiles(demo: gr.Blocks, ui: UI, service: ChatService) -> None:
+    b = ui.buttons
+    demo.load(bind(on_load, service, ui), [ui.remembered], _outputs(ui, "load"), api_name="load")
+    create = bind(on_create_profile, service, ui)
+    b["create"].click(create, [ui.profile_name], _outputs(ui, "create_profile"), api_name="create_profile")
+    ui.profile_name.submit(create, [ui.profile_name], _outputs(ui, "create_profile"), api_visibility="private")
+    ui.profile.input(bind(on_select_profile, service, ui), [ui.profile], _outputs(ui, "select_profile"),
+                     api_name="select_profile")
+    b["rename"].click(bind(on_rename_profile, service, ui), [ui.profile, ui.profile_name],
+                      _outputs(ui, "rename_profile"), api_name="rename_profile")
+    b["delete"].click(bind(on_delete_profile, service, ui), [ui.profile], _outputs(ui, "ask_delete_profile"),
+                      api_name="ask_delete_profile")
+    b["confirm"].click(bind(on_confirm_delete_profile, service, ui), [ui.profile], _outputs(ui, "delete_profile"),
+                       api_name="delete_profile")
+    b["cancel"].click(bind(on_cancel_delete_profile, ui), None, [ui.confirm_row], api_visibility="private")
+    for component in (ui.profile, ui.conversation):
+        component.change(on_remember, [ui.profile, ui.conversation], [ui.remembered], api_visibility="private")
+
+
+def _wire_chat(ui: UI, service: ChatService) -> None:
+    b = ui.buttons
+    new = bind(on_new_conversation, service, ui)
+    b["new_conversation"].click(new, [ui.profile], _outputs(ui, "new_conversation"), api_name="new_conversation")
+    ui.conversation.input(bind(on_open_conversation, service, ui), [ui.profile, ui.conversation],
+                          _outputs(ui, "open_conversation"), api_name="open_conversation")
+    ui.chatbot.clear(new, [ui.profile], ui.pick(*VIEW), api_visibility="private")  # the trash icon
+    b["delete_conversation"].click(bind(on_delete_conversation, service, ui), [ui.profile, ui.conversation],
+                                   _outputs(ui, "delete_conversation"), api_name="delete_conversation")
+
+    send, retry = bind(on_send, service, ui), bind(on_retry, service, ui)
+    send_inputs = ui.pick("profile", "conversation", "message", "compare", *SETTINGS)
+    retry_inputs = ui.pick("profile", "conversation", "compare", *SETTINGS)
+    # Once a reply is stored, the stored view with the choice buttons (see ui/chat.py on Gradio's last output).
+    refresh = dict(fn=bind(on_refresh, service, ui), inputs=[ui.profile, ui.conversation, ui.status],
+                   outputs=ui.pick(*(name for name in VIEW if name != "comment_row")), api_visibility="private",
+                   show_progress="hidden")
+    b["send"].click(send, send_inputs, _outputs(ui, "send"), api_name="send").success(**refresh)
+    ui.message.submit(send, send_inputs, _outputs(ui, "send"), api_visibility="private").success(**refresh)
+    b["retry"].click(retry, retry_inputs, _outputs(ui, "retry"), api_name="retry").success(**refresh)
+
+
+def _wire_feedback(ui: UI, service: ChatService) -> None:
+    comment_outputs = [ui.comment_row, ui.comment, ui.disliked]
+    ui.chatbot.like(bind(on_like, service, ui), [ui.profile, ui.conversation], comment_outputs,
+                    api_visibility="private")
+    ui.buttons["save_comment"].click(bind(on_save_comment, service, ui), [ui.profile, ui.disliked, ui.comment],
+                                     comment_outputs, api_visibility="private")
+    for choice, button in ui.buttons["choices"].items():
+        button.click(bind(on_choose, service, ui, choice), [ui.profile, ui.conversation],
+                     _outputs(ui, f"choose_{choice}"), api_name=f"choose_{choice}")
+
+
+def _wire_learning(ui: UI, service: ChatService) -> None:
+    b = ui.buttons
+    ui.timer.tick(bind(on_learning_refresh, service, ui), [ui.profile], ui.pick(*LEARNING), api_visibility="private",
+                  show_progress="hidden")
+    ui.profile.change(bind(on_learning_open, service, ui), [ui.profile], ui.pick(*LEARNING, "alpha_auto", "alpha"),
+                      api_visibility="private", show_progress="hidden")
+    alpha, alpha_inputs = bind(on_alpha, service, ui), [ui.profile, ui.alpha_auto, ui.alpha]
+    ui.alpha.input(alpha, alpha_inputs, _outputs(ui, "set_alpha"), api_name="set_alpha")
+    ui.alpha_auto.input(alpha, alpha_inputs, ui.pick(*LEARNING), api_visibility="private")
+    b["train_now"].click(bind(on_train_now, service, ui), [ui.profile], _outputs(ui, "train_now"),
+                         api_name="train_now")
+    b["reset_adapter"].click(bind(on_reset_adapter, service, ui), [ui.profile], _outputs(ui, "reset_adapter"),
+                             api_name="reset_adapter")
