@@ -101,6 +101,5 @@ def merge_lora(model: torch.nn.Module, config: dict, tensors: dict[str, torch.Te
         delta = scaled_b @ a  # (out, in)
         weight = model.get_submodule(path).weight
         with torch.no_grad():
-            # GPT-2's Conv1D stores (in, out). Told apart by shape, a square one (attn.c_proj) gets ΔW untransposed:
-            # a known fault (tests/test_registry.py's xfail) kept until a fix's change in the results is measured.
-            weight += delta.T if weight.shape != delta.shape else delta
+            # GPT-2's Conv1D stores (in, out): peft marks it with fan_in_fan_out (a square one cannot be told by shape).
+            weight += delta.T if config.get("fan_in_fan_out") else delta
