@@ -1,5 +1,6 @@
-"""Everyday replies for the everyday-text leash (`TrainConfig.everyday_weight`): the reference's next-token distributions on
-them are kept while a taste is learned, as InstructGPT's PPO-ptx mixes pretraining data into its updates.
+"""Everyday replies for the everyday-text leash (`TrainConfig.everyday_weight`): the reference's next-token
+distributions on them are kept while a taste is learned, as InstructGPT's PPO-ptx mixes pretraining data into its
+updates.
 
 Written for this purpose and kept apart from the drift guard's anchor (`adapters.drift.ANCHOR`), so the guard still
 measures text no update was fitted to, and from the learning-curve benchmark's neutral text, which judges drift."""

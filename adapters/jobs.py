@@ -31,7 +31,8 @@ def global_ready(store: Store, config: LearningConfig) -> bool:
 
 def enqueue_now(store: Store, profile_id: str) -> list[dict]:
     """"Train now": this profile's adapter and the global one."""
-    return [store.enqueue_job(personal_adapter(profile_id), profile_id, "manual"), store.enqueue_job(GLOBAL, None, "manual")]
+    return [store.enqueue_job(personal_adapter(profile_id), profile_id, "manual"),
+            store.enqueue_job(GLOBAL, None, "manual")]
 
 
 def profile_cap(counts: dict[str, int], config: LearningConfig) -> int:

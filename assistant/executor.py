@@ -1,8 +1,7 @@
 """Where `generate` runs: on the process's main thread when it is free, otherwise on a thread of its own.
 
-Why: with this torch build (GNU OpenMP + MKL) intra-op parallelism only pays on the initial thread. Measured
-on the 2-core machine: a batch-1 matvec (576×1536) takes 0.10 s per 2,000 calls on the main thread and
-0.30 s on any other thread — the same as one core — and decoding drops from ≈22 to ≈14 tokens/s. Gradio
+Why: with this torch build (GNU OpenMP + MKL) intra-op parallelism only pays on the initial thread: on any other
+thread a matvec runs as on one core, and decoding slows by about a third (docs/benchmarks.md#model-speed). Gradio
 runs handlers on worker threads, so the app parks its main thread in `serve_forever` and hands it the
 generation jobs. When the main thread is busy (a second user at the same time) a job gets a thread of its
 own instead of waiting, so nobody is queued behind another person's reply.

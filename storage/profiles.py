@@ -21,7 +21,8 @@ def validate_profile_name(name: Any) -> str:
     if not cleaned:
         raise InvalidInput("A profile name cannot be empty.")
     if len(cleaned) > MAX_PROFILE_NAME:
-        raise InvalidInput(f"A profile name can be at most {MAX_PROFILE_NAME} characters (this one has {len(cleaned)}).")
+        raise InvalidInput(f"A profile name can be at most {MAX_PROFILE_NAME} characters "
+                           f"(this one has {len(cleaned)}).")
     if "/" in cleaned or "\\" in cleaned:
         raise InvalidInput("A profile name cannot contain '/' or '\\'.")
     if ".." in cleaned:

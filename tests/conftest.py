@@ -19,6 +19,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
+HANG = 1800
+"""Seconds after which a test takes a process, thread, page or server as hung: a guard against a hang, never the
+verdict (a busy machine may be ten times slower than a quiet one)."""
 EMBEDDED_CACHE = REPO / ".cache" / "models"  # converted once, reused by later runs (git-ignored)
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from gradio_client.exceptions import AppError
 
 from assistant.config import DATA_HOME_ENV, BlendConfig
 from storage.store import Store
-from tests.conftest import REPO, free_port
+from tests.conftest import HANG, REPO, free_port
 from ui import OUTPUTS, UI, api_returns
 
 SETTINGS = dict(system_prompt="Be brief.", temperature=0, top_p=0.9, max_new_tokens=12)
@@ -209,7 +209,7 @@ def cli_app(tiny_model_dir, tmp_path):
     home, port = tmp_path / "cli-home", free_port()
     proc = _start_cli(["--model", str(tiny_model_dir)], home, port)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + HANG
         while True:
             assert proc.poll() is None, proc.stdout.read()
             try:
@@ -222,7 +222,7 @@ def cli_app(tiny_model_dir, tmp_path):
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
-            proc.communicate(timeout=60)
+            proc.communicate(timeout=HANG)
 
 
 def test_command_line_app_serves_with_generation_on_its_main_thread(cli_app):
@@ -234,10 +234,10 @@ def test_command_line_app_serves_with_generation_on_its_main_thread(cli_app):
     workers = [c for c in psutil.Process(proc.pid).children() if "adapters.worker" in " ".join(c.cmdline())]
     assert len(workers) == 1  # the training worker runs beside the app
     proc.send_signal(signal.SIGTERM)  # as a service manager stops it
-    output = proc.communicate(timeout=60)[0]
+    output = proc.communicate(timeout=HANG)[0]
     assert proc.returncode == 0, output
     assert "Stopping." in output
-    psutil.wait_procs(workers, timeout=30)
+    psutil.wait_procs(workers, timeout=HANG)
     assert not workers[0].is_running()
 
 
@@ -250,7 +250,7 @@ def test_votes_train_a_new_version_that_the_next_reply_uses(cli_app):
         final, _ = send(client, ann, conv, f"Question number {i}?", compare=True)
         conv = final["conversation"]["value"]
         client.predict(ann, conv, api_name="/choose_a")
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + HANG
     while True:
         status = client.predict(ann, api_name="/learning")
         # The worker publishes the version, then marks its job done: wait for both (a loaded machine showed the gap).
@@ -277,7 +277,7 @@ def test_votes_train_a_new_version_that_the_next_reply_uses(cli_app):
 
 def test_unavailable_model_exits_with_one_clear_message(tmp_path):
     proc = _start_cli(["--model", "no-such-org/no-such-model"], tmp_path / "home")
-    output = proc.communicate(timeout=120)[0]
+    output = proc.communicate(timeout=HANG)[0]
     assert proc.returncode == 2
     assert "Model 'no-such-org/no-such-model' is not available on this machine" in output
     assert "Traceback" not in output

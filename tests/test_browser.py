@@ -8,6 +8,7 @@ import time
 import pytest
 
 from storage.store import Store
+from tests.conftest import HANG
 
 CHROMIUM = shutil.which("chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -29,13 +30,13 @@ def page(tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 1000})
         page = context.new_page()
-        page.set_default_timeout(30_000)
+        page.set_default_timeout(HANG * 1000)
         yield page
         page.screenshot(path=str(tmp_path / "final.png"), full_page=True)
         browser.close()
 
 
-def _wait_for_reply(store: Store, profile: str, seconds: float = 60):
+def _wait_for_reply(store: Store, profile: str, seconds: float = HANG):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         user = store.find_profile_by_name(profile)
@@ -174,7 +175,7 @@ def test_after_a_failed_first_reply_the_next_message_continues_that_conversation
     page.locator("#send").click()
     store = Store(data_home / "attune.db")
     user = store.find_profile_by_name("cy")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG
     while not [m for c in store.list_conversations(user["id"]) for m in store.transcript(user["id"], c["id"])
                if m.role == "user" and m.content == "Second try."]:
         assert time.monotonic() < deadline, "the second message was not stored"

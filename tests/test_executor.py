@@ -8,10 +8,8 @@ from assistant.config import GenerationSettings
 from assistant.executor import GenerationExecutor
 from assistant.generation import ReplyStream
 from assistant.prompts import build_prompt
+from tests.conftest import HANG
 
-HANG = 1800
-"""Seconds after which a process or thread is taken as hung: a guard, never the verdict (a busy machine may be
-ten times slower)."""
 
 
 def _stream(loaded, executor, text="Tell me a joke.", tokens=30):

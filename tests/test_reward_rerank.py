@@ -9,11 +9,8 @@ import sys
 import torch
 
 from bench.reward_rerank import FEATURE_SETS, fit
-from tests.conftest import REPO
+from tests.conftest import HANG, REPO
 
-HANG = 1800
-"""Seconds after which a process or thread is taken as hung: a guard, never the verdict (a busy machine may be
-ten times slower)."""
 
 
 def test_bradley_terry_fit_recovers_the_direction_of_a_known_reward():

@@ -14,11 +14,8 @@ import pytest
 from bench.env import PreferenceChatEnv, load_prompts, split_prompts
 from bench.users import (SimulatedUser, choose, concise, load_users, population, prefers_a_probability,
                          shared_reward, thumbs)
-from tests.conftest import REPO
+from tests.conftest import HANG, REPO
 
-HANG = 1800
-"""Seconds after which a process or thread is taken as hung: a guard, never the verdict (a busy machine may be
-ten times slower)."""
 
 PROMPT = "How do I keep basil alive on a windowsill?"
 

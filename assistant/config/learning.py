@@ -25,7 +25,8 @@ class LoraSettings:
     (experiments/2026-11-30-two-thirds)."""
     mlp_top_layers: float = 0.0
     """Also adapt the feed-forward projections (`adapters.lora.MLP_MODULES`) of this top fraction of the layers,
-    in [0, `top_layers`]; 0: none. Off: it learned less and cost latency (experiments/2026-12-01-mlp-top-third-attn-two-thirds)."""
+    in [0, `top_layers`]; 0: none. Off: it learned less and cost latency
+    (experiments/2026-12-01-mlp-top-third-attn-two-thirds)."""
 
     def __post_init__(self):
         if self.rank < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1 or not 0 < self.top_layers <= 1:
@@ -40,7 +41,8 @@ class TrainConfig:
     """DPO/KTO temperature, > 0: larger keeps the policy closer to the reference. 0.1 as in the DPO paper."""
     label_smoothing: float = 0.0
     """DPO conservative smoothing ε in [0, 0.5) for noisy choosers (cDPO): each choice is taken as flipped with
-    probability ε. Off: at 0.2 it drifted less but learned a little less taste (experiments/2026-12-01-label-smoothing)."""
+    probability ε. Off: at 0.2 it drifted less but learned a little less taste
+    (experiments/2026-12-01-label-smoothing)."""
     learning_rate: float = 4e-3
     """AdamW step size of an adapter's first update (see `decay`), > 0. Default 4e-3: with the distillation leash
     the largest step that kept drift in check (experiments/2026-11-29-distillation-lr)."""

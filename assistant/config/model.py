@@ -34,7 +34,8 @@ class GenerationSettings:
     characters."""
     temperature: float = 0.2
     """Sampling temperature in [0, 2]; 0 means greedy decoding. Default 0.2 with top-p 0.9, what SmolLM2-Instruct's
-    model card generates with; it scored as well as greedy and better than 0.7 (experiments/2026-12-01-served-temperature-0.2).
+    model card generates with; it scored as well as greedy and better than 0.7
+    (experiments/2026-12-01-served-temperature-0.2).
     Compare mode samples at least at `AppConfig.compare_min_temperature` either way."""
     top_p: float = 0.9
     """Nucleus sampling mass, in (0, 1]."""
