@@ -76,6 +76,17 @@ def start_worker(config: AppConfig) -> subprocess.Popen:
     return subprocess.Popen(worker_command(config), cwd=Path(__file__).resolve().parent)
 
 
+def stop_worker(worker: subprocess.Popen, grace_seconds: float = 10.0) -> None:
+    """SIGTERM: the worker abandons its job (queued again) and exits; killed if it has not within the grace."""
+    worker.terminate()
+    try:
+        worker.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        log.warning("The training worker did not stop within %.0f s; killing it.", grace_seconds)
+        worker.kill()
+        worker.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     executor = GenerationExecutor()
@@ -101,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("Stopping.")
         demo.close()
         if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=30)
+            stop_worker(worker)
     return 0
 
 

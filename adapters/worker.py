@@ -95,6 +95,15 @@ class _Laps:
         self._last = now
 
 
+class Stopped(BaseException):
+    """Raised in the worker's main thread by SIGTERM or Ctrl-C: the job in hand is abandoned and queued again (a
+    publish is atomic, so nothing half-written is served), and the process exits at once."""
+
+
+def _stop(*_) -> None:
+    raise Stopped
+
+
 class Worker:
     def __init__(self, loaded: LoadedModel, store: Store, registry: AdapterRegistry, config: LearningConfig):
         self.loaded = loaded  # the pristine base: never trained or merged into, only copied
@@ -135,6 +144,10 @@ class Worker:
         except Exception as exc:  # a failed job is recorded and the worker goes on
             log.exception("Job %s failed", job["id"])
             self.store.finish_job(job["id"], "failed", f"{type(exc).__name__}: {exc}")
+        except (Stopped, KeyboardInterrupt):
+            log.info("Stopped during job %s; it runs again at the next start.", job["id"])
+            self.store.requeue_job(job["id"], "the worker stopped before the end; it runs again at the next start")
+            raise
         return True
 
     # ---- one job: select data → build the model → train → drift guard → evaluate → publish -------------------
@@ -330,15 +343,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     store = Store(config.data_dir / DB_FILENAME)
     worker = Worker(loaded, store, AdapterRegistry(config.data_dir / ADAPTERS_DIR, store), config.learning)
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
-    if args.once:
-        while worker.run_once():
-            pass
-        return 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
     try:
-        worker.run_forever(parent_pid=args.parent_pid)
-    except KeyboardInterrupt:
-        pass
+        if args.once:
+            while worker.run_once():
+                pass
+        else:
+            worker.run_forever(parent_pid=args.parent_pid)
+    except Stopped:
+        log.info("Stopped.")
     return 0
 
 

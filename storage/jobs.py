@@ -25,7 +25,8 @@ class TrainingJobs(StoreBase):
 
     def claim_job(self, stale_seconds: float) -> dict | None:
         """Take the oldest job to run: a running one whose worker stopped beating (resumed), else a queued one."""
-        stale_before = (datetime.now(timezone.utc) - timedelta(seconds=stale_seconds)).isoformat(timespec="microseconds")
+        stale_before = (datetime.now(timezone.utc) - timedelta(seconds=stale_seconds)).isoformat(
+            timespec="microseconds")
         with self._write() as db:
             rows = self._rows(
                 db,
@@ -56,6 +57,18 @@ class TrainingJobs(StoreBase):
                 "WHERE id = ?",
                 (status, message, json.dumps(result or {}), now(), 1.0 if status == "done" else 0.0, job_id),
             )
+
+    def requeue_job(self, job_id: str, message: str) -> None:
+        """A running job its worker stopped before the end: queued again (or cancelled when a newer job of the same
+        adapter is queued already, which trains on everything this one would have)."""
+        with self._write() as db:
+            job = self._rows(db, "SELECT adapter FROM training_jobs WHERE id = ?", (job_id,))
+            if not job:
+                return
+            newer = self._rows(db, "SELECT id FROM training_jobs WHERE adapter = ? AND status = 'queued'",
+                               (job[0]["adapter"],))
+            db.execute("UPDATE training_jobs SET status = ?, message = ?, progress = 0, heartbeat_at = NULL "
+                       "WHERE id = ? AND status = 'running'", ("cancelled" if newer else "queued", message, job_id))
 
     def get_job(self, job_id: str) -> dict:
         with self._db() as db:

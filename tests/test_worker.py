@@ -4,8 +4,10 @@ a job on its own: test_worker_steps.py)."""
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ from adapters.worker import ADAPTERS_DIR, Worker
 from assistant.model import load_model
 from assistant.service import ChatService
 from ui.learning import _learning_markdown
-from tests.conftest import REPO
+from tests.conftest import HANG, REPO
 
 LEARNING = LearningConfig(personal_every=4, global_every=6, min_profiles=1,
                           train=TrainConfig(steps=3, learning_rate=1e-3))
@@ -184,12 +186,12 @@ def test_worker_command_line_runs_queued_jobs(parts, store, data_home, tiny_mode
                "--set", "learning.min_profiles=1"]
     env = {**__import__("os").environ, DATA_HOME_ENV: str(data_home), "HF_HUB_OFFLINE": "1"}
     refused = subprocess.run([*command, "--set", "learning.lora.top_layer=1.0"], cwd=REPO, env=env, capture_output=True,
-                             text=True, timeout=300)
+                             text=True, timeout=HANG)
     assert refused.returncode == 2 and "Bad --set" in refused.stderr and "no setting 'top_layer'" in refused.stderr
     assert registry.current(personal_adapter(ann)) is None
     assert [store.latest_job(a)["status"] for a in (personal_adapter(ann), GLOBAL)] == ["queued", "queued"]
     result = subprocess.run([*command, "--set", "learning.lora.top_layers=0.5", "--set", "learning.train.learning_rate=2e-3"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG)
     assert result.returncode == 0, result.stderr
     assert registry.current(personal_adapter(ann)) and registry.current(GLOBAL), result.stderr[-3000:]
     assert registry.current(personal_adapter(ann)).version == 1 and registry.current(GLOBAL).version == 1
@@ -207,8 +209,35 @@ def test_an_orphaned_worker_stops_by_itself(tiny_model_dir, data_home):
     result = subprocess.run(
         [sys.executable, "-m", "adapters.worker", "--model", str(tiny_model_dir), "--parent-pid", "1"],
         cwd=REPO, env={**__import__("os").environ, DATA_HOME_ENV: str(data_home), "HF_HUB_OFFLINE": "1"},
-        capture_output=True, text=True, timeout=120)
+        capture_output=True, text=True, timeout=HANG)
     assert result.returncode == 0 and "The app (pid 1) is gone; stopping." in result.stderr
+
+
+def test_stopping_the_worker_mid_job_queues_the_job_again(parts, store, data_home, tiny_model_dir):
+    """SIGTERM (what the app sends on its way out) abandons the job in hand at once, even an update of a million
+    steps: the worker exits cleanly, nothing is published and the job is queued for the next start."""
+    service, _, registry = parts
+    ann = service.create_profile("Ann")["id"]
+    _choices(service, ann, 4)
+    job = store.latest_job(personal_adapter(ann))
+    env = {**__import__("os").environ, DATA_HOME_ENV: str(data_home), "HF_HUB_OFFLINE": "1"}
+    worker = subprocess.Popen([sys.executable, "-m", "adapters.worker", "--model", str(tiny_model_dir), "--threads",
+                               "1", "--nice", "0", "--set", "learning.train.steps=1000000"],
+                              cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + HANG  # a guard against a hang, not the verdict
+        while not store.get_job(job["id"])["message"].startswith("step "):
+            assert worker.poll() is None and time.monotonic() < deadline, "the worker never started training"
+            time.sleep(0.1)
+        worker.send_signal(signal.SIGTERM)
+        err = worker.communicate(timeout=HANG)[1]
+    finally:
+        worker.kill()
+    assert worker.returncode == 0 and "Traceback" not in err, err[-3000:]
+    assert "Stopped during job" in err
+    after = store.get_job(job["id"])
+    assert (after["status"], after["progress"]) == ("queued", 0.0) and "next start" in after["message"]
+    assert registry.current(personal_adapter(ann)) is None
 
 
 def _loop(store, data_home, tiny_model_dir, app_config, learning: LearningConfig):
