@@ -184,3 +184,59 @@ def test_after_a_failed_first_reply_the_next_message_continues_that_conversation
     assert len(conversations) == 1
     said = [m.content for m in store.transcript(user["id"], conversations[0]["id"]) if m.role == "user"]
     assert said == ["Will this fail?", "Second try."]
+
+
+def _usable(page, typed: str) -> None:
+    """The page after a refusal: no component replaced by an error badge, what was typed still there, the message
+    box still taking text and Send still clickable."""
+    assert page.locator(".error").count() == 0, "an error badge or error toast is shown"
+    box = page.locator("#message textarea")
+    assert box.input_value() == typed and box.is_editable()
+    box.fill(typed + "!")
+    assert box.input_value() == typed + "!"
+    box.fill(typed)
+    assert page.locator("#send").is_enabled()
+
+
+def test_refusals_leave_the_page_usable(page, running_app, data_home):
+    """Each refusal shows its reason as a toast and in the status line, and the page stays as it was: sending with
+    no profile, an empty message, a duplicate profile, a message while an A/B choice is pending."""
+    url, _ = running_app
+    page.goto(url)
+    page.locator("#message textarea").fill("Hello?")
+    page.locator("#send").click()
+    page.locator("#status").get_by_text("Pick or create a profile first.").wait_for()
+    _usable(page, "Hello?")
+
+    _create_profile(page, "Dee")
+    page.locator("#profile-name input, #profile-name textarea").first.fill("DEE")
+    page.locator("#create-profile").click()
+    page.locator("#status").get_by_text("already exists").wait_for()
+    assert page.locator("#profile input").first.input_value() == "Dee"
+    _usable(page, "Hello?")
+
+    page.locator("#message textarea").fill("   ")
+    page.locator("#send").click()
+    page.locator("#status").get_by_text("empty").wait_for()
+    _usable(page, "   ")
+
+    page.locator("#compare label").click()
+    page.locator("#message textarea").fill("Compare, please.")
+    page.locator("#send").click()
+    page.locator("#choose-b").wait_for()
+    store = Store(data_home / "attune.db")
+    dee = store.find_profile_by_name("dee")
+    conversation = store.list_conversations(dee["id"])[0]["id"]
+    deadline = time.monotonic() + HANG  # the comparison is stored once both candidates are written
+    while store.pending_comparison(dee["id"], conversation) is None:
+        assert time.monotonic() < deadline, "the comparison was not stored"
+        time.sleep(0.1)
+    page.locator("#message textarea").fill("Too early.")
+    page.locator("#send").click()
+    page.locator("#status").get_by_text("Choose between A and B first").wait_for()
+    _usable(page, "Too early.")
+    assert page.locator("#candidate-a").is_visible() and page.locator("#candidate-b").is_visible()
+    page.locator("#choose-b").click()  # the candidates are still there to choose from
+    page.locator("#status").get_by_text("Saved: B is better").wait_for()
+    assert store.pending_comparison(dee["id"], conversation) is None
+    assert [m.content for m in store.transcript(dee["id"], conversation) if m.role == "user"] == ["Compare, please."]

@@ -9,7 +9,8 @@ import logging
 
 import gradio as gr
 
-from storage.errors import AttuneError
+from storage.errors import AttuneError, InvalidInput
+from ui.layout import UI
 
 log = logging.getLogger(__name__)
 
@@ -17,13 +18,23 @@ APOLOGY = "Sorry, something went wrong on our side. It has been logged; please t
 
 
 def ui_errors(fn):
-    """Turn project errors into a message for the person, and anything else into a logged apology."""
+    """Refusals and failures of a page event, shown without failing the event: a toast and the status line, every
+    other output left as it was (a failed Gradio event would turn each of its outputs into an "Error" badge and
+    lose what the person typed). A project error is shown as its own message; anything else is logged with its
+    traceback and shown as a short apology. A handler without the page (`UI`) among its arguments, an API-only
+    endpoint, raises `gr.Error` instead, so API clients get the error."""
 
-    def translate(exc: Exception) -> gr.Error:
+    def refused(args: tuple, exc: Exception):
         if isinstance(exc, AttuneError):
-            return gr.Error(str(exc), print_exception=False)
-        log.exception("Unexpected error in %s", fn.__name__)
-        return gr.Error(APOLOGY, print_exception=False)
+            message = str(exc)
+        else:
+            log.exception("Unexpected error in %s", fn.__name__)
+            message = APOLOGY
+        page = next((a for a in args if isinstance(a, UI)), None)
+        if page is None:
+            raise gr.Error(message, print_exception=False) from exc
+        gr.Warning(message)
+        return {page.status: f"⚠️ {message}"}
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
@@ -33,7 +44,7 @@ def ui_errors(fn):
             except gr.Error:
                 raise
             except Exception as exc:
-                raise translate(exc) from exc
+                yield refused(args, exc)
         return generator
 
     @functools.wraps(fn)
@@ -43,13 +54,13 @@ def ui_errors(fn):
         except gr.Error:
             raise
         except Exception as exc:
-            raise translate(exc) from exc
+            return refused(args, exc)
     return call
 
 
-def refuse(message: str) -> gr.Error:
+def refuse(message: str) -> InvalidInput:
     """A request the page cannot act on yet (nothing picked or open): shown as is, not logged."""
-    return gr.Error(message, print_exception=False)
+    return InvalidInput(message)
 
 
 def require_profile(profile_id: str | None) -> None:

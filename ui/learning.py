@@ -9,7 +9,7 @@ from assistant.service import ChatService
 from ui.errors import require_profile, ui_errors
 from ui.layout import UI
 
-LEARNING = ("learning_status", "accuracy_plot")
+LEARNING = ("learning_status", "accuracy_plot", "status")
 """The outputs of every learning-panel event (`learning_view`)."""
 
 

@@ -26,8 +26,8 @@ OUTPUTS = {
     "load": VIEW,
     "create_profile": VIEW + ("profile_name",),
     "select_profile": VIEW,
-    "rename_profile": ("profile", "profile_name"),
-    "ask_delete_profile": ("confirm_row", "confirm_text"),
+    "rename_profile": ("profile", "profile_name", "status"),
+    "ask_delete_profile": ("confirm_row", "confirm_text", "status"),
     "delete_profile": VIEW + ("confirm_row",),
     "new_conversation": VIEW,
     "open_conversation": VIEW,
@@ -39,7 +39,8 @@ OUTPUTS = {
     "train_now": LEARNING,
     "reset_adapter": LEARNING,
 }
-"""The outputs of each named event, in order, by `UI` field name."""
+"""The outputs of each named event, in order, by `UI` field name. Every event whose handler may refuse has the
+status line among them (`ui.errors.ui_errors` shows the refusal there and in a toast)."""
 
 
 def api_returns(api_name: str) -> tuple[str, ...]:
@@ -123,7 +124,7 @@ def _wire_chat(ui: UI, service: ChatService) -> None:
 
 
 def _wire_feedback(ui: UI, service: ChatService) -> None:
-    comment_outputs = [ui.comment_row, ui.comment, ui.disliked]
+    comment_outputs = [ui.comment_row, ui.comment, ui.disliked, ui.status]
     ui.chatbot.like(bind(on_like, service, ui), [ui.profile, ui.conversation], comment_outputs,
                     api_visibility="private")
     ui.buttons["save_comment"].click(bind(on_save_comment, service, ui), [ui.profile, ui.disliked, ui.comment],
