@@ -240,3 +240,50 @@ def test_refusals_leave_the_page_usable(page, running_app, data_home):
     page.locator("#status").get_by_text("Saved: B is better").wait_for()
     assert store.pending_comparison(dee["id"], conversation) is None
     assert [m.content for m in store.transcript(dee["id"], conversation) if m.role == "user"] == ["Compare, please."]
+
+
+def test_enter_sends_shift_enter_adds_a_line_and_text_typed_during_a_reply_stays(page, running_app, data_home,
+                                                                               monkeypatch):
+    url, service = running_app
+    real_send = service.send
+    streaming = __import__("threading").Event()
+    go_on = __import__("threading").Event()
+
+    def slow_send(*args, **kwargs):  # holds the reply mid-stream until the test has typed
+        for i, update in enumerate(real_send(*args, **kwargs)):
+            if i == 1:
+                streaming.set()
+                go_on.wait(HANG)
+            yield update
+
+    page.goto(url)
+    _create_profile(page, "Eve")
+    box = page.locator("#message textarea")
+    assert page.get_by_role("textbox", name="Message", exact=True).count() == 1  # its accessible name
+    assert "Enter sends, Shift+Enter adds a line" in box.get_attribute("placeholder")
+    box.click()
+    box.press_sequentially("First line")
+    box.press("Shift+Enter")
+    box.press_sequentially("second line")
+    assert box.input_value() == "First line\nsecond line"  # Shift+Enter added a line, sent nothing
+    store = Store(data_home / "attune.db")
+    assert store.counts()["messages"] == 0
+    box.press("Enter")
+    transcript = _wait_for_reply(store, "eve")
+    assert transcript[0].content == "First line\nsecond line" and box.input_value() == ""
+
+    monkeypatch.setattr(service, "send", slow_send)
+    box.fill("Tell me more.")
+    box.press("Enter")
+    assert streaming.wait(HANG)
+    box.press_sequentially("typed while it writes")
+    go_on.set()
+    eve = store.find_profile_by_name("eve")
+    conversation = store.list_conversations(eve["id"])[0]["id"]
+    deadline = time.monotonic() + HANG
+    while len(store.transcript(eve["id"], conversation)) < 4:
+        assert time.monotonic() < deadline, "the second reply was not stored"
+        time.sleep(0.1)
+    page.locator("#status").get_by_text("Writing").wait_for(state="detached")
+    time.sleep(1)  # past the event's completion, when Gradio applies its last output once more
+    assert box.input_value() == "typed while it writes"

@@ -93,6 +93,8 @@ def _stream_view(service: ChatService, ui: UI, profile_id: str, updates: Iterabl
             # (a new conversation is selected at once: if the reply fails, the next message continues it)
             out[ui.conversation] = gr.Dropdown(value=update.conversation_id,
                                                choices=conversation_choices(service, profile_id))
+            if not retrying:  # once, as the message is taken: what is typed while the reply streams stays
+                out[ui.message] = ""
             first = False
         if update.done:
             # Gradio applies a generator's last output once more when the event completes, after any event
@@ -109,6 +111,4 @@ def _stream_view(service: ChatService, ui: UI, profile_id: str, updates: Iterabl
                         ui.candidate_b: "**B**\n\n" + update.texts[1], ui.choice_row: gr.Row(visible=False)})
         else:
             out[ui.chatbot] = chat_value(history, pending_text=update.texts[0])
-        if not retrying:
-            out[ui.message] = ""
         yield out

@@ -113,7 +113,9 @@ def _chat_panel() -> dict:
         choices = {c: gr.Button(label, elem_id=f"choose-{c}") for c, label in CHOICE_LABELS.items()}
     status = gr.Markdown(elem_id="status")
     with gr.Row():
-        message = gr.Textbox(placeholder="Message Attune…", show_label=False, scale=6, lines=2, elem_id="message")
+        # One line that grows: Gradio sends on Enter and adds a line on Shift+Enter only when `lines` is 1.
+        message = gr.Textbox(label="Message", placeholder="Message Attune… (Enter sends, Shift+Enter adds a line)",
+                             show_label=False, scale=6, lines=1, max_lines=8, elem_id="message")
         send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
     with gr.Row():
         retry = gr.Button("Retry", size="sm", elem_id="retry")
