@@ -131,6 +131,9 @@ class ReplyStream:
     """Where `generate` runs; None: a thread of its own."""
     activate: Callable[[], AbstractContextManager] | None = None
     """Entered around `generate` on the thread that runs it (the adapter blend of this request)."""
+    stop: threading.Event | None = None
+    """The person's Stop: once set, generation ends after the current token and the stream finishes normally with
+    what was written (`stopped` in `stats`)."""
     texts: list[str] = field(default_factory=list)
     new_tokens: list[int] = field(default_factory=list)
     ended: list[bool] = field(default_factory=list)
@@ -157,7 +160,7 @@ class ReplyStream:
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             streamer=_QueueStreamer(sink),
-            stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+            stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)] + ([_Cancelled(self.stop)] if self.stop else [])),
         )
         kwargs.update(sampling_kwargs(temperature, self.settings.top_p, self.settings.repetition_penalty,
                                       input_ids.shape[1]))
@@ -231,6 +234,7 @@ class ReplyStream:
             "seconds": round(self.seconds, 3),
             "seconds_to_first_token": round(self.seconds_to_first_token or 0.0, 3),
             "interrupted": not self.finished,
+            "stopped": bool(self.stop and self.stop.is_set()),
         }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ class ChatService:
         self.executor = executor
         self.adapters = adapters
         self.learning = learning or LearningConfig()
+        self._stops: dict[str, threading.Event] = {}
+        """Conversation id → the Stop of the reply being written in it."""
 
     @property
     def model_id(self) -> str:
@@ -156,10 +159,11 @@ class ChatService:
         prompt = build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens)
         blend = self.adapters.blend_for(profile_id) if self.adapters else None
         candidates, sides = self._explore(profile_id, settings, turns, prompt) if compare else ((), ({}, {}))
+        stop = threading.Event()
         stream = ReplyStream(
             self.loaded, prompt, settings, num_candidates=2 if compare else 1, candidate_prompts=candidates,
             min_temperature=self.config.compare_min_temperature if compare else 0.0, executor=self.executor,
-            activate=(lambda: self.adapters.activate(blend)) if blend else None,
+            activate=(lambda: self.adapters.activate(blend)) if blend else None, stop=stop,
         )
         adapter_versions = blend.record() if blend else {}
         notice = prompt.notice()
@@ -169,6 +173,7 @@ class ChatService:
             yield ReplyUpdate(texts=[""] * stream.num_candidates, **base)
             steps = iter(stream)
             stored = False
+            self._stops[conversation_id] = stop  # Stop reaches this reply while it is written
             try:
                 for texts in steps:
                     yield ReplyUpdate(texts=texts, **base)
@@ -176,6 +181,8 @@ class ChatService:
                 yield self._store_reply(profile_id, conversation_id, user_message, settings, prompt, stream,
                                         replaces, base, adapter_versions, sides)
             finally:
+                if self._stops.get(conversation_id) is stop:
+                    del self._stops[conversation_id]
                 steps.close()  # generation stops and the stream settles its texts and stats before we store
                 if not stored and any(stream.texts) and not compare:
                     # The person saw part of a reply before the stream stopped: keep it, marked interrupted.
@@ -183,6 +190,16 @@ class ChatService:
                                       base, adapter_versions)
 
         return updates()
+
+    def stop(self, profile_id: str, conversation_id: str) -> bool:
+        """The person's Stop: the reply being written in this conversation ends after its current token and is
+        stored as it stands, marked `stopped`. False if no reply is being written there."""
+        self.store.get_conversation(profile_id, conversation_id)  # ownership
+        stop = self._stops.get(conversation_id)
+        if stop is None or stop.is_set():
+            return False
+        stop.set()
+        return True
 
     def _explore(self, profile_id: str, settings: GenerationSettings, turns: list[dict],
                  prompt: Prompt) -> tuple[tuple, tuple[dict, dict]]:

@@ -287,3 +287,42 @@ def test_enter_sends_shift_enter_adds_a_line_and_text_typed_during_a_reply_stays
     page.locator("#status").get_by_text("Writing").wait_for(state="detached")
     time.sleep(1)  # past the event's completion, when Gradio applies its last output once more
     assert box.input_value() == "typed while it writes"
+
+
+def test_stop_ends_the_reply_and_keeps_what_was_written(page, running_app, data_home, monkeypatch):
+    """Generation is held after a few tokens (inside `generate`, so nothing depends on how fast the model is); Stop
+    is clicked; once released, generation ends at the next token and the reply so far is stored, marked stopped."""
+    from assistant import generation
+
+    url, service = running_app
+    held, release = __import__("threading").Event(), __import__("threading").Event()
+    real_put = generation._QueueStreamer.put
+    calls = []
+
+    def put(self, value):
+        calls.append(1)
+        if len(calls) == 2:  # the prompt, then the first token: held before it is shown
+            held.set()
+            release.wait(HANG)
+        real_put(self, value)
+
+    monkeypatch.setattr(generation._QueueStreamer, "put", put)
+    page.goto(url)
+    _create_profile(page, "Flo")
+    __import__("torch").manual_seed(0)  # the tiny model's sampled tokens, the same every run
+    page.locator("#message textarea").fill("Tell me a long story.")
+    page.locator("#send").click()
+    assert held.wait(HANG)
+    store = Store(data_home / "attune.db")
+    flo = store.find_profile_by_name("flo")
+    conversation = store.list_conversations(flo["id"])[0]["id"]
+    page.locator("#stop").click()
+    page.locator("#status").get_by_text("Stopping").wait_for()
+    release.set()
+    page.locator("#status").get_by_text("Stopped: what was written so far is kept.").wait_for()
+    reply = store.transcript(flo["id"], conversation)[-1]
+    assert reply.role == "assistant" and reply.settings["stopped"] is True
+    assert 1 <= reply.settings["new_tokens"][0] <= 2 and reply.settings["ended"] == [False]
+    assert page.locator(".error").count() == 0 and page.locator("#send").is_enabled()
+    page.locator("#stop").click()  # nothing is being written now: said so, nothing breaks
+    page.locator("#status").get_by_text("There is no reply being written.").wait_for()

@@ -45,6 +45,43 @@ def test_send_stores_the_message_and_the_streamed_reply(service, ann, store):
     assert service.list_conversations(ann)[0]["title"] == "Hello there!"
 
 
+def test_stop_ends_the_reply_being_written_in_that_conversation_only(service, ann, store, monkeypatch):
+    """Stop while `generate` is held at its first token (so nothing depends on the model's speed): the stream
+    finishes normally, the reply so far is stored marked stopped, and Stop reaches only this profile's conversation
+    while a reply is written there."""
+    from assistant import generation
+
+    held, release, real_put = threading.Event(), threading.Event(), generation._QueueStreamer.put
+
+    def put(self, value):
+        if self.prompt_seen and not held.is_set():  # the first token, after the prompt
+            held.set()
+            release.wait(60)
+        real_put(self, value)
+
+    monkeypatch.setattr(generation._QueueStreamer, "put", put)
+    conversation = service.new_conversation(ann, "t")["id"]
+    settings = GenerationSettings(temperature=0, max_new_tokens=64)
+    updates = service.send(ann, conversation, "Tell me a long story.", settings)
+    streamed: list = []
+    consumer = threading.Thread(target=lambda: streamed.extend(updates))  # as Gradio's worker thread does
+    consumer.start()
+    assert held.wait(60)
+    bob = service.create_profile("Bob")["id"]
+    with pytest.raises(NotFound):
+        service.stop(bob, conversation)  # not Bob's conversation
+    assert service.stop(ann, conversation) and not service.stop(ann, conversation)  # stopping twice: once
+    release.set()
+    consumer.join(60)
+    last = _finish(streamed)[-1]
+    reply = store.transcript(ann, conversation)[-1]
+    assert reply.id == last.reply.id and reply.settings["stopped"] is True and reply.settings["interrupted"] is False
+    assert reply.settings["new_tokens"][0] <= 2 and reply.settings["ended"] == [False]  # the next token at most
+    assert not service.stop(ann, conversation)  # nothing is being written any more
+    done = _finish(service.send(ann, conversation, "Again?", settings))[-1]  # a new reply is not stopped
+    assert done.reply.settings["stopped"] is False
+
+
 def test_retry_keeps_the_old_reply_as_superseded(service, ann):
     conv = _finish(service.send(ann, None, "Hi", GREEDY))[-1].conversation_id
     old = service.transcript(ann, conv)[-1]

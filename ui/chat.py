@@ -66,6 +66,15 @@ def _settings(system_prompt, temperature, top_p, max_new_tokens,
                               repetition_penalty=float(repetition_penalty))
 
 
+@ui_errors
+def on_stop(service: ChatService, ui: UI, profile_id: str | None, conversation_id: str | None):
+    """Stop the reply being written: it ends after its current token and is kept as it stands."""
+    require_conversation(profile_id, conversation_id, "There is no reply being written.")
+    if not service.stop(profile_id, conversation_id):
+        return {ui.status: "There is no reply being written."}
+    return {ui.status: "⏹ Stopping…"}
+
+
 def _settled(service: ChatService, ui: UI, profile_id: str | None, conversation_id: str | None, status: str,
              buttons: bool) -> dict:
     """The stored view after a reply, without the comment box (a 👎 given meanwhile keeps its box open), and
@@ -101,7 +110,9 @@ def _stream_view(service: ChatService, ui: UI, profile_id: str, updates: Iterabl
             # the person started in between. So this view keeps the choice buttons hidden and leaves the
             # comment box alone; `on_refresh`, chained after the event, reveals the buttons, and neither a
             # choice nor a 👎's comment box can be overwritten by it.
-            yield _settled(service, ui, profile_id, update.conversation_id, update.notice or "", buttons=False)
+            stored = update.reply or update.comparison
+            stopped = "⏹ Stopped: what was written so far is kept." if stored and _stopped(stored) else ""
+            yield _settled(service, ui, profile_id, update.conversation_id, update.notice or stopped, buttons=False)
             continue
         writing = "✍️ Writing both replies…" if compare else "✍️ Writing…"
         out.update({ui.status: " ".join(filter(None, [writing, update.notice])), ui.comment_row: gr.Row(visible=False)})
@@ -112,3 +123,9 @@ def _stream_view(service: ChatService, ui: UI, profile_id: str, updates: Iterabl
         else:
             out[ui.chatbot] = chat_value(history, pending_text=update.texts[0])
         yield out
+
+
+def _stopped(stored) -> bool:
+    """Whether a stored reply (or comparison) was cut by the person's Stop."""
+    message = getattr(stored, "a", stored)
+    return bool(message.settings.get("stopped"))

@@ -13,7 +13,7 @@ from assistant.config import DEFAULT_SYSTEM_PROMPT, AppConfig, GenerationSetting
 LIKE, DISLIKE = "Like", "Dislike"
 CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 BUTTONS = ("create", "rename", "delete", "confirm", "cancel", "new_conversation", "delete_conversation", "save_comment",
-           "send", "retry", "choices", "train_now", "reset_adapter")
+           "send", "stop", "retry", "choices", "train_now", "reset_adapter")
 """The names in `UI.buttons` (`choices`: one button per choice in CHOICE_LABELS)."""
 
 
@@ -117,12 +117,14 @@ def _chat_panel() -> dict:
         message = gr.Textbox(label="Message", placeholder="Message Attune… (Enter sends, Shift+Enter adds a line)",
                              show_label=False, scale=6, lines=1, max_lines=8, elem_id="message")
         send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+        stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop")
     with gr.Row():
         retry = gr.Button("Retry", size="sm", elem_id="retry")
         compare = gr.Checkbox(label="Compare two replies (A/B)", value=False, elem_id="compare")
     return dict(chatbot=chatbot, comment_row=comment_row, comment=comment, save_comment=save_comment,
                 compare_row=compare_row, candidate_a=candidate_a, candidate_b=candidate_b, choice_row=choice_row,
-                choices=choices, status=status, message=message, send=send, retry=retry, compare=compare)
+                choices=choices, status=status, message=message, send=send, stop=stop, retry=retry,
+                compare=compare)
 
 
 def _settings() -> dict:

@@ -13,7 +13,8 @@ from gradio.blocks import BlockContext
 
 from assistant.service import ChatService
 from ui import data_api
-from ui.chat import on_delete_conversation, on_new_conversation, on_open_conversation, on_refresh, on_retry, on_send
+from ui.chat import (on_delete_conversation, on_new_conversation, on_open_conversation, on_refresh, on_retry, on_send,
+                     on_stop)
 from ui.feedback import on_choose, on_like, on_save_comment
 from ui.layout import CHOICE_LABELS, UI
 from ui.learning import LEARNING, on_alpha, on_learning_open, on_learning_refresh, on_reset_adapter, on_train_now
@@ -34,6 +35,7 @@ OUTPUTS = {
     "delete_conversation": VIEW,
     "send": VIEW + ("message",),
     "retry": VIEW + ("message",),
+    "stop": ("status",),
     **{f"choose_{choice}": VIEW for choice in CHOICE_LABELS},
     "set_alpha": LEARNING,
     "train_now": LEARNING,
@@ -121,6 +123,8 @@ def _wire_chat(ui: UI, service: ChatService) -> None:
     b["send"].click(send, send_inputs, _outputs(ui, "send"), api_name="send").success(**refresh)
     ui.message.submit(send, send_inputs, _outputs(ui, "send"), api_visibility="private").success(**refresh)
     b["retry"].click(retry, retry_inputs, _outputs(ui, "retry"), api_name="retry").success(**refresh)
+    b["stop"].click(bind(on_stop, service, ui), [ui.profile, ui.conversation], _outputs(ui, "stop"), api_name="stop",
+                    show_progress="hidden")
 
 
 def _wire_feedback(ui: UI, service: ChatService) -> None:
