@@ -29,6 +29,8 @@ from storage.store import Message, Comparison, Store
 log = logging.getLogger(__name__)
 
 TITLE_CHARS = 48
+NEW_TITLE = "New conversation"
+"""The title of a conversation opened before its first message; that message then titles it."""
 _ALLOWED_CONTROL = {"\n", "\t", "\r"}
 
 
@@ -108,8 +110,11 @@ class ChatService:
     def list_conversations(self, profile_id: str) -> list[dict]:
         return self.store.list_conversations(profile_id)
 
-    def new_conversation(self, profile_id: str, title: str = "New conversation") -> dict:
+    def new_conversation(self, profile_id: str, title: str = NEW_TITLE) -> dict:
         return self.store.create_conversation(profile_id, title)
+
+    def rename_conversation(self, profile_id: str, conversation_id: str, title: object) -> dict:
+        return self.store.rename_conversation(profile_id, conversation_id, title)
 
     def delete_conversation(self, profile_id: str, conversation_id: str) -> None:
         self.store.delete_conversation(profile_id, conversation_id)
@@ -128,9 +133,11 @@ class ChatService:
         text = validate_message(text, self.config.max_message_chars)
         self.store.get_profile(profile_id)
         if conversation_id:
-            self.store.get_conversation(profile_id, conversation_id)
+            conversation = self.store.get_conversation(profile_id, conversation_id)
             if self.store.pending_comparison(profile_id, conversation_id):
                 raise Conflict("Choose between A and B first (or Tie / Both bad); then send your next message.")
+            if conversation["title"] == NEW_TITLE and not self.store.transcript(profile_id, conversation_id):
+                self.store.rename_conversation(profile_id, conversation_id, _title(text))
         else:
             conversation_id = self.new_conversation(profile_id, _title(text))["id"]
         user_message = self.store.add_message(profile_id, conversation_id, "user", text,

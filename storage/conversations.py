@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 from storage.base import MESSAGE_SELECT, Message, StoreBase, now
-from storage.errors import Conflict
+from storage.errors import Conflict, InvalidInput
+
+MAX_TITLE = 80
 
 
 class Conversations(StoreBase):
@@ -27,6 +29,18 @@ class Conversations(StoreBase):
 
     def get_conversation(self, profile_id: str, conversation_id: str) -> dict:
         with self._db() as db:
+            return self._require_conversation(db, profile_id, conversation_id)
+
+    def rename_conversation(self, profile_id: str, conversation_id: str, title: object) -> dict:
+        """Give a conversation a new title: one line of at most `MAX_TITLE` characters."""
+        if not isinstance(title, str) or not " ".join(title.split()):
+            raise InvalidInput("A conversation title cannot be empty.")
+        title = " ".join(title.split())
+        if len(title) > MAX_TITLE:
+            raise InvalidInput(f"A conversation title can be at most {MAX_TITLE} characters.")
+        with self._write() as db:
+            self._require_conversation(db, profile_id, conversation_id)
+            db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id))
             return self._require_conversation(db, profile_id, conversation_id)
 
     def delete_conversation(self, profile_id: str, conversation_id: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -288,3 +289,24 @@ def test_unavailable_model_exits_with_one_clear_message(tmp_path):
     assert proc.returncode == 2
     assert "Model 'no-such-org/no-such-model' is not available on this machine" in output
     assert "Traceback" not in output
+
+
+def test_a_conversation_is_titled_by_its_first_message_listed_with_its_time_and_renamable(client, data_home):
+    ann = create_profile(client, "Ann")
+    opened = call(client, "new_conversation", ann)
+    conv = opened["conversation"]["value"]
+    assert _dropdown(opened["conversation"])[0][0][0].startswith("New conversation · ")
+    send(client, ann, conv, "  How do   tides work?\nAsking for a friend.")
+    send(client, ann, conv, "And the moon?")  # only the first message titles it
+    store = Store(data_home / "attune.db")
+    assert store.get_conversation(ann, conv)["title"] == "How do tides work? Asking for a friend."
+    second = call(client, "new_conversation", ann)
+    labels = [label for label, _ in _dropdown(second["conversation"])[0]]
+    assert len(labels) == 2 and labels[1].startswith("How do tides work?") and re.search(r" · \w{3} \d+, \d\d:\d\d$",
+                                                                                             labels[1])
+    renamed = call(client, "rename_conversation", ann, conv, "  Tides  ")
+    assert store.get_conversation(ann, conv)["title"] == "Tides" and renamed["conversation_title"] == ""
+    assert renamed["conversation"]["value"] == conv and "Conversation renamed." in status_of(renamed)
+    refused = call(client, "rename_conversation", ann, conv, "   ")
+    assert "cannot be empty" in status_of(refused) and store.get_conversation(ann, conv)["title"] == "Tides"
+    assert "at most 80" in status_of(call(client, "rename_conversation", ann, conv, "t" * 81))

@@ -27,6 +27,13 @@ def on_open_conversation(service: ChatService, ui: UI, profile_id: str, conversa
 
 
 @ui_errors
+def on_rename_conversation(service: ChatService, ui: UI, profile_id: str, conversation_id: str, title: str):
+    require_conversation(profile_id, conversation_id)
+    service.rename_conversation(profile_id, conversation_id, title)
+    return {**view(service, ui, profile_id, conversation_id, "Conversation renamed."), ui.conversation_title: ""}
+
+
+@ui_errors
 def on_delete_conversation(service: ChatService, ui: UI, profile_id: str, conversation_id: str):
     if not conversation_id:
         raise refuse("Open a conversation first.")

@@ -12,7 +12,8 @@ from assistant.config import DEFAULT_SYSTEM_PROMPT, AppConfig, GenerationSetting
 
 LIKE, DISLIKE = "Like", "Dislike"
 CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
-BUTTONS = ("create", "rename", "delete", "confirm", "cancel", "new_conversation", "delete_conversation", "save_comment",
+BUTTONS = ("create", "rename", "delete", "confirm", "cancel", "new_conversation", "rename_conversation",
+           "delete_conversation", "save_comment",
            "send", "stop", "retry", "choices", "train_now", "reset_adapter")
 """The names in `UI.buttons` (`choices`: one button per choice in CHOICE_LABELS)."""
 
@@ -27,6 +28,7 @@ class UI:
     confirm_row: gr.Row
     confirm_text: gr.Markdown
     conversation: gr.Dropdown
+    conversation_title: gr.Textbox
     chatbot: gr.Chatbot
     message: gr.Textbox
     status: gr.Markdown
@@ -96,8 +98,13 @@ def _conversation_list() -> dict:
     conversation = gr.Dropdown(label="Conversation", choices=[], value=None, elem_id="conversation",
                                allow_custom_value=True)
     new_conversation = gr.Button("New conversation", elem_id="new-conversation")
+    with gr.Row(equal_height=True):
+        conversation_title = gr.Textbox(label="Rename to", placeholder="A new title", scale=3,
+                                        elem_id="conversation-title")
+        rename_conversation = gr.Button("Rename", size="sm", scale=1, elem_id="rename-conversation")
     delete_conversation = gr.Button("Delete conversation", variant="stop", size="sm")
-    return dict(conversation=conversation, new_conversation=new_conversation, delete_conversation=delete_conversation)
+    return dict(conversation=conversation, new_conversation=new_conversation, conversation_title=conversation_title,
+                rename_conversation=rename_conversation, delete_conversation=delete_conversation)
 
 
 def _chat_panel() -> dict:

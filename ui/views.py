@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import gradio as gr
 
 from assistant.service import ChatService
@@ -30,7 +32,16 @@ def profile_choices(service: ChatService) -> list[tuple[str, str]]:
 
 
 def conversation_choices(service: ChatService, profile_id: str | None) -> list[tuple[str, str]]:
-    return [(c["title"], c["id"]) for c in service.list_conversations(profile_id)] if profile_id else []
+    """Newest first, each shown with its title and when it last changed (two of the same title stay apart)."""
+    if not profile_id:
+        return []
+    return [(f"{c['title']} · {_when(c['updated_at'])}", c["id"]) for c in service.list_conversations(profile_id)]
+
+
+def _when(iso: str) -> str:
+    """An ISO-8601 UTC time as "Dec 4, 19:57" (UTC)."""
+    moment = datetime.fromisoformat(iso)
+    return f"{moment:%b} {moment.day}, {moment:%H:%M}"
 
 
 def view(service: ChatService, ui: UI, profile_id: str | None, conversation_id: str | None, status: str = "") -> dict:

@@ -13,8 +13,8 @@ from gradio.blocks import BlockContext
 
 from assistant.service import ChatService
 from ui import data_api
-from ui.chat import (on_delete_conversation, on_new_conversation, on_open_conversation, on_refresh, on_retry, on_send,
-                     on_stop)
+from ui.chat import (on_delete_conversation, on_new_conversation, on_open_conversation, on_refresh,
+                     on_rename_conversation, on_retry, on_send, on_stop)
 from ui.feedback import on_choose, on_like, on_save_comment
 from ui.layout import CHOICE_LABELS, UI
 from ui.learning import LEARNING, on_alpha, on_learning_open, on_learning_refresh, on_reset_adapter, on_train_now
@@ -32,6 +32,7 @@ OUTPUTS = {
     "delete_profile": VIEW + ("confirm_row",),
     "new_conversation": VIEW,
     "open_conversation": VIEW,
+    "rename_conversation": VIEW + ("conversation_title",),
     "delete_conversation": VIEW,
     "send": VIEW + ("message",),
     "retry": VIEW + ("message",),
@@ -110,6 +111,9 @@ def _wire_chat(ui: UI, service: ChatService) -> None:
     ui.conversation.input(bind(on_open_conversation, service, ui), [ui.profile, ui.conversation],
                           _outputs(ui, "open_conversation"), api_name="open_conversation")
     ui.chatbot.clear(new, [ui.profile], ui.pick(*VIEW), api_visibility="private")  # the trash icon
+    b["rename_conversation"].click(bind(on_rename_conversation, service, ui),
+                                   [ui.profile, ui.conversation, ui.conversation_title],
+                                   _outputs(ui, "rename_conversation"), api_name="rename_conversation")
     b["delete_conversation"].click(bind(on_delete_conversation, service, ui), [ui.profile, ui.conversation],
                                    _outputs(ui, "delete_conversation"), api_name="delete_conversation")
 
