@@ -11,7 +11,7 @@ import random
 import threading
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from adapters.blend import AdapterServer, auto_alpha
 from adapters.evaluation import HeldOutEval
@@ -49,6 +49,8 @@ class ReplyUpdate:
     """Chat mode, when done: the stored reply."""
     comparison: Comparison | None = None
     """Compare mode, when done: the stored comparison."""
+    learned: str | None = None
+    """Set when this reply is the first written with a new personal version: what the person taught, in words."""
 
 
 def validate_message(text: object, max_chars: int) -> str:
@@ -174,6 +176,7 @@ class ChatService:
         )
         adapter_versions = blend.record() if blend else {}
         notice = prompt.notice()
+        learned = self._learned(profile_id, adapter_versions.get("personal"))
 
         def updates() -> Iterator[ReplyUpdate]:
             base = dict(conversation_id=conversation_id, user_message=user_message, notice=notice)
@@ -185,8 +188,8 @@ class ChatService:
                 for texts in steps:
                     yield ReplyUpdate(texts=texts, **base)
                 stored = True
-                yield self._store_reply(profile_id, conversation_id, user_message, settings, prompt, stream,
-                                        replaces, base, adapter_versions, sides)
+                yield replace(self._store_reply(profile_id, conversation_id, user_message, settings, prompt, stream,
+                                                replaces, base, adapter_versions, sides), learned=learned)
             finally:
                 if self._stops.get(conversation_id) is stop:
                     del self._stops[conversation_id]
@@ -197,6 +200,17 @@ class ChatService:
                                       base, adapter_versions)
 
         return updates()
+
+    def _learned(self, profile_id: str, personal: str | None) -> str | None:
+        """What to tell the person when `personal`, the version about to write, is not the one that wrote their
+        previous reply: a new version of their adapter has started serving."""
+        if not personal or not self.adapters or self.store.last_personal_version(profile_id) == personal:
+            return None
+        adapter = personal_adapter(profile_id)
+        votes = (self.store.feedback_counts(profile_id)["total"]
+                 - self.store.feedback_counts(profile_id, self.store.trained_until(adapter))["total"])
+        taught = "your vote" if votes == 1 else f"your {votes} votes so far"
+        return f"✨ Attune has learned from {taught} (version {int(personal[1:])}): this reply is written with it."
 
     def stop(self, profile_id: str, conversation_id: str) -> bool:
         """The person's Stop: the reply being written in this conversation ends after its current token and is

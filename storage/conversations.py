@@ -92,6 +92,17 @@ class Conversations(StoreBase):
         db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (created, conversation_id))
         return message_id
 
+    def last_personal_version(self, profile_id: str) -> str | None:
+        """The personal adapter version ("v0003") that wrote this profile's newest reply; None if none did."""
+        with self._db() as db:
+            self._require_profile(db, profile_id)
+            rows = self._rows(
+                db,
+                "SELECT json_extract(m.adapter_versions, '$.personal') AS personal FROM messages m "
+                "JOIN conversations c ON c.id = m.conversation_id WHERE c.profile_id = ? AND m.role = 'assistant' "
+                "ORDER BY m.created_at DESC LIMIT 1", (profile_id,))
+        return rows[0]["personal"] if rows else None
+
     def get_message(self, profile_id: str, message_id: str) -> Message:
         with self._db() as db:
             return self._require_message(db, profile_id, message_id)

@@ -270,16 +270,20 @@ def test_votes_train_a_new_version_that_the_next_reply_uses(cli_app):
         time.sleep(0.5)
     assert status["personal"]["version"] == "v0001" and status["feedback"]["comparison"] == 4
     assert status["job"]["status"] == "done"
-    send(client, ann, conv, "And now?")
+    first = send(client, ann, conv, "And now?")[0]
     last = client.predict(ann, conv, api_name="/messages")[-1]
     # Served at α = 4/(4+k), unless its held-out accuracy fell below the global adapter's (then α = 0, with the reason).
     k = BlendConfig().k
+    first_served = last["adapter_versions"]["personal"] == "v0001"
     assert last["adapter_versions"]["alpha"] == pytest.approx(4 / (4 + k), abs=1e-4) or (
         last["adapter_versions"]["alpha"] == 0 and "below the global" in last["adapter_versions"]["alpha_reason"])
     client.predict(ann, False, 1.0, api_name="/set_alpha")  # "just me"
-    send(client, ann, conv, "And with just my taste?")
+    second = send(client, ann, conv, "And with just my taste?")[0]
     last = client.predict(ann, conv, api_name="/messages")[-1]
     assert last["adapter_versions"] == {"global": None, "personal": "v0001", "alpha": 1.0, "alpha_reason": "set by you"}
+    # The chat says so once, with the first reply the new version writes (the first, unless the gate held it back).
+    said = ["Attune has learned from your 4 votes so far (version 1)" in status_of(reply) for reply in (first, second)]
+    assert (said == [True, False]) if first_served else (said == [False, True]), (first_served, status_of(first), status_of(second))
     assert (home / "adapters" / f"profile_{ann}" / "v0001" / "adapter_model.safetensors").exists()
 
 

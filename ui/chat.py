@@ -119,7 +119,10 @@ def _stream_view(service: ChatService, ui: UI, profile_id: str, updates: Iterabl
             # choice nor a 👎's comment box can be overwritten by it.
             stored = update.reply or update.comparison
             stopped = "⏹ Stopped: what was written so far is kept." if stored and _stopped(stored) else ""
-            yield _settled(service, ui, profile_id, update.conversation_id, update.notice or stopped, buttons=False)
+            if update.learned:
+                gr.Info(update.learned)
+            status = " ".join(filter(None, [update.learned, update.notice, stopped]))
+            yield _settled(service, ui, profile_id, update.conversation_id, status, buttons=False)
             continue
         writing = "✍️ Writing both replies…" if compare else "✍️ Writing…"
         out.update({ui.status: " ".join(filter(None, [writing, update.notice])), ui.comment_row: gr.Row(visible=False)})
