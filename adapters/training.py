@@ -22,8 +22,8 @@ from peft import PeftModel
 from adapters.data import Encoded, Examples, PairExample, collate, encode_examples, fit_prompt
 from adapters.logprobs import (Sequence, completion_log_probs, logps_in_chunks, shared_prompt_log_probs,
                                shares_prompts, summed_logps, teachers)
-from adapters.losses import Teacher, distill_kl, dpo_loss, kto_loss, kto_reference_point, pair_metrics
 from adapters.lora import autocast
+from adapters.losses import Teacher, distill_kl, dpo_loss, kto_loss, kto_reference_point, pair_metrics
 from adapters.references import ReferenceCache, everyday_references, pair_references
 from assistant.config import TrainConfig
 from assistant.explore import instructed

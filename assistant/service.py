@@ -16,15 +16,15 @@ from dataclasses import dataclass, replace
 from adapters.blend import AdapterServer, auto_alpha
 from adapters.evaluation import HeldOutEval
 from adapters.jobs import enqueue_due, enqueue_now
-from assistant.config import AppConfig, GenerationSettings, LearningConfig, Probe
 from adapters.registry import GLOBAL, personal_adapter
+from assistant.config import AppConfig, GenerationSettings, LearningConfig, Probe
 from assistant.executor import GenerationExecutor
 from assistant.explore import choose_arms, probed
 from assistant.generation import ReplyStream
 from assistant.model import LoadedModel
 from assistant.prompts import Prompt, build_prompt
 from storage.errors import Conflict, InvalidInput, NotFound
-from storage.store import Message, Comparison, Store
+from storage.store import Comparison, Message, Store
 
 log = logging.getLogger(__name__)
 

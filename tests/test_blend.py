@@ -9,9 +9,9 @@ import torch
 from peft import PeftModel
 
 from adapters.blend import AdapterServer, Blend, auto_alpha, sign_test_p
-from assistant.config import BlendConfig, GenerationSettings, LoraSettings, ModelConfig
-from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
 from adapters.lora import add_lora
+from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
+from assistant.config import BlendConfig, GenerationSettings, LoraSettings, ModelConfig
 from assistant.generation import generate_texts
 from assistant.model import load_model
 from assistant.prompts import build_prompt

@@ -11,15 +11,15 @@ import torch
 
 from adapters.data import collate, encode
 from adapters.drift import ANCHOR, anchor_batch, limit_drift, perplexity, trainable_state
-from assistant.config import LearningConfig, LoraSettings, TrainConfig
-from adapters.registry import personal_adapter
 from adapters.logprobs import sequence_logps
 from adapters.lora import add_lora
+from adapters.registry import personal_adapter
 from adapters.worker import Worker
-from ui.learning import _learning_markdown
+from assistant.config import LearningConfig, LoraSettings, TrainConfig
 from storage.db import DB_FILENAME
 from storage.store import Store, seeded_ids
 from tests.test_worker import LEARNING, _choices, _loop
+from ui.learning import _learning_markdown
 
 STEPS = 4
 

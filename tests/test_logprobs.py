@@ -8,8 +8,8 @@ import torch
 from adapters.data import collate, encode
 from adapters.logprobs import (completion_log_probs, sequence_logps, shared_prompt_log_probs, shares_prompts,
                                teachers)
-from adapters.losses import distill_kl
 from adapters.lora import add_lora
+from adapters.losses import distill_kl
 from assistant.config import LoraSettings, ModelConfig
 from assistant.model import load_model
 from tests.test_training import _synthetic_pairs

@@ -11,8 +11,8 @@ from adapters.data import (Examples, PairExample, UnpairedExample, collate, enco
                            examples_from_feedback)
 from adapters.evaluation import preference_accuracy
 from adapters.logprobs import completion_log_probs, sequence_logps, teachers
-from adapters.losses import distill_kl
 from adapters.lora import add_lora
+from adapters.losses import distill_kl
 from adapters.training import objective, train_adapter
 from assistant.config import LoraSettings, ModelConfig, TrainConfig
 from assistant.explore import instructed

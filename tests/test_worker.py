@@ -14,15 +14,15 @@ import torch
 from transformers import AutoConfig
 
 from adapters.blend import AdapterServer
-from assistant.config import (DATA_HOME_ENV, AppConfig, BlendConfig, GenerationSettings, LearningConfig, LoraSettings,
-                              ModelConfig, TrainConfig)
 from adapters.jobs import global_update, held_out, profile_cap
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
 from adapters.worker import ADAPTERS_DIR, Worker
+from assistant.config import (DATA_HOME_ENV, AppConfig, BlendConfig, GenerationSettings, LearningConfig, LoraSettings,
+                              ModelConfig, TrainConfig)
 from assistant.model import load_model
 from assistant.service import ChatService
-from ui.learning import _learning_markdown
 from tests.conftest import HANG, REPO
+from ui.learning import _learning_markdown
 
 LEARNING = LearningConfig(personal_every=4, global_every=6, min_profiles=1,
                           train=TrainConfig(steps=3, learning_rate=1e-3))
