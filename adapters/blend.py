@@ -115,7 +115,7 @@ class AdapterServer:
         user = self.store.get_profile(profile_id)
         if personal_v is None:
             return Blend(global_v.version if global_v else None, None, 0.0, "no personal adapter yet", profile_id)
-        gate = _gate(personal_v)
+        gate = gate_reason(personal_v)
         if user.get("alpha_override") is not None:
             alpha, reason = float(user["alpha_override"]), "set by you"
         elif gate:
@@ -203,7 +203,7 @@ def sign_test_p(worse: int, better: int) -> float:
     return sum(math.comb(n, k) for k in range(worse, n + 1)) / 2 ** n if n else 1.0
 
 
-def _gate(personal: AdapterVersion) -> str | None:
+def gate_reason(personal: AdapterVersion) -> str | None:
     """Why a personal version should not be served: on the held-out votes where it and global-only disagree, it
     is right significantly less often (sign test, p < GATE_P_VALUE). With a handful of held-out votes a plain
     accuracy comparison is mostly noise: it held back adapters that served the person better."""

@@ -232,8 +232,8 @@ class Worker:
         data = selection.data
 
         def progress(step, total, metrics):
-            self.store.job_progress(job_id, step / total,
-                                    f"step {step}/{total}, loss {metrics.get('loss', float('nan')):.3f}")
+            log.debug("job %s step %d/%d loss %.4f", job_id, step, total, metrics.get("loss", float("nan")))
+            self.store.job_progress(job_id, step / total, f"step {step} of {total}")
 
         self.store.job_progress(job_id, 0.0, f"training on {len(data.train)} examples")
         config = self.train_config(selection, built.refit)

@@ -56,7 +56,7 @@ class Prompt:
                 "cut_tokens": self.cut_tokens}
 
 
-def _render(loaded: LoadedModel, system_prompt: str, turns: list[dict]) -> list[int]:
+def _render(loaded: LoadedModel, system_prompt: str, turns: list[dict], prefix: str = "") -> list[int]:
     tokenizer = loaded.tokenizer
     if loaded.has_chat_template:
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + turns
@@ -66,13 +66,15 @@ def _render(loaded: LoadedModel, system_prompt: str, turns: list[dict]) -> list[
         for turn in turns:
             tag = USER_TAG if turn["role"] == "user" else ASSISTANT_TAG
             lines.append(f"{tag} {turn['content'].strip()}")
-        lines.append(ASSISTANT_TAG)
+        lines.append(ASSISTANT_TAG + (" " if prefix else ""))
         text = "\n".join(lines)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(text + prefix, add_special_tokens=False)["input_ids"]
 
 
-def build_prompt(loaded: LoadedModel, system_prompt: str, turns: list[dict], max_new_tokens: int) -> Prompt:
-    """Fit `turns` (role/content dicts ending with the user's message) plus a reply into the context window."""
+def build_prompt(loaded: LoadedModel, system_prompt: str, turns: list[dict], max_new_tokens: int,
+                 prefix: str = "") -> Prompt:
+    """Fit `turns` (role/content dicts ending with the user's message) plus a reply into the context window.
+    `prefix`: the start of the reply, already written (Continue); the model writes on from its last token."""
     if not turns or turns[-1]["role"] != "user":
         raise InvalidInput("There is no user message to answer.")
     window = loaded.context_window
@@ -81,12 +83,12 @@ def build_prompt(loaded: LoadedModel, system_prompt: str, turns: list[dict], max
     stops = () if loaded.has_chat_template else TAGGED_STOP_STRINGS
 
     kept = list(turns)
-    ids = _render(loaded, system_prompt, kept)
+    ids = _render(loaded, system_prompt, kept, prefix)
     while len(ids) > budget and len(kept) > 1:
         kept = kept[1:]
         while kept[0]["role"] != "user" and len(kept) > 1:  # a transcript starts with the user
             kept = kept[1:]
-        ids = _render(loaded, system_prompt, kept)
+        ids = _render(loaded, system_prompt, kept, prefix)
 
     cut = 0
     if len(ids) > budget:
@@ -97,7 +99,7 @@ def build_prompt(loaded: LoadedModel, system_prompt: str, turns: list[dict], max
             raise InvalidInput("The system prompt leaves no room for your message in this model's context window; "
                                "shorten the system prompt in Settings.")
         kept = [{"role": "user", "content": tokenizer.decode(content_ids[cut:])}]
-        ids = _render(loaded, system_prompt, kept)
+        ids = _render(loaded, system_prompt, kept, prefix)
         if len(ids) > budget:
             raise InvalidInput("This message does not fit the model's context window even after cutting it.")
     return Prompt(input_ids=ids, max_new_tokens=reply_budget, stop_strings=stops,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from storage.base import MESSAGE_SELECT, Message, StoreBase, now
+from storage.base import MESSAGE_SELECT, NOT_CONTINUED, Message, StoreBase, now
 from storage.errors import Conflict, InvalidInput
 
 MAX_TITLE = 80
@@ -62,8 +62,9 @@ class Conversations(StoreBase):
         adapter_versions: dict | None = None,
         replaces: str | None = None,
     ) -> Message:
-        """Append a message. `replaces`: the active assistant reply it takes over from (a retry), which stays
-        stored as superseded, in the same transaction."""
+        """Append a message. `replaces`: the active message it takes over from, which stays stored as superseded,
+        in the same transaction: an assistant reply (a retry, a continued reply) or the last user message (an edit:
+        its reply is superseded with it)."""
         with self._write() as db:
             self._require_conversation(db, profile_id, conversation_id)
             self._supersede(db, profile_id, conversation_id, replaces)
@@ -75,9 +76,41 @@ class Conversations(StoreBase):
         if message_id is None:
             return
         old = self._require_message(db, profile_id, message_id)
-        if old.role != "assistant" or old.status != "active" or old.conversation_id != conversation_id:
-            raise Conflict("That reply is no longer the current one; reopen the conversation.")
+        if old.status != "active" or old.conversation_id != conversation_id:
+            raise Conflict("That message is no longer the current one; reopen the conversation.")
+        if old.role == "user":
+            later = self._rows(db, "SELECT role FROM messages WHERE conversation_id = ? AND seq > ? "
+                                   "AND status = 'active'", (conversation_id, old.seq))
+            if any(r["role"] == "user" for r in later):
+                raise Conflict("Only your last message can be edited.")
+            db.execute("UPDATE messages SET status = 'superseded' WHERE conversation_id = ? AND seq > ? "
+                       "AND status = 'active'", (conversation_id, old.seq))
         db.execute("UPDATE messages SET status = 'superseded' WHERE id = ?", (message_id,))
+
+    def replies_to(self, profile_id: str, message_id: str) -> list[Message]:
+        """Every reply written to a user message, active or superseded (a retry's earlier ones), oldest first;
+        comparison candidates and replies continued into a longer one are not among them."""
+        with self._db() as db:
+            self._require_message(db, profile_id, message_id)
+            rows = self._rows(db, MESSAGE_SELECT + " WHERE m.parent_id = ? AND m.role = 'assistant' "
+                                                   f"AND m.status IN ('active', 'superseded') AND {NOT_CONTINUED} "
+                                                   "ORDER BY m.seq", (message_id,))
+        return [Message.from_row(r) for r in rows]
+
+    def switch_reply(self, profile_id: str, message_id: str) -> Message:
+        """Make an earlier reply to the last user message the one the conversation goes on from (browsing a
+        retry's replies); the reply active until now is superseded."""
+        with self._write() as db:
+            chosen = self._require_message(db, profile_id, message_id)
+            if chosen.role != "assistant" or chosen.status not in ("active", "superseded"):
+                raise Conflict("That reply cannot be shown here; reopen the conversation.")
+            current = self._rows(db, "SELECT id, parent_id FROM messages WHERE conversation_id = ? AND "
+                                     "status = 'active' ORDER BY seq DESC LIMIT 1", (chosen.conversation_id,))
+            if not current or current[0]["parent_id"] != chosen.parent_id:
+                raise Conflict("Only the replies to your last message can be browsed.")
+            db.execute("UPDATE messages SET status = 'superseded' WHERE id = ?", (current[0]["id"],))
+            db.execute("UPDATE messages SET status = 'active' WHERE id = ?", (message_id,))
+        return self.get_message(profile_id, message_id)
 
     def _insert_message(self, db, conversation_id, role, content, parent_id, status, model_id, settings,
                         adapters) -> str:
@@ -102,6 +135,17 @@ class Conversations(StoreBase):
                 "JOIN conversations c ON c.id = m.conversation_id WHERE c.profile_id = ? AND m.role = 'assistant' "
                 "ORDER BY m.created_at DESC LIMIT 1", (profile_id,))
         return rows[0]["personal"] if rows else None
+
+    def recent_user_messages(self, profile_id: str, limit: int = 10) -> list[Message]:
+        """This profile's newest messages (its own words, each text once), newest first."""
+        with self._db() as db:
+            self._require_profile(db, profile_id)
+            rows = self._rows(db, MESSAGE_SELECT + " WHERE c.profile_id = ? AND m.role = 'user' "
+                                                   "ORDER BY m.created_at DESC LIMIT ?", (profile_id, limit * 4))
+        unique: dict[str, Message] = {}
+        for row in rows:
+            unique.setdefault(row["content"], Message.from_row(row))
+        return list(unique.values())[:limit]
 
     def get_message(self, profile_id: str, message_id: str) -> Message:
         with self._db() as db:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from storage.base import now
+from storage.base import NOT_CONTINUED, now
 from storage.comparisons import Comparison, Comparisons
 from storage.errors import InvalidInput
 
@@ -121,7 +121,7 @@ class Feedback(Comparisons):
                 db,
                 "SELECT m.content, m.settings FROM messages m LEFT JOIN feedback f ON f.message_id = m.id "
                 "WHERE m.parent_id = ? AND m.role = 'assistant' AND m.status = 'superseded' "
-                "AND m.seq < ? AND (f.value IS NULL OR f.value < 0) ORDER BY m.seq",
+                f"AND m.seq < ? AND (f.value IS NULL OR f.value < 0) AND {NOT_CONTINUED} ORDER BY m.seq",
                 (reply.parent_id, reply.seq),
             )
             event["superseded"] = [r["content"] for r in old]

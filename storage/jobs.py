@@ -83,6 +83,13 @@ class TrainingJobs(StoreBase):
                               (adapter,))
         return rows[0] if rows else None
 
+    def active_jobs(self, adapters: list[str]) -> list[dict]:
+        """The queued and running jobs of these adapters, oldest first."""
+        marks = ", ".join("?" * len(adapters))
+        with self._db() as db:
+            return self._rows(db, f"SELECT * FROM training_jobs WHERE adapter IN ({marks}) "
+                                  "AND status IN ('queued', 'running') ORDER BY created_at", tuple(adapters))
+
     def cancel_jobs(self, adapter: str) -> None:
         with self._write() as db:
             db.execute("UPDATE training_jobs SET status = 'cancelled', finished_at = ? "

@@ -19,9 +19,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
-HANG = 1800
+HANG = float(os.environ.get("ATTUNE_TEST_HANG", "1800"))
 """Seconds after which a test takes a process, thread, page or server as hung: a guard against a hang, never the
-verdict (a busy machine may be ten times slower than a quiet one)."""
+verdict (a busy machine may be ten times slower than a quiet one). ATTUNE_TEST_HANG shortens it while debugging."""
 EMBEDDED_CACHE = REPO / ".cache" / "models"  # converted once, reused by later runs (git-ignored)
 
 @pytest.fixture(scope="session")
@@ -71,3 +71,21 @@ def running_app(tiny_model_dir, data_home):
     assert url.startswith("http://127.0.0.1:")
     yield url, service
     demo.close()
+
+
+@pytest.fixture
+def page(tmp_path):
+    """A desktop browser tab (1280×1000) in Debian's Chromium; its last state is saved as final.png."""
+    from tests.browser import browser_page
+
+    with browser_page(tmp_path, width=1280, height=1000) as page:
+        yield page
+
+
+@pytest.fixture
+def phone(tmp_path):
+    """A phone-sized tab (390×844, touch) in Debian's Chromium."""
+    from tests.browser import browser_page
+
+    with browser_page(tmp_path, width=390, height=844, is_mobile=True, has_touch=True) as page:
+        yield page

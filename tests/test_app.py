@@ -20,6 +20,7 @@ from assistant.config import DATA_HOME_ENV, BlendConfig
 from storage.store import Store
 from tests.conftest import HANG, REPO, free_port
 from ui import OUTPUTS, UI, api_returns
+from ui.views import unmarked
 
 SETTINGS = dict(system_prompt="Be brief.", temperature=0, top_p=0.9, max_new_tokens=12)
 
@@ -61,7 +62,8 @@ def status_of(result: dict) -> str:
 
 
 def last_text(chat: dict) -> str:
-    return chat["value"][-1]["content"][0]["text"]
+    """The last message's text as stored (without the small line the page adds under a reply)."""
+    return unmarked(chat["value"][-1]["content"][0]["text"])
 
 
 def test_create_chat_vote_compare_switch(client, running_app, data_home):
@@ -180,6 +182,10 @@ def test_retry_rename_and_delete_with_confirmation(client, data_home):
     client.submit(ann, conv, False, *SETTINGS.values(), api_name="/retry").result()
     store = Store(data_home / "attune.db")
     assert store.counts()["messages"] == 3 and len(store.transcript(ann, conv)) == 2
+    call(client, "ask_delete_conversation", ann, conv)
+    assert len(store.transcript(ann, conv)) == 2  # asking deletes nothing
+    assert call(client, "delete_conversation", ann, conv)["conversation"]["value"] is None
+    assert store.counts()["conversations"] == 0
     renamed = call(client, "rename_profile", ann, "Annie")
     assert _dropdown(renamed["profile"])[0] == [("Annie", ann)]
     asked = call(client, "ask_delete_profile", ann)  # shows the confirmation row (layout: not returned)

@@ -2,68 +2,24 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 
-import pytest
-
 from storage.store import Store
+from tests.browser import BROWSER, create_profile, usable, wait_for_reply
 from tests.conftest import HANG
 
-CHROMIUM = shutil.which("chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None and not __import__("os").environ.get("CI"),
-                       reason="Debian's chromium is not installed (make test installs it)"),
-]
-
-
-@pytest.fixture
-def page(tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM, "chromium must be installed in CI (apt-get install chromium)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(HANG * 1000)
-        yield page
-        page.screenshot(path=str(tmp_path / "final.png"), full_page=True)
-        browser.close()
-
-
-def _wait_for_reply(store: Store, profile: str, seconds: float = HANG):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        user = store.find_profile_by_name(profile)
-        for conversation in store.list_conversations(user["id"]):
-            transcript = store.transcript(user["id"], conversation["id"])
-            if transcript and transcript[-1].role == "assistant":
-                return transcript
-        time.sleep(0.1)
-    raise AssertionError("no reply was stored")
-
-
-def _create_profile(page, name: str) -> None:
-    page.locator("#profile-name input, #profile-name textarea").first.fill(name)
-    page.locator("#create-profile").click()
-    # (the toast can come before the new profile is applied; the status line comes with it)
-    page.locator("#status").get_by_text(f"Profile '{name}' created.").wait_for()
+pytestmark = BROWSER
 
 
 def test_profile_chat_thumbs_and_reload(page, running_app, data_home, tmp_path):
     url, _ = running_app
     page.goto(url)
-    _create_profile(page, "Ann 🎉")
+    create_profile(page, "Ann 🎉")
 
     page.locator("#message textarea").fill("Hello there!")
     page.locator("#send").click()
     store = Store(data_home / "attune.db")
-    transcript = _wait_for_reply(store, "ann 🎉")
+    transcript = wait_for_reply(store, "ann 🎉")
     page.locator("#status").get_by_text("Writing").wait_for(state="detached")
     user = store.find_profile_by_name("ann 🎉")
     conversation = store.list_conversations(user["id"])[0]
@@ -104,13 +60,13 @@ def test_profile_chat_thumbs_and_reload(page, running_app, data_home, tmp_path):
 
     # The Learning panel counts that feedback, and Train now queues a job for the worker.
     page.locator("#learning").get_by_text("Learning").first.click()
-    page.locator("#learning-status").get_by_text("1 thumbs, 1 comparisons").wait_for()
+    page.locator("#learning-status").get_by_text("1 👍/👎 on a reply and 1 choice between two replies").wait_for()
     page.locator("#train-now").click()
     page.get_by_text("Training queued").first.wait_for()
     from adapters.registry import personal_adapter
 
     assert store.latest_job(personal_adapter(user["id"]))["status"] == "queued"
-    page.locator("#learning-status").get_by_text("queued").first.wait_for()  # the panel refreshes by itself
+    page.locator("#learning-status").get_by_text("Training your version: waiting its turn").wait_for()  # refreshed
 
     # After a reload the same profile and conversation come back, with the vote shown again.
     page.reload()
@@ -132,7 +88,7 @@ def test_a_choice_made_as_soon_as_the_buttons_show_stays_made(page, running_app,
 
     monkeypatch.setattr(service, "send", send_that_completes_late)
     page.goto(url)
-    _create_profile(page, "Bo")
+    create_profile(page, "Bo")
     page.locator("#compare label").click()
     page.locator("#message textarea").fill("Two versions, please.")
     page.locator("#send").click()
@@ -164,7 +120,7 @@ def test_after_a_failed_first_reply_the_next_message_continues_that_conversation
 
     monkeypatch.setattr(service, "send", send_that_breaks)
     page.goto(url)
-    _create_profile(page, "Cy")
+    create_profile(page, "Cy")
     page.locator("#message textarea").fill("Will this fail?")
     page.locator("#send").click()
     page.get_by_text("Sorry, something went wrong on our side").first.wait_for()
@@ -186,18 +142,6 @@ def test_after_a_failed_first_reply_the_next_message_continues_that_conversation
     assert said == ["Will this fail?", "Second try."]
 
 
-def _usable(page, typed: str) -> None:
-    """The page after a refusal: no component replaced by an error badge, what was typed still there, the message
-    box still taking text and Send still clickable."""
-    assert page.locator(".error").count() == 0, "an error badge or error toast is shown"
-    box = page.locator("#message textarea")
-    assert box.input_value() == typed and box.is_editable()
-    box.fill(typed + "!")
-    assert box.input_value() == typed + "!"
-    box.fill(typed)
-    assert page.locator("#send").is_enabled()
-
-
 def test_refusals_leave_the_page_usable(page, running_app, data_home):
     """Each refusal shows its reason as a toast and in the status line, and the page stays as it was: sending with
     no profile, an empty message, a duplicate profile, a message while an A/B choice is pending."""
@@ -206,19 +150,19 @@ def test_refusals_leave_the_page_usable(page, running_app, data_home):
     page.locator("#message textarea").fill("Hello?")
     page.locator("#send").click()
     page.locator("#status").get_by_text("Pick or create a profile first.").wait_for()
-    _usable(page, "Hello?")
+    usable(page, "Hello?")
 
-    _create_profile(page, "Dee")
+    create_profile(page, "Dee")
     page.locator("#profile-name input, #profile-name textarea").first.fill("DEE")
     page.locator("#create-profile").click()
     page.locator("#status").get_by_text("already exists").wait_for()
     assert page.locator("#profile input").first.input_value() == "Dee"
-    _usable(page, "Hello?")
+    usable(page, "Hello?")
 
     page.locator("#message textarea").fill("   ")
     page.locator("#send").click()
     page.locator("#status").get_by_text("empty").wait_for()
-    _usable(page, "   ")
+    usable(page, "   ")
 
     page.locator("#compare label").click()
     page.locator("#message textarea").fill("Compare, please.")
@@ -234,7 +178,7 @@ def test_refusals_leave_the_page_usable(page, running_app, data_home):
     page.locator("#message textarea").fill("Too early.")
     page.locator("#send").click()
     page.locator("#status").get_by_text("Choose between A and B first").wait_for()
-    _usable(page, "Too early.")
+    usable(page, "Too early.")
     assert page.locator("#candidate-a").is_visible() and page.locator("#candidate-b").is_visible()
     page.locator("#choose-b").click()  # the candidates are still there to choose from
     page.locator("#status").get_by_text("Saved: B is better").wait_for()
@@ -257,7 +201,7 @@ def test_enter_sends_shift_enter_adds_a_line_and_text_typed_during_a_reply_stays
             yield update
 
     page.goto(url)
-    _create_profile(page, "Eve")
+    create_profile(page, "Eve")
     box = page.locator("#message textarea")
     assert page.get_by_role("textbox", name="Message", exact=True).count() == 1  # its accessible name
     assert "Enter sends, Shift+Enter adds a line" in box.get_attribute("placeholder")
@@ -269,7 +213,7 @@ def test_enter_sends_shift_enter_adds_a_line_and_text_typed_during_a_reply_stays
     store = Store(data_home / "attune.db")
     assert store.counts()["messages"] == 0
     box.press("Enter")
-    transcript = _wait_for_reply(store, "eve")
+    transcript = wait_for_reply(store, "eve")
     assert transcript[0].content == "First line\nsecond line" and box.input_value() == ""
 
     monkeypatch.setattr(service, "send", slow_send)
@@ -312,7 +256,7 @@ def test_stop_ends_the_reply_and_keeps_what_was_written(page, running_app, data_
 
     monkeypatch.setattr(generation._QueueStreamer, "put", put)
     page.goto(url)
-    _create_profile(page, "Flo")
+    create_profile(page, "Flo")
     __import__("torch").manual_seed(0)  # the tiny model's sampled tokens, the same every run
     page.locator("#message textarea").fill("Tell me a long story.")
     page.locator("#send").click()

@@ -19,7 +19,7 @@ from assistant.config import LearningConfig, LoraSettings, TrainConfig
 from storage.db import DB_FILENAME
 from storage.store import Store, seeded_ids
 from tests.test_worker import LEARNING, _choices, _loop
-from ui.learning import _learning_markdown
+from ui.learning_text import learning_markdown
 
 STEPS = 4
 
@@ -174,7 +174,7 @@ def _published_chain(home, tiny_model_dir, app_config, tiny_loaded, learning):
         version = registry.current(personal_adapter(ann))
         with service.adapters.activate(replace(service.adapters.blend_for(ann), alpha=1.0)):
             ratio = perplexity(service.loaded.model, anchor_batch(tiny_loaded)) / base
-        chain.append((ratio, version.manifest, _learning_markdown(service.learning_status(ann))))
+        chain.append((ratio, version.manifest, learning_markdown(service.learning_status(ann))))
     return chain
 
 

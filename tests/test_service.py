@@ -92,6 +92,60 @@ def test_retry_keeps_the_old_reply_as_superseded(service, ann):
     assert new.parent_id == old.parent_id
 
 
+def test_edit_answers_the_new_text_and_keeps_the_old_branch_for_learning(service, ann, store):
+    conv = _finish(service.send(ann, None, "Hi", GREEDY))[-1].conversation_id
+    old_user, old_reply = service.transcript(ann, conv)
+    service.vote(ann, old_reply.id, -1)  # a 👎 on the reply to the first wording
+    new = _finish(service.edit(ann, conv, "Hello, how are you?", GREEDY))[-1].reply
+    transcript = service.transcript(ann, conv)
+    assert [(m.role, m.content) for m in transcript] == [("user", "Hello, how are you?"), ("assistant", new.content)]
+    assert {store.get_message(ann, m.id).status for m in (old_user, old_reply)} == {"superseded"}
+    event = store.feedback(ann)[0]  # the 👎 still has the prompt it was given on
+    assert event["prompt"][-1] == {"role": "user", "content": "Hi"}
+    _finish(service.send(ann, conv, "And then?", GREEDY))
+    with pytest.raises(Conflict, match="Only your last message"):  # storage guards the branch point
+        store.add_message(ann, conv, "user", "Hey", replaces=transcript[0].id)
+    with pytest.raises(InvalidInput, match="empty"):
+        list(service.edit(ann, conv, "  ", GREEDY))
+    assert [m.content for m in service.transcript(ann, conv) if m.role == "user"] == ["Hello, how are you?",
+                                                                                      "And then?"]
+
+
+def test_continue_writes_on_from_a_reply_cut_at_the_length_limit(service, ann, store):
+    """The tiny random model never ends by itself, so every reply here is cut at its budget."""
+    conv = _finish(service.send(ann, None, "Tell me a story.", GREEDY))[-1].conversation_id
+    cut = service.transcript(ann, conv)[-1]
+    assert cut.settings["ended"] == [False]
+    updates = _finish(service.continue_reply(ann, conv, GREEDY))
+    assert all(u.texts[0].startswith(cut.content) for u in updates)  # the shown text grows from the cut one
+    longer = updates[-1].reply
+    assert longer.content.startswith(cut.content) and len(longer.content) > len(cut.content)
+    assert [m.id for m in service.transcript(ann, conv)][-1] == longer.id
+    assert store.get_message(ann, cut.id).status == "superseded" and longer.parent_id == cut.parent_id
+    assert longer.settings["continues"] == cut.id and service.replies_to_last(ann, conv) == ([longer], 0)
+    service.vote(ann, longer.id, 1)  # the cut one is neither an alternative nor a rejected reply
+    assert store.feedback(ann)[0]["superseded"] == []
+    store.add_message(ann, conv, "assistant", "A complete reply.", parent_id=cut.parent_id, replaces=longer.id,
+                      settings={"ended": [True]})
+    with pytest.raises(InvalidInput, match="nothing to continue"):
+        list(service.continue_reply(ann, conv, GREEDY))
+
+
+def test_a_retry_s_earlier_replies_can_be_browsed_continued_and_rated(service, ann):
+    conv = _finish(service.send(ann, None, "Hi", GREEDY))[-1].conversation_id
+    first = service.transcript(ann, conv)[-1]
+    second = _finish(service.retry(ann, conv, GenerationSettings(temperature=1.0, max_new_tokens=12)))[-1].reply
+    replies, shown = service.replies_to_last(ann, conv)
+    assert [m.id for m in replies] == [first.id, second.id] and shown == 1
+    with pytest.raises(InvalidInput, match="no other reply"):
+        service.show_reply(ann, conv, 1)
+    assert service.show_reply(ann, conv, -1).id == first.id
+    assert service.transcript(ann, conv)[-1].id == first.id and service.replies_to_last(ann, conv)[1] == 0
+    service.vote_at(ann, conv, 1, 1, shown=first.content)  # the 👍 lands on the reply shown
+    assert service.store.get_message(ann, first.id).vote == 1
+    assert service.store.get_message(ann, second.id).status == "superseded"
+
+
 def test_compare_blocks_sending_until_a_choice(service, ann):
     updates = _finish(service.send(ann, None, "Hi", GREEDY, compare=True))
     pair = updates[-1].comparison

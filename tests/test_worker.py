@@ -22,7 +22,7 @@ from assistant.config import (DATA_HOME_ENV, AppConfig, BlendConfig, GenerationS
 from assistant.model import load_model
 from assistant.service import ChatService
 from tests.conftest import HANG, REPO
-from ui.learning import _learning_markdown
+from ui.learning_text import learning_markdown
 
 LEARNING = LearningConfig(personal_every=4, global_every=6, min_profiles=1,
                           train=TrainConfig(steps=3, learning_rate=1e-3))
@@ -357,7 +357,7 @@ def test_the_global_adapter_waits_for_min_profiles(store, data_home, tiny_model_
     assert registry.current(personal_adapter(ann)) is not None and registry.current(GLOBAL) is None
     assert "waits for feedback from 3 profiles" in store.latest_job(GLOBAL)["message"]
     assert service.learning_status(ann)["global_profiles"] == {"profiles": 1, "needed": 3}
-    assert "it learns once 3 profiles have given feedback (1 so far)" in _learning_markdown(service.learning_status(ann))
+    assert "it learns once 3 profiles have given feedback (1 so far)" in learning_markdown(service.learning_status(ann))
     _choices(service, bob, 4)
     assert store.latest_job(GLOBAL)["status"] == "done"  # two profiles: still nothing queued
     _choices(service, cy, 4)
@@ -365,7 +365,7 @@ def test_the_global_adapter_waits_for_min_profiles(store, data_home, tiny_model_
     while worker.run_once():
         pass
     assert registry.current(GLOBAL).manifest["new_events"] > 0
-    assert "Everyone's adapter:** v0001" in _learning_markdown(service.learning_status(ann))
+    assert "Everyone's version:** version 1" in learning_markdown(service.learning_status(ann))
     with pytest.raises(ValueError, match="min_profiles"):
         LearningConfig(min_profiles=0)
 

@@ -34,11 +34,20 @@ def on_rename_conversation(service: ChatService, ui: UI, profile_id: str, conver
 
 
 @ui_errors
+def on_ask_delete_conversation(service: ChatService, ui: UI, profile_id: str, conversation_id: str):
+    """Ask first: shows the confirmation row; nothing is deleted yet."""
+    require_conversation(profile_id, conversation_id)
+    service.get_conversation(profile_id, conversation_id)
+    return {ui.conversation_confirm_row: gr.Row(visible=True), ui.status: ""}
+
+
+@ui_errors
 def on_delete_conversation(service: ChatService, ui: UI, profile_id: str, conversation_id: str):
     if not conversation_id:
         raise refuse("Open a conversation first.")
     service.delete_conversation(profile_id, conversation_id)
-    return view(service, ui, profile_id, None, "Conversation deleted.")
+    return {**view(service, ui, profile_id, None, "Conversation deleted."),
+            ui.conversation_confirm_row: gr.Row(visible=False)}
 
 
 @ui_errors
@@ -47,7 +56,51 @@ def on_send(service: ChatService, ui: UI, profile_id, conversation_id, text, com
     require_profile(profile_id)
     settings = _settings(system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
     updates = service.send(profile_id, conversation_id or None, text, settings, compare=bool(compare))
-    yield from _stream_view(service, ui, profile_id, updates, bool(compare), retrying=False)
+    yield from _stream_view(service, ui, profile_id, updates, bool(compare), replacing=False, takes_message=True)
+
+
+@ui_errors
+def on_edit(service: ChatService, ui: UI, profile_id, conversation_id, text, compare, system_prompt, temperature,
+            top_p, max_new_tokens, repetition_penalty=GenerationSettings.repetition_penalty):
+    """Replace the last user message with `text` and answer it afresh (the old one and its reply stay stored)."""
+    require_conversation(profile_id, conversation_id, "Open a conversation with a message first.")
+    settings = _settings(system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
+    updates = service.edit(profile_id, conversation_id, text, settings, compare=bool(compare))
+    yield from _stream_view(service, ui, profile_id, updates, bool(compare), replacing=False, takes_message=False)
+
+
+@ui_errors
+def on_edit_in_chat(service: ChatService, ui: UI, profile_id, conversation_id, compare, system_prompt, temperature,
+                    top_p, max_new_tokens, repetition_penalty, data: gr.EditData):
+    """The pencil on a message in the chat: only the last user message can be edited."""
+    require_conversation(profile_id, conversation_id)
+    transcript = service.transcript(profile_id, conversation_id)
+    users = [i for i, m in enumerate(transcript) if m.role == "user"]
+    if not users or data.index != users[-1]:
+        yield view(service, ui, profile_id, conversation_id, "⚠️ Only your last message can be edited.")
+        gr.Warning("Only your last message can be edited.")
+        return
+    text = data.value if isinstance(data.value, str) else ""
+    yield from on_edit(service, ui, profile_id, conversation_id, text, compare, system_prompt, temperature, top_p,
+                       max_new_tokens, repetition_penalty)
+
+
+@ui_errors
+def on_continue(service: ChatService, ui: UI, profile_id, conversation_id, system_prompt, temperature, top_p,
+                max_new_tokens, repetition_penalty=GenerationSettings.repetition_penalty):
+    """Write on from where the last reply was cut at the length limit (or stopped)."""
+    require_conversation(profile_id, conversation_id, "Open a conversation with a reply first.")
+    settings = _settings(system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
+    updates = service.continue_reply(profile_id, conversation_id, settings)
+    yield from _stream_view(service, ui, profile_id, updates, False, replacing=True, takes_message=False)
+
+
+@ui_errors
+def on_show_reply(service: ChatService, ui: UI, step: int, profile_id: str, conversation_id: str):
+    """‹ or ›: the earlier or later reply to the last message becomes the one shown, continued and rated."""
+    require_conversation(profile_id, conversation_id)
+    service.show_reply(profile_id, conversation_id, step)
+    return view(service, ui, profile_id, conversation_id)
 
 
 @ui_errors
@@ -56,7 +109,7 @@ def on_retry(service: ChatService, ui: UI, profile_id, conversation_id, compare,
     require_conversation(profile_id, conversation_id, "Open a conversation with a message first.")
     settings = _settings(system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
     updates = service.retry(profile_id, conversation_id, settings, compare=bool(compare))
-    yield from _stream_view(service, ui, profile_id, updates, bool(compare), retrying=True)
+    yield from _stream_view(service, ui, profile_id, updates, bool(compare), replacing=True, takes_message=False)
 
 
 @ui_errors
@@ -94,23 +147,25 @@ def _settled(service: ChatService, ui: UI, profile_id: str | None, conversation_
 
 
 def _stream_view(service: ChatService, ui: UI, profile_id: str, updates: Iterable[ReplyUpdate], compare: bool,
-                 retrying: bool):
+                 replacing: bool, takes_message: bool):
     """Yield UI updates while a reply (or A and B) streams in, then the stored state with the choice buttons
-    still hidden: `on_refresh`, chained after the event, shows them."""
+    still hidden: `on_refresh`, chained after the event, shows them. `replacing`: the last reply shown is being
+    replaced (Retry, Continue); `takes_message`: the message box's text was sent (cleared once, at the start)."""
     first = True
     for update in updates:
         out = {}
         if first:
             history = service.transcript(profile_id, update.conversation_id)
-            if retrying and history and history[-1].role == "assistant":
+            if replacing and history and history[-1].role == "assistant":
                 history = history[:-1]
             if update.notice:
                 gr.Info(update.notice)
             # (a new conversation is selected at once: if the reply fails, the next message continues it)
             out[ui.conversation] = gr.Dropdown(value=update.conversation_id,
                                                choices=conversation_choices(service, profile_id))
-            if not retrying:  # once, as the message is taken: what is typed while the reply streams stays
+            if takes_message:  # once, as the message is taken: what is typed while the reply streams stays
                 out[ui.message] = ""
+            out.update({ui.continue_reply: gr.Button(visible=False), ui.branch_row: gr.Row(visible=False)})
             first = False
         if update.done:
             # Gradio applies a generator's last output once more when the event completes, after any event

@@ -7,7 +7,7 @@ import gradio as gr
 from assistant.service import ChatService
 from ui.errors import refuse, require_conversation, ui_errors
 from ui.layout import LIKE, UI
-from ui.views import view
+from ui.views import unmarked, view
 
 CHOICE_CONFIRMATIONS = {
     "a": "Saved: A is better. A continues the conversation.",
@@ -23,7 +23,7 @@ def on_like(service: ChatService, ui: UI, profile_id: str, conversation_id: str,
     require_conversation(profile_id, conversation_id)
     index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
     value = 1 if data.liked is True or data.liked == LIKE else -1
-    shown = data.value if isinstance(data.value, str) else None
+    shown = unmarked(data.value) if isinstance(data.value, str) else None
     feedback = service.vote_at(profile_id, conversation_id, int(index), value, shown)
     if value > 0:
         gr.Info("Thanks! Saved your 👍.")

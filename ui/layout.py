@@ -13,8 +13,9 @@ from assistant.config import DEFAULT_SYSTEM_PROMPT, AppConfig, GenerationSetting
 LIKE, DISLIKE = "Like", "Dislike"
 CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 BUTTONS = ("create", "rename", "delete", "confirm", "cancel", "new_conversation", "rename_conversation",
-           "delete_conversation", "save_comment",
-           "send", "stop", "retry", "choices", "train_now", "reset_adapter")
+           "delete_conversation", "confirm_delete_conversation", "cancel_delete_conversation", "save_comment",
+           "send", "stop", "retry", "earlier_reply", "later_reply", "choices", "train_now", "reset_adapter", "show_before_after", "confirm_reset_adapter",
+           "cancel_reset_adapter")
 """The names in `UI.buttons` (`choices`: one button per choice in CHOICE_LABELS)."""
 
 
@@ -29,7 +30,11 @@ class UI:
     confirm_text: gr.Markdown
     conversation: gr.Dropdown
     conversation_title: gr.Textbox
+    conversation_confirm_row: gr.Row
     chatbot: gr.Chatbot
+    continue_reply: gr.Button
+    branch_row: gr.Row
+    branch_text: gr.Markdown
     message: gr.Textbox
     status: gr.Markdown
     compare: gr.Checkbox
@@ -48,7 +53,13 @@ class UI:
     learning_status: gr.Markdown
     alpha_auto: gr.Checkbox
     alpha: gr.Slider
+    adapter_confirm_row: gr.Row
     accuracy_plot: gr.LinePlot
+    learning_panel: gr.Accordion
+    before_after_message: gr.Dropdown
+    before_after_row: gr.Row
+    before: gr.Markdown
+    after: gr.Markdown
     timer: gr.Timer
     buttons: dict
 
@@ -68,10 +79,11 @@ def layout(model_id: str, config: AppConfig) -> UI:
             made |= _conversation_list()
         with gr.Column(scale=4):
             made |= _chat_panel()
-            with gr.Accordion("Settings", open=False):
+            with gr.Accordion("Settings", open=False, elem_id="settings"):
                 made |= _settings()
-            with gr.Accordion("Learning", open=False, elem_id="learning"):
+            with gr.Accordion("Learning", open=False, elem_id="learning") as learning_panel:
                 made |= _learning_panel()
+            made["learning_panel"] = learning_panel
     gr.Markdown(f"Model: `{model_id}` · Data home: `{config.data_dir.resolve()}`", elem_id="footer")
     buttons = {name: made.pop(name) for name in BUTTONS}
     return UI(remembered=remembered, disliked=gr.State(None), buttons=buttons, **made)
@@ -102,14 +114,31 @@ def _conversation_list() -> dict:
         conversation_title = gr.Textbox(label="Rename to", placeholder="A new title", scale=3,
                                         elem_id="conversation-title")
         rename_conversation = gr.Button("Rename", size="sm", scale=1, elem_id="rename-conversation")
-    delete_conversation = gr.Button("Delete conversation", variant="stop", size="sm")
+    delete_conversation = gr.Button("Delete conversation", variant="stop", size="sm", elem_id="delete-conversation")
+    confirm_row, confirm, cancel = _confirmation("Delete this conversation and the feedback given in it? "
+                                                 "This cannot be undone.", "Yes, delete it", "delete-conversation")
     return dict(conversation=conversation, new_conversation=new_conversation, conversation_title=conversation_title,
-                rename_conversation=rename_conversation, delete_conversation=delete_conversation)
+                rename_conversation=rename_conversation, delete_conversation=delete_conversation,
+                conversation_confirm_row=confirm_row, confirm_delete_conversation=confirm,
+                cancel_delete_conversation=cancel)
+
+
+def _confirmation(question: str, yes: str, action: str) -> tuple[gr.Row, gr.Button, gr.Button]:
+    """A hidden row that asks before an action that cannot be undone: the question, Yes and Cancel."""
+    with gr.Row(visible=False, elem_id=f"confirm-{action}-row") as row:
+        gr.Markdown(question)
+        confirm = gr.Button(yes, variant="stop", size="sm", elem_id=f"confirm-{action}")
+        cancel = gr.Button("Cancel", size="sm", elem_id=f"cancel-{action}")
+    return row, confirm, cancel
 
 
 def _chat_panel() -> dict:
     chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chatbot", feedback_options=(LIKE, DISLIKE),
-                         buttons=["copy", "copy_all"])
+                         buttons=["copy", "copy_all"], editable="user")
+    with gr.Row(visible=False, elem_id="branch-row") as branch_row:
+        earlier_reply = gr.Button("‹", size="sm", min_width=40, scale=0, elem_id="earlier-reply")
+        branch_text = gr.Markdown(elem_id="branch-text")
+        later_reply = gr.Button("›", size="sm", min_width=40, scale=0, elem_id="later-reply")
     with gr.Row(visible=False) as comment_row:
         comment = gr.Textbox(label="What was wrong? (optional)", max_lines=2, scale=4)
         save_comment = gr.Button("Save comment", scale=1)
@@ -127,23 +156,28 @@ def _chat_panel() -> dict:
         stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop")
     with gr.Row():
         retry = gr.Button("Retry", size="sm", elem_id="retry")
+        continue_reply = gr.Button("Continue", size="sm", visible=False, elem_id="continue")
         compare = gr.Checkbox(label="Compare two replies (A/B)", value=False, elem_id="compare")
     return dict(chatbot=chatbot, comment_row=comment_row, comment=comment, save_comment=save_comment,
                 compare_row=compare_row, candidate_a=candidate_a, candidate_b=candidate_b, choice_row=choice_row,
                 choices=choices, status=status, message=message, send=send, stop=stop, retry=retry,
-                compare=compare)
+                continue_reply=continue_reply, branch_row=branch_row, branch_text=branch_text,
+                earlier_reply=earlier_reply, later_reply=later_reply, compare=compare)
 
 
 def _settings() -> dict:
     defaults = GenerationSettings()
     return dict(
         system_prompt=gr.Textbox(label="System prompt", value=DEFAULT_SYSTEM_PROMPT, lines=2,
-                                 placeholder="Empty: the model's own default"),
-        temperature=gr.Slider(0, 2, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)"),
-        top_p=gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top-p"),
-        max_new_tokens=gr.Slider(1, 1024, value=defaults.max_new_tokens, step=1, label="Max new tokens"),
+                                 placeholder="Empty: the model's own default", elem_id="system-prompt"),
+        temperature=gr.Slider(0, 2, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)",
+                              elem_id="temperature"),
+        top_p=gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top-p", elem_id="top-p"),
+        max_new_tokens=gr.Slider(1, 1024, value=defaults.max_new_tokens, step=1, label="Max new tokens",
+                                 elem_id="max-new-tokens"),
         repetition_penalty=gr.Slider(1, 2, value=defaults.repetition_penalty, step=0.05,
-                                     label="Repetition penalty (1 = off; the reply's own tokens only)"))
+                                     label="Repetition penalty (1 = off; the reply's own tokens only)",
+                                     elem_id="repetition-penalty"))
 
 
 def _learning_panel() -> dict:
@@ -151,15 +185,29 @@ def _learning_panel() -> dict:
     with gr.Row():
         alpha_auto = gr.Checkbox(label="Automatic weight: more of you as you give more feedback", value=True,
                                  elem_id="alpha-auto")
-        alpha = gr.Slider(0, 1, value=0, step=0.05, label="Everyone ↔ just me", elem_id="alpha", interactive=True)
+        alpha = gr.Slider(0, 1, value=0, step=0.05, label="Everyone ↔ Just me", elem_id="alpha", interactive=True,
+                          info="Left: replies follow what everyone taught Attune. Right: only what you taught it.")
     with gr.Row():
         train_now = gr.Button("Train now", size="sm", elem_id="train-now")
         reset_adapter = gr.Button("Reset my adapter", size="sm", variant="stop", elem_id="reset-adapter")
+    confirm_row, confirm, cancel = _confirmation(
+        "Forget what Attune learned from you? Your votes stay stored, and the next training learns from them again.",
+        "Yes, reset it", "reset-adapter")
     accuracy_plot = gr.LinePlot(x="version", y="accuracy", color="model", y_lim=[0, 1], height=220,
                                 title="Held-out preference accuracy on your own votes", elem_id="accuracy-plot")
+    with gr.Row(equal_height=True):
+        before_after_message = gr.Dropdown(label="One of your messages", choices=[], value=None, scale=4,
+                                           elem_id="before-after-message")
+        show_before_after = gr.Button("Before / after", size="sm", scale=1, elem_id="show-before-after")
+    with gr.Row(visible=False, elem_id="before-after") as before_after_row:
+        before = gr.Markdown(label="Before: the base model", container=True, elem_id="before")
+        after = gr.Markdown(label="Today: with what you taught", container=True, elem_id="after")
     timer = gr.Timer(2.0)
     return dict(learning_status=learning_status, alpha_auto=alpha_auto, alpha=alpha, train_now=train_now,
-                reset_adapter=reset_adapter, accuracy_plot=accuracy_plot, timer=timer)
+                reset_adapter=reset_adapter, adapter_confirm_row=confirm_row, confirm_reset_adapter=confirm,
+                cancel_reset_adapter=cancel, accuracy_plot=accuracy_plot, timer=timer,
+                before_after_message=before_after_message, show_before_after=show_before_after,
+                before_after_row=before_after_row, before=before, after=after)
 
 
 def _secret(data_dir: Path) -> str:

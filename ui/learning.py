@@ -6,31 +6,36 @@ import gradio as gr
 import pandas as pd  # (comes with gradio; the accuracy plot takes a DataFrame)
 
 from assistant.service import ChatService
-from ui.errors import require_profile, ui_errors
+from storage.errors import NotFound
+from ui.errors import refuse, require_profile, ui_errors
 from ui.layout import UI
+from ui.learning_text import learning_markdown
 
-LEARNING = ("learning_status", "accuracy_plot", "status")
+LEARNING = ("learning_status", "accuracy_plot", "alpha_auto", "alpha", "status")
 """The outputs of every learning-panel event (`learning_view`)."""
 
 
 @ui_errors
 def on_learning_refresh(service: ChatService, ui: UI, profile_id: str | None):
+    """The panel afresh (on the timer and when another profile is picked). A profile deleted a moment ago, still
+    shown by a tick that started before the page changed, gets the empty panel: the person did nothing wrong."""
+    try:
+        return learning_view(service, ui, profile_id)
+    except NotFound:
+        return learning_view(service, ui, None)
+
+
+@ui_errors
+def on_alpha(service: ChatService, ui: UI, profile_id: str, alpha: float):
+    """The slider moved: the person sets how much of them the replies are (automatic weight off)."""
+    require_profile(profile_id)
+    service.set_alpha(profile_id, float(alpha))
     return learning_view(service, ui, profile_id)
 
 
 @ui_errors
-def on_learning_open(service: ChatService, ui: UI, profile_id: str | None):
-    """The panel for a newly picked profile, with its α controls set to its stored choice."""
-    shown = learning_view(service, ui, profile_id)
-    if profile_id and service.adapters is not None:
-        status = service.learning_status(profile_id)
-        auto = status["alpha_override"] is None
-        shown.update({ui.alpha_auto: auto, ui.alpha: status["alpha"] if auto else status["alpha_override"]})
-    return shown
-
-
-@ui_errors
-def on_alpha(service: ChatService, ui: UI, profile_id: str, auto: bool, alpha: float):
+def on_alpha_auto(service: ChatService, ui: UI, profile_id: str, auto: bool, alpha: float):
+    """The automatic weight ticked (the slider then follows it) or unticked (the slider's value holds)."""
     require_profile(profile_id)
     service.set_alpha(profile_id, None if auto else float(alpha))
     return learning_view(service, ui, profile_id)
@@ -43,9 +48,53 @@ def on_train_now(service: ChatService, ui: UI, profile_id: str):
 
 
 @ui_errors
+def on_ask_reset_adapter(service: ChatService, ui: UI, profile_id: str):
+    """Ask first: shows the confirmation row; nothing is dropped yet."""
+    require_profile(profile_id)
+    if service.learning_status(profile_id)["personal"] is None:
+        raise refuse("There is nothing to reset: Attune has not trained your personal adapter yet.")
+    return {ui.adapter_confirm_row: gr.Row(visible=True), ui.status: ""}
+
+
+@ui_errors
 def on_reset_adapter(service: ChatService, ui: UI, profile_id: str):
-    return _act(service, ui, profile_id, service.reset_personal,
-                "Your personal adapter was dropped; your feedback is kept. Replies now follow everyone's taste.")
+    return {**_act(service, ui, profile_id, service.reset_personal,
+                   "Your personal adapter was dropped; your feedback is kept. Replies now follow everyone's taste."),
+            ui.adapter_confirm_row: gr.Row(visible=False)}
+
+
+@ui_errors
+def on_before_after_messages(service: ChatService, ui: UI, profile_id: str | None):
+    """The person's own recent messages to pick from (the newest first and picked)."""
+    if not profile_id:
+        return {ui.before_after_message: gr.Dropdown(choices=[], value=None)}
+    messages = service.recent_user_messages(profile_id)
+    choices = [(_preview(m.content), m.id) for m in messages]
+    return {ui.before_after_message: gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)}
+
+
+@ui_errors
+def on_before_after(service: ChatService, ui: UI, profile_id: str, message_id: str | None):
+    """The picked message answered by the base model and by today's blend, side by side."""
+    require_profile(profile_id)
+    if not message_id:
+        raise refuse("Send a message first: the comparison answers one of your own.")
+    shown = service.before_after(profile_id, message_id)
+    versions = shown["blend"]
+    used = (f"your version {int(versions['personal'][1:])} at {versions['alpha']:.0%} you"
+            if versions.get("personal") else "no version of your own yet")
+    if versions.get("global"):
+        used += f", everyone's version {int(versions['global'][1:])}"
+    return {ui.before_after_row: gr.Row(visible=True),
+            ui.before: f"**Before** (the base model)\n\n{shown['before']}",
+            ui.after: f"**Today** ({used})\n\n{shown['after']}",
+            ui.status: f"Before and after, for “{_preview(shown['message'])}”: the same greedy settings, so the "
+                       "difference is what Attune learned."}
+
+
+def _preview(text: str, chars: int = 60) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= chars else line[: chars - 1] + "…"
 
 
 def _act(service: ChatService, ui: UI, profile_id: str, action, done: str) -> dict:
@@ -57,50 +106,19 @@ def _act(service: ChatService, ui: UI, profile_id: str, action, done: str) -> di
 
 
 def learning_view(service: ChatService, ui: UI, profile_id: str | None) -> dict:
-    """The panel's text and accuracy plot (the `LEARNING` outputs)."""
+    """The panel's text, accuracy chart and weight controls (the `LEARNING` outputs but the status line). The
+    slider shows the weight in use: the automatic one while the box is ticked, else the person's own."""
     if not profile_id or service.adapters is None:
         text = ("Learning is off in this app." if service.adapters is None
                 else "Pick a profile to see what Attune has learned from it.")
-        return {ui.learning_status: text, ui.accuracy_plot: _accuracy_frame([])}
+        return {ui.learning_status: text, ui.accuracy_plot: gr.LinePlot(_accuracy_frame([]), visible=False),
+                ui.alpha_auto: True, ui.alpha: 0.0}
     status = service.learning_status(profile_id)
-    return {ui.learning_status: _learning_markdown(status), ui.accuracy_plot: _accuracy_frame(status["history"])}
-
-
-def _learning_markdown(status: dict) -> str:
-    n, since = status["feedback"], status["since_personal"]
-    lines = [f"**Your feedback:** {n['thumbs']} thumbs, {n['comparison']} comparisons "
-             f"({since['total']} since your adapter was last trained; it retrains every {status['every']})."]
-    waiting_for = status["global_profiles"]
-    waiting = "not trained yet"
-    if waiting_for["profiles"] < waiting_for["needed"]:
-        waiting += (f": it learns once {waiting_for['needed']} profiles have given feedback "
-                    f"({waiting_for['profiles']} so far)")
-    for label, info, none in (("Your adapter", status["personal"], "not trained yet"),
-                              ("Everyone's adapter", status["global"], waiting)):
-        lines.append(f"**{label}:** " + (f"{info['version']}, trained {info['created_at']}"
-                                         + _guard_note(info.get("metrics", {})) if info else none))
-    lines.append(f"**Personal weight α:** {status['alpha']:.2f} ({status['alpha_reason']})")
-    for label, job in (("Training (yours)", status["job"]), ("Training (everyone's)", status["global_job"])):
-        if job is None:
-            continue
-        if job["status"] in ("queued", "running"):
-            lines.append(f"**{label}:** {job['status']} {job['progress']:.0%} {job['message']}")
-        else:
-            lines.append(f"**{label}:** last job {job['status']} ({job['message']})")
-    return "\n\n".join(lines)
-
-
-def _guard_note(metrics: dict) -> str:
-    """What the drift guard (adapters/drift.py) did to a version, if anything."""
-    trained, kept = metrics.get("drift/perplexity_ratio_trained"), metrics.get("drift/perplexity_ratio")
-    if metrics.get("drift/update_scale", 1.0) >= 1.0 or trained is None:
-        return ""
-    if "drift/adapter_scale" in metrics:
-        done = f"scaled the whole adapter to {metrics['drift/adapter_scale']:.0%}"
-    else:
-        done = f"kept {metrics['drift/update_scale']:.0%} of its last update"
-    return (f" (the drift guard {done}: as trained, plain replies were ×{trained:.2f} harder to predict than for "
-            f"the base model; now ×{kept:.2f})")
+    frame = _accuracy_frame(status["history"])
+    auto = status["alpha_override"] is None
+    return {ui.learning_status: learning_markdown(status),
+            ui.accuracy_plot: gr.LinePlot(frame, visible=not frame.empty),
+            ui.alpha_auto: auto, ui.alpha: status["alpha"] if auto else status["alpha_override"]}
 
 
 def _accuracy_frame(history: list[dict]) -> pd.DataFrame:

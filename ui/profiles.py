@@ -64,7 +64,3 @@ def on_confirm_delete_profile(service: ChatService, ui: UI, profile_id: str):
     service.delete_profile(profile_id)
     gr.Info(f"Profile '{name}' deleted.")
     return {**view(service, ui, None, None), ui.confirm_row: gr.Row(visible=False)}
-
-
-def on_cancel_delete_profile(ui: UI):
-    return {ui.confirm_row: gr.Row(visible=False)}

@@ -10,14 +10,18 @@ from assistant.service import ChatService
 from storage.store import Comparison, Message
 from ui.layout import DISLIKE, LIKE, UI
 
-VIEW = ("profile", "conversation", "chatbot", "compare_row", "candidate_a", "candidate_b", "choice_row", "comment_row",
-        "status")
+VIEW = ("profile", "conversation", "chatbot", "continue_reply", "branch_row", "branch_text", "compare_row",
+        "candidate_a", "candidate_b", "choice_row", "comment_row", "status")
 """The outputs of every event that shows a profile and conversation afresh (`view`)."""
 
 
+MARK = "\n\n<sub class=\"attune-mark\""
+"""Where the small line under a reply starts (`marks`); a vote's shown text is cut there (`unmarked`)."""
+
+
 def chat_value(transcript: list[Message], pending_text: str | None = None, user_text: str | None = None) -> gr.Chatbot:
-    """The chatbot's messages and the earlier thumbs, one per assistant message."""
-    messages = [{"role": m.role, "content": m.content} for m in transcript]
+    """The chatbot's messages and the earlier thumbs, one per assistant message; replies carry their `marks`."""
+    messages = [{"role": m.role, "content": m.content + marks(m)} for m in transcript]
     feedback = [{1: LIKE, -1: DISLIKE}.get(m.vote) for m in transcript if m.role == "assistant"]
     if user_text is not None:
         messages.append({"role": "user", "content": user_text})
@@ -25,6 +29,28 @@ def chat_value(transcript: list[Message], pending_text: str | None = None, user_
         messages.append({"role": "assistant", "content": pending_text})
         feedback.append(None)
     return gr.Chatbot(value=messages, feedback_value=feedback)
+
+
+def marks(message: Message) -> str:
+    """A small line under a reply: whether it was written with the person's own version (hover: which versions and
+    how much of them), stopped, or cut at the length limit. Empty for user messages and plain replies."""
+    if message.role != "assistant":
+        return ""
+    said, used = [], message.adapter_versions or {}
+    if used.get("personal"):
+        over = f" over everyone's version {int(used['global'][1:])}" if used.get("global") else ""
+        hover = f"Written with your version {int(used['personal'][1:])} at {float(used['alpha']):.0%} you{over}"
+        said.append(f'<span title="{hover}">✨ learned from you</span>')
+    if message.settings.get("stopped"):
+        said.append("⏹ stopped")
+    elif message.settings.get("ended") == [False]:
+        said.append("✂️ cut at the length limit: <em>Continue</em> writes on")
+    return f'{MARK}>{" · ".join(said)}</sub>' if said else ""
+
+
+def unmarked(shown: str) -> str:
+    """A reply's text as the chatbot showed it, without its `marks`."""
+    return shown.split(MARK, 1)[0]
 
 
 def profile_choices(service: ChatService) -> list[tuple[str, str]]:
@@ -52,10 +78,16 @@ def view(service: ChatService, ui: UI, profile_id: str | None, conversation_id: 
     if profile_id and conversation_id:
         transcript = service.transcript(profile_id, conversation_id)
         comparison = service.pending_comparison(profile_id, conversation_id)
+    replies, shown = service.replies_to_last(profile_id, conversation_id) if transcript else ([], -1)
+    last = transcript[-1] if transcript else None
     return {
         ui.profile: gr.Dropdown(choices=profile_choices(service), value=profile_id),
         ui.conversation: gr.Dropdown(choices=conversations, value=conversation_id),
         ui.chatbot: chat_value(transcript),
+        ui.continue_reply: gr.Button(visible=bool(last and last.role == "assistant" and comparison is None
+                                                  and last.settings.get("ended") == [False])),
+        ui.branch_row: gr.Row(visible=len(replies) > 1 and comparison is None),
+        ui.branch_text: f"Reply {shown + 1} of {len(replies)}" if len(replies) > 1 else "",
         ui.compare_row: gr.Row(visible=comparison is not None),
         ui.candidate_a: "**A**\n\n" + comparison.a.content if comparison else "",
         ui.candidate_b: "**B**\n\n" + comparison.b.content if comparison else "",
@@ -63,3 +95,8 @@ def view(service: ChatService, ui: UI, profile_id: str | None, conversation_id: 
         ui.comment_row: gr.Row(visible=False),
         ui.status: status,
     }
+
+
+def hidden() -> gr.Row:
+    """A confirmation row put away (its Cancel)."""
+    return gr.Row(visible=False)

@@ -13,14 +13,16 @@ from gradio.blocks import BlockContext
 
 from assistant.service import ChatService
 from ui import data_api
-from ui.chat import (on_delete_conversation, on_new_conversation, on_open_conversation, on_refresh,
-                     on_rename_conversation, on_retry, on_send, on_stop)
+from ui.chat import (on_ask_delete_conversation, on_continue, on_delete_conversation, on_edit_in_chat,
+                     on_new_conversation, on_open_conversation, on_refresh, on_rename_conversation, on_retry, on_send,
+                     on_show_reply, on_stop)
 from ui.feedback import on_choose, on_like, on_save_comment
 from ui.layout import CHOICE_LABELS, UI
-from ui.learning import LEARNING, on_alpha, on_learning_open, on_learning_refresh, on_reset_adapter, on_train_now
-from ui.profiles import (on_cancel_delete_profile, on_confirm_delete_profile, on_create_profile, on_delete_profile,
-                         on_load, on_remember, on_rename_profile, on_select_profile)
-from ui.views import VIEW
+from ui.learning import (LEARNING, on_alpha, on_alpha_auto, on_ask_reset_adapter, on_before_after,
+                         on_before_after_messages, on_learning_refresh, on_reset_adapter, on_train_now)
+from ui.profiles import (on_confirm_delete_profile, on_create_profile, on_delete_profile, on_load, on_remember,
+                         on_rename_profile, on_select_profile)
+from ui.views import VIEW, hidden
 
 SETTINGS = ("system_prompt", "temperature", "top_p", "max_new_tokens", "repetition_penalty")
 OUTPUTS = {
@@ -33,24 +35,31 @@ OUTPUTS = {
     "new_conversation": VIEW,
     "open_conversation": VIEW,
     "rename_conversation": VIEW + ("conversation_title",),
-    "delete_conversation": VIEW,
+    "ask_delete_conversation": ("conversation_confirm_row", "status"),
+    "delete_conversation": VIEW + ("conversation_confirm_row",),
     "send": VIEW + ("message",),
     "retry": VIEW + ("message",),
+    "continue": VIEW,
+    "earlier_reply": VIEW,
+    "later_reply": VIEW,
     "stop": ("status",),
     **{f"choose_{choice}": VIEW for choice in CHOICE_LABELS},
     "set_alpha": LEARNING,
+    "before_after": ("before_after_row", "before", "after", "status"),
     "train_now": LEARNING,
-    "reset_adapter": LEARNING,
+    "ask_reset_adapter": ("adapter_confirm_row", "status"),
+    "reset_adapter": LEARNING + ("adapter_confirm_row",),
 }
 """The outputs of each named event, in order, by `UI` field name. Every event whose handler may refuse has the
 status line among them (`ui.errors.ui_errors` shows the refusal there and in a toast)."""
 
 
 def api_returns(api_name: str) -> tuple[str, ...]:
-    """What a gradio_client call of `api_name` returns, by name and in order: its outputs less layout and session
-    state (rows and `gr.State`), which Gradio does not send to API clients."""
+    """What a gradio_client call of `api_name` returns, by name and in order: its outputs less layout, buttons and
+    session state (rows, `gr.Button`, `gr.State`), which Gradio does not send to API clients (their `skip_api`)."""
     kinds = typing.get_type_hints(UI)
-    return tuple(name for name in OUTPUTS[api_name] if not issubclass(kinds[name], (BlockContext, gr.State)))
+    return tuple(name for name in OUTPUTS[api_name]
+                 if not issubclass(kinds[name], (BlockContext, gr.State, gr.Button)))
 
 
 def bind(handler, *leading):
@@ -99,7 +108,7 @@ def _wire_profiles(demo: gr.Blocks, ui: UI, service: ChatService) -> None:
                       api_name="ask_delete_profile")
     b["confirm"].click(bind(on_confirm_delete_profile, service, ui), [ui.profile], _outputs(ui, "delete_profile"),
                        api_name="delete_profile")
-    b["cancel"].click(bind(on_cancel_delete_profile, ui), None, [ui.confirm_row], api_visibility="private")
+    b["cancel"].click(hidden, None, [ui.confirm_row], api_visibility="private")
     for component in (ui.profile, ui.conversation):
         component.change(on_remember, [ui.profile, ui.conversation], [ui.remembered], api_visibility="private")
 
@@ -114,8 +123,11 @@ def _wire_chat(ui: UI, service: ChatService) -> None:
     b["rename_conversation"].click(bind(on_rename_conversation, service, ui),
                                    [ui.profile, ui.conversation, ui.conversation_title],
                                    _outputs(ui, "rename_conversation"), api_name="rename_conversation")
-    b["delete_conversation"].click(bind(on_delete_conversation, service, ui), [ui.profile, ui.conversation],
-                                   _outputs(ui, "delete_conversation"), api_name="delete_conversation")
+    b["delete_conversation"].click(bind(on_ask_delete_conversation, service, ui), [ui.profile, ui.conversation],
+                                   _outputs(ui, "ask_delete_conversation"), api_name="ask_delete_conversation")
+    b["confirm_delete_conversation"].click(bind(on_delete_conversation, service, ui), [ui.profile, ui.conversation],
+                                           _outputs(ui, "delete_conversation"), api_name="delete_conversation")
+    b["cancel_delete_conversation"].click(hidden, None, [ui.conversation_confirm_row], api_visibility="private")
 
     send, retry = bind(on_send, service, ui), bind(on_retry, service, ui)
     send_inputs = ui.pick("profile", "conversation", "message", "compare", *SETTINGS)
@@ -127,6 +139,13 @@ def _wire_chat(ui: UI, service: ChatService) -> None:
     b["send"].click(send, send_inputs, _outputs(ui, "send"), api_name="send").success(**refresh)
     ui.message.submit(send, send_inputs, _outputs(ui, "send"), api_visibility="private").success(**refresh)
     b["retry"].click(retry, retry_inputs, _outputs(ui, "retry"), api_name="retry").success(**refresh)
+    ui.chatbot.edit(bind(on_edit_in_chat, service, ui), retry_inputs, ui.pick(*VIEW),
+                    api_visibility="private").success(**refresh)
+    ui.continue_reply.click(bind(on_continue, service, ui), ui.pick("profile", "conversation", *SETTINGS),
+                            _outputs(ui, "continue"), api_name="continue").success(**refresh)
+    for name, step in (("earlier_reply", -1), ("later_reply", 1)):
+        b[name].click(bind(on_show_reply, service, ui, step), [ui.profile, ui.conversation], _outputs(ui, name),
+                      api_name=name)
     b["stop"].click(bind(on_stop, service, ui), [ui.profile, ui.conversation], _outputs(ui, "stop"), api_name="stop",
                     show_progress="hidden")
 
@@ -144,14 +163,22 @@ def _wire_feedback(ui: UI, service: ChatService) -> None:
 
 def _wire_learning(ui: UI, service: ChatService) -> None:
     b = ui.buttons
-    ui.timer.tick(bind(on_learning_refresh, service, ui), [ui.profile], ui.pick(*LEARNING), api_visibility="private",
-                  show_progress="hidden")
-    ui.profile.change(bind(on_learning_open, service, ui), [ui.profile], ui.pick(*LEARNING, "alpha_auto", "alpha"),
-                      api_visibility="private", show_progress="hidden")
-    alpha, alpha_inputs = bind(on_alpha, service, ui), [ui.profile, ui.alpha_auto, ui.alpha]
-    ui.alpha.input(alpha, alpha_inputs, _outputs(ui, "set_alpha"), api_name="set_alpha")
-    ui.alpha_auto.input(alpha, alpha_inputs, ui.pick(*LEARNING), api_visibility="private")
+    refresh = bind(on_learning_refresh, service, ui)
+    ui.timer.tick(refresh, [ui.profile], ui.pick(*LEARNING), api_visibility="private", show_progress="hidden")
+    ui.profile.change(refresh, [ui.profile], ui.pick(*LEARNING), api_visibility="private", show_progress="hidden")
+    ui.alpha_auto.input(bind(on_alpha_auto, service, ui), [ui.profile, ui.alpha_auto, ui.alpha],
+                        _outputs(ui, "set_alpha"), api_name="set_alpha")
+    ui.alpha.release(bind(on_alpha, service, ui), [ui.profile, ui.alpha], ui.pick(*LEARNING),
+                     api_visibility="private")
+    messages = bind(on_before_after_messages, service, ui)
+    for event in (ui.profile.change, ui.learning_panel.expand):
+        event(messages, [ui.profile], [ui.before_after_message], api_visibility="private", show_progress="hidden")
+    b["show_before_after"].click(bind(on_before_after, service, ui), [ui.profile, ui.before_after_message],
+                                 _outputs(ui, "before_after"), api_name="before_after")
     b["train_now"].click(bind(on_train_now, service, ui), [ui.profile], _outputs(ui, "train_now"),
                          api_name="train_now")
-    b["reset_adapter"].click(bind(on_reset_adapter, service, ui), [ui.profile], _outputs(ui, "reset_adapter"),
-                             api_name="reset_adapter")
+    b["reset_adapter"].click(bind(on_ask_reset_adapter, service, ui), [ui.profile],
+                             _outputs(ui, "ask_reset_adapter"), api_name="ask_reset_adapter")
+    b["confirm_reset_adapter"].click(bind(on_reset_adapter, service, ui), [ui.profile],
+                                     _outputs(ui, "reset_adapter"), api_name="reset_adapter")
+    b["cancel_reset_adapter"].click(hidden, None, [ui.adapter_confirm_row], api_visibility="private")

@@ -13,16 +13,15 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from adapters.blend import AdapterServer, auto_alpha
-from adapters.evaluation import HeldOutEval
-from adapters.jobs import enqueue_due, enqueue_now
-from adapters.registry import GLOBAL, personal_adapter
+from adapters.blend import AdapterServer
+from adapters.registry import personal_adapter
 from assistant.config import AppConfig, GenerationSettings, LearningConfig, Probe
 from assistant.executor import GenerationExecutor
 from assistant.explore import choose_arms, probed
 from assistant.generation import ReplyStream
 from assistant.model import LoadedModel
 from assistant.prompts import Prompt, build_prompt
+from assistant.service.learning import Learning
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.store import Comparison, Message, Store
 
@@ -69,7 +68,7 @@ def validate_message(text: object, max_chars: int) -> str:
     return text
 
 
-class ChatService:
+class ChatService(Learning):
     def __init__(self, store: Store, loaded: LoadedModel, config: AppConfig,
                  executor: GenerationExecutor | None = None, adapters: AdapterServer | None = None,
                  learning: LearningConfig | None = None, rng: random.Random | None = None):
@@ -109,11 +108,17 @@ class ChatService:
     def get_profile(self, profile_id: str) -> dict:
         return self.store.get_profile(profile_id)
 
+    def recent_user_messages(self, profile_id: str) -> list[Message]:
+        return self.store.recent_user_messages(profile_id)
+
     def list_conversations(self, profile_id: str) -> list[dict]:
         return self.store.list_conversations(profile_id)
 
     def new_conversation(self, profile_id: str, title: str = NEW_TITLE) -> dict:
         return self.store.create_conversation(profile_id, title)
+
+    def get_conversation(self, profile_id: str, conversation_id: str) -> dict:
+        return self.store.get_conversation(profile_id, conversation_id)
 
     def rename_conversation(self, profile_id: str, conversation_id: str, title: object) -> dict:
         return self.store.rename_conversation(profile_id, conversation_id, title)
@@ -161,11 +166,59 @@ class ChatService:
             raise InvalidInput("There is no user message to answer.")
         return self._reply(profile_id, conversation_id, user_message, settings, compare, replaces=replaces)
 
+    def edit(self, profile_id: str, conversation_id: str, text: object, settings: GenerationSettings,
+             compare: bool = False) -> Iterator[ReplyUpdate]:
+        """Replace the last user message with `text` and answer it: the old message and its reply stay stored,
+        superseded (a new branch, like a retry)."""
+        text = validate_message(text, self.config.max_message_chars)
+        if self.store.pending_comparison(profile_id, conversation_id):
+            raise Conflict("Choose between A and B first (or Tie / Both bad); then edit your message.")
+        users = [m for m in self.store.transcript(profile_id, conversation_id) if m.role == "user"]
+        if not users:
+            raise InvalidInput("There is no message to edit yet: send one first.")
+        user_message = self.store.add_message(profile_id, conversation_id, "user", text, replaces=users[-1].id,
+                                              settings={"system_prompt": settings.system_prompt})
+        return self._reply(profile_id, conversation_id, user_message, settings, compare, replaces=None)
+
+    def continue_reply(self, profile_id: str, conversation_id: str,
+                       settings: GenerationSettings) -> Iterator[ReplyUpdate]:
+        """Write on from where the last reply ended (it was cut at the length limit or stopped): the continued
+        reply, old text and new, takes its place; the cut one stays stored, superseded."""
+        if self.store.pending_comparison(profile_id, conversation_id):
+            raise Conflict("Choose between A and B first; then continue.")
+        transcript = self.store.transcript(profile_id, conversation_id)
+        if not transcript or transcript[-1].role != "assistant":
+            raise InvalidInput("There is no reply to continue yet.")
+        last = transcript[-1]
+        if last.settings.get("ended") != [False]:
+            raise InvalidInput("The last reply is complete: there is nothing to continue.")
+        user_message = next(m for m in reversed(transcript) if m.role == "user")
+        return self._reply(profile_id, conversation_id, user_message, settings, False, replaces=last,
+                           prefix=last.content)
+
+    def replies_to_last(self, profile_id: str, conversation_id: str) -> tuple[list[Message], int]:
+        """The replies written to the last user message (Retry's earlier ones too) and which one is shown."""
+        transcript = self.store.transcript(profile_id, conversation_id)
+        if len(transcript) < 2 or transcript[-1].role != "assistant" or transcript[-2].role != "user":
+            return [], -1
+        replies = self.store.replies_to(profile_id, transcript[-2].id)
+        return replies, next(i for i, m in enumerate(replies) if m.id == transcript[-1].id)
+
+    def show_reply(self, profile_id: str, conversation_id: str, step: int) -> Message:
+        """Browse the replies to the last user message: the one `step` places from the shown one becomes the
+        reply the conversation goes on from (and the one a 👍/👎 then rates)."""
+        if self.store.pending_comparison(profile_id, conversation_id):
+            raise Conflict("Choose between A and B first.")
+        replies, shown = self.replies_to_last(profile_id, conversation_id)
+        if not 0 <= shown + step < len(replies):
+            raise InvalidInput("There is no other reply that way." if replies else "There is only one reply here.")
+        return self.store.switch_reply(profile_id, replies[shown + step].id)
+
     def _reply(self, profile_id: str, conversation_id: str, user_message: Message, settings: GenerationSettings,
-               compare: bool, replaces: Message | None) -> Iterator[ReplyUpdate]:
+               compare: bool, replaces: Message | None, prefix: str = "") -> Iterator[ReplyUpdate]:
         history = [m for m in self.store.transcript(profile_id, conversation_id) if m.seq <= user_message.seq]
         turns = [{"role": m.role, "content": m.content} for m in history]
-        prompt = build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens)
+        prompt = build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens, prefix=prefix)
         blend = self.adapters.blend_for(profile_id) if self.adapters else None
         candidates, sides = self._explore(profile_id, settings, turns, prompt) if compare else ((), ({}, {}))
         stop = threading.Event()
@@ -180,16 +233,16 @@ class ChatService:
 
         def updates() -> Iterator[ReplyUpdate]:
             base = dict(conversation_id=conversation_id, user_message=user_message, notice=notice)
-            yield ReplyUpdate(texts=[""] * stream.num_candidates, **base)
+            yield ReplyUpdate(texts=[prefix] * stream.num_candidates, **base)
             steps = iter(stream)
             stored = False
             self._stops[conversation_id] = stop  # Stop reaches this reply while it is written
             try:
                 for texts in steps:
-                    yield ReplyUpdate(texts=texts, **base)
+                    yield ReplyUpdate(texts=[prefix + t for t in texts], **base)
                 stored = True
                 yield replace(self._store_reply(profile_id, conversation_id, user_message, settings, prompt, stream,
-                                                replaces, base, adapter_versions, sides), learned=learned)
+                                                replaces, base, adapter_versions, sides, prefix), learned=learned)
             finally:
                 if self._stops.get(conversation_id) is stop:
                     del self._stops[conversation_id]
@@ -197,20 +250,9 @@ class ChatService:
                 if not stored and any(stream.texts) and not compare:
                     # The person saw part of a reply before the stream stopped: keep it, marked interrupted.
                     self._store_reply(profile_id, conversation_id, user_message, settings, prompt, stream, replaces,
-                                      base, adapter_versions)
+                                      base, adapter_versions, prefix=prefix)
 
         return updates()
-
-    def _learned(self, profile_id: str, personal: str | None) -> str | None:
-        """What to tell the person when `personal`, the version about to write, is not the one that wrote their
-        previous reply: a new version of their adapter has started serving."""
-        if not personal or not self.adapters or self.store.last_personal_version(profile_id) == personal:
-            return None
-        adapter = personal_adapter(profile_id)
-        votes = (self.store.feedback_counts(profile_id)["total"]
-                 - self.store.feedback_counts(profile_id, self.store.trained_until(adapter))["total"])
-        taught = "your vote" if votes == 1 else f"your {votes} votes so far"
-        return f"✨ Attune has learned from {taught} (version {int(personal[1:])}): this reply is written with it."
 
     def stop(self, profile_id: str, conversation_id: str) -> bool:
         """The person's Stop: the reply being written in this conversation ends after its current token and is
@@ -249,8 +291,10 @@ class ChatService:
         return hinted, {"probe": probe.name, "probe_instruction": probe.instruction, **hinted.facts()}
 
     def _store_reply(self, profile_id, conversation_id, user_message, settings, prompt, stream, replaces, base,
-                     adapter_versions, sides=None):
+                     adapter_versions, sides=None, prefix=""):
         facts = {**settings.as_dict(), **prompt.facts(), **stream.stats()}
+        if prefix:  # a continued reply: the cut one it grew from is neither an alternative nor a rejected reply
+            facts["continues"] = replaces.id
         if stream.num_candidates == 2:
             sides = sides or ({}, {})
             own = tuple({"new_tokens": stream.new_tokens[i], "ended": stream.ended[i], **sides[i]} for i in range(2))
@@ -259,10 +303,10 @@ class ChatService:
                                           adapter_versions=adapter_versions, replaces=replaces.id if replaces else None,
                                           candidate_settings=own)
             return ReplyUpdate(texts=list(stream.texts), done=True, comparison=comparison, **base)
-        reply = self.store.add_message(profile_id, conversation_id, "assistant", stream.texts[0],
+        reply = self.store.add_message(profile_id, conversation_id, "assistant", prefix + stream.texts[0],
                                        parent_id=user_message.id, model_id=self.model_id, settings=facts,
                                        adapter_versions=adapter_versions, replaces=replaces.id if replaces else None)
-        return ReplyUpdate(texts=list(stream.texts), done=True, reply=reply, **base)
+        return ReplyUpdate(texts=[reply.content], done=True, reply=reply, **base)
 
     # ---- feedback ------------------------------------------------------------------------------------------
 
@@ -297,68 +341,6 @@ class ChatService:
         if comparison is None:
             raise NotFound("There is no comparison waiting for a choice in this conversation.")
         return self.choose(profile_id, comparison.id, choice)
-
-    # ---- learning ------------------------------------------------------------------------------------------
-
-    def _after_feedback(self, profile_id: str) -> None:
-        """The feedback is committed; queue training if enough new events arrived (the worker picks it up)."""
-        if self.adapters:
-            enqueue_due(self.store, profile_id, self.learning)
-
-    def train_now(self, profile_id: str) -> list[dict]:
-        self._require_learning()
-        if not self.store.feedback_counts(profile_id)["total"]:
-            raise InvalidInput("There is no feedback to learn from yet: vote on a reply or compare two.")
-        return enqueue_now(self.store, profile_id)
-
-    def reset_personal(self, profile_id: str) -> None:
-        """Drop this profile's personal adapter (its feedback stays stored)."""
-        self._require_learning()
-        self.store.get_profile(profile_id)
-        self.store.cancel_jobs(personal_adapter(profile_id))
-        self.adapters.registry.drop(personal_adapter(profile_id))
-        self.adapters.forget(personal_adapter(profile_id))
-
-    def set_alpha(self, profile_id: str, alpha: float | None) -> None:
-        self.store.set_alpha_override(profile_id, alpha)
-
-    def learning_status(self, profile_id: str) -> dict:
-        """What the Learning panel shows for a profile."""
-        self._require_learning()
-        registry = self.adapters.registry
-        mine = personal_adapter(profile_id)
-        personal, global_ = registry.current(mine), registry.current(GLOBAL)
-        blend = self.adapters.blend_for(profile_id)
-        user = self.store.get_profile(profile_id)
-        n = self.store.feedback_counts(profile_id)
-        return {
-            "feedback": n,
-            "since_personal": self.store.feedback_counts(profile_id, self.store.trained_until(mine)),
-            "personal": _version_info(personal),
-            "global": _version_info(global_),
-            "alpha": blend.alpha,
-            "alpha_reason": blend.reason,
-            "alpha_auto": auto_alpha(n["total"], self.adapters.config.k),
-            "alpha_override": user.get("alpha_override"),
-            "job": self.store.latest_job(mine),
-            "global_job": self.store.latest_job(GLOBAL),
-            "global_profiles": {"profiles": self.store.count_profiles_with_feedback(at_most=self.learning.min_profiles),
-                      "needed": self.learning.min_profiles},
-            "history": [{"version": v.label, **HeldOutEval.from_metrics(v.manifest.get("metrics", {})).to_metrics()}
-                        for v in registry.history(mine)],
-            "every": self.learning.personal_every,
-        }
-
-    def _require_learning(self) -> None:
-        if not self.adapters:
-            raise InvalidInput("Learning is switched off in this app (started without adapters).")
-
-
-def _version_info(version) -> dict | None:
-    if version is None:
-        return None
-    return {"version": version.label, "created_at": version.manifest.get("created_at"),
-            "metrics": version.manifest.get("metrics", {})}
 
 
 def _title(text: str) -> str:

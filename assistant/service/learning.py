@@ -1,0 +1,132 @@
+"""The learning half of the chat service: feedback queues training; the Learning panel's facts; the weight α;
+train now, reset; what the person taught, told in the chat and shown before and after."""
+
+from __future__ import annotations
+
+from adapters.blend import auto_alpha, gate_reason
+from adapters.evaluation import HeldOutEval
+from adapters.jobs import enqueue_due, enqueue_now
+from adapters.registry import GLOBAL, personal_adapter
+from assistant.config import DEFAULT_SYSTEM_PROMPT, GenerationSettings
+from assistant.generation import ReplyStream
+from assistant.prompts import Prompt, build_prompt
+from storage.errors import InvalidInput
+
+BEFORE_AFTER_TOKENS = 128
+"""The length of each reply in the before/after view (greedy, so the two differ only by what was learned)."""
+
+
+class Learning:
+    """Mixed into `ChatService` (assistant/service/chat.py), whose attributes it uses: store, loaded, config,
+    executor, adapters (None: learning is off) and learning."""
+
+    def _learned(self, profile_id: str, personal: str | None) -> str | None:
+        """What to tell the person when `personal`, the version about to write, is not the one that wrote their
+        previous reply: a new version of their adapter has started serving."""
+        if not personal or not self.adapters or self.store.last_personal_version(profile_id) == personal:
+            return None
+        adapter = personal_adapter(profile_id)
+        votes = (self.store.feedback_counts(profile_id)["total"]
+                 - self.store.feedback_counts(profile_id, self.store.trained_until(adapter))["total"])
+        taught = "your vote" if votes == 1 else f"your {votes} votes so far"
+        return f"✨ Attune has learned from {taught} (version {int(personal[1:])}): this reply is written with it."
+
+    def _after_feedback(self, profile_id: str) -> None:
+        """The feedback is committed; queue training if enough new events arrived (the worker picks it up)."""
+        if self.adapters:
+            enqueue_due(self.store, profile_id, self.learning)
+
+    def train_now(self, profile_id: str) -> list[dict]:
+        self._require_learning()
+        if not self.store.feedback_counts(profile_id)["total"]:
+            raise InvalidInput("There is no feedback to learn from yet: vote on a reply or compare two.")
+        return enqueue_now(self.store, profile_id)
+
+    def reset_personal(self, profile_id: str) -> None:
+        """Drop this profile's personal adapter (its feedback stays stored)."""
+        self._require_learning()
+        self.store.get_profile(profile_id)
+        self.store.cancel_jobs(personal_adapter(profile_id))
+        self.adapters.registry.drop(personal_adapter(profile_id))
+        self.adapters.forget(personal_adapter(profile_id))
+
+    def set_alpha(self, profile_id: str, alpha: float | None) -> None:
+        self.store.set_alpha_override(profile_id, alpha)
+
+    def learning_status(self, profile_id: str) -> dict:
+        """What the Learning panel shows for a profile."""
+        self._require_learning()
+        registry = self.adapters.registry
+        mine = personal_adapter(profile_id)
+        personal, global_ = registry.current(mine), registry.current(GLOBAL)
+        blend = self.adapters.blend_for(profile_id)
+        user = self.store.get_profile(profile_id)
+        n = self.store.feedback_counts(profile_id)
+        if user.get("alpha_override") is not None:
+            source = "you"
+        elif personal is None:
+            source = "none"
+        else:
+            source = "held back" if gate_reason(personal) else "auto"
+        return {
+            "feedback": n,
+            "since_personal": self.store.feedback_counts(profile_id, self.store.trained_until(mine)),
+            "personal": _version_info(personal),
+            "global": _version_info(global_),
+            "alpha": blend.alpha,
+            "alpha_reason": blend.reason,
+            "alpha_auto": auto_alpha(n["total"], self.adapters.config.k),
+            "alpha_override": user.get("alpha_override"),
+            "alpha_source": source,
+            "k": self.adapters.config.k,
+            "jobs": self.store.active_jobs([mine, GLOBAL]),
+            "job": self.store.latest_job(mine),
+            "global_job": self.store.latest_job(GLOBAL),
+            "global_profiles": {"profiles": self.store.count_profiles_with_feedback(at_most=self.learning.min_profiles),
+                      "needed": self.learning.min_profiles},
+            "history": [{"version": v.label, **HeldOutEval.from_metrics(v.manifest.get("metrics", {})).to_metrics()}
+                        for v in registry.history(mine)],
+            "every": self.learning.personal_every,
+            "record": self._record(profile_id),
+        }
+
+    def _record(self, profile_id: str) -> list[dict]:
+        """This profile's choices for or against each exploration probe's candidates, with its instruction."""
+        instructions = {p.name: p.instruction for p in self.config.explore.probes}
+        mine, _ = self.store.probe_records(profile_id)
+        return [{"probe": name, "instruction": instructions[name], "chosen": won, "shown": won + lost}
+                for name, (won, lost) in mine.items() if name in instructions]
+
+    def before_after(self, profile_id: str, message_id: str) -> dict:
+        """One of the person's own earlier messages answered by the bare base model and by what serves them today
+        (their blend), both greedy and as a single turn, so the difference is what Attune learned."""
+        self._require_learning()
+        message = self.store.get_message(profile_id, message_id)
+        if message.role != "user":
+            raise InvalidInput("Pick one of your own messages.")
+        system = message.settings.get("system_prompt", DEFAULT_SYSTEM_PROMPT)
+        settings = GenerationSettings(system_prompt=system, temperature=0.0, max_new_tokens=BEFORE_AFTER_TOKENS)
+        prompt = build_prompt(self.loaded, system, [{"role": "user", "content": message.content}],
+                              settings.max_new_tokens)
+        blend = self.adapters.blend_for(profile_id)
+        return {"message": message.content, "before": self._written(prompt, settings, None),
+                "after": self._written(prompt, settings, blend), "blend": blend.record()}
+
+    def _written(self, prompt: Prompt, settings: GenerationSettings, blend) -> str:
+        """A whole reply to `prompt`, written with `blend` (None: the bare base model)."""
+        stream = ReplyStream(self.loaded, prompt, settings, executor=self.executor,
+                             activate=(lambda: self.adapters.activate(blend)) if blend else None)
+        for _ in stream:
+            pass
+        return stream.texts[0]
+
+    def _require_learning(self) -> None:
+        if not self.adapters:
+            raise InvalidInput("Learning is switched off in this app (started without adapters).")
+
+
+def _version_info(version) -> dict | None:
+    if version is None:
+        return None
+    return {"version": version.label, "created_at": version.manifest.get("created_at"),
+            "metrics": version.manifest.get("metrics", {})}

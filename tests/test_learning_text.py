@@ -1,0 +1,77 @@
+"""The Learning panel's words: times, time left, the weight's reason and what a profile's choices say."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from ui.learning_text import ago, eta_seconds, learning_markdown, taste_words
+
+NOW = datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc)
+
+
+def _iso(**delta) -> str:
+    return (NOW - timedelta(**delta)).isoformat()
+
+
+def test_times_in_words():
+    assert ago(_iso(seconds=10), NOW) == "just now"
+    assert ago(_iso(seconds=70), NOW) == "1 minute ago"
+    assert ago(_iso(minutes=2, seconds=5), NOW) == "2 minutes ago"
+    assert ago(_iso(hours=3), NOW) == "3 hours ago"
+    assert ago(_iso(days=2), NOW) == "2 days ago"
+    assert ago(_iso(days=30), NOW) == "on Nov 4"
+    assert ago(None, NOW) == "at an unknown time"
+
+
+def test_time_left_follows_the_pace_so_far():
+    job = {"started_at": _iso(seconds=30)}
+    assert eta_seconds(job, 0.25, NOW) == 90  # 30 s for a quarter: 90 s for the rest
+    assert eta_seconds(job, 0.0, NOW) is None  # no step done yet: no pace to go by
+    assert eta_seconds({"started_at": None}, 0.5, NOW) is None
+
+
+def test_what_the_choices_say_names_only_clear_leanings_in_the_probes_own_words():
+    record = [
+        {"probe": "p1", "instruction": "Answer in one short sentence.", "chosen": 4, "shown": 5},
+        {"probe": "p2", "instruction": "Use emoji 😊 in your answer.", "chosen": 0, "shown": 3},
+        {"probe": "p3", "instruction": "Give a concrete example.", "chosen": 2, "shown": 4},  # even: not a taste
+        {"probe": "p4", "instruction": "Speak like a pirate.", "chosen": 2, "shown": 2},  # too few to say
+    ]
+    said = taste_words(record)
+    assert said == ("**What your choices say:** you chose replies asked to “answer in one short sentence” (4 of 5); "
+                    "you passed over replies asked to “use emoji 😊 in your answer” (0 of 3).")
+    assert taste_words(record[2:]) == ""
+
+
+def _status(**changes) -> dict:
+    status = {
+        "feedback": {"thumbs": 3, "comparison": 2, "total": 5}, "since_personal": {"total": 1}, "every": 4,
+        "personal": {"version": "v0002", "created_at": _iso(minutes=2), "metrics": {}},
+        "global": None, "global_profiles": {"profiles": 1, "needed": 3},
+        "alpha": 0.56, "alpha_override": None, "alpha_source": "auto", "k": 4, "jobs": [], "record": [],
+    }
+    return {**status, **changes}
+
+
+def test_the_panel_says_what_was_taught_which_versions_serve_and_how_much_of_you():
+    text = learning_markdown(_status(), NOW)
+    assert "3 👍/👎 on replies and 2 choices between two replies" in text
+    assert "3 more votes and Attune learns from them" in text
+    assert "**Your own version:** version 2, updated 2 minutes ago." in text
+    assert "it learns once 3 profiles have given feedback (1 so far)" in text
+    assert "replies are 56% you, set automatically" in text and "half you after 4 votes" in text
+    assert "as you set it" in learning_markdown(_status(alpha_source="you", alpha_override=0.3, alpha=0.3), NOW)
+    held = learning_markdown(_status(alpha_source="held back", alpha=0.0), NOW)
+    assert "replies are 0% you: your newest version agreed with your own held-out votes less often" in held
+    fresh = learning_markdown(_status(feedback={"thumbs": 0, "comparison": 0, "total": 0}, personal=None,
+                                      alpha=0.0, alpha_source="none"), NOW)
+    assert "nothing yet" in fresh and "not made yet" in fresh and "no version of your own yet" in fresh
+
+
+def test_every_job_of_the_profile_is_shown_with_its_progress_and_time_left():
+    jobs = [{"profile_id": "p", "status": "running", "progress": 0.5, "message": "step 4 of 8",
+             "started_at": _iso(seconds=20)},
+            {"profile_id": None, "status": "queued", "progress": 0.0, "message": None, "started_at": None}]
+    text = learning_markdown(_status(jobs=jobs), NOW)
+    assert "**Training your version:** step 4 of 8 (50%), about 20 s left." in text
+    assert "**Training everyone's version:** waiting its turn." in text
