@@ -61,8 +61,8 @@ class Message:
         )
 
 
-NOT_CONTINUED = ("m.id NOT IN (SELECT json_extract(n.settings, '$.continues') FROM messages n WHERE n.parent_id = m.parent_id "
-                 "AND json_extract(n.settings, '$.continues') IS NOT NULL)")
+NOT_CONTINUED = ("m.id NOT IN (SELECT json_extract(n.settings, '$.continues') FROM messages n "
+                 "WHERE n.parent_id = m.parent_id AND json_extract(n.settings, '$.continues') IS NOT NULL)")
 """SQL: the reply `m` was not continued (Continue wrote on from it, settings.continues): it counts as a reply of
 its own, an alternative or a rejected one, only if not."""
 

@@ -28,7 +28,7 @@ def _taught(status: dict) -> str:
     taught = _and([_count(n["thumbs"], "👍/👎 on a reply", "👍/👎 on replies"),
                    _count(n["comparison"], "choice between two replies", "choices between two replies")])
     left = max(every - since["total"], 0)
-    when = ("your next votes train it" if left == 0 else
+    when = ("your next vote starts an update (or press *Train now*)" if left == 0 else
             f"{_count(left, 'more vote', 'more votes')} and Attune learns from them (or press *Train now*)")
     return f"**What you taught Attune:** {taught}; {_count(since['total'], 'is', 'are')} new since the last " \
            f"update: {when}."
