@@ -176,3 +176,9 @@ def m003_profiles_and_comparisons(db: Database) -> None:
         UPDATE training_jobs SET adapter = 'profile_' || substr(adapter, 6) WHERE adapter LIKE 'user\\_%' ESCAPE '\\'
         """,
     )
+
+
+@MIGRATIONS()
+def m004_profile_preferences(db: Database) -> None:
+    """A profile's reply settings and compare choice, kept across reloads and browsers (JSON, '{}' until set)."""
+    _run(db, "ALTER TABLE profiles ADD COLUMN preferences TEXT NOT NULL DEFAULT '{}'")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from typing import Any
 
@@ -84,6 +85,20 @@ class Profiles(StoreBase):
     def list_profiles(self) -> list[dict]:
         with self._db() as db:
             return self._rows(db, "SELECT id, name, created_at FROM profiles ORDER BY name_key")
+
+    def preferences(self, profile_id: str) -> dict:
+        """This profile's reply settings and compare choice as last set (`set_preferences`); {} if never set."""
+        with self._db() as db:
+            self._require_profile(db, profile_id)
+            rows = self._rows(db, "SELECT preferences FROM profiles WHERE id = ?", (profile_id,))
+        return json.loads(rows[0]["preferences"] or "{}")
+
+    def set_preferences(self, profile_id: str, preferences: dict) -> None:
+        """Keep a profile's reply settings and compare choice (validated by the caller: storage keeps JSON)."""
+        with self._write() as db:
+            self._require_profile(db, profile_id)
+            db.execute("UPDATE profiles SET preferences = ?, updated_at = ? WHERE id = ?",
+                       (json.dumps(preferences), now(), profile_id))
 
     def set_alpha_override(self, profile_id: str, alpha: float | None) -> None:
         """Pin this profile's personal weight α (0 = everyone, 1 = just me), or None for the automatic n/(n+k)."""

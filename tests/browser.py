@@ -69,10 +69,16 @@ def usable(page, typed: str) -> None:
     assert page.locator("#send").is_enabled()
 
 
-def set_number(page, elem_id: str, value: float) -> None:
-    """Type a value into a slider's number box (in the Settings accordion, opened if closed)."""
+def number_box(page, elem_id: str):
+    """A slider's number box in the Settings accordion (opened if closed)."""
     box = page.locator(f"#{elem_id} input[type=number]")
     if not box.is_visible():
         page.locator("#settings > button").first.click()
+    return box
+
+
+def set_number(page, elem_id: str, value: float) -> None:
+    """Type a value into a slider's number box, as a person would."""
+    box = number_box(page, elem_id)
     box.fill(str(value))
     box.press("Tab")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from storage.store import Store
-from tests.browser import BROWSER, create_profile, set_number, wait_for_reply
+from tests.browser import BROWSER, create_profile, number_box, set_number, wait_for_reply
 from tests.conftest import HANG
 
 pytestmark = BROWSER
@@ -77,3 +77,28 @@ def test_continue_browse_edit_and_confirmed_delete(page, running_app, data_home)
     page.locator("#confirm-delete-conversation").click()
     page.locator("#status").get_by_text("Conversation deleted.").wait_for()
     assert store.counts()["conversations"] == 0 and page.locator(".error").count() == 0
+
+
+def test_each_profile_keeps_its_settings_and_compare_choice_across_reloads(page, running_app, data_home):
+    url, service = running_app
+    page.goto(url)
+    create_profile(page, "Ivy")
+    set_number(page, "temperature", 0)
+    set_number(page, "max-new-tokens", 42)
+    page.locator("#compare label").click()
+    ivy = Store(data_home / "attune.db").find_profile_by_name("ivy")["id"]
+    _until(lambda: service.preferences(ivy)[0].max_new_tokens == 42 and service.preferences(ivy)[1], "not kept")
+
+    page.reload()  # the same profile comes back with its own settings
+    page.locator("#compare input").wait_for()
+    _until(lambda: number_box(page, "max-new-tokens").input_value() == "42", "not restored")
+    assert number_box(page, "temperature").input_value() == "0"
+    assert page.locator("#compare input").is_checked()
+
+    create_profile(page, "Jo")  # another profile has the defaults ...
+    _until(lambda: not page.locator("#compare input").is_checked(), "Ivy's compare choice stayed")
+    assert number_box(page, "max-new-tokens").input_value() == "256"
+    page.locator("#profile input").first.click()  # ... and picking Ivy again brings hers back
+    page.get_by_role("option", name="Ivy").click()
+    _until(lambda: number_box(page, "max-new-tokens").input_value() == "42", "not restored")
+    assert page.locator("#compare input").is_checked() and service.preferences(ivy)[0].temperature == 0

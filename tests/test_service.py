@@ -282,3 +282,13 @@ def test_config_validation():
         GenerationSettings(max_new_tokens=0)
     with pytest.raises(InvalidInput, match="Port"):
         AppConfig(port=70000)
+
+
+def test_preferences_are_kept_per_profile_and_a_stale_one_falls_back_to_the_defaults(service, ann, store):
+    assert service.preferences(ann) == (GenerationSettings(), False)
+    service.save_preferences(ann, GREEDY, True)
+    assert service.preferences(ann) == (GREEDY, True)
+    bob = service.create_profile("Bob")["id"]
+    assert service.preferences(bob) == (GenerationSettings(), False)
+    store.set_preferences(ann, {"temperature": 9.0, "compare": True, "unknown": 1})  # e.g. kept under other limits
+    assert service.preferences(ann) == (GenerationSettings(), True)

@@ -45,7 +45,8 @@ def test_migrations_from_empty_file_and_rerun(tmp_path):
     tables = set(db.table_names())
     assert {"profiles", "conversations", "messages", "comparisons", "feedback", "_sqlite_migrations"} <= tables
     applied = [m.name for m in MIGRATIONS.applied(db)]
-    assert applied == ["m001_initial", "m002_adapters_and_jobs", "m003_profiles_and_comparisons"]
+    assert applied == ["m001_initial", "m002_adapters_and_jobs", "m003_profiles_and_comparisons",
+                       "m004_profile_preferences"]
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
@@ -282,3 +283,13 @@ def test_profiles_with_feedback_are_counted_up_to_a_limit(store):
     store.create_profile("Eve")  # no feedback: not counted
     assert store.count_profiles_with_feedback(at_most=10) == 4
     assert store.count_profiles_with_feedback(at_most=3) == 3
+
+
+def test_a_profile_keeps_its_preferences(store):
+    ann = store.create_profile("Ann")["id"]
+    assert store.preferences(ann) == {}  # (m004 adds the column with '{}' for profiles made before it)
+    kept = {"temperature": 0.0, "max_new_tokens": 42, "compare": True}
+    store.set_preferences(ann, kept)
+    assert store.preferences(ann) == kept
+    with pytest.raises(NotFound):
+        store.set_preferences("nobody", kept)

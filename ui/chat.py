@@ -113,6 +113,27 @@ def on_retry(service: ChatService, ui: UI, profile_id, conversation_id, compare,
 
 
 @ui_errors
+def on_preferences(service: ChatService, ui: UI, profile_id: str | None):
+    """A newly picked profile's own settings and compare choice, as it left them."""
+    if not profile_id:
+        return gr.skip()
+    settings, compare = service.preferences(profile_id)
+    return {ui.system_prompt: settings.system_prompt, ui.temperature: settings.temperature, ui.top_p: settings.top_p,
+            ui.max_new_tokens: settings.max_new_tokens, ui.repetition_penalty: settings.repetition_penalty,
+            ui.compare: compare}
+
+
+@ui_errors
+def on_save_preferences(service: ChatService, ui: UI, profile_id: str | None, compare, system_prompt, temperature,
+                        top_p, max_new_tokens, repetition_penalty):
+    """Keep the settings and the compare choice with the profile (a refusal says which value is out of range)."""
+    if profile_id:
+        settings = _settings(system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
+        service.save_preferences(profile_id, settings, bool(compare))
+    return gr.skip()
+
+
+@ui_errors
 def on_refresh(service: ChatService, ui: UI, profile_id: str | None, conversation_id: str | None, status: str | None):
     """The stored state once a reply has finished, keeping its notice (chained with `.success`: a failure leaves
     the error on screen with its toast, as Gradio 6 would even with `.then`)."""

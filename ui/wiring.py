@@ -14,8 +14,8 @@ from gradio.blocks import BlockContext
 from assistant.service import ChatService
 from ui import data_api
 from ui.chat import (on_ask_delete_conversation, on_continue, on_delete_conversation, on_edit_in_chat,
-                     on_new_conversation, on_open_conversation, on_refresh, on_rename_conversation, on_retry, on_send,
-                     on_show_reply, on_stop)
+                     on_new_conversation, on_open_conversation, on_preferences, on_refresh, on_rename_conversation,
+                     on_retry, on_save_preferences, on_send, on_show_reply, on_stop)
 from ui.feedback import on_choose, on_like, on_save_comment
 from ui.layout import CHOICE_LABELS, UI
 from ui.learning import (LEARNING, on_alpha, on_alpha_auto, on_ask_reset_adapter, on_before_after,
@@ -146,6 +146,13 @@ def _wire_chat(ui: UI, service: ChatService) -> None:
     for name, step in (("earlier_reply", -1), ("later_reply", 1)):
         b[name].click(bind(on_show_reply, service, ui, step), [ui.profile, ui.conversation], _outputs(ui, name),
                       api_name=name)
+    ui.profile.change(bind(on_preferences, service, ui), [ui.profile], ui.pick(*SETTINGS, "compare", "status"),
+                      api_visibility="private", show_progress="hidden")
+    save = dict(fn=bind(on_save_preferences, service, ui), inputs=ui.pick("profile", "compare", *SETTINGS),
+                outputs=[ui.status], api_visibility="private", show_progress="hidden")
+    for name in (*SETTINGS[1:], "compare"):  # (a change made by on_preferences saves what was read: harmless)
+        getattr(ui, name).change(**save)
+    ui.system_prompt.blur(**save)
     b["stop"].click(bind(on_stop, service, ui), [ui.profile, ui.conversation], _outputs(ui, "stop"), api_name="stop",
                     show_progress="hidden")
 

@@ -108,6 +108,19 @@ class ChatService(Learning):
     def get_profile(self, profile_id: str) -> dict:
         return self.store.get_profile(profile_id)
 
+    def preferences(self, profile_id: str) -> tuple[GenerationSettings, bool]:
+        """The reply settings and compare choice this profile last used (the defaults until it changes them)."""
+        stored = self.store.preferences(profile_id)
+        compare = bool(stored.pop("compare", False))
+        known = {k: v for k, v in stored.items() if k in GenerationSettings().as_dict()}
+        try:
+            return GenerationSettings(**known), compare
+        except (InvalidInput, TypeError, ValueError):  # kept by an older version with other limits: start afresh
+            return GenerationSettings(), compare
+
+    def save_preferences(self, profile_id: str, settings: GenerationSettings, compare: bool) -> None:
+        self.store.set_preferences(profile_id, {**settings.as_dict(), "compare": bool(compare)})
+
     def recent_user_messages(self, profile_id: str) -> list[Message]:
         return self.store.recent_user_messages(profile_id)
 
