@@ -26,7 +26,7 @@ from assistant.service import ChatService
 from storage.db import DB_FILENAME
 from storage.errors import AttuneError
 from storage.store import Store
-from ui import build_app
+from ui import STYLE, build_app
 
 __all__ = ["APP_ALIASES", "build_app", "create_service", "main", "parse_args", "start_worker", "worker_command"]
 
@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     worker = start_worker(config) if config.worker else None
     demo = build_app(service, config)
     demo.queue(default_concurrency_limit=4)
-    demo.launch(server_name=config.host, server_port=config.port, show_error=False, prevent_thread_lock=True)
+    demo.launch(server_name=config.host, server_port=config.port, show_error=False, prevent_thread_lock=True,
+                **STYLE)
     stopping = threading.Event()
     # Ctrl-C and SIGTERM both stop the loop between jobs. As a handler of our own, SIGINT also works when the app was
     # started with it ignored (a background job of a script inherits that), and it is never swallowed as the failure

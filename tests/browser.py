@@ -50,7 +50,16 @@ def wait_for_reply(store: Store, profile: str, seconds: float = HANG):
     raise AssertionError("no reply was stored")
 
 
+def open_accordion(page, elem_id: str) -> None:
+    """Open an accordion unless it is open (its toggle says so: a visibility check can run before it renders)."""
+    toggle = page.locator(f"#{elem_id} > button.label-wrap")
+    toggle.wait_for()
+    if "open" not in (toggle.get_attribute("class") or "").split():
+        toggle.click()
+
+
 def create_profile(page, name: str) -> None:
+    open_accordion(page, "profile-tools")
     page.locator("#profile-name input, #profile-name textarea").first.fill(name)
     page.locator("#create-profile").click()
     # (the toast can come before the new profile is applied; the status line comes with it)
@@ -71,10 +80,8 @@ def usable(page, typed: str) -> None:
 
 def number_box(page, elem_id: str):
     """A slider's number box in the Settings accordion (opened if closed)."""
-    box = page.locator(f"#{elem_id} input[type=number]")
-    if not box.is_visible():
-        page.locator("#settings > button").first.click()
-    return box
+    open_accordion(page, "settings")
+    return page.locator(f"#{elem_id} input[type=number]")
 
 
 def set_number(page, elem_id: str, value: float) -> None:

@@ -67,7 +67,7 @@ def running_app(tiny_model_dir, data_home):
     demo = attune_app.build_app(service, config)
     demo.queue(default_concurrency_limit=4)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=config.port, prevent_thread_lock=True,
-                            quiet=True)
+                            quiet=True, **attune_app.STYLE)
     assert url.startswith("http://127.0.0.1:")
     yield url, service
     demo.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from storage.store import Store
-from tests.browser import BROWSER, create_profile, usable, wait_for_reply
+from tests.browser import BROWSER, create_profile, open_accordion, usable, wait_for_reply
 from tests.conftest import HANG
 
 pytestmark = BROWSER
@@ -59,7 +59,7 @@ def test_profile_chat_thumbs_and_reload(page, running_app, data_home, tmp_path):
     assert not page.locator("#candidate-b").is_visible()
 
     # The Learning panel counts that feedback, and Train now queues a job for the worker.
-    page.locator("#learning").get_by_text("Learning").first.click()
+    open_accordion(page, "learning")
     page.locator("#learning-status").get_by_text("1 👍/👎 on a reply and 1 choice between two replies").wait_for()
     page.locator("#train-now").click()
     page.get_by_text("Training queued").first.wait_for()

@@ -13,7 +13,7 @@ from adapters.worker import Worker
 from assistant.config import GenerationSettings, ModelConfig
 from assistant.model import load_model
 from storage.store import Store
-from tests.browser import BROWSER, create_profile, set_number, wait_for_reply
+from tests.browser import BROWSER, create_profile, open_accordion, set_number, wait_for_reply
 
 pytestmark = BROWSER
 SHORT = GenerationSettings(temperature=1.0, max_new_tokens=8)
@@ -27,7 +27,8 @@ def _comparisons(service, profile_id: str, n: int) -> None:
         service.choose(profile_id, pair.id, "a" if len(pair.a.content) <= len(pair.b.content) else "b")
 
 
-def test_the_panel_the_notice_the_mark_before_after_and_reset(page, running_app, data_home, tiny_model_dir):
+def test_the_panel_the_notice_the_mark_before_after_and_reset(page, running_app, data_home, tiny_model_dir,
+                                                               tmp_path):
     url, service = running_app
     page.goto(url)
     create_profile(page, "Hal")
@@ -47,14 +48,15 @@ def test_the_panel_the_notice_the_mark_before_after_and_reset(page, running_app,
     assert version is not None and version.manifest["metrics"]["eval/pairs"] >= 1
     service.set_alpha(hal, 1.0)  # "Just me", whatever the gate would say of a tiny model's version
 
-    page.locator("#learning").get_by_text("Learning").first.click()
+    open_accordion(page, "learning")
     panel = page.locator("#learning-status")
     panel.get_by_text(f"{votes} choices between two replies").wait_for()
     panel.get_by_text(f"Your own version: version {version.version}, updated just now").wait_for()
     panel.get_by_text("replies are 100% you, as you set it").wait_for()
     assert page.locator("#alpha input[type=number]").input_value() == "1"  # the slider says what the text says
     page.locator("#accuracy-plot").wait_for()  # measured on held-out votes: a chart with points, not an empty one
-    assert page.locator("#accuracy-plot").inner_html().count("<path") >= 1
+    page.locator("#accuracy-plot").get_by_text("you + everyone").wait_for()  # the legend of a drawn line
+    page.locator("#accuracy-plot").screenshot(path=str(tmp_path / "chart.png"))
 
     set_number(page, "max-new-tokens", 8)
     page.locator("#message textarea").fill("Tell me something.")

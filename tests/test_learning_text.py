@@ -75,3 +75,13 @@ def test_every_job_of_the_profile_is_shown_with_its_progress_and_time_left():
     text = learning_markdown(_status(jobs=jobs), NOW)
     assert "**Training your version:** step 4 of 8 (50%), about 20 s left." in text
     assert "**Training everyone's version:** waiting its turn." in text
+
+
+def test_the_chart_starts_at_the_base_model_so_one_version_draws_a_line():
+    from ui.learning import accuracy_frame
+
+    assert accuracy_frame([{"version": "v0001"}]).empty  # a version with no held-out votes: nothing to draw
+    frame = accuracy_frame([{"version": "v0001", "eval/accuracy_personal": 0.75, "eval/accuracy_global": 0.5,
+                             "eval/accuracy_base": 0.25}])
+    lines = {model: list(zip(rows.version, rows.accuracy)) for model, rows in frame.groupby("model")}
+    assert lines == {"you + everyone": [("before", 0.25), ("1", 0.75)], "everyone only": [("before", 0.25), ("1", 0.5)]}

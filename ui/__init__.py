@@ -12,9 +12,10 @@ import gradio as gr  # noqa: E402  (the environment must be set before gradio is
 from assistant.config import AppConfig  # noqa: E402
 from assistant.service import ChatService  # noqa: E402
 from ui.layout import UI, layout  # noqa: E402
+from ui.style import STYLE  # noqa: E402
 from ui.wiring import OUTPUTS, api_returns, wire  # noqa: E402
 
-__all__ = ["OUTPUTS", "UI", "api_returns", "build_app"]
+__all__ = ["OUTPUTS", "STYLE", "UI", "api_returns", "build_app"]
 
 
 def build_app(service: ChatService, config: AppConfig) -> gr.Blocks:

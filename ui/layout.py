@@ -25,6 +25,7 @@ class UI:
 
     remembered: gr.BrowserState
     profile: gr.Dropdown
+    profile_tools: gr.Accordion
     profile_name: gr.Textbox
     confirm_row: gr.Row
     confirm_text: gr.Markdown
@@ -45,6 +46,7 @@ class UI:
     comment_row: gr.Row
     comment: gr.Textbox
     disliked: gr.State
+    preferences_for: gr.State
     system_prompt: gr.Textbox
     temperature: gr.Slider
     top_p: gr.Slider
@@ -70,14 +72,14 @@ class UI:
 
 def layout(model_id: str, config: AppConfig) -> UI:
     """Make the page inside the current `gr.Blocks`, top to bottom."""
-    gr.Markdown("# Attune\nA chat assistant that learns what you prefer.")
+    gr.Markdown("# Attune\nA chat assistant that learns what you prefer.", elem_id="title")
     remembered = gr.BrowserState({"profile_id": None, "conversation_id": None}, storage_key="attune-session",
                                  secret=_secret(config.data_dir))
     made = _profile_bar()
     with gr.Row():
-        with gr.Column(scale=1, min_width=220):
+        with gr.Column(scale=1, min_width=220, elem_id="conversation-column"):
             made |= _conversation_list()
-        with gr.Column(scale=4):
+        with gr.Column(scale=4, elem_id="chat-column"):
             made |= _chat_panel()
             with gr.Accordion("Settings", open=False, elem_id="settings"):
                 made |= _settings()
@@ -86,23 +88,26 @@ def layout(model_id: str, config: AppConfig) -> UI:
             made["learning_panel"] = learning_panel
     gr.Markdown(f"Model: `{model_id}` · Data home: `{config.data_dir.resolve()}`", elem_id="footer")
     buttons = {name: made.pop(name) for name in BUTTONS}
-    return UI(remembered=remembered, disliked=gr.State(None), buttons=buttons, **made)
+    return UI(remembered=remembered, disliked=gr.State(None), preferences_for=gr.State(None), buttons=buttons,
+              **made)
 
 
 def _profile_bar() -> dict:
     with gr.Row(equal_height=True):
-        profile = gr.Dropdown(label="Profile", choices=[], value=None, scale=2, elem_id="profile",
+        profile = gr.Dropdown(label="Profile", choices=[], value=None, scale=2, min_width=160, elem_id="profile",
                               allow_custom_value=True)  # ids are checked by the service, with a clear message
-        profile_name = gr.Textbox(label="Profile name", placeholder="Name for a new profile, or a new name",
-                                  max_lines=1, scale=2, elem_id="profile-name")
-        create = gr.Button("Create profile", scale=1, size="sm", elem_id="create-profile")
-        rename = gr.Button("Rename", scale=1, size="sm", elem_id="rename-profile")
-        delete = gr.Button("Delete profile", variant="stop", scale=1, size="sm", elem_id="delete-profile")
+        with gr.Accordion("New profile, rename, delete", open=True, elem_id="profile-tools") as profile_tools:
+            with gr.Row(equal_height=True):
+                profile_name = gr.Textbox(label="Profile name", placeholder="Name for a new profile, or a new name",
+                                          max_lines=1, scale=2, min_width=160, elem_id="profile-name")
+                create = gr.Button("Create profile", scale=1, size="sm", elem_id="create-profile")
+                rename = gr.Button("Rename", scale=1, size="sm", elem_id="rename-profile")
+                delete = gr.Button("Delete profile", variant="stop", scale=1, size="sm", elem_id="delete-profile")
     with gr.Row(visible=False) as confirm_row:
         confirm_text = gr.Markdown()
         confirm = gr.Button("Yes, delete it", variant="stop", elem_id="confirm-delete")
         cancel = gr.Button("Cancel", elem_id="cancel-delete")
-    return dict(profile=profile, profile_name=profile_name, create=create, rename=rename, delete=delete,
+    return dict(profile=profile, profile_tools=profile_tools, profile_name=profile_name, create=create, rename=rename, delete=delete,
                 confirm_row=confirm_row, confirm_text=confirm_text, confirm=confirm, cancel=cancel)
 
 
@@ -194,7 +199,9 @@ def _learning_panel() -> dict:
         "Forget what Attune learned from you? Your votes stay stored, and the next training learns from them again.",
         "Yes, reset it", "reset-adapter")
     accuracy_plot = gr.LinePlot(x="version", y="accuracy", color="model", y_lim=[0, 1], height=220,
-                                title="Held-out preference accuracy on your own votes", elem_id="accuracy-plot")
+                                title="How often each version agrees with your votes it was not trained on",
+                                x_title="your version", y_title="agreement",
+                                elem_id="accuracy-plot")
     with gr.Row(equal_height=True):
         before_after_message = gr.Dropdown(label="One of your messages", choices=[], value=None, scale=4,
                                            elem_id="before-after-message")

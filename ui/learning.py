@@ -11,6 +11,11 @@ from ui.errors import refuse, require_profile, ui_errors
 from ui.layout import UI
 from ui.learning_text import learning_markdown
 
+BEFORE = "before"
+"""The chart's first point: the base model, before any learning."""
+EMPTY_REPLY = "*(an empty reply: the model ended at once)*"
+CHART_LINES = {"eval/accuracy_personal": "you + everyone", "eval/accuracy_global": "everyone only"}
+"""The accuracy chart's lines: a version's held-out metric → its name in the legend."""
 LEARNING = ("learning_status", "accuracy_plot", "alpha_auto", "alpha", "status")
 """The outputs of every learning-panel event (`learning_view`)."""
 
@@ -86,8 +91,8 @@ def on_before_after(service: ChatService, ui: UI, profile_id: str, message_id: s
     if versions.get("global"):
         used += f", everyone's version {int(versions['global'][1:])}"
     return {ui.before_after_row: gr.Row(visible=True),
-            ui.before: f"**Before** (the base model)\n\n{shown['before']}",
-            ui.after: f"**Today** ({used})\n\n{shown['after']}",
+            ui.before: f"**Before** (the base model)\n\n{shown['before'] or EMPTY_REPLY}",
+            ui.after: f"**Today** ({used})\n\n{shown['after'] or EMPTY_REPLY}",
             ui.status: f"Before and after, for “{_preview(shown['message'])}”: the same greedy settings, so the "
                        "difference is what Attune learned."}
 
@@ -111,19 +116,27 @@ def learning_view(service: ChatService, ui: UI, profile_id: str | None) -> dict:
     if not profile_id or service.adapters is None:
         text = ("Learning is off in this app." if service.adapters is None
                 else "Pick a profile to see what Attune has learned from it.")
-        return {ui.learning_status: text, ui.accuracy_plot: gr.LinePlot(_accuracy_frame([]), visible=False),
+        return {ui.learning_status: text, ui.accuracy_plot: gr.LinePlot(accuracy_frame([]), visible=False),
                 ui.alpha_auto: True, ui.alpha: 0.0}
     status = service.learning_status(profile_id)
-    frame = _accuracy_frame(status["history"])
+    frame = accuracy_frame(status["history"])
     auto = status["alpha_override"] is None
     return {ui.learning_status: learning_markdown(status),
-            ui.accuracy_plot: gr.LinePlot(frame, visible=not frame.empty),
+            ui.accuracy_plot: gr.LinePlot(frame, visible=not frame.empty, sort=list(dict.fromkeys(frame.version))),
             ui.alpha_auto: auto, ui.alpha: status["alpha"] if auto else status["alpha_override"]}
 
 
-def _accuracy_frame(history: list[dict]) -> pd.DataFrame:
-    rows = [{"version": h["version"], "model": name, "accuracy": h[key]}
-            for h in history
-            for name, key in (("personal", "eval/accuracy_personal"), ("global only", "eval/accuracy_global"),
-                              ("base", "eval/accuracy_base")) if h.get(key) is not None]
+def accuracy_frame(history: list[dict]) -> pd.DataFrame:
+    """The chart's points: for each version, the share of the person's held-out votes that the model serving them
+    ("you + everyone") and everyone's taste alone ("everyone only") agree with. Each line starts at version 0, the
+    base model before any learning (`BEFORE`), so one version already draws a line."""
+    measured = [h for h in history if h.get("eval/accuracy_base") is not None]
+    if not measured:
+        return pd.DataFrame(columns=["version", "model", "accuracy"])
+    base = measured[0]["eval/accuracy_base"]
+    rows = [{"version": BEFORE, "model": name, "accuracy": base} for name in CHART_LINES.values()]
+    for h in measured:
+        number = str(int(h["version"].lstrip("v")))
+        rows += [{"version": number, "model": name, "accuracy": h[key]}
+                 for key, name in CHART_LINES.items() if h.get(key) is not None]
     return pd.DataFrame(rows, columns=["version", "model", "accuracy"])

@@ -20,7 +20,12 @@ def on_load(service: ChatService, ui: UI, remembered: dict | None):
         profile_id, conversation_id = None, None
     elif conversation_id not in {c["id"] for c in service.list_conversations(profile_id)}:
         conversation_id = None
-    return view(service, ui, profile_id, conversation_id)
+    return {**view(service, ui, profile_id, conversation_id), **_tools(ui, profile_id)}
+
+
+def _tools(ui: UI, profile_id: str | None) -> dict:
+    """The profile tools stand open while no profile is picked (a first visit: the way to create one)."""
+    return {ui.profile_tools: gr.Accordion(open=not profile_id)}
 
 
 def on_remember(profile_id: str | None, conversation_id: str | None) -> dict:
@@ -63,4 +68,5 @@ def on_confirm_delete_profile(service: ChatService, ui: UI, profile_id: str):
     name = service.get_profile(profile_id)["name"]
     service.delete_profile(profile_id)
     gr.Info(f"Profile '{name}' deleted.")
-    return {**view(service, ui, None, None), ui.confirm_row: gr.Row(visible=False)}
+    return {**view(service, ui, None, None, f"Profile '{name}' deleted. Pick a profile or create one."),
+            ui.confirm_row: gr.Row(visible=False), **_tools(ui, None)}

@@ -26,12 +26,12 @@ from ui.views import VIEW, hidden
 
 SETTINGS = ("system_prompt", "temperature", "top_p", "max_new_tokens", "repetition_penalty")
 OUTPUTS = {
-    "load": VIEW,
+    "load": VIEW + ("profile_tools",),
     "create_profile": VIEW + ("profile_name",),
     "select_profile": VIEW,
     "rename_profile": ("profile", "profile_name", "status"),
     "ask_delete_profile": ("confirm_row", "confirm_text", "status"),
-    "delete_profile": VIEW + ("confirm_row",),
+    "delete_profile": VIEW + ("confirm_row", "profile_tools"),
     "new_conversation": VIEW,
     "open_conversation": VIEW,
     "rename_conversation": VIEW + ("conversation_title",),
@@ -146,8 +146,9 @@ def _wire_chat(ui: UI, service: ChatService) -> None:
     for name, step in (("earlier_reply", -1), ("later_reply", 1)):
         b[name].click(bind(on_show_reply, service, ui, step), [ui.profile, ui.conversation], _outputs(ui, name),
                       api_name=name)
-    ui.profile.change(bind(on_preferences, service, ui), [ui.profile], ui.pick(*SETTINGS, "compare", "status"),
-                      api_visibility="private", show_progress="hidden")
+    ui.profile.change(bind(on_preferences, service, ui), [ui.profile, ui.preferences_for],
+                      ui.pick(*SETTINGS, "compare", "preferences_for", "status"), api_visibility="private",
+                      show_progress="hidden")
     save = dict(fn=bind(on_save_preferences, service, ui), inputs=ui.pick("profile", "compare", *SETTINGS),
                 outputs=[ui.status], api_visibility="private", show_progress="hidden")
     for name in (*SETTINGS[1:], "compare"):  # (a change made by on_preferences saves what was read: harmless)
