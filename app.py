@@ -76,7 +76,7 @@ def start_worker(config: AppConfig) -> subprocess.Popen:
     return subprocess.Popen(worker_command(config), cwd=Path(__file__).resolve().parent)
 
 
-def stop_worker(worker: subprocess.Popen, grace_seconds: float = 10.0) -> None:
+def stop_worker(worker: subprocess.Popen, grace_seconds: float = 4.0) -> None:
     """SIGTERM: the worker abandons its job (queued again) and exits; killed if it has not within the grace."""
     worker.terminate()
     try:

@@ -153,6 +153,7 @@ def test_refusals_leave_the_page_usable(page, running_app, data_home):
     usable(page, "Hello?")
 
     create_profile(page, "Dee")
+    open_accordion(page, "profile-tools")  # (folded away once a profile is picked)
     page.locator("#profile-name input, #profile-name textarea").first.fill("DEE")
     page.locator("#create-profile").click()
     page.locator("#status").get_by_text("already exists").wait_for()

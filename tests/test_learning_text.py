@@ -85,3 +85,27 @@ def test_the_chart_starts_at_the_base_model_so_one_version_draws_a_line():
                              "eval/accuracy_base": 0.25}])
     lines = {model: list(zip(rows.version, rows.accuracy)) for model, rows in frame.groupby("model")}
     assert lines == {"you + everyone": [("before", 0.25), ("1", 0.75)], "everyone only": [("before", 0.25), ("1", 0.5)]}
+
+
+def test_a_refresh_for_a_profile_deleted_a_moment_ago_shows_the_empty_panel_not_an_error(store, tiny_loaded,
+                                                                                         app_config):
+    """The panel's timer can tick with the profile the page showed before a Delete profile took effect."""
+    import gradio as gr
+
+    from adapters.blend import AdapterServer
+    from adapters.registry import AdapterRegistry
+    from assistant.config import BlendConfig
+    from assistant.service import ChatService
+    from ui.layout import layout
+    from ui.learning import on_learning_refresh
+
+    service = ChatService(store, tiny_loaded, app_config,
+                          adapters=AdapterServer(tiny_loaded, AdapterRegistry(app_config.data_dir / "adapters", store),
+                                                 store, BlendConfig()))
+    with gr.Blocks():
+        ui = layout(service.model_id, app_config)
+    gone = service.create_profile("Gone")["id"]
+    service.delete_profile(gone)
+    shown = on_learning_refresh(service, ui, gone)
+    assert shown[ui.learning_status] == "Pick a profile to see what Attune has learned from it."
+    assert ui.status not in shown  # no refusal in the status line, and no toast (ui_errors was not reached)

@@ -113,19 +113,6 @@ def on_retry(service: ChatService, ui: UI, profile_id, conversation_id, compare,
 
 
 @ui_errors
-def on_preferences(service: ChatService, ui: UI, profile_id: str | None, shown_for: str | None):
-    """A newly picked profile's own settings and compare choice, as it left them. Only when the profile is another
-    than the one whose settings are shown (`shown_for`): a view that sets the same profile again must not undo a
-    change the person just made."""
-    if not profile_id or profile_id == shown_for:
-        return gr.skip()
-    settings, compare = service.preferences(profile_id)
-    return {ui.system_prompt: settings.system_prompt, ui.temperature: settings.temperature, ui.top_p: settings.top_p,
-            ui.max_new_tokens: settings.max_new_tokens, ui.repetition_penalty: settings.repetition_penalty,
-            ui.compare: compare, ui.preferences_for: profile_id}
-
-
-@ui_errors
 def on_save_preferences(service: ChatService, ui: UI, profile_id: str | None, compare, system_prompt, temperature,
                         top_p, max_new_tokens, repetition_penalty):
     """Keep the settings and the compare choice with the profile (a refusal says which value is out of range)."""

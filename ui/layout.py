@@ -46,7 +46,6 @@ class UI:
     comment_row: gr.Row
     comment: gr.Textbox
     disliked: gr.State
-    preferences_for: gr.State
     system_prompt: gr.Textbox
     temperature: gr.Slider
     top_p: gr.Slider
@@ -88,8 +87,7 @@ def layout(model_id: str, config: AppConfig) -> UI:
             made["learning_panel"] = learning_panel
     gr.Markdown(f"Model: `{model_id}` · Data home: `{config.data_dir.resolve()}`", elem_id="footer")
     buttons = {name: made.pop(name) for name in BUTTONS}
-    return UI(remembered=remembered, disliked=gr.State(None), preferences_for=gr.State(None), buttons=buttons,
-              **made)
+    return UI(remembered=remembered, disliked=gr.State(None), buttons=buttons, **made)
 
 
 def _profile_bar() -> dict:

@@ -69,19 +69,24 @@ def on_reset_adapter(service: ChatService, ui: UI, profile_id: str):
 
 
 @ui_errors
-def on_before_after_messages(service: ChatService, ui: UI, profile_id: str | None):
-    """The person's own recent messages to pick from (the newest first and picked)."""
-    if not profile_id:
-        return {ui.before_after_message: gr.Dropdown(choices=[], value=None)}
-    messages = service.recent_user_messages(profile_id)
-    choices = [(_preview(m.content), m.id) for m in messages]
-    return {ui.before_after_message: gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)}
+def on_before_after_messages(service: ChatService, ui: UI, profile_id: str | None, message_id: str | None = None):
+    """The person's own recent messages to pick from: `message_id` if it is one of them, else the newest."""
+    choices, value = _messages(service, profile_id, message_id)
+    return {ui.before_after_message: gr.Dropdown(choices=choices, value=value)}
+
+
+def _messages(service: ChatService, profile_id: str | None, message_id: str | None) -> tuple[list, str | None]:
+    choices = [(_preview(m.content), m.id) for m in service.recent_user_messages(profile_id)] if profile_id else []
+    ids = [i for _, i in choices]
+    return choices, message_id if message_id in ids else (ids[0] if ids else None)
 
 
 @ui_errors
 def on_before_after(service: ChatService, ui: UI, profile_id: str, message_id: str | None):
-    """The picked message answered by the base model and by today's blend, side by side."""
+    """The picked message answered by the base model and by today's blend, side by side (a message of another
+    profile, left in the list from before a profile change, gives way to this profile's newest)."""
     require_profile(profile_id)
+    choices, message_id = _messages(service, profile_id, message_id)
     if not message_id:
         raise refuse("Send a message first: the comparison answers one of your own.")
     shown = service.before_after(profile_id, message_id)
@@ -90,7 +95,8 @@ def on_before_after(service: ChatService, ui: UI, profile_id: str, message_id: s
             if versions.get("personal") else "no version of your own yet")
     if versions.get("global"):
         used += f", everyone's version {int(versions['global'][1:])}"
-    return {ui.before_after_row: gr.Row(visible=True),
+    return {ui.before_after_message: gr.Dropdown(choices=choices, value=message_id),
+            ui.before_after_row: gr.Row(visible=True),
             ui.before: f"**Before** (the base model)\n\n{shown['before'] or EMPTY_REPLY}",
             ui.after: f"**Today** ({used})\n\n{shown['after'] or EMPTY_REPLY}",
             ui.status: f"Before and after, for “{_preview(shown['message'])}”: the same greedy settings, so the "
@@ -123,7 +129,7 @@ def learning_view(service: ChatService, ui: UI, profile_id: str | None) -> dict:
     auto = status["alpha_override"] is None
     return {ui.learning_status: learning_markdown(status),
             ui.accuracy_plot: gr.LinePlot(frame, visible=not frame.empty, sort=list(dict.fromkeys(frame.version))),
-            ui.alpha_auto: auto, ui.alpha: status["alpha"] if auto else status["alpha_override"]}
+            ui.alpha_auto: auto, ui.alpha: round(status["alpha"] if auto else status["alpha_override"], 2)}
 
 
 def accuracy_frame(history: list[dict]) -> pd.DataFrame:

@@ -7,7 +7,7 @@ import gradio as gr
 from assistant.service import ChatService
 from ui.errors import ui_errors
 from ui.layout import UI
-from ui.views import profile_choices, view
+from ui.views import preferences_view, profile_choices, view
 
 
 @ui_errors
@@ -20,11 +20,13 @@ def on_load(service: ChatService, ui: UI, remembered: dict | None):
         profile_id, conversation_id = None, None
     elif conversation_id not in {c["id"] for c in service.list_conversations(profile_id)}:
         conversation_id = None
-    return {**view(service, ui, profile_id, conversation_id), **_tools(ui, profile_id)}
+    return {**view(service, ui, profile_id, conversation_id), **_tools(ui, profile_id),
+            **preferences_view(service, ui, profile_id)}
 
 
 def _tools(ui: UI, profile_id: str | None) -> dict:
-    """The profile tools stand open while no profile is picked (a first visit: the way to create one)."""
+    """The profile tools stand open while no profile is picked (a first visit: the way to create one), and fold
+    away once one is (on a phone they would push the chat below the first screen)."""
     return {ui.profile_tools: gr.Accordion(open=not profile_id)}
 
 
@@ -37,14 +39,16 @@ def on_create_profile(service: ChatService, ui: UI, name: str):
     profile = service.create_profile(name)
     created = f"Profile '{profile['name']}' created."
     gr.Info(created)  # (a toast is sent before the outputs; the status line comes with the new profile)
-    return {**view(service, ui, profile["id"], None, created), ui.profile_name: ""}
+    return {**view(service, ui, profile["id"], None, created), ui.profile_name: "",
+            **preferences_view(service, ui, profile["id"]), **_tools(ui, profile["id"])}
 
 
 @ui_errors
 def on_select_profile(service: ChatService, ui: UI, profile_id: str):
     service.get_profile(profile_id)
     conversations = service.list_conversations(profile_id)
-    return view(service, ui, profile_id, conversations[0]["id"] if conversations else None)
+    return {**view(service, ui, profile_id, conversations[0]["id"] if conversations else None),
+            **preferences_view(service, ui, profile_id), **_tools(ui, profile_id)}
 
 
 @ui_errors

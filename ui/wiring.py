@@ -14,7 +14,7 @@ from gradio.blocks import BlockContext
 from assistant.service import ChatService
 from ui import data_api
 from ui.chat import (on_ask_delete_conversation, on_continue, on_delete_conversation, on_edit_in_chat,
-                     on_new_conversation, on_open_conversation, on_preferences, on_refresh, on_rename_conversation,
+                     on_new_conversation, on_open_conversation, on_refresh, on_rename_conversation,
                      on_retry, on_save_preferences, on_send, on_show_reply, on_stop)
 from ui.feedback import on_choose, on_like, on_save_comment
 from ui.layout import CHOICE_LABELS, UI
@@ -25,10 +25,12 @@ from ui.profiles import (on_confirm_delete_profile, on_create_profile, on_delete
 from ui.views import VIEW, hidden
 
 SETTINGS = ("system_prompt", "temperature", "top_p", "max_new_tokens", "repetition_penalty")
+PREFERENCES = (*SETTINGS, "compare")
+"""What a profile keeps across reloads (`ui.views.preferences_view`)."""
 OUTPUTS = {
-    "load": VIEW + ("profile_tools",),
-    "create_profile": VIEW + ("profile_name",),
-    "select_profile": VIEW,
+    "load": VIEW + ("profile_tools", *PREFERENCES),
+    "create_profile": VIEW + ("profile_name", "profile_tools", *PREFERENCES),
+    "select_profile": VIEW + ("profile_tools", *PREFERENCES),
     "rename_profile": ("profile", "profile_name", "status"),
     "ask_delete_profile": ("confirm_row", "confirm_text", "status"),
     "delete_profile": VIEW + ("confirm_row", "profile_tools"),
@@ -45,7 +47,7 @@ OUTPUTS = {
     "stop": ("status",),
     **{f"choose_{choice}": VIEW for choice in CHOICE_LABELS},
     "set_alpha": LEARNING,
-    "before_after": ("before_after_row", "before", "after", "status"),
+    "before_after": ("before_after_message", "before_after_row", "before", "after", "status"),
     "train_now": LEARNING,
     "ask_reset_adapter": ("adapter_confirm_row", "status"),
     "reset_adapter": LEARNING + ("adapter_confirm_row",),
@@ -146,13 +148,10 @@ def _wire_chat(ui: UI, service: ChatService) -> None:
     for name, step in (("earlier_reply", -1), ("later_reply", 1)):
         b[name].click(bind(on_show_reply, service, ui, step), [ui.profile, ui.conversation], _outputs(ui, name),
                       api_name=name)
-    ui.profile.change(bind(on_preferences, service, ui), [ui.profile, ui.preferences_for],
-                      ui.pick(*SETTINGS, "compare", "preferences_for", "status"), api_visibility="private",
-                      show_progress="hidden")
     save = dict(fn=bind(on_save_preferences, service, ui), inputs=ui.pick("profile", "compare", *SETTINGS),
                 outputs=[ui.status], api_visibility="private", show_progress="hidden")
-    for name in (*SETTINGS[1:], "compare"):  # (a change made by on_preferences saves what was read: harmless)
-        getattr(ui, name).change(**save)
+    for name in (*SETTINGS[1:], "compare"):  # what the person changes (`input`), never what a view sets
+        getattr(ui, name).input(**save)
     ui.system_prompt.blur(**save)
     b["stop"].click(bind(on_stop, service, ui), [ui.profile, ui.conversation], _outputs(ui, "stop"), api_name="stop",
                     show_progress="hidden")
@@ -178,9 +177,10 @@ def _wire_learning(ui: UI, service: ChatService) -> None:
                         _outputs(ui, "set_alpha"), api_name="set_alpha")
     ui.alpha.release(bind(on_alpha, service, ui), [ui.profile, ui.alpha], ui.pick(*LEARNING),
                      api_visibility="private")
-    messages = bind(on_before_after_messages, service, ui)
-    for event in (ui.profile.change, ui.learning_panel.expand):
-        event(messages, [ui.profile], [ui.before_after_message], api_visibility="private", show_progress="hidden")
+    # (on the panel's opening, not on a profile change: a dropdown update from a listener of the profile dropdown
+    # made Gradio 6 fire that listener again, without end; Before / after checks the message is the profile's)
+    ui.learning_panel.expand(bind(on_before_after_messages, service, ui), [ui.profile], [ui.before_after_message],
+                             api_visibility="private", show_progress="hidden")
     b["show_before_after"].click(bind(on_before_after, service, ui), [ui.profile, ui.before_after_message],
                                  _outputs(ui, "before_after"), api_name="before_after")
     b["train_now"].click(bind(on_train_now, service, ui), [ui.profile], _outputs(ui, "train_now"),
