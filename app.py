@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     worker = start_worker(config) if config.worker else None
     demo = build_app(service, config)
-    demo.queue(default_concurrency_limit=4)
+    demo.queue(default_concurrency_limit=4, max_size=config.queue_size)
     demo.launch(server_name=config.host, server_port=config.port, show_error=False, prevent_thread_lock=True,
                 **STYLE)
     stopping = threading.Event()

@@ -196,7 +196,8 @@ class Worker:
             data = global_update(self.store, since, self.config, seed)
         else:
             data = personal_update(self.store, profile_id, since, self.config, seed)
-        skip = None if len(data.train) else "nothing new to learn from"
+        # No new feedback (e.g. Train now twice): the replay alone would publish a version that learned nothing new.
+        skip = None if data.new_events and len(data.train) else "nothing new to learn from"
         return Selection(adapter, profile_id, update, current, data, skip)
 
     def build_model(self, selection: Selection) -> Built:

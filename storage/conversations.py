@@ -6,6 +6,7 @@ import json
 
 from storage.base import MESSAGE_SELECT, NOT_CONTINUED, Message, StoreBase, now
 from storage.errors import Conflict, InvalidInput
+from storage.text import require_encodable
 
 MAX_TITLE = 80
 
@@ -35,7 +36,7 @@ class Conversations(StoreBase):
         """Give a conversation a new title: one line of at most `MAX_TITLE` characters."""
         if not isinstance(title, str) or not " ".join(title.split()):
             raise InvalidInput("A conversation title cannot be empty.")
-        title = " ".join(title.split())
+        title = require_encodable(" ".join(title.split()), "The title")
         if len(title) > MAX_TITLE:
             raise InvalidInput(f"A conversation title can be at most {MAX_TITLE} characters.")
         with self._write() as db:

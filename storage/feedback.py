@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from storage.base import NOT_CONTINUED, now
+from storage.text import require_encodable
 from storage.comparisons import Comparison, Comparisons
 from storage.errors import InvalidInput
 
@@ -19,7 +20,7 @@ def clean_comment(comment: Any) -> str:
         return ""
     if not isinstance(comment, str):
         raise InvalidInput("A comment must be text.")
-    comment = comment.replace("\x00", "").strip()
+    comment = require_encodable(comment.replace("\x00", "").strip(), "The comment")
     if len(comment) > MAX_COMMENT_CHARS:
         raise InvalidInput(f"A comment can be at most {MAX_COMMENT_CHARS} characters (this one has {len(comment)}).")
     return comment

@@ -182,3 +182,18 @@ def m003_profiles_and_comparisons(db: Database) -> None:
 def m004_profile_preferences(db: Database) -> None:
     """A profile's reply settings and compare choice, kept across reloads and browsers (JSON, '{}' until set)."""
     _run(db, "ALTER TABLE profiles ADD COLUMN preferences TEXT NOT NULL DEFAULT '{}'")
+
+
+@MIGRATIONS()
+def m005_name_keys_nfkc(db: Database) -> None:
+    """Profile name keys compare names after NFKC normalization and case folding (a fullwidth "Ｂｏｂ" is "bob"). Two
+    existing profiles that would now share a key keep their old keys (the older one gets the new key)."""
+    import sqlite3
+    import unicodedata
+
+    for profile_id, name in db.execute("SELECT id, name FROM profiles ORDER BY created_at").fetchall():
+        try:
+            db.execute("UPDATE profiles SET name_key = ? WHERE id = ?",
+                       (unicodedata.normalize("NFKC", name).casefold(), profile_id))
+        except sqlite3.IntegrityError:  # (one statement fails, the migration's transaction goes on)
+            pass

@@ -8,8 +8,11 @@ from typing import Any
 
 from storage.base import StoreBase, now
 from storage.errors import Conflict, InvalidInput, NotFound
+from storage.text import require_encodable
 
 MAX_PROFILE_NAME = 40
+LOOK_ALIKE_SCRIPTS = {"LATIN", "CYRILLIC", "GREEK"}
+"""Scripts whose letters look alike ("a" and Cyrillic "а"): one name may use one of them, not two."""
 
 
 def validate_profile_name(name: Any) -> str:
@@ -18,7 +21,7 @@ def validate_profile_name(name: Any) -> str:
         raise InvalidInput("A profile name must be text.")
     if "\x00" in name:
         raise InvalidInput("A profile name cannot contain a NUL character.")
-    cleaned = unicodedata.normalize("NFC", name).strip()
+    cleaned = unicodedata.normalize("NFC", require_encodable(name, "The profile name")).strip()
     if not cleaned:
         raise InvalidInput("A profile name cannot be empty.")
     if len(cleaned) > MAX_PROFILE_NAME:
@@ -30,16 +33,26 @@ def validate_profile_name(name: Any) -> str:
         raise InvalidInput("A profile name cannot contain '..'.")
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in cleaned):
         raise InvalidInput("A profile name cannot contain control or invisible formatting characters.")
+    mixed = sorted(_scripts(cleaned) & LOOK_ALIKE_SCRIPTS)
+    if len(mixed) > 1:
+        raise InvalidInput(f"A profile name cannot mix {' and '.join(s.title() for s in mixed)} letters: some look "
+                           "the same and would make two names look identical.")
     return cleaned
 
 
 def name_key(name: str) -> str:
-    """What two names must not share: duplicates are case-insensitive."""
-    return name.casefold()
+    """What two names must not share: the same after compatibility normalization and case folding, so "Bob",
+    "BOB" and a fullwidth "Ｂｏｂ" are one name."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def _scripts(name: str) -> set[str]:
+    """The scripts of a name's letters, by the first word of their Unicode names ("LATIN", "CYRILLIC", …)."""
+    return {unicodedata.name(ch, "?").split(" ")[0] for ch in unicodedata.normalize("NFKC", name) if ch.isalpha()}
 
 
 def _taken(name: str) -> Conflict:
-    return Conflict(f"A profile named '{name}' already exists (names ignore upper/lower case).")
+    return Conflict(f"A profile named '{name}' already exists (names ignore upper/lower case and character width).")
 
 
 class Profiles(StoreBase):

@@ -65,7 +65,7 @@ def running_app(tiny_model_dir, data_home):
                                     "--port", str(free_port())])
     service = attune_app.create_service(config)
     demo = attune_app.build_app(service, config)
-    demo.queue(default_concurrency_limit=4)
+    demo.queue(default_concurrency_limit=4, max_size=config.queue_size)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=config.port, prevent_thread_lock=True,
                             quiet=True, **attune_app.STYLE)
     assert url.startswith("http://127.0.0.1:")

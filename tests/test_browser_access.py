@@ -66,6 +66,7 @@ def test_inputs_have_names_and_button_text_has_enough_contrast(page, running_app
     for accordion in ("settings", "learning"):
         open_accordion(page, accordion)
     assert page.evaluate(NAMELESS) == []
+    assert str(data_home.parents[1]) not in page.content()  # no path of this machine (data home, model folder)
     buttons = page.locator("button:visible")
     low = []
     for i in range(buttons.count()):

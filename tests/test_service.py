@@ -282,6 +282,8 @@ def test_config_validation():
         GenerationSettings(max_new_tokens=0)
     with pytest.raises(InvalidInput, match="Port"):
         AppConfig(port=70000)
+    with pytest.raises(InvalidInput, match="queue_size"):
+        AppConfig(queue_size=0)
 
 
 def test_preferences_are_kept_per_profile_and_a_stale_one_falls_back_to_the_defaults(service, ann, store):
@@ -292,3 +294,24 @@ def test_preferences_are_kept_per_profile_and_a_stale_one_falls_back_to_the_defa
     assert service.preferences(bob) == (GenerationSettings(), False)
     store.set_preferences(ann, {"temperature": 9.0, "compare": True, "unknown": 1})  # e.g. kept under other limits
     assert service.preferences(ann) == (GenerationSettings(), True)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(max_new_tokens=2.7), "whole number"),
+    (dict(max_new_tokens=float("nan")), "must be a number"),
+    (dict(temperature=float("inf")), "must be a number"),
+    (dict(top_p="0.9"), "must be a number"),
+    (dict(system_prompt="Be \ud800 brief."), "lone surrogate"),
+])
+def test_bad_settings_are_refused_with_what_to_change(settings, message):
+    with pytest.raises(InvalidInput, match=message):
+        GenerationSettings(**settings)
+
+
+def test_text_that_cannot_be_stored_is_refused_before_anything_is_stored(service, ann, store, tiny_loaded):
+    with pytest.raises(InvalidInput, match=r"lone surrogate, U\+D83D\) at position 4"):
+        list(service.send(ann, None, "Hi \ud83d!", GREEDY))
+    filling = GenerationSettings(system_prompt="word " * (tiny_loaded.context_window * 2), max_new_tokens=12)
+    with pytest.raises(InvalidInput, match="system prompt leaves no room"):
+        list(service.send(ann, None, "Hello?", filling))  # the prompt cannot be built: no message row without reply
+    assert store.counts()["messages"] == 0 and store.counts()["conversations"] == 0

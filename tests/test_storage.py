@@ -46,7 +46,7 @@ def test_migrations_from_empty_file_and_rerun(tmp_path):
     assert {"profiles", "conversations", "messages", "comparisons", "feedback", "_sqlite_migrations"} <= tables
     applied = [m.name for m in MIGRATIONS.applied(db)]
     assert applied == ["m001_initial", "m002_adapters_and_jobs", "m003_profiles_and_comparisons",
-                       "m004_profile_preferences"]
+                       "m004_profile_preferences", "m005_name_keys_nfkc"]
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
@@ -293,3 +293,37 @@ def test_a_profile_keeps_its_preferences(store):
     assert store.preferences(ann) == kept
     with pytest.raises(NotFound):
         store.set_preferences("nobody", kept)
+
+
+def test_look_alike_names_and_unstorable_text_are_refused(store):
+    bob = store.create_profile("bob")
+    with pytest.raises(Conflict, match="already exists"):
+        store.create_profile("Ｂｏｂ")  # fullwidth letters: the same name after NFKC
+    with pytest.raises(InvalidInput, match="cannot mix Cyrillic and Latin"):
+        store.create_profile("Аnn")  # a Cyrillic А before Latin letters
+    assert store.create_profile("Анна")["name"] == "Анна"  # one script is fine
+    with pytest.raises(InvalidInput, match="lone surrogate"):
+        store.create_profile("Eve\udc00")
+    conversation = store.create_conversation(bob["id"], "Title")
+    with pytest.raises(InvalidInput, match="lone surrogate"):
+        store.rename_conversation(bob["id"], conversation["id"], "Bad \ud800 title")
+    message = store.add_message(bob["id"], conversation["id"], "assistant", "A reply.")
+    with pytest.raises(InvalidInput, match="lone surrogate"):
+        store.record_thumbs(bob["id"], message.id, -1, "bad \udfff comment")
+    assert store.counts()["feedback"] == 0
+
+
+def test_name_keys_are_migrated_to_nfkc_without_breaking_old_duplicates(tmp_path):
+    path = tmp_path / "old.db"
+    db = connect(path)
+    MIGRATIONS.apply(db, stop_before="m005_name_keys_nfkc")
+    for i, name in enumerate(["Ｂｏｂ", "bob"]):  # distinct under the old key (casefold), one name under NFKC
+        db.execute("INSERT INTO profiles (id, name, name_key, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                   (f"p{i}", name, name.casefold(), f"2026-01-0{i + 1}", f"2026-01-0{i + 1}"))
+    db.conn.commit()
+    db.close()
+    store = Store(path)  # applies m005: the two keep distinct keys, and both now stand for "bob"
+    assert [p["name"] for p in store.list_profiles()] == ["bob", "Ｂｏｂ"]
+    for name in ("BOB", "ｂｏｂ"):
+        with pytest.raises(Conflict):
+            store.create_profile(name)

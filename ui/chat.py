@@ -131,9 +131,8 @@ def on_refresh(service: ChatService, ui: UI, profile_id: str | None, conversatio
 
 def _settings(system_prompt, temperature, top_p, max_new_tokens,
               repetition_penalty=GenerationSettings.repetition_penalty) -> GenerationSettings:
-    return GenerationSettings(system_prompt=system_prompt or "", temperature=float(temperature),
-                              top_p=float(top_p), max_new_tokens=int(max_new_tokens),
-                              repetition_penalty=float(repetition_penalty))
+    return GenerationSettings(system_prompt=system_prompt or "", temperature=temperature, top_p=top_p,
+                              max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
 
 
 @ui_errors

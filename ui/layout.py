@@ -85,7 +85,10 @@ def layout(model_id: str, config: AppConfig) -> UI:
             with gr.Accordion("Learning", open=False, elem_id="learning") as learning_panel:
                 made |= _learning_panel()
             made["learning_panel"] = learning_panel
-    gr.Markdown(f"Model: `{model_id}` · Data home: `{config.data_dir.resolve()}`", elem_id="footer")
+    # (no absolute path reaches the page: a folder model is named by its folder's name)
+    shown = Path(model_id).name if Path(model_id).is_absolute() else model_id
+    gr.Markdown(f"Model: `{shown}` · everything you type and vote stays on the machine that runs Attune",
+                elem_id="footer")
     buttons = {name: made.pop(name) for name in BUTTONS}
     return UI(remembered=remembered, disliked=gr.State(None), buttons=buttons, **made)
 

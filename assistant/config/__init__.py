@@ -38,6 +38,9 @@ class AppConfig:
     """Port of the web server, 0–65535 (0: any free one)."""
     max_message_chars: int = 16_000
     """Longest message accepted from a person, ≥ 1; longer ones are refused, not cut."""
+    queue_size: int = 64
+    """Most requests waiting in the web server's queue, ≥ 1; beyond it Gradio answers "busy, try again" at once
+    instead of queueing without end (a flood cannot grow memory or every person's wait without bound)."""
     compare_min_temperature: float = 0.7
     """Compare mode samples both candidates; a greedy setting is raised to this so A and B can differ."""
     explore: ExploreConfig = field(default_factory=ExploreConfig)
@@ -54,6 +57,8 @@ class AppConfig:
             raise InvalidInput(f"Port must be 0-65535 (got {self.port}).")
         if self.max_message_chars < 1:
             raise InvalidInput("max_message_chars must be positive.")
+        if self.queue_size < 1:
+            raise InvalidInput("queue_size must be positive.")
 
     @property
     def model_cache_dir(self) -> Path:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 
 from storage.errors import InvalidInput
+from storage.text import require_encodable
 
 EMBEDDED_MODEL = "embedded"
 DEFAULT_SYSTEM_PROMPT = ""
@@ -47,14 +50,21 @@ class GenerationSettings:
     def __post_init__(self):
         if not isinstance(self.system_prompt, str) or len(self.system_prompt) > 4_000:
             raise InvalidInput("The system prompt must be text of at most 4,000 characters.")
-        if not 0.0 <= float(self.temperature) <= 2.0:
+        require_encodable(self.system_prompt, "The system prompt")
+        temperature, top_p = _number(self.temperature, "Temperature"), _number(self.top_p, "Top-p")
+        tokens = _number(self.max_new_tokens, "Max new tokens")
+        penalty = _number(self.repetition_penalty, "Repetition penalty")
+        if not 0.0 <= temperature <= 2.0:
             raise InvalidInput(f"Temperature must be between 0 and 2 (got {self.temperature}).")
-        if not 0.0 < float(self.top_p) <= 1.0:
+        if not 0.0 < top_p <= 1.0:
             raise InvalidInput(f"Top-p must be above 0 and at most 1 (got {self.top_p}).")
-        if int(self.max_new_tokens) != self.max_new_tokens or not 1 <= int(self.max_new_tokens) <= 1024:
+        if not tokens.is_integer() or not 1 <= tokens <= 1024:
             raise InvalidInput(f"Max new tokens must be a whole number from 1 to 1024 (got {self.max_new_tokens}).")
-        if not 1.0 <= float(self.repetition_penalty) <= 2.0:
+        if not 1.0 <= penalty <= 2.0:
             raise InvalidInput(f"Repetition penalty must be between 1 (off) and 2 (got {self.repetition_penalty}).")
+        for name, value in (("temperature", temperature), ("top_p", top_p), ("max_new_tokens", int(tokens)),
+                            ("repetition_penalty", penalty)):
+            object.__setattr__(self, name, value)  # checked: kept as the types generation needs
 
     @property
     def greedy(self) -> bool:
@@ -68,3 +78,10 @@ class GenerationSettings:
             "max_new_tokens": int(self.max_new_tokens),
             "repetition_penalty": float(self.repetition_penalty),
         }
+
+
+def _number(value: object, what: str) -> float:
+    """A finite number (an int or a float, not a bool, NaN or infinity) as a float; else InvalidInput."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInput(f"{what} must be a number (got {value!r}).")
+    return float(value)

@@ -24,6 +24,7 @@ from assistant.prompts import Prompt, build_prompt
 from assistant.service.learning import Learning
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.store import Comparison, Message, Store
+from storage.text import require_encodable
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def validate_message(text: object, max_chars: int) -> str:
     if len(text) > max_chars:
         raise InvalidInput(f"Your message has {len(text):,} characters; the limit is {max_chars:,}. "
                            "Nothing was sent and your text is still in the box.")
+    require_encodable(text, "Your message")
     for position, ch in enumerate(text):
         if unicodedata.category(ch) == "Cc" and ch not in _ALLOWED_CONTROL:
             raise InvalidInput(f"Your message contains a control character (U+{ord(ch):04X}) at position "
@@ -152,6 +154,7 @@ class ChatService(Learning):
         """Store the user's message, then stream a reply (or A and B in compare mode) and store it."""
         text = validate_message(text, self.config.max_message_chars)
         self.store.get_profile(profile_id)
+        self._fits(profile_id, conversation_id, text, settings)
         if conversation_id:
             conversation = self.store.get_conversation(profile_id, conversation_id)
             if self.store.pending_comparison(profile_id, conversation_id):
@@ -163,6 +166,12 @@ class ChatService(Learning):
         user_message = self.store.add_message(profile_id, conversation_id, "user", text,
                                               settings={"system_prompt": settings.system_prompt})
         return self._reply(profile_id, conversation_id, user_message, settings, compare, replaces=None)
+
+    def _fits(self, profile_id: str, conversation_id: str | None, text: str, settings: GenerationSettings) -> None:
+        """Refuse, before anything is stored, a message whose prompt cannot be built (no orphan message rows)."""
+        history = self.store.transcript(profile_id, conversation_id) if conversation_id else []
+        turns = [{"role": m.role, "content": m.content} for m in history] + [{"role": "user", "content": text}]
+        build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens)
 
     def retry(self, profile_id: str, conversation_id: str, settings: GenerationSettings,
               compare: bool = False) -> Iterator[ReplyUpdate]:
