@@ -28,6 +28,7 @@ from adapters.lora import lora_updates
 from adapters.registry import GLOBAL, AdapterRegistry, AdapterVersion, personal_adapter, version_name
 from assistant.config import BlendConfig
 from assistant.model import LoadedModel
+from storage.errors import AdapterUnusable
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -108,10 +109,10 @@ class AdapterServer:
 
     def blend_for(self, profile_id: str | None) -> Blend:
         """The newest published versions and this profile's α (read fresh, so new versions serve at once)."""
-        global_v = self.registry.current(GLOBAL)
+        global_v = self.usable(GLOBAL)
         if profile_id is None:
             return Blend(global_v.version if global_v else None, None, 0.0, "no profile")
-        personal_v = self.registry.current(personal_adapter(profile_id))
+        personal_v = self.usable(personal_adapter(profile_id))
         user = self.store.get_profile(profile_id)
         if personal_v is None:
             return Blend(global_v.version if global_v else None, None, 0.0, "no personal adapter yet", profile_id)
@@ -125,6 +126,26 @@ class AdapterServer:
             alpha, reason = auto_alpha(n, self.config.k), f"n/(n+k) with n={n}, k={self.config.k:g}"
         return Blend(global_v.version if global_v else None, personal_v.version if alpha > 0 else None, alpha,
                      reason, profile_id)
+
+    def usable(self, adapter: str) -> AdapterVersion | None:
+        """The newest version of `adapter`, up to the served one, whose files load and pass their checks (read and
+        cached here). One that does not is recorded as unusable and the one before it is tried: a corrupted file
+        falls back to the previous version, else to no adapter, and replies go on."""
+        served = self.registry.current(adapter)
+        if served is None:
+            return None
+        for version in reversed(self.registry.history(adapter)):
+            if version.version > served.version or version.unusable:
+                continue
+            try:
+                self._adapter(adapter, version.version)
+            except AdapterUnusable as exc:
+                log.warning("%s Serving the version before it.", exc)
+                self.store.mark_unusable(adapter, version.version, str(exc))
+                self.forget(adapter)
+                continue
+            return version
+        return None
 
     @contextmanager
     def activate(self, blend: Blend) -> Iterator[None]:

@@ -27,7 +27,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from storage.errors import NotFound
+from storage.errors import AdapterUnusable
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,27 @@ def version_name(version: int) -> str:
     return f"v{version:04d}"
 
 
+MAX_RANK = 256
+MAX_SCALE = 16.0
+"""Bounds of a servable LoRA config: rank r ≤ MAX_RANK and lora_alpha / r ≤ MAX_SCALE (Attune trains r 8, α 16)."""
+
+
+def _check_bounds(name: str, config: dict) -> None:
+    rank, alpha = config.get("r"), config.get("lora_alpha")
+    if not isinstance(rank, int) or not 1 <= rank <= MAX_RANK:
+        raise AdapterUnusable(f"Adapter {name} has a rank out of bounds ({rank!r}).")
+    if not isinstance(alpha, (int, float)) or not 0 < alpha / rank <= MAX_SCALE:
+        raise AdapterUnusable(f"Adapter {name} has a scale out of bounds (lora_alpha {alpha!r}, r {rank}).")
+
+
 @dataclass(frozen=True)
 class AdapterVersion:
     adapter: str
     version: int
     folder: Path
     manifest: dict
+    unusable: str | None = None
+    """Why this version cannot be served (`AdapterServer` found out and recorded it); None if usable."""
 
     @property
     def label(self) -> str:
@@ -87,22 +102,29 @@ class AdapterRegistry:
         row = self.store.current_adapter(adapter)
         if row is None:
             return None
-        return AdapterVersion(adapter, row["version"], self.root / row["path"], row["manifest"])
+        return AdapterVersion(adapter, row["version"], self.root / row["path"], row["manifest"], row.get("unusable"))
 
     def history(self, adapter: str) -> list[AdapterVersion]:
-        return [AdapterVersion(adapter, r["version"], self.root / r["path"], r["manifest"])
+        return [AdapterVersion(adapter, r["version"], self.root / r["path"], r["manifest"], r.get("unusable"))
                 for r in self.store.adapter_versions(adapter)]
 
     def load_weights(self, version: AdapterVersion) -> tuple[dict, dict[str, torch.Tensor]]:
-        """(adapter_config, LoRA tensors) of a version, after checking the weights' checksum."""
-        weights = version.folder / WEIGHTS
-        if not weights.is_file():
-            raise NotFound(f"Adapter {version.adapter} {version.label} has no {WEIGHTS} at {version.folder}.")
-        expected = version.manifest.get("checksum_sha256")
-        if expected and _sha256(weights) != expected:
-            raise NotFound(f"Adapter {version.adapter} {version.label} failed its checksum; it will not be loaded.")
-        config = json.loads((version.folder / CONFIG).read_text())
-        return config, load_file(weights)
+        """(adapter_config, LoRA tensors) of a version, after checking both files' checksums and the config's bounds;
+        AdapterUnusable says what is wrong (never where the files are)."""
+        name = f"{version.adapter} {version.label}"
+        weights, config_file = version.folder / WEIGHTS, version.folder / CONFIG
+        if not weights.is_file() or not config_file.is_file():
+            raise AdapterUnusable(f"Adapter {name} is missing its files.")
+        for path, key in ((weights, "checksum_sha256"), (config_file, "config_sha256")):
+            expected = version.manifest.get(key)  # (versions published before the config had one lack it)
+            if expected and _sha256(path) != expected:
+                raise AdapterUnusable(f"Adapter {name} failed its checksum ({path.name}).")
+        try:
+            config, tensors = json.loads(config_file.read_text()), load_file(weights)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise AdapterUnusable(f"Adapter {name} cannot be read ({type(exc).__name__}).") from exc
+        _check_bounds(name, config)
+        return config, tensors
 
     # ---- writing -------------------------------------------------------------------------------------------
 
@@ -126,6 +148,7 @@ class AdapterRegistry:
                 "parent_version": parent.label if parent else None,
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "checksum_sha256": _sha256(tmp / WEIGHTS),
+                "config_sha256": _sha256(tmp / CONFIG),
                 **manifest,
             }
             (tmp / MANIFEST).write_text(json.dumps(full_manifest, indent=2) + "\n")

@@ -13,6 +13,10 @@ class InvalidInput(AttuneError):
     """The request itself is wrong (empty, too long, bad characters, out of range); nothing was changed."""
 
 
+class AdapterUnusable(AttuneError):
+    """An adapter version's files fail their checksums or bounds, or cannot be read: it is not served."""
+
+
 class NotFound(AttuneError):
     """An id that does not exist, or that the active profile does not own (the two are not told apart)."""
 

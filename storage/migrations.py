@@ -197,3 +197,10 @@ def m005_name_keys_nfkc(db: Database) -> None:
                        (unicodedata.normalize("NFKC", name).casefold(), profile_id))
         except sqlite3.IntegrityError:  # (one statement fails, the migration's transaction goes on)
             pass
+
+
+@MIGRATIONS()
+def m006_unusable_versions(db: Database) -> None:
+    """Why an adapter version cannot be served (a failed checksum, a config out of bounds, unreadable files); NULL
+    for a usable one. The blend serves the newest usable version instead."""
+    _run(db, "ALTER TABLE adapter_versions ADD COLUMN unusable TEXT")

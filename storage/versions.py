@@ -34,6 +34,12 @@ class AdapterVersions(StoreBase):
             rows = self._rows(db, "SELECT * FROM adapter_versions WHERE adapter = ? ORDER BY version", (adapter,))
         return [_version_row(r) for r in rows]
 
+    def mark_unusable(self, adapter: str, version: int, reason: str) -> None:
+        """Record why a version cannot be served (kept, for the Learning panel and for a person to look at)."""
+        with self._write() as db:
+            db.execute("UPDATE adapter_versions SET unusable = ? WHERE adapter = ? AND version = ?",
+                       (reason, adapter, version))
+
     def highest_version(self, adapter: str) -> int:
         with self._db() as db:
             return self._rows(db, "SELECT COALESCE(MAX(version), 0) AS v FROM adapter_versions WHERE adapter = ?",

@@ -11,7 +11,7 @@ from adapters.lora import add_lora, lora_updates, merge_lora
 from adapters.registry import CONFIG, GLOBAL, MANIFEST, WEIGHTS, AdapterRegistry, personal_adapter
 from assistant.config import LoraSettings, ModelConfig
 from assistant.model import load_model
-from storage.errors import NotFound
+from storage.errors import AdapterUnusable
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_tampered_weights_are_refused(registry, lora_model):
     with open(version.folder / WEIGHTS, "r+b") as fh:
         fh.seek(-8, 2)
         fh.write(b"\x00" * 8)
-    with pytest.raises(NotFound, match="checksum"):
+    with pytest.raises(AdapterUnusable, match=r"global v0001 failed its checksum \(adapter_model.safetensors\)"):
         registry.load_weights(version)
 
 

@@ -46,7 +46,7 @@ def test_migrations_from_empty_file_and_rerun(tmp_path):
     assert {"profiles", "conversations", "messages", "comparisons", "feedback", "_sqlite_migrations"} <= tables
     applied = [m.name for m in MIGRATIONS.applied(db)]
     assert applied == ["m001_initial", "m002_adapters_and_jobs", "m003_profiles_and_comparisons",
-                       "m004_profile_preferences", "m005_name_keys_nfkc"]
+                       "m004_profile_preferences", "m005_name_keys_nfkc", "m006_unusable_versions"]
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000

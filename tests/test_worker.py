@@ -107,18 +107,6 @@ def test_worker_publishes_and_the_next_reply_uses_the_new_version(parts, store):
     assert status["since_personal"]["total"] == 0 and status["feedback"]["comparison"] == 14
 
 
-def test_train_now_with_nothing_new_publishes_nothing(parts, store):
-    service, worker, registry = parts
-    ann = service.create_profile("Ann")["id"]
-    _choices(service, ann, 4)
-    assert worker.run_once()
-    first = registry.current(personal_adapter(ann))
-    service.train_now(ann)  # no vote since: the replay alone would make a version that learned nothing new
-    assert worker.run_once()
-    assert registry.current(personal_adapter(ann)).version == first.version
-    assert store.latest_job(personal_adapter(ann))["message"] == "nothing new to learn from"
-
-
 def test_a_job_of_a_killed_worker_is_resumed(parts, store, tiny_model_dir):
     service, _, registry = parts
     ann = service.create_profile("Ann")["id"]

@@ -18,7 +18,9 @@ from adapters.references import ReferenceCache
 from adapters.registry import GLOBAL, personal_adapter
 from adapters.training import objective
 from adapters.worker import Selection
+from assistant.config import GenerationSettings
 from tests.test_worker import LEARNING, _choices, _fresh, _loop
+from ui.learning_text import learning_markdown
 
 
 @pytest.fixture
@@ -188,3 +190,45 @@ def test_held_out_margins_of_the_model_below_follow_a_changed_vote(parts):
     assert first.item() != 0 and again.item() == pytest.approx(-first.item(), abs=1e-4)
     assert len(cache) == 2
     assert margins(voted).item() == first.item() and len(cache) == 2  # kept, not recomputed
+
+
+def test_train_now_with_nothing_new_publishes_nothing(parts, store):
+    service, worker, registry = parts
+    ann = service.create_profile("Ann")["id"]
+    _choices(service, ann, 4)
+    assert worker.run_once()
+    first = registry.current(personal_adapter(ann))
+    service.train_now(ann)  # no vote since: the replay alone would make a version that learned nothing new
+    assert worker.run_once()
+    assert registry.current(personal_adapter(ann)).version == first.version
+    assert store.latest_job(personal_adapter(ann))["message"] == "nothing new to learn from"
+
+
+def test_a_corrupted_version_falls_back_to_the_one_before_and_replies_go_on(parts, store, data_home):
+    service, worker, registry = parts
+    ann = service.create_profile("Ann")["id"]
+    mine = personal_adapter(ann)
+    for start in (0, 4):  # versions 1 and 2
+        _choices(service, ann, 4, start=start)
+        while worker.run_once():
+            pass
+    assert [v.version for v in registry.history(mine)] == [1, 2], store.latest_job(mine)
+    service.set_alpha(ann, 1.0)
+    first, second = registry.history(mine)
+    weights = second.folder / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit pattern in the served file
+    weights.write_bytes(bytes(data))
+    final = list(service.send(ann, None, "Hello?", GenerationSettings(temperature=0, max_new_tokens=4)))[-1]
+    assert final.reply.adapter_versions["personal"] == "v0001"  # served, with the version before
+    bad = registry.history(mine)[1]
+    assert bad.unusable == f"Adapter {mine} v0002 failed its checksum (adapter_model.safetensors)."
+    assert str(data_home) not in bad.unusable
+    assert "version 2 could not be used:** Adapter" in learning_markdown(service.learning_status(ann))
+
+    config = first.folder / "adapter_config.json"  # a config edited to serve garbage (lora_alpha 1e6)
+    config.write_text(config.read_text().replace('"lora_alpha": ', '"lora_alpha": 1000000, "was": '))
+    service.adapters.forget(mine)
+    final = list(service.send(ann, None, "Hello again?", GenerationSettings(temperature=0, max_new_tokens=4)))[-1]
+    assert final.reply.adapter_versions["personal"] is None  # no usable version left: everyone's taste (none here)
+    assert "failed its checksum (adapter_config.json)" in registry.history(mine)[0].unusable

@@ -16,6 +16,7 @@ def learning_markdown(status: dict, now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     lines = [_taught(status), _personal(status, now), _global(status, now), _share(status)]
     lines += [_job(job, now) for job in status.get("jobs", [])]
+    lines += [_unusable(bad) for bad in status.get("unusable", [])]
     lines.append(taste_words(status.get("record", [])))
     return "\n\n".join(line for line in lines if line)
 
@@ -76,6 +77,12 @@ def _job(job: dict, now: datetime) -> str:
     text = f"**Training {whose}:** {job.get('message') or 'started'} ({progress:.0%})"
     left = eta_seconds(job, progress, now)
     return text + (f", about {_duration(left)} left." if left is not None else ".")
+
+
+def _unusable(bad: dict) -> str:
+    whose = "Your" if bad["whose"] == "yours" else "Everyone's"
+    return (f"**{whose} version {bad['version']} could not be used:** {bad['reason']} The version before it serves "
+            "instead (or none, if there is no earlier one); the next update makes a new one.")
 
 
 def eta_seconds(job: dict, progress: float, now: datetime) -> float | None:

@@ -88,6 +88,9 @@ class Learning:
                         for v in registry.history(mine)],
             "every": self.learning.personal_every,
             "record": self._record(profile_id),
+            "unusable": [{"whose": whose, "version": v.version, "reason": v.unusable}
+                         for whose, adapter in (("yours", mine), ("everyone's", GLOBAL))
+                         for v in registry.history(adapter) if v.unusable],
         }
 
     def _record(self, profile_id: str) -> list[dict]:
