@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from adapters.blend import AdapterServer
@@ -87,6 +88,42 @@ def stop_worker(worker: subprocess.Popen, grace_seconds: float = 4.0) -> None:
         worker.wait()
 
 
+class Supervisor:
+    """Keeps the training worker running: one that exits while the app serves (killed, crashed) is started again
+    after a pause that doubles with each quick exit (1 s, 2 s, … up to `MAX_PAUSE`), and back to 1 s once a worker
+    has run for `STEADY` seconds. Its job, left running, is taken over when the heartbeat goes stale."""
+
+    MAX_PAUSE = 30.0
+    STEADY = 60.0
+
+    def __init__(self, config: AppConfig, stopping: threading.Event):
+        self.config = config
+        self.worker = start_worker(config)
+        self.restarts = 0
+        self._stopping = stopping  # the app's own stop (Ctrl-C, SIGTERM): from then on no restart
+        self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        pause, started = 1.0, time.monotonic()
+        while not self._stopping.wait(0.5):
+            code = self.worker.poll()
+            if code is None:
+                continue
+            pause = 1.0 if time.monotonic() - started >= self.STEADY else pause
+            log.warning("The training worker exited (code %s); starting it again in %.0f s.", code, pause)
+            if self._stopping.wait(pause):
+                return
+            self.worker, started = start_worker(self.config), time.monotonic()
+            self.restarts += 1
+            pause = min(pause * 2, self.MAX_PAUSE)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+        stop_worker(self.worker)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     executor = GenerationExecutor()
@@ -96,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     except AttuneError as exc:
         log.error("%s", exc)
         return 2
-    worker = start_worker(config) if config.worker else None
+    stopping = threading.Event()
+    worker = Supervisor(config, stopping) if config.worker else None
     demo = build_app(service, config)
     demo.queue(default_concurrency_limit=4, max_size=config.queue_size)
     demo.launch(server_name=config.host, server_port=config.port, show_error=False, prevent_thread_lock=True,
                 **STYLE)
-    stopping = threading.Event()
     # Ctrl-C and SIGTERM both stop the loop between jobs. As a handler of our own, SIGINT also works when the app was
     # started with it ignored (a background job of a script inherits that), and it is never swallowed as the failure
     # of a reply being generated on the main thread.
@@ -113,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("Stopping.")
         demo.close()
         if worker is not None:
-            stop_worker(worker)
+            worker.stop()
     return 0
 
 

@@ -255,6 +255,26 @@ def test_command_line_app_serves_with_generation_on_its_main_thread(cli_app):
     assert not workers[0].is_running()
 
 
+def test_a_killed_worker_is_started_again_and_stops_with_the_app(cli_app):
+    _, _, proc = cli_app
+
+    def workers():
+        return [c for c in psutil.Process(proc.pid).children() if "adapters.worker" in " ".join(c.cmdline())]
+
+    first = workers()
+    assert len(first) == 1
+    first[0].send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + HANG
+    while not (again := [w for w in workers() if w.pid != first[0].pid]):
+        assert time.monotonic() < deadline, "the worker was not started again"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=HANG)[0]
+    assert proc.returncode == 0 and "The training worker exited (code -9); starting it again in 1 s." in output
+    psutil.wait_procs(again, timeout=HANG)
+    assert not any(w.is_running() for w in again)
+
+
 def test_votes_train_a_new_version_that_the_next_reply_uses(cli_app):
     """End to end: A/B choices → a queued job → the worker publishes → the next reply records that version."""
     client, home, _ = cli_app
