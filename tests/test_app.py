@@ -258,8 +258,15 @@ def test_command_line_app_serves_with_generation_on_its_main_thread(cli_app):
 def test_a_killed_worker_is_started_again_and_stops_with_the_app(cli_app):
     _, _, proc = cli_app
 
-    def workers():
-        return [c for c in psutil.Process(proc.pid).children() if "adapters.worker" in " ".join(c.cmdline())]
+    def workers():  # the live ones (the killed one is a zombie until the app reaps it)
+        found = []
+        for child in psutil.Process(proc.pid).children():
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE and "adapters.worker" in " ".join(child.cmdline()):
+                    found.append(child)
+            except psutil.Error:  # gone, or a zombie, between the listing and the look
+                pass
+        return found
 
     first = workers()
     assert len(first) == 1
