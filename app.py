@@ -99,7 +99,6 @@ class Supervisor:
     def __init__(self, config: AppConfig, stopping: threading.Event):
         self.config = config
         self.worker = start_worker(config)
-        self.restarts = 0
         self._stopping = stopping  # the app's own stop (Ctrl-C, SIGTERM): from then on no restart
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
         self._thread.start()
@@ -115,7 +114,6 @@ class Supervisor:
             if self._stopping.wait(pause):
                 return
             self.worker, started = start_worker(self.config), time.monotonic()
-            self.restarts += 1
             pause = min(pause * 2, self.MAX_PAUSE)
 
     def stop(self) -> None:

@@ -134,6 +134,9 @@ class AdapterServer:
         served = self.registry.current(adapter)
         if served is None:
             return None
+        with self._lock:
+            if (adapter, served.version) in self._adapters:  # read and checked already: every reply after the first
+                return served
         for version in reversed(self.registry.history(adapter)):
             if version.version > served.version or version.unusable:
                 continue

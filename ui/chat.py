@@ -60,19 +60,10 @@ def on_send(service: ChatService, ui: UI, profile_id, conversation_id, text, com
 
 
 @ui_errors
-def on_edit(service: ChatService, ui: UI, profile_id, conversation_id, text, compare, system_prompt, temperature,
-            top_p, max_new_tokens, repetition_penalty=GenerationSettings.repetition_penalty):
-    """Replace the last user message with `text` and answer it afresh (the old one and its reply stay stored)."""
-    require_conversation(profile_id, conversation_id, "Open a conversation with a message first.")
-    settings = _settings(system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
-    updates = service.edit(profile_id, conversation_id, text, settings, compare=bool(compare))
-    yield from _stream_view(service, ui, profile_id, updates, bool(compare), replacing=False, takes_message=False)
-
-
-@ui_errors
 def on_edit_in_chat(service: ChatService, ui: UI, profile_id, conversation_id, compare, system_prompt, temperature,
                     top_p, max_new_tokens, repetition_penalty, data: gr.EditData):
-    """The pencil on a message in the chat: only the last user message can be edited."""
+    """The pencil on a message in the chat: the last user message is replaced by the edited text and answered
+    afresh (the old one and its reply stay stored); an earlier one cannot be edited."""
     require_conversation(profile_id, conversation_id)
     transcript = service.transcript(profile_id, conversation_id)
     users = [i for i, m in enumerate(transcript) if m.role == "user"]
@@ -81,8 +72,9 @@ def on_edit_in_chat(service: ChatService, ui: UI, profile_id, conversation_id, c
         gr.Warning("Only your last message can be edited.")
         return
     text = data.value if isinstance(data.value, str) else ""
-    yield from on_edit(service, ui, profile_id, conversation_id, text, compare, system_prompt, temperature, top_p,
-                       max_new_tokens, repetition_penalty)
+    settings = _settings(system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
+    updates = service.edit(profile_id, conversation_id, text, settings, compare=bool(compare))
+    yield from _stream_view(service, ui, profile_id, updates, bool(compare), replacing=False, takes_message=False)
 
 
 @ui_errors

@@ -14,8 +14,8 @@ LIKE, DISLIKE = "Like", "Dislike"
 CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 BUTTONS = ("create", "rename", "delete", "confirm", "cancel", "new_conversation", "rename_conversation",
            "delete_conversation", "confirm_delete_conversation", "cancel_delete_conversation", "save_comment",
-           "send", "stop", "retry", "earlier_reply", "later_reply", "choices", "train_now", "reset_adapter", "show_before_after", "confirm_reset_adapter",
-           "cancel_reset_adapter")
+           "send", "stop", "retry", "earlier_reply", "later_reply", "choices", "train_now", "reset_adapter",
+           "show_before_after", "confirm_reset_adapter", "cancel_reset_adapter")
 """The names in `UI.buttons` (`choices`: one button per choice in CHOICE_LABELS)."""
 
 
@@ -108,8 +108,8 @@ def _profile_bar() -> dict:
         confirm_text = gr.Markdown()
         confirm = gr.Button("Yes, delete it", variant="stop", elem_id="confirm-delete")
         cancel = gr.Button("Cancel", elem_id="cancel-delete")
-    return dict(profile=profile, profile_tools=profile_tools, profile_name=profile_name, create=create, rename=rename, delete=delete,
-                confirm_row=confirm_row, confirm_text=confirm_text, confirm=confirm, cancel=cancel)
+    return dict(profile=profile, profile_tools=profile_tools, profile_name=profile_name, create=create, rename=rename,
+                delete=delete, confirm_row=confirm_row, confirm_text=confirm_text, confirm=confirm, cancel=cancel)
 
 
 def _conversation_list() -> dict:

@@ -78,7 +78,7 @@ def view(service: ChatService, ui: UI, profile_id: str | None, conversation_id: 
     if profile_id and conversation_id:
         transcript = service.transcript(profile_id, conversation_id)
         comparison = service.pending_comparison(profile_id, conversation_id)
-    replies, shown = service.replies_to_last(profile_id, conversation_id) if transcript else ([], -1)
+    replies, shown = service.replies_to_last(profile_id, conversation_id, transcript) if transcript else ([], -1)
     last = transcript[-1] if transcript else None
     return {
         ui.profile: gr.Dropdown(choices=profile_choices(service), value=profile_id),

@@ -117,7 +117,7 @@ class ChatService(Learning):
         known = {k: v for k, v in stored.items() if k in GenerationSettings().as_dict()}
         try:
             return GenerationSettings(**known), compare
-        except (InvalidInput, TypeError, ValueError):  # kept by an older version with other limits: start afresh
+        except InvalidInput:  # kept by an older version with other limits: start afresh
             return GenerationSettings(), compare
 
     def save_preferences(self, profile_id: str, settings: GenerationSettings, compare: bool) -> None:
@@ -154,7 +154,7 @@ class ChatService(Learning):
         """Store the user's message, then stream a reply (or A and B in compare mode) and store it."""
         text = validate_message(text, self.config.max_message_chars)
         self.store.get_profile(profile_id)
-        self._fits(profile_id, conversation_id, text, settings)
+        prompt = self._fitted(profile_id, conversation_id, text, settings)
         if conversation_id:
             conversation = self.store.get_conversation(profile_id, conversation_id)
             if self.store.pending_comparison(profile_id, conversation_id):
@@ -165,13 +165,14 @@ class ChatService(Learning):
             conversation_id = self.new_conversation(profile_id, _title(text))["id"]
         user_message = self.store.add_message(profile_id, conversation_id, "user", text,
                                               settings={"system_prompt": settings.system_prompt})
-        return self._reply(profile_id, conversation_id, user_message, settings, compare, replaces=None)
+        return self._reply(profile_id, conversation_id, user_message, settings, compare, replaces=None, prompt=prompt)
 
-    def _fits(self, profile_id: str, conversation_id: str | None, text: str, settings: GenerationSettings) -> None:
-        """Refuse, before anything is stored, a message whose prompt cannot be built (no orphan message rows)."""
+    def _fitted(self, profile_id: str, conversation_id: str | None, text: str, settings: GenerationSettings) -> Prompt:
+        """The prompt of a message about to be sent, built before anything is stored: one that cannot be built is
+        refused without leaving a message row with no reply."""
         history = self.store.transcript(profile_id, conversation_id) if conversation_id else []
         turns = [{"role": m.role, "content": m.content} for m in history] + [{"role": "user", "content": text}]
-        build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens)
+        return build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens)
 
     def retry(self, profile_id: str, conversation_id: str, settings: GenerationSettings,
               compare: bool = False) -> Iterator[ReplyUpdate]:
@@ -218,9 +219,11 @@ class ChatService(Learning):
         return self._reply(profile_id, conversation_id, user_message, settings, False, replaces=last,
                            prefix=last.content)
 
-    def replies_to_last(self, profile_id: str, conversation_id: str) -> tuple[list[Message], int]:
-        """The replies written to the last user message (Retry's earlier ones too) and which one is shown."""
-        transcript = self.store.transcript(profile_id, conversation_id)
+    def replies_to_last(self, profile_id: str, conversation_id: str,
+                        transcript: list[Message] | None = None) -> tuple[list[Message], int]:
+        """The replies written to the last user message (Retry's earlier ones too) and which one is shown.
+        `transcript`: the conversation's, when the caller has just read it."""
+        transcript = self.transcript(profile_id, conversation_id) if transcript is None else transcript
         if len(transcript) < 2 or transcript[-1].role != "assistant" or transcript[-2].role != "user":
             return [], -1
         replies = self.store.replies_to(profile_id, transcript[-2].id)
@@ -237,10 +240,12 @@ class ChatService(Learning):
         return self.store.switch_reply(profile_id, replies[shown + step].id)
 
     def _reply(self, profile_id: str, conversation_id: str, user_message: Message, settings: GenerationSettings,
-               compare: bool, replaces: Message | None, prefix: str = "") -> Iterator[ReplyUpdate]:
+               compare: bool, replaces: Message | None, prefix: str = "",
+               prompt: Prompt | None = None) -> Iterator[ReplyUpdate]:
         history = [m for m in self.store.transcript(profile_id, conversation_id) if m.seq <= user_message.seq]
         turns = [{"role": m.role, "content": m.content} for m in history]
-        prompt = build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens, prefix=prefix)
+        prompt = prompt or build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens,
+                                        prefix=prefix)
         blend = self.adapters.blend_for(profile_id) if self.adapters else None
         candidates, sides = self._explore(profile_id, settings, turns, prompt) if compare else ((), ({}, {}))
         stop = threading.Event()

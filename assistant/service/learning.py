@@ -62,6 +62,7 @@ class Learning:
         blend = self.adapters.blend_for(profile_id)
         user = self.store.get_profile(profile_id)
         n = self.store.feedback_counts(profile_id)
+        histories = {mine: registry.history(mine), GLOBAL: registry.history(GLOBAL)}  # read once per refresh
         if user.get("alpha_override") is not None:
             source = "you"
         elif personal is None:
@@ -85,12 +86,12 @@ class Learning:
             "global_profiles": {"profiles": self.store.count_profiles_with_feedback(at_most=self.learning.min_profiles),
                       "needed": self.learning.min_profiles},
             "history": [{"version": v.label, **HeldOutEval.from_metrics(v.manifest.get("metrics", {})).to_metrics()}
-                        for v in registry.history(mine)],
+                        for v in histories[mine]],
             "every": self.learning.personal_every,
             "record": self._record(profile_id),
             "unusable": [{"whose": whose, "version": v.version, "reason": v.unusable}
                          for whose, adapter in (("yours", mine), ("everyone's", GLOBAL))
-                         for v in registry.history(adapter) if v.unusable],
+                         for v in histories[adapter] if v.unusable],
         }
 
     def _record(self, profile_id: str) -> list[dict]:
