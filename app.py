@@ -29,7 +29,8 @@ from storage.errors import AttuneError
 from storage.store import Store
 from ui import STYLE, build_app
 
-__all__ = ["APP_ALIASES", "build_app", "create_service", "main", "parse_args", "start_worker", "worker_command"]
+__all__ = ["APP_ALIASES", "build_app", "create_service", "launch", "main", "parse_args", "start_worker",
+           "worker_command"]
 
 log = logging.getLogger("attune.app")
 
@@ -40,6 +41,8 @@ APP_ALIASES = {
     "--allow-download": ("model.allow_download", "true"),
     "--data-dir": ("data_dir", None),
     "--host": ("host", None),
+    "--auth": ("auth", None),
+    "--insecure-household": ("insecure_household", "true"),
     "--port": ("port", None),
     "--no-worker": ("worker", "false"),
     "--worker-threads": ("worker_threads", None),
@@ -91,13 +94,13 @@ def stop_worker(worker: subprocess.Popen, grace_seconds: float = 4.0) -> None:
 class Supervisor:
     """Keeps the training worker running: one that exits while the app serves (killed, crashed) is started again
     after a pause that doubles with each quick exit (1 s, 2 s, … up to `MAX_PAUSE`), and back to 1 s once a worker
-    has run for `STEADY` seconds. Its job, left running, is taken over when the heartbeat goes stale."""
+    has run for `STEADY` seconds. Its job, left running, is queued again at once for the next worker."""
 
     MAX_PAUSE = 30.0
     STEADY = 60.0
 
-    def __init__(self, config: AppConfig, stopping: threading.Event):
-        self.config = config
+    def __init__(self, config: AppConfig, store: Store, stopping: threading.Event):
+        self.config, self.store = config, store
         self.worker = start_worker(config)
         self._stopping = stopping  # the app's own stop (Ctrl-C, SIGTERM): from then on no restart
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
@@ -111,6 +114,7 @@ class Supervisor:
                 continue
             pause = 1.0 if time.monotonic() - started >= self.STEADY else pause
             log.warning("The training worker exited (code %s); starting it again in %.0f s.", code, pause)
+            self.store.requeue_jobs_of(self.worker.pid, f"the training worker stopped (code {code}); it runs again")
             if self._stopping.wait(pause):
                 return
             self.worker, started = start_worker(self.config), time.monotonic()
@@ -120,6 +124,19 @@ class Supervisor:
         self._stopping.set()
         self._thread.join()
         stop_worker(self.worker)
+
+
+def launch(demo, service: ChatService, config: AppConfig, **options) -> str:
+    """Queue and start the page's server without blocking; returns its address. With `--auth` every visitor logs in
+    (`ChatService.log_in`, failed logins rate-limited); uploads are capped at `max_upload_bytes`."""
+    demo.queue(default_concurrency_limit=4, max_size=config.queue_size)
+    auth = {"auth": service.log_in, "auth_message": "Log in with your Attune account."} if service.accounts else {}
+    # show_error: every handler turns its own failures into a message (ui/errors.py), so what reaches a client this
+    # way is Gradio's refusal of a wrongly typed argument ("Expected a `float`…"), which it should read.
+    _, url, _ = demo.launch(server_name=config.host, server_port=config.port, show_error=True,
+                            prevent_thread_lock=True, max_file_size=config.max_upload_bytes, **auth, **STYLE,
+                            **options)
+    return url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,11 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     stopping = threading.Event()
-    worker = Supervisor(config, stopping) if config.worker else None
+    worker = Supervisor(config, service.store, stopping) if config.worker else None
     demo = build_app(service, config)
-    demo.queue(default_concurrency_limit=4, max_size=config.queue_size)
-    demo.launch(server_name=config.host, server_port=config.port, show_error=False, prevent_thread_lock=True,
-                **STYLE)
+    launch(demo, service, config)
+    if config.auth is None:
+        log.info("Household mode: anyone who reaches this page may use every profile (give --auth for accounts).")
     # Ctrl-C and SIGTERM both stop the loop between jobs. As a handler of our own, SIGINT also works when the app was
     # started with it ignored (a background job of a script inherits that), and it is never swallowed as the failure
     # of a reply being generated on the main thread.

@@ -80,12 +80,24 @@ class _BlendedLoRA(nn.Module):
         return out
 
 
+def _features(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """(input, output) features of each module a LoRA adapter may target: linear layers and GPT-2's Conv1D."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            found[name] = (module.in_features, module.out_features)
+        elif type(module).__name__ == "Conv1D":  # transformers' GPT-2 layer: weight (in, out)
+            found[name] = tuple(module.weight.shape)
+    return found
+
+
 class AdapterServer:
     def __init__(self, loaded: LoadedModel, registry: AdapterRegistry, store: Store, config: BlendConfig):
         self.loaded = loaded
         self.registry = registry
         self.store = store
         self.config = config
+        self._features = _features(loaded.model)  # read before any module is wrapped
         self._local = threading.local()
         self._lock = threading.Lock()
         self._adapters: OrderedDict[tuple[str, int], Weights] = OrderedDict()
@@ -138,7 +150,8 @@ class AdapterServer:
             if (adapter, served.version) in self._adapters:  # read and checked already: every reply after the first
                 return served
         for version in reversed(self.registry.history(adapter)):
-            if version.version > served.version or version.unusable:
+            if version.version > served.version or version.unusable or (version.tainted and
+                                                                         not self.config.serve_tainted):
                 continue
             try:
                 self._adapter(adapter, version.version)
@@ -204,6 +217,10 @@ class AdapterServer:
 
     def _read(self, version: AdapterVersion) -> Weights:
         out: Weights = lora_updates(*self.registry.load_weights(version))
+        for path, (a, b) in out.items():  # the target modules exist in this base model, with these shapes
+            if self._features.get(path) != (a.shape[1], b.shape[0]) or a.shape[0] != b.shape[1]:
+                raise AdapterUnusable(f"Adapter {version.adapter} {version.label} does not fit this model "
+                                      f"(module {path}).")
         self.loads_from_disk += 1
         self._wrap(out)
         return out

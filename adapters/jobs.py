@@ -1,10 +1,11 @@
-"""When to train, and on what: triggers, the per-profile cap of a global update, held-out splits, replay."""
+"""When to train, and on what: triggers, the per-contributor cap of a global update, held-out splits, replay."""
 
 from __future__ import annotations
 
 import hashlib
 import random
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from adapters.data import Examples, examples_from_feedback
 from adapters.registry import GLOBAL, personal_adapter
@@ -24,9 +25,17 @@ def enqueue_due(store: Store, profile_id: str, config: LearningConfig) -> list[d
     return jobs
 
 
+def contributors(store: Store, config: LearningConfig) -> dict[str, str]:
+    """Profile id → contributor (its account, or itself in household mode) of the profiles old and active enough
+    to teach the global adapter (`LearningConfig.global_min_age_hours`, `global_min_events`)."""
+    before = (datetime.now(timezone.utc) - timedelta(hours=config.global_min_age_hours)).isoformat(
+        timespec="microseconds")
+    return store.global_contributors(before, config.global_min_events)
+
+
 def global_ready(store: Store, config: LearningConfig) -> bool:
-    """Whether enough profiles have given feedback for a global update (`LearningConfig.min_profiles`)."""
-    return store.count_profiles_with_feedback(at_most=config.min_profiles) >= config.min_profiles
+    """Whether enough contributors have given feedback for a global update (`LearningConfig.min_profiles`)."""
+    return len(set(contributors(store, config).values())) >= config.min_profiles
 
 
 def enqueue_now(store: Store, profile_id: str) -> list[dict]:
@@ -83,22 +92,24 @@ def personal_update(store: Store, profile_id: str, since: str | None, config: Le
 
 
 def global_update(store: Store, since: str | None, config: LearningConfig, seed: int) -> UpdateData:
+    """Each contributor's new events (newest first) and a replay sample of its older ones, capped per contributor
+    (`profile_cap`): an account supplies at most `max_share` of an update however many profiles it makes."""
     rng = random.Random(seed)
-    per_profile: dict[str, list[dict]] = {}
+    new: dict[str, list[dict]] = {}
+    replay: dict[str, list[dict]] = {}
     held_all: list[dict] = []
     newest = since
-    new_by_profile: dict[str, int] = {}
-    for profile_id in store.profiles_with_feedback():
+    for profile_id, contributor in contributors(store, config).items():
         events = store.feedback(profile_id)
         trainable, held = _split(events, config)
         held_all += held
-        new = sorted((e for e in trainable if since is None or e["updated_at"] > since),
-                     key=lambda e: e["updated_at"], reverse=True)
+        fresh = [e for e in trainable if since is None or e["updated_at"] > since]
         old = [e for e in trainable if not (since is None or e["updated_at"] > since)]
-        new_by_profile[profile_id] = len(new)
-        per_profile[profile_id] = new + rng.sample(old, min(len(old), max(1, config.replay // 4)))
+        new.setdefault(contributor, []).extend(fresh)
+        replay.setdefault(contributor, []).extend(rng.sample(old, min(len(old), max(1, config.replay // 4))))
         newest = max([newest or ""] + [e["updated_at"] for e in events]) or None
-    cap = profile_cap({u: len(v) for u, v in per_profile.items()}, config)
-    chosen = [e for events in per_profile.values() for e in events[:cap]]
-    new_count = sum(min(n, cap) for n in new_by_profile.values())  # new events come first in each list
+    per_contributor = {c: sorted(new[c], key=lambda e: e["updated_at"], reverse=True) + replay[c] for c in new}
+    cap = profile_cap({c: len(v) for c, v in per_contributor.items()}, config)
+    chosen = [e for events in per_contributor.values() for e in events[:cap]]
+    new_count = sum(min(len(n), cap) for n in new.values())  # new events come first in each list
     return UpdateData(examples_from_feedback(chosen), examples_from_feedback(held_all), newest, new_count)

@@ -67,10 +67,17 @@ class AdapterVersion:
     manifest: dict
     unusable: str | None = None
     """Why this version cannot be served (`AdapterServer` found out and recorded it); None if usable."""
+    tainted: str | None = None
+    """Why this version learned from erased feedback (a deleted profile's); None if it did not."""
 
     @property
     def label(self) -> str:
         return version_name(self.version)
+
+
+def _version(adapter: str, root: Path, row: dict) -> AdapterVersion:
+    return AdapterVersion(adapter, row["version"], root / row["path"], row["manifest"], row.get("unusable"),
+                          row.get("tainted"))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -102,11 +109,10 @@ class AdapterRegistry:
         row = self.store.current_adapter(adapter)
         if row is None:
             return None
-        return AdapterVersion(adapter, row["version"], self.root / row["path"], row["manifest"], row.get("unusable"))
+        return _version(adapter, self.root, row)
 
     def history(self, adapter: str) -> list[AdapterVersion]:
-        return [AdapterVersion(adapter, r["version"], self.root / r["path"], r["manifest"], r.get("unusable"))
-                for r in self.store.adapter_versions(adapter)]
+        return [_version(adapter, self.root, r) for r in self.store.adapter_versions(adapter)]
 
     def load_weights(self, version: AdapterVersion) -> tuple[dict, dict[str, torch.Tensor]]:
         """(adapter_config, LoRA tensors) of a version, after checking both files' checksums and the config's bounds;
@@ -125,6 +131,63 @@ class AdapterRegistry:
             raise AdapterUnusable(f"Adapter {name} cannot be read ({type(exc).__name__}).") from exc
         _check_bounds(name, config)
         return config, tensors
+
+    def newest_usable(self, adapter: str) -> tuple[AdapterVersion, tuple[dict, dict[str, torch.Tensor]]] | None:
+        """The newest version up to the served one that passes its checks, with its (config, tensors); a version
+        that fails is recorded as unusable on the way. None if no version is usable (train from scratch)."""
+        served = self.current(adapter)
+        for version in reversed(self.history(adapter) if served else []):
+            if version.version > served.version or version.unusable:
+                continue
+            try:
+                return version, self.load_weights(version)
+            except AdapterUnusable as exc:
+                log.warning("%s Using the version before it.", exc)
+                self.store.mark_unusable(adapter, version.version, str(exc))
+        return None
+
+    def prune(self, adapter: str, keep: int) -> list[int]:
+        """Delete all but the `keep` newest versions of `adapter`, never the served one, its parent or the newest
+        usable one (the fallback of a bad served version). Rows go first, in one transaction, then the folders
+        (renamed aside, then removed: a folder is either whole at its path or gone). Returns the versions deleted."""
+        history = self.history(adapter)
+        served = self.current(adapter)
+        kept = {v.version for v in history[-keep:]}
+        if served is not None:
+            kept.add(served.version)
+            kept.update(v.version for v in history if v.label == served.manifest.get("parent_version"))
+            usable = [v.version for v in history if not v.unusable and v.version <= served.version]
+            kept.update(usable[-1:])
+        doomed = [v.version for v in history if v.version not in kept]
+        self._delete_folders(self.store.forget_versions(adapter, doomed) if doomed else [])
+        if doomed:
+            log.info("Deleted %d old version(s) of %s, kept %d.", len(doomed), adapter, len(history) - len(doomed))
+        return doomed
+
+    def drop_tainted(self, adapter: str) -> int:
+        """Delete the versions that learned from erased feedback (rows, then folders); the newest untainted version
+        is served instead, or none. Returns how many were deleted."""
+        paths = self.store.forget_tainted(adapter)
+        self._delete_folders(paths)
+        if paths:
+            log.info("Deleted %d version(s) of %s that learned from a deleted profile.", len(paths), adapter)
+        return len(paths)
+
+    def _delete_folders(self, paths: list[str]) -> None:
+        """Rename each version folder aside, then remove it: a folder is whole at its path or gone."""
+        for rel in paths:
+            folder = self.root / rel
+            aside = folder.with_name(f".tmp-deleted-{folder.name}")
+            try:
+                os.rename(folder, aside)
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(aside, ignore_errors=True)
+
+    def files(self, adapter: str) -> list[tuple[str, Path]]:
+        """(name inside an archive, file) of every version's files of `adapter`: `adapter/vNNNN/<file>`."""
+        return [(f"{adapter}/{version.label}/{file.name}", file) for version in self.history(adapter)
+                if version.folder.is_dir() for file in sorted(version.folder.iterdir()) if file.is_file()]
 
     # ---- writing -------------------------------------------------------------------------------------------
 

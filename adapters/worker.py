@@ -12,6 +12,7 @@ import argparse
 import copy
 import hashlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -33,6 +34,8 @@ from assistant.model import LoadedModel, load_model
 from assistant.overrides import add_settings_arguments, config_from_args
 from storage.db import DB_FILENAME
 from storage.errors import AttuneError
+from storage.jobs import ERASURE
+from storage.base import now
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -115,9 +118,19 @@ class Worker:
         self._references = ReferenceCache()  # training pairs' reference values, per reference model
         self._anchor_batch = None  # the drift guard's anchor replies, tokenized once
         self._anchor_base: float | None = None
+        self._started, self._beaten = now(), -math.inf
         removed = registry.remove_strays()
         if removed:
             log.info("Removed %d unfinished adapter folder(s) from an interrupted publish.", len(removed))
+
+    BEAT_SECONDS = 5.0
+    """How often the worker reports itself alive while idle or training (`Store.worker_beat`)."""
+
+    def beat(self) -> None:
+        """Report this worker alive, at most every BEAT_SECONDS."""
+        if time.monotonic() - self._beaten >= self.BEAT_SECONDS:
+            self.store.worker_beat(os.getpid(), self._started)
+            self._beaten = time.monotonic()
 
     def run_forever(self, poll_seconds: float = 0.5, parent_pid: int | None = None) -> None:
         """Run jobs until stopped, or until the process `parent_pid` (the app) is gone."""
@@ -126,12 +139,13 @@ class Worker:
             if parent_pid is not None and not _parent_alive(parent_pid):
                 log.info("The app (pid %d) is gone; stopping.", parent_pid)
                 return
+            self.beat()
             if not self.run_once():
                 self.stop.wait(poll_seconds)
 
     def run_once(self) -> bool:
         """Run the next job, if any; True if there was one."""
-        job = self.store.claim_job(self.config.stale_seconds)
+        job = self.store.claim_job(self.config.stale_seconds, os.getpid())
         if job is None:
             return False
         log.info("Job %s: %s (%s, attempt %d)", job["id"], job["adapter"], job["reason"], job["attempts"])
@@ -155,7 +169,10 @@ class Worker:
     def _run(self, job: dict) -> dict:
         lap = _Laps()
         selection = self.select_data(job)
+        erasure = job.get("reason") == ERASURE
         if selection.skip:
+            if erasure:  # nothing to retrain on: the tainted versions go all the same
+                self.registry.drop_tainted(selection.adapter)
             return {"message": selection.skip}
         lap("data_s")
         built = self.build_model(selection)
@@ -169,12 +186,23 @@ class Worker:
         lap("eval_s")
         if self._cancelled(job):
             return {"message": "cancelled"}
+        if self._erased_meanwhile(selection):
+            return {"message": "feedback it trained on was deleted meanwhile; nothing published (a retrain is due)"}
         metrics = {**trained.metrics, **drift, **held_out.to_metrics()}
         version = self.publish(selection, built, trained.config, metrics)
+        if erasure:
+            self.registry.drop_tainted(selection.adapter)
+        self.registry.prune(selection.adapter, self.config.keep_versions)
         lap("publish_s")
         log.info("Job %s timings: %s", job["id"], lap.timings)
         return {"message": f"published {version.label}", "version": version.label, "metrics": metrics,
                 "timings": lap.timings}
+
+    def _erased_meanwhile(self, selection: Selection) -> bool:
+        """Whether a profile whose feedback this update trained on was deleted while it ran: then it must not be
+        published (the deletion queued a from-scratch retrain of the global adapter)."""
+        ids = [*selection.data.train.feedback_ids, *selection.data.held_out.feedback_ids]
+        return len(self.store.existing_feedback_ids(ids)) < len(set(ids))
 
     def _cancelled(self, job: dict) -> bool:
         return self.store.get_job(job["id"])["status"] == "cancelled"
@@ -186,6 +214,8 @@ class Worker:
         current = self.registry.current(adapter)
         since = self.store.trained_until(adapter)
         update = (current.manifest.get("update", 0) if current else 0) + 1
+        if job.get("reason") == ERASURE:  # from scratch, on all the feedback there is (the erased profile's is gone)
+            current, since, update = None, None, 1
         # Replay sample: fixed by the adapter and its place in the chain (not the clock), so the same database
         # gives the same replay (the benchmark also draws profile and feedback ids from its seed, so a run repeats).
         seed = int(hashlib.sha256(f"{adapter}:{update}".encode()).hexdigest()[:8], 16)
@@ -207,15 +237,17 @@ class Worker:
         global_version = None
         reference_key = "base"  # what the adapter's reference (the model with the adapter disabled) is
         if selection.personal:  # a personal adapter is a residual on top of the current global one
-            global_current = self.registry.current(GLOBAL)
-            if global_current:
-                merge_lora(model, *self.registry.load_weights(global_current))
+            below = self.registry.newest_usable(GLOBAL)  # (a bad served version: the one before it, as served)
+            if below:
+                global_current, weights = below
+                merge_lora(model, *weights)
                 global_version = global_current.label
                 reference_key = f"global {global_version} {global_current.manifest.get('checksum_sha256')}"
         peft_model = add_lora(model, self.config.lora)
         refit = selection.personal and self.config.personal_refit > 0
-        if selection.current and not refit:  # warm start
-            set_peft_model_state_dict(peft_model, self.registry.load_weights(selection.current)[1])
+        start_from = self.registry.newest_usable(selection.adapter) if selection.current and not refit else None
+        if start_from:  # warm start, from a version that passes its checks
+            set_peft_model_state_dict(peft_model, start_from[1][1])
         start = trainable_state(peft_model) if self.config.max_drift is not None else None
         return Built(peft_model, global_version, reference_key, refit, start)
 
@@ -235,6 +267,7 @@ class Worker:
         def progress(step, total, metrics):
             log.debug("job %s step %d/%d loss %.4f", job_id, step, total, metrics.get("loss", float("nan")))
             self.store.job_progress(job_id, step / total, f"step {step} of {total}")
+            self.beat()
 
         self.store.job_progress(job_id, 0.0, f"training on {len(data.train)} examples")
         config = self.train_config(selection, built.refit)

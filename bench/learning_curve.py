@@ -142,7 +142,8 @@ def quick_config(model_dir: Path) -> CurveConfig:
     # over 8 events could find no pair to learn from and the population run would publish no global version.
     return CurveConfig(model=str(model_dir), budgets=(0, 4, 8), held_out_prompts=4, eval_pairs=4, max_new_tokens=8,
                        max_users=2, population_budgets=(0, 4),
-                       learning=LearningConfig(personal_every=4, global_every=4, min_profiles=2))
+                       learning=LearningConfig(personal_every=4, global_every=4, min_profiles=2,
+                                                               global_min_age_hours=0))
 
 
 class Harness:

@@ -17,6 +17,7 @@ import sqlite_utils
 
 from storage.db import connect, initialise
 from storage.errors import NotFound
+from storage.owners import acting_account, owner_value
 
 
 def now() -> str:
@@ -113,8 +114,11 @@ class StoreBase:
     # ---- ownership checks: an id that does not exist and one the profile does not own read the same -----------
 
     def _require_profile(self, db: sqlite_utils.Database, profile_id: Any) -> dict:
-        rows = self._rows(db, "SELECT id, name, created_at, alpha_override FROM profiles WHERE id = ?",
-                          (str(profile_id),)) if profile_id else []
+        sql = "SELECT id, name, created_at, alpha_override, owner FROM profiles WHERE id = ?"
+        params: tuple = (str(profile_id),)
+        if acting_account() is not None:  # a person's request: only the acting account's own profiles exist
+            sql, params = sql + " AND owner IS ?", params + (owner_value(acting_account()),)
+        rows = self._rows(db, sql, params) if profile_id else []
         if not rows:
             raise NotFound("That profile does not exist (it may have been deleted). Pick or create a profile.")
         return rows[0]

@@ -160,6 +160,13 @@ class Conversations(StoreBase):
                                                    "ORDER BY m.seq", (conversation_id,))
         return [Message.from_row(r) for r in rows]
 
+    def conversation_messages(self, profile_id: str, conversation_id: str) -> list[Message]:
+        """Every message of a conversation, in order, whatever its status (superseded, candidate, rejected too)."""
+        with self._db() as db:
+            self._require_conversation(db, profile_id, conversation_id)
+            rows = self._rows(db, MESSAGE_SELECT + " WHERE m.conversation_id = ? ORDER BY m.seq", (conversation_id,))
+        return [Message.from_row(r) for r in rows]
+
     def _context_through(self, db, message_id: str | None, system_prompt: str | None) -> list[dict]:
         """The system prompt a reply was generated with, then the active transcript through `message_id`."""
         if message_id is None:

@@ -23,6 +23,7 @@ def connect(path: Path) -> sqlite_utils.Database:
     db.execute("PRAGMA foreign_keys = ON")
     db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     db.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable at commit for an application crash
+    db.execute("PRAGMA secure_delete = ON")  # deleted rows are overwritten with zeros, not left in free pages
     return db
 
 

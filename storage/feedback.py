@@ -157,11 +157,34 @@ class Feedback(Comparisons):
         counts["total"] = counts["thumbs"] + counts["comparison"]
         return counts
 
+    def existing_feedback_ids(self, feedback_ids: list[str]) -> set[str]:
+        """Those of `feedback_ids` still stored (the others were erased with their profile)."""
+        found: set[str] = set()
+        with self._db() as db:
+            for start in range(0, len(feedback_ids), 500):
+                chunk = feedback_ids[start:start + 500]
+                found |= {r["id"] for r in self._rows(
+                    db, f"SELECT id FROM feedback WHERE id IN ({','.join('?' * len(chunk))})", tuple(chunk))}
+        return found
+
     def profiles_with_feedback(self) -> list[str]:
         """Ids of the profiles that have given feedback."""
         with self._db() as db:
             return [r["profile_id"] for r in self._rows(db, "SELECT DISTINCT profile_id FROM feedback "
                                                             "ORDER BY profile_id")]
+
+    def global_contributors(self, created_before: str | None, min_events: int) -> dict[str, str]:
+        """Profile id → contributor, for the profiles whose feedback may teach the global adapter: made before
+        `created_before` (None: any time) with at least `min_events` feedback events. A profile of an account
+        contributes as that account (`account:<key>`: many profiles of one account count as one), a household
+        profile as itself (`profile:<id>`)."""
+        with self._db() as db:
+            rows = self._rows(
+                db,
+                "SELECT p.id, COALESCE('account:' || p.owner, 'profile:' || p.id) AS contributor FROM profiles p "
+                "JOIN feedback f ON f.profile_id = p.id WHERE (? IS NULL OR p.created_at <= ?) "
+                "GROUP BY p.id HAVING COUNT(*) >= ? ORDER BY p.id", (created_before, created_before, min_events))
+        return {r["id"]: r["contributor"] for r in rows}
 
     def count_profiles_with_feedback(self, at_most: int) -> int:
         """How many profiles have given feedback, counted up to `at_most` (the index stops there, so checking for a

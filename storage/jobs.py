@@ -9,6 +9,11 @@ from storage.base import StoreBase, now
 from storage.errors import NotFound
 
 
+ERASURE = "erasure"
+"""The reason of a global job that retrains from scratch, without a deleted profile's feedback (others: "auto",
+"manual")."""
+
+
 class TrainingJobs(StoreBase):
     def enqueue_job(self, adapter: str, profile_id: str | None, reason: str) -> dict:
         """Queue a training job for an adapter unless one is already queued (then that one is returned)."""
@@ -16,6 +21,9 @@ class TrainingJobs(StoreBase):
             if profile_id is not None:
                 self._require_profile(db, profile_id)
             queued = self._rows(db, "SELECT * FROM training_jobs WHERE adapter = ? AND status = 'queued'", (adapter,))
+            if queued and reason == ERASURE:  # the queued job becomes the from-scratch retrain
+                db.execute("UPDATE training_jobs SET reason = ? WHERE id = ?", (ERASURE, queued[0]["id"]))
+                queued[0]["reason"] = ERASURE
             if queued:
                 return queued[0]
             job_id = self._new_id()
@@ -23,7 +31,7 @@ class TrainingJobs(StoreBase):
                        "VALUES (?, ?, ?, 'queued', ?, ?)", (job_id, adapter, profile_id, reason, now()))
             return self._rows(db, "SELECT * FROM training_jobs WHERE id = ?", (job_id,))[0]
 
-    def claim_job(self, stale_seconds: float) -> dict | None:
+    def claim_job(self, stale_seconds: float, worker_pid: int | None = None) -> dict | None:
         """Take the oldest job to run: a running one whose worker stopped beating (resumed), else a queued one."""
         stale_before = (datetime.now(timezone.utc) - timedelta(seconds=stale_seconds)).isoformat(
             timespec="microseconds")
@@ -39,9 +47,9 @@ class TrainingJobs(StoreBase):
             started = now()
             db.execute(
                 "UPDATE training_jobs SET status = 'running', attempts = attempts + 1, started_at = ?, "
-                "heartbeat_at = ?, progress = 0, message = ? WHERE id = ?",
+                "heartbeat_at = ?, progress = 0, message = ?, worker_pid = ? WHERE id = ?",
                 (started, started, "resumed after the worker stopped" if rows[0]["status"] == "running" else "started",
-                 rows[0]["id"]),
+                 worker_pid, rows[0]["id"]),
             )
             return self._rows(db, "SELECT * FROM training_jobs WHERE id = ?", (rows[0]["id"],))[0]
 
@@ -70,6 +78,16 @@ class TrainingJobs(StoreBase):
             db.execute("UPDATE training_jobs SET status = ?, message = ?, progress = 0, heartbeat_at = NULL "
                        "WHERE id = ? AND status = 'running'", ("cancelled" if newer else "queued", message, job_id))
 
+    def requeue_jobs_of(self, worker_pid: int, message: str) -> int:
+        """Requeue the running jobs of a worker process known to be gone (the app saw it exit): the next worker
+        takes them at once instead of waiting for their heartbeat to go stale. Returns how many."""
+        with self._db() as db:
+            running = self._rows(db, "SELECT id FROM training_jobs WHERE status = 'running' AND worker_pid = ?",
+                                 (worker_pid,))
+        for job in running:
+            self.requeue_job(job["id"], message)
+        return len(running)
+
     def get_job(self, job_id: str) -> dict:
         with self._db() as db:
             rows = self._rows(db, "SELECT * FROM training_jobs WHERE id = ?", (job_id,))
@@ -94,3 +112,17 @@ class TrainingJobs(StoreBase):
         with self._write() as db:
             db.execute("UPDATE training_jobs SET status = 'cancelled', finished_at = ? "
                        "WHERE adapter = ? AND status IN ('queued', 'running')", (now(), adapter))
+
+    def worker_beat(self, pid: int, started_at: str) -> None:
+        """The worker `pid` is alive now (rows of other, older workers are dropped: one per running worker)."""
+        beat = now()
+        with self._write() as db:
+            db.execute("INSERT INTO worker_heartbeats (pid, started_at, beat_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (pid) DO UPDATE SET beat_at = excluded.beat_at", (pid, started_at, beat))
+            db.execute("DELETE FROM worker_heartbeats WHERE pid != ? AND beat_at < ?", (pid, started_at))
+
+    def worker_heartbeat(self) -> dict | None:
+        """The newest worker heartbeat (pid, started_at, beat_at), None if no worker ever ran on this data home."""
+        with self._db() as db:
+            rows = self._rows(db, "SELECT * FROM worker_heartbeats ORDER BY beat_at DESC LIMIT 1")
+        return rows[0] if rows else None

@@ -204,3 +204,25 @@ def m006_unusable_versions(db: Database) -> None:
     """Why an adapter version cannot be served (a failed checksum, a config out of bounds, unreadable files); NULL
     for a usable one. The blend serves the newest usable version instead."""
     _run(db, "ALTER TABLE adapter_versions ADD COLUMN unusable TEXT")
+
+
+@MIGRATIONS()
+def m007_profile_owners(db: Database) -> None:
+    """The account that owns each profile (`--auth`); NULL for household profiles. Names are unique per account:
+    an owned profile's name key carries its account (`storage.profiles.stored_key`)."""
+    _run(db, "ALTER TABLE profiles ADD COLUMN owner TEXT; CREATE INDEX profiles_by_owner ON profiles(owner)")
+
+
+@MIGRATIONS()
+def m008_worker_heartbeats(db: Database) -> None:
+    """The training worker's own heartbeat (not only its job's): the Learning panel shows when it was last heard;
+    and the process running each job, so that the app requeues the job of a worker it saw die at once."""
+    _run(db, "CREATE TABLE worker_heartbeats (pid INTEGER PRIMARY KEY, started_at TEXT NOT NULL, "
+             "beat_at TEXT NOT NULL); ALTER TABLE training_jobs ADD COLUMN worker_pid INTEGER")
+
+
+@MIGRATIONS()
+def m009_tainted_versions(db: Database) -> None:
+    """Why a version learned from feedback that has since been erased (a deleted profile's); NULL if it did not.
+    Tainted versions are deleted once a from-scratch retrain replaces them."""
+    _run(db, "ALTER TABLE adapter_versions ADD COLUMN tainted TEXT")

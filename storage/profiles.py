@@ -8,6 +8,7 @@ from typing import Any
 
 from storage.base import StoreBase, now
 from storage.errors import Conflict, InvalidInput, NotFound
+from storage.owners import acting_account, owner_value
 from storage.text import require_encodable
 
 MAX_PROFILE_NAME = 40
@@ -46,6 +47,12 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFKC", name).casefold()
 
 
+def stored_key(name: str, owner: str | None) -> str:
+    """`profiles.name_key`: the name's key, scoped to its account (names are unique per account, so another
+    account's "Ann" is neither refused nor revealed). Unit separator U+001F cannot occur in a name or account."""
+    return name_key(name) if owner is None else f"{name_key(name)}\x1f{owner}"
+
+
 def _scripts(name: str) -> set[str]:
     """The scripts of a name's letters, by the first word of their Unicode names ("LATIN", "CYRILLIC", …)."""
     return {unicodedata.name(ch, "?").split(" ")[0] for ch in unicodedata.normalize("NFKC", name) if ch.isalpha()}
@@ -56,48 +63,66 @@ def _taken(name: str) -> Conflict:
 
 
 class Profiles(StoreBase):
-    def create_profile(self, name: Any) -> dict:
+    def create_profile(self, name: Any, max_profiles: int | None = None) -> dict:
+        """A new profile of the acting account (household when none acts); refused beyond `max_profiles` of it."""
         cleaned = validate_profile_name(name)
-        created, profile_id = now(), self._new_id()
+        created, profile_id, owner = now(), self._new_id(), owner_value(acting_account())
         with self._write() as db:
-            if self._rows(db, "SELECT id FROM profiles WHERE name_key = ?", (name_key(cleaned),)):
+            if self._rows(db, "SELECT id FROM profiles WHERE name_key = ?", (stored_key(cleaned, owner),)):
                 raise _taken(cleaned)
-            db.execute("INSERT INTO profiles (id, name, name_key, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                       (profile_id, cleaned, name_key(cleaned), created, created))
+            count = self._rows(db, "SELECT COUNT(*) AS n FROM profiles WHERE owner IS ?", (owner,))[0]["n"]
+            if max_profiles is not None and count >= max_profiles:
+                raise Conflict(f"You have {count} profiles, the most one account may have. Delete one you no longer "
+                               "use to make room.")
+            db.execute("INSERT INTO profiles (id, name, name_key, owner, created_at, updated_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (profile_id, cleaned, stored_key(cleaned, owner), owner, created,
+                                                     created))
         return {"id": profile_id, "name": cleaned, "created_at": created}
 
     def rename_profile(self, profile_id: str, name: Any) -> dict:
         cleaned = validate_profile_name(name)
         with self._write() as db:
-            self._require_profile(db, profile_id)
-            if self._rows(db, "SELECT id FROM profiles WHERE name_key = ? AND id != ?",
-                          (name_key(cleaned), profile_id)):
+            key = stored_key(cleaned, self._require_profile(db, profile_id)["owner"])
+            if self._rows(db, "SELECT id FROM profiles WHERE name_key = ? AND id != ?", (key, profile_id)):
                 raise _taken(cleaned)
             db.execute("UPDATE profiles SET name = ?, name_key = ?, updated_at = ? WHERE id = ?",
-                       (cleaned, name_key(cleaned), now(), profile_id))
+                       (cleaned, key, now(), profile_id))
         return self.get_profile(profile_id)
-
-    def delete_profile(self, profile_id: str) -> None:
-        """Delete a profile and, by cascade, its conversations, messages, comparisons and feedback."""
-        with self._write() as db:
-            self._require_profile(db, profile_id)
-            db.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))
 
     def get_profile(self, profile_id: str) -> dict:
         with self._db() as db:
             return self._require_profile(db, profile_id)
 
-    def find_profile_by_name(self, name: str) -> dict:
+    def find_profile_by_name(self, name: str, account: str | None = None) -> dict:
+        """The profile of that name of the acting account, or else of `account` (None: a household profile)."""
+        owner = owner_value(acting_account() if acting_account() is not None else account)
         with self._db() as db:
             rows = self._rows(db, "SELECT id, name, created_at FROM profiles WHERE name_key = ?",
-                              (name_key(name.strip()),))
+                              (stored_key(name.strip(), owner),))
         if not rows:
             raise NotFound(f"No profile is named '{name}'.")
         return rows[0]
 
     def list_profiles(self) -> list[dict]:
+        """The acting account's profiles (every profile for trusted code), by name."""
+        sql, params = "SELECT id, name, created_at FROM profiles", ()
+        if acting_account() is not None:
+            sql, params = sql + " WHERE owner IS ?", (owner_value(acting_account()),)
         with self._db() as db:
-            return self._rows(db, "SELECT id, name, created_at FROM profiles ORDER BY name_key")
+            return self._rows(db, sql + " ORDER BY name_key", params)
+
+    def adopt_household_profiles(self, account: str) -> int:
+        """Give every household profile (made without `--auth`) to `account`; a name it already uses is skipped.
+        Returns how many moved."""
+        moved = 0
+        with self._write() as db:
+            for row in self._rows(db, "SELECT id, name FROM profiles WHERE owner IS NULL"):
+                key = stored_key(row["name"], account)
+                if not self._rows(db, "SELECT id FROM profiles WHERE name_key = ?", (key,)):
+                    db.execute("UPDATE profiles SET owner = ?, name_key = ?, updated_at = ? WHERE id = ?",
+                               (account, key, now(), row["id"]))
+                    moved += 1
+        return moved
 
     def preferences(self, profile_id: str) -> dict:
         """This profile's reply settings and compare choice as last set (`set_preferences`); {} if never set."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from storage.bandit import PLAIN_ARM, Bandit, Record
 from storage.base import Message, seeded_ids
 from storage.comparisons import Comparison
+from storage.erasure import Erasure
 from storage.feedback import CHOICES, MAX_COMMENT_CHARS, THUMBS_VALUES, Feedback
 from storage.jobs import TrainingJobs
 from storage.profiles import MAX_PROFILE_NAME, Profiles, validate_profile_name
@@ -20,5 +21,5 @@ __all__ = ["CHOICES", "MAX_COMMENT_CHARS", "MAX_PROFILE_NAME", "PLAIN_ARM", "THU
            "Record", "Store", "seeded_ids", "validate_profile_name"]
 
 
-class Store(Profiles, Feedback, Bandit, AdapterVersions, TrainingJobs):
+class Store(Profiles, Erasure, Feedback, Bandit, AdapterVersions, TrainingJobs):
     """The database of one data home."""

@@ -75,6 +75,34 @@ class AdapterVersions(StoreBase):
             db.execute("DELETE FROM adapter_versions WHERE adapter = ?", (adapter,))
         return paths
 
+    def forget_versions(self, adapter: str, versions: list[int]) -> list[str]:
+        """Delete these versions' rows (never the served one); return their folder paths (for the registry)."""
+        with self._write() as db:
+            served = self._rows(db, "SELECT current_version FROM adapters WHERE adapter = ?", (adapter,))
+            doomed = [v for v in versions if not served or v != served[0]["current_version"]]
+            marks = ",".join("?" * len(doomed))
+            paths = [r["path"] for r in self._rows(
+                db, f"SELECT path FROM adapter_versions WHERE adapter = ? AND version IN ({marks})",
+                (adapter, *doomed))]
+            db.execute(f"DELETE FROM adapter_versions WHERE adapter = ? AND version IN ({marks})", (adapter, *doomed))
+        return paths
+
+    def forget_tainted(self, adapter: str) -> list[str]:
+        """Delete the tainted versions' rows (`Store.erase_profile`); the adapter then serves its newest untainted
+        version, or none. Returns their folder paths (for the registry to delete)."""
+        with self._write() as db:
+            paths = [r["path"] for r in self._rows(
+                db, "SELECT path FROM adapter_versions WHERE adapter = ? AND tainted IS NOT NULL", (adapter,))]
+            db.execute("DELETE FROM adapter_versions WHERE adapter = ? AND tainted IS NOT NULL", (adapter,))
+            left = self._rows(db, "SELECT MAX(version) AS v FROM adapter_versions WHERE adapter = ?", (adapter,))
+            if left[0]["v"] is None:
+                db.execute("DELETE FROM adapters WHERE adapter = ?", (adapter,))
+            else:
+                db.execute("UPDATE adapters SET current_version = ?, updated_at = ? WHERE adapter = ? AND "
+                           "current_version NOT IN (SELECT version FROM adapter_versions WHERE adapter = ?)",
+                           (left[0]["v"], now(), adapter, adapter))
+        return paths
+
     def known_adapter_paths(self) -> set[str]:
         with self._db() as db:
             return {r["path"] for r in self._rows(db, "SELECT path FROM adapter_versions")}

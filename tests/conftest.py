@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -58,19 +60,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def running_app(tiny_model_dir, data_home):
-    """Start app.py's own service and UI exactly as `main` does, on 127.0.0.1."""
-    config = attune_app.parse_args(["--model", str(tiny_model_dir), "--data-dir", str(data_home),
-                                    "--port", str(free_port())])
+@contextmanager
+def serving(args: list[str]) -> Iterator[tuple[str, object]]:
+    """app.py's own service and UI, started exactly as `main` does with these arguments, on 127.0.0.1 at a free
+    port: (address, service)."""
+    config = attune_app.parse_args([*args, "--port", str(free_port())])
     service = attune_app.create_service(config)
     demo = attune_app.build_app(service, config)
-    demo.queue(default_concurrency_limit=4, max_size=config.queue_size)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=config.port, prevent_thread_lock=True,
-                            quiet=True, **attune_app.STYLE)
+    url = attune_app.launch(demo, service, config, quiet=True)
     assert url.startswith("http://127.0.0.1:")
-    yield url, service
-    demo.close()
+    try:
+        yield url, service
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def running_app(tiny_model_dir, data_home):
+    with serving(["--model", str(tiny_model_dir), "--data-dir", str(data_home)]) as started:
+        yield started
 
 
 @pytest.fixture

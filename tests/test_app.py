@@ -90,7 +90,7 @@ def test_create_chat_vote_compare_switch(client, running_app, data_home):
     assert set(pending) == {"comparison_id", "a", "b"}
     assert "Choose between A and B" in status_of(send(client, ann, conv, "too early")[0])
     view = call(client, "choose_b", ann, conv)
-    assert last_text(view["chatbot"]) == pending["b"]
+    assert last_text(view["chatbot"]).split() == pending["b"].split()  # (the chat shows a tab as spaces)
     assert client.predict(ann, conv, api_name="/pending") == {}
 
     bob = create_profile(client, "Bob")
@@ -124,19 +124,31 @@ def test_every_endpoint_returns_its_named_outputs(client):
     (("..",), "create_profile", "'..'"),
     (("bad\x00name",), "create_profile", "NUL"),
     (("0" * 32,), "select_profile", "profile does not exist"),
-    (("0" * 32, "0" * 32), "open_conversation", "conversation does not exist"),
+    (("0" * 32, "0" * 32), "open_conversation", "profile does not exist"),
 ])
 def test_a_page_event_shows_a_refusal_in_the_status_line_without_failing(client, args, api, message):
     assert message in status_of(call(client, api, *args))
 
 
 @pytest.mark.parametrize("args, api, message", [
-    (("0" * 32, "0" * 32, 1, ""), "/vote", "message does not exist"),
-    (("0" * 32, "0" * 32, "a"), "/choose", "comparison does not exist"),
+    (("0" * 32, 1, ""), "/vote", "message does not exist"),
+    (("0" * 32, "a"), "/choose", "comparison does not exist"),
+    (("0" * 32, 1, ""), "/vote?stranger", "profile does not exist"),
 ])
 def test_bad_requests_to_the_data_api_get_clear_errors(client, args, api, message):
+    profile = "0" * 32 if api.endswith("?stranger") else create_profile(client, "Ann")
     with pytest.raises(AppError, match=message):
-        client.predict(*args, api_name=api)
+        client.predict(profile, *args, api_name=api.split("?")[0])
+
+
+def test_a_wrongly_typed_api_argument_gets_a_clear_error(client, data_home):
+    ann = create_profile(client, "Ann")
+    settings = list(SETTINGS.values())
+    with pytest.raises(AppError, match="Expected a `float`.*'hot'"):
+        client.predict(ann, None, "Hello", False, settings[0], "hot", *settings[2:], api_name="/send")
+    with pytest.raises(AppError, match=r"must be \+1 \(up\) or -1"):
+        client.predict(ann, "0" * 32, "up", "", api_name="/vote")
+    assert Store(data_home / "attune.db").counts()["messages"] == 0
 
 
 def test_bad_chat_input_is_refused_and_nothing_is_lost(client, data_home):

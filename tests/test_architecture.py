@@ -67,7 +67,8 @@ def _in_order(wanted: list[str], calls: list[str]) -> list[str]:
 
 
 def test_the_documented_path_of_a_thumbs_up_is_the_one_the_code_takes(app_config):
-    config = replace(app_config, learning=replace(app_config.learning, personal_every=1, min_profiles=1))
+    config = replace(app_config, learning=replace(app_config.learning, personal_every=1, min_profiles=1,
+                                                                  global_min_age_hours=0))
     service = create_service(config)
     with gr.Blocks():
         ui = layout(service.model_id, config)

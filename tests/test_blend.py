@@ -183,3 +183,14 @@ def test_two_profiles_generating_at_once_get_their_own_blend(setup, tiny_model_d
                                               (1, 3, 15 / 16), (2, 2, 11 / 16)])
 def test_sign_test_against_hand_computed_tails(worse, better, p):
     assert sign_test_p(worse, better) == pytest.approx(p)
+
+
+def test_an_adapter_made_for_another_model_is_not_served(setup, store, tiny_model_dir):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    registry, ann, _ = setup
+    other = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=48, n_layer=2, n_head=2))
+    registry.publish(GLOBAL, None, add_lora(other, LoraSettings(rank=4, alpha=8)), {}, "t2")  # checksums are fine
+    server = AdapterServer(_fresh(tiny_model_dir), registry, store, BlendConfig())
+    assert server.usable(GLOBAL).version == 1  # the one before serves
+    assert "does not fit this model (module transformer.h." in registry.history(GLOBAL)[1].unusable

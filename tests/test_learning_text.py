@@ -109,3 +109,14 @@ def test_a_refresh_for_a_profile_deleted_a_moment_ago_shows_the_empty_panel_not_
     shown = on_learning_refresh(service, ui, gone)
     assert shown[ui.learning_status] == "Pick a profile to see what Attune has learned from it."
     assert ui.status not in shown  # no refusal in the status line, and no toast (ui_errors was not reached)
+
+
+def test_the_worker_line_tells_its_health_by_the_age_of_its_heartbeat():
+    from ui.learning_text import _worker
+
+    now = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
+    beat = {"pid": 7, "started_at": "2026-12-05T11:00:00+00:00"}
+    assert "running, last heard from 4 s ago" in _worker({**beat, "beat_at": "2026-12-05T11:59:56+00:00"}, now)
+    stale = _worker({**beat, "beat_at": "2026-12-05T11:58:00+00:00"}, now)
+    assert "not heard from for 2 min" in stale and "starts it again" in stale
+    assert "not started yet" in _worker(None, now)

@@ -178,3 +178,25 @@ def test_merging_a_version_into_the_base_gives_the_adapters_outputs(registry, lo
     merged = load_model(ModelConfig(model=str(tiny_model_dir)), tiny_model_dir.parent).model
     merge_lora(merged, config, tensors)
     assert torch.allclose(_logits(merged), _logits(lora_model), atol=1e-5)
+
+
+def test_pruning_keeps_the_newest_the_served_its_parent_and_a_usable_fallback(registry, lora_model, store):
+    for seed in range(6):
+        _perturb(lora_model, seed)
+        registry.publish(GLOBAL, None, lora_model, {"feedback_ids": [f"f{seed}"]}, f"t{seed}")
+    store.mark_unusable(GLOBAL, 6, "failed its checksum")  # the served one is bad: v5 is its fallback
+    assert registry.prune(GLOBAL, keep=2) == [1, 2, 3, 4]  # 5 stays: the parent of 6 and the newest usable
+    assert [v.version for v in registry.history(GLOBAL)] == [5, 6]
+    assert sorted(p.name for p in (registry.root / GLOBAL).iterdir()) == ["v0005", "v0006"]
+    assert registry.newest_usable(GLOBAL)[0].version == 5  # the warm start and the layer below skip the bad one
+    assert registry.prune(GLOBAL, keep=2) == []
+
+
+def test_the_newest_usable_version_records_a_corrupted_one_on_the_way(registry, lora_model, store):
+    registry.publish(GLOBAL, None, lora_model, {}, "t1")
+    _perturb(lora_model, 2)
+    second = registry.publish(GLOBAL, None, lora_model, {}, "t2")
+    (second.folder / WEIGHTS).write_bytes(b"flipped")
+    version, (config, tensors) = registry.newest_usable(GLOBAL)
+    assert version.version == 1 and config["r"] == 4 and tensors
+    assert "checksum" in registry.history(GLOBAL)[1].unusable

@@ -46,7 +46,9 @@ def test_migrations_from_empty_file_and_rerun(tmp_path):
     assert {"profiles", "conversations", "messages", "comparisons", "feedback", "_sqlite_migrations"} <= tables
     applied = [m.name for m in MIGRATIONS.applied(db)]
     assert applied == ["m001_initial", "m002_adapters_and_jobs", "m003_profiles_and_comparisons",
-                       "m004_profile_preferences", "m005_name_keys_nfkc", "m006_unusable_versions"]
+                       "m004_profile_preferences", "m005_name_keys_nfkc", "m006_unusable_versions",
+                       "m007_profile_owners", "m008_worker_heartbeats",
+                       "m009_tainted_versions"]
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
@@ -112,7 +114,7 @@ def test_deleting_a_profile_removes_its_data_only(store):
     store.record_thumbs(ann["id"], reply.id, 1)
     bob, *_ = _conversation_with_reply(store, "Bob")
     before = store.counts()
-    store.delete_profile(ann["id"])
+    store.erase_profile(ann["id"])
     after = store.counts()
     assert after == {"profiles": 1, "conversations": 1, "messages": 2, "comparisons": 0, "feedback": 0}
     assert before["feedback"] == 1
@@ -327,3 +329,23 @@ def test_name_keys_are_migrated_to_nfkc_without_breaking_old_duplicates(tmp_path
     for name in ("BOB", "ｂｏｂ"):
         with pytest.raises(Conflict):
             store.create_profile(name)
+
+
+def test_the_job_of_a_worker_seen_dying_is_queued_again_at_once(store):
+    job = store.enqueue_job("global", None, "auto")
+    assert store.claim_job(stale_seconds=3600, worker_pid=4242)["id"] == job["id"]
+    assert store.claim_job(stale_seconds=3600, worker_pid=4343) is None  # running, its heartbeat fresh
+    assert store.requeue_jobs_of(9999, "not this one") == 0
+    assert store.requeue_jobs_of(4242, "the training worker stopped (code -9); it runs again") == 1
+    again = store.claim_job(stale_seconds=3600, worker_pid=4343)
+    assert again["id"] == job["id"] and again["attempts"] == 2 and again["worker_pid"] == 4343
+
+
+def test_the_worker_heartbeat_keeps_the_newest_worker(store):
+    assert store.worker_heartbeat() is None
+    store.worker_beat(1, "2026-12-05T10:00:00+00:00")
+    store.worker_beat(2, "2999-01-01T00:00:00+00:00")  # a worker started after the first one's last beat
+    beat = store.worker_heartbeat()
+    assert beat["pid"] == 2
+    with store._db() as db:
+        assert [r[0] for r in db.execute("SELECT pid FROM worker_heartbeats")] == [2]

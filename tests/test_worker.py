@@ -24,7 +24,7 @@ from assistant.service import ChatService
 from tests.conftest import HANG, REPO
 from ui.learning_text import learning_markdown
 
-LEARNING = LearningConfig(personal_every=4, global_every=6, min_profiles=1,
+LEARNING = LearningConfig(personal_every=4, global_every=6, min_profiles=1, global_min_age_hours=0,
                           train=TrainConfig(steps=3, learning_rate=1e-3))
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=8)
 
@@ -168,7 +168,7 @@ def test_global_update_applies_the_cap(parts, store):
     service, _, _ = parts
     loud, quiet = service.create_profile("Loud")["id"], service.create_profile("Quiet")["id"]
     _choices(service, loud, 12)
-    _choices(service, quiet, 3)
+    _choices(service, quiet, 4)  # (`global_min_events`: a profile counts from its 4th event)
     data = global_update(store, None, LEARNING, seed=0)
     by_user = {}
     for ex in (*data.train.pairs, *data.train.unpaired):
@@ -184,7 +184,7 @@ def test_worker_command_line_runs_queued_jobs(parts, store, data_home, tiny_mode
     _choices(service, ann, 4)
     store.enqueue_job(GLOBAL, None, "manual")  # "Train now" in a home of one: --min-profiles 1 lets it train
     command = [sys.executable, "-m", "adapters.worker", "--model", str(tiny_model_dir), "--once", "--threads", "1",
-               "--set", "learning.min_profiles=1"]
+               "--set", "learning.min_profiles=1", "--set", "learning.global_min_age_hours=0"]
     env = {**__import__("os").environ, DATA_HOME_ENV: str(data_home), "HF_HUB_OFFLINE": "1"}
     refused = subprocess.run([*command, "--set", "learning.lora.top_layer=1.0"], cwd=REPO, env=env, capture_output=True,
                              text=True, timeout=HANG)
@@ -254,7 +254,7 @@ def test_the_feed_forward_of_the_top_layers_can_be_adapted_too_and_is_served(sto
                                                                              app_config):
     """`lora.mlp_top_layers`: attention on every layer, the MLP's first projection only on the top half. The
     published weights say so, and the next reply is generated through every one of those modules."""
-    learning = LearningConfig(personal_every=4, global_every=10**6, min_profiles=1,
+    learning = LearningConfig(personal_every=4, global_every=10**6, min_profiles=1, global_min_age_hours=0,
                               train=TrainConfig(steps=2, learning_rate=1e-3),
                               lora=LoraSettings(top_layers=1.0, mlp_top_layers=0.5))
     registry, service, worker = _loop(store, data_home, tiny_model_dir, app_config, learning)
@@ -331,6 +331,7 @@ def test_refit_trains_each_personal_version_from_scratch_on_the_newest_events(st
 
 def test_global_updates_can_use_their_own_chosen_reply_weight(store, data_home, tiny_model_dir, app_config):
     learning = LearningConfig(personal_every=4, global_every=4, global_rpo_alpha=0.0, min_profiles=1,
+                              global_min_age_hours=0,
                               train=TrainConfig(steps=2, rpo_alpha=1.0))
     registry, service, worker = _loop(store, data_home, tiny_model_dir, app_config, learning)
     ann = service.create_profile("Ann")["id"]
@@ -347,7 +348,8 @@ def test_global_updates_can_use_their_own_chosen_reply_weight(store, data_home, 
 
 
 def test_the_global_adapter_waits_for_min_profiles(store, data_home, tiny_model_dir, app_config):
-    learning = LearningConfig(personal_every=4, global_every=4, min_profiles=3, train=TrainConfig(steps=2))
+    learning = LearningConfig(personal_every=4, global_every=4, min_profiles=3, global_min_age_hours=0,
+                              train=TrainConfig(steps=2))
     registry, service, worker = _loop(store, data_home, tiny_model_dir, app_config, learning)
     ann, bob, cy = (service.create_profile(name)["id"] for name in ("Ann", "Bob", "Cy"))
     _choices(service, ann, 8)

@@ -3,6 +3,7 @@ and its docstring the API's description."""
 
 from __future__ import annotations
 
+from assistant.limits import VOTES
 from assistant.service import ChatService
 from ui.errors import ui_errors
 
@@ -43,3 +44,5 @@ def learning(service: ChatService, profile_id: str) -> dict:
 
 
 ENDPOINTS = (messages, vote, choose, pending, learning)
+LIMITS = {"vote": VOTES, "choose": VOTES}
+"""The rate limit each endpoint counts toward (`assistant.limits`), if any."""

@@ -25,16 +25,7 @@ def ui_errors(fn):
     endpoint, raises `gr.Error` instead, so API clients get the error."""
 
     def refused(args: tuple, exc: Exception):
-        if isinstance(exc, AttuneError):
-            message = str(exc)
-        else:
-            log.exception("Unexpected error in %s", fn.__name__)
-            message = APOLOGY
-        page = next((a for a in args if isinstance(a, UI)), None)
-        if page is None:
-            raise gr.Error(message, print_exception=False) from exc
-        gr.Warning(message)
-        return {page.status: f"⚠️ {message}"}
+        return refusal(fn.__name__, args, exc)
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
@@ -56,6 +47,21 @@ def ui_errors(fn):
         except Exception as exc:
             return refused(args, exc)
     return call
+
+
+def refusal(name: str, args: tuple, exc: Exception) -> dict:
+    """What a refused event of handler `name` returns (the status line; a toast), or the `gr.Error` it raises when
+    the page is not among `args` (an API-only endpoint)."""
+    if isinstance(exc, AttuneError):
+        message = str(exc)
+    else:
+        log.exception("Unexpected error in %s", name)
+        message = APOLOGY
+    page = next((a for a in args if isinstance(a, UI)), None)
+    if page is None:
+        raise gr.Error(message, print_exception=False) from exc
+    gr.Warning(message)
+    return {page.status: f"⚠️ {message}"}
 
 
 def refuse(message: str) -> InvalidInput:

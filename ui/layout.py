@@ -15,7 +15,7 @@ CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad
 BUTTONS = ("create", "rename", "delete", "confirm", "cancel", "new_conversation", "rename_conversation",
            "delete_conversation", "confirm_delete_conversation", "cancel_delete_conversation", "save_comment",
            "send", "stop", "retry", "earlier_reply", "later_reply", "choices", "train_now", "reset_adapter",
-           "show_before_after", "confirm_reset_adapter", "cancel_reset_adapter")
+           "show_before_after", "confirm_reset_adapter", "cancel_reset_adapter", "download_data")
 """The names in `UI.buttons` (`choices`: one button per choice in CHOICE_LABELS)."""
 
 
@@ -27,6 +27,7 @@ class UI:
     profile: gr.Dropdown
     profile_tools: gr.Accordion
     profile_name: gr.Textbox
+    export_file: gr.File
     confirm_row: gr.Row
     confirm_text: gr.Markdown
     conversation: gr.Dropdown
@@ -104,12 +105,17 @@ def _profile_bar() -> dict:
                 create = gr.Button("Create profile", scale=1, size="sm", elem_id="create-profile")
                 rename = gr.Button("Rename", scale=1, size="sm", elem_id="rename-profile")
                 delete = gr.Button("Delete profile", variant="stop", scale=1, size="sm", elem_id="delete-profile")
+            with gr.Row(equal_height=True):
+                download_data = gr.Button("Download my data", size="sm", scale=1, elem_id="download-data")
+                export_file = gr.File(label="Your data (zip)", visible=False, interactive=False, scale=2,
+                                      elem_id="export-file")
     with gr.Row(visible=False) as confirm_row:
         confirm_text = gr.Markdown()
         confirm = gr.Button("Yes, delete it", variant="stop", elem_id="confirm-delete")
         cancel = gr.Button("Cancel", elem_id="cancel-delete")
     return dict(profile=profile, profile_tools=profile_tools, profile_name=profile_name, create=create, rename=rename,
-                delete=delete, confirm_row=confirm_row, confirm_text=confirm_text, confirm=confirm, cancel=cancel)
+                delete=delete, download_data=download_data, export_file=export_file, confirm_row=confirm_row,
+                confirm_text=confirm_text, confirm=confirm, cancel=cancel)
 
 
 def _conversation_list() -> dict:

@@ -7,6 +7,9 @@ from datetime import datetime, timezone
 
 MIN_SHOWN = 3
 """Choices a probe's candidate must have been part of before the panel says anything about it."""
+STALE_WORKER = 30.0
+"""Seconds without a heartbeat after which the panel says the training worker is not heard from (it beats every 5 s
+and during each training step)."""
 LEANING = 0.25
 """How far from an even split (½) the smoothed share of choices must be for the panel to call it a taste."""
 
@@ -17,6 +20,7 @@ def learning_markdown(status: dict, now: datetime | None = None) -> str:
     lines = [_taught(status), _personal(status, now), _global(status, now), _share(status)]
     lines += [_job(job, now) for job in status.get("jobs", [])]
     lines += [_unusable(bad) for bad in status.get("unusable", [])]
+    lines.append(_worker(status.get("worker"), now))
     lines.append(taste_words(status.get("record", [])))
     return "\n\n".join(line for line in lines if line)
 
@@ -83,6 +87,17 @@ def _unusable(bad: dict) -> str:
     whose = "Your" if bad["whose"] == "yours" else "Everyone's"
     return (f"**{whose} version {bad['version']} could not be used:** {bad['reason']} The version before it serves "
             "instead (or none, if there is no earlier one); the next update makes a new one.")
+
+
+def _worker(heartbeat: dict | None, now: datetime) -> str:
+    """The training worker's health, by the age of its last heartbeat."""
+    if not heartbeat:
+        return "**Training worker:** not started yet; your feedback is kept and learned from once it runs."
+    age = max((now - datetime.fromisoformat(heartbeat["beat_at"])).total_seconds(), 0.0)
+    if age <= STALE_WORKER:
+        return f"**Training worker:** running, last heard from {_duration(age)} ago."
+    return (f"**Training worker:** not heard from for {_duration(age)}; the app starts it again. Replies go on with "
+            "the versions you have, and your feedback waits for it.")
 
 
 def eta_seconds(job: dict, progress: float, now: datetime) -> float | None:

@@ -74,3 +74,11 @@ def on_confirm_delete_profile(service: ChatService, ui: UI, profile_id: str):
     gr.Info(f"Profile '{name}' deleted.")
     return {**view(service, ui, None, None, f"Profile '{name}' deleted. Pick a profile or create one."),
             ui.confirm_row: gr.Row(visible=False), **_tools(ui, None)}
+
+
+@ui_errors
+def on_download_data(service: ChatService, ui: UI, profile_id: str):
+    """A zip of everything Attune keeps of the profile, offered as a file to save."""
+    path = service.download_data(profile_id)
+    return {ui.export_file: gr.File(value=str(path), visible=True),
+            ui.status: "Your data is ready: conversations, feedback (also in TRL's formats) and your adapter."}

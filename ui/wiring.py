@@ -4,15 +4,15 @@ whose leading arguments, the service and the `UI`, are bound here."""
 
 from __future__ import annotations
 
-import functools
-import inspect
 import typing
 
 import gradio as gr
 from gradio.blocks import BlockContext
 
+from assistant.limits import MESSAGES, PROFILES, VOTES
 from assistant.service import ChatService
 from ui import data_api
+from ui.binding import bind
 from ui.chat import (on_ask_delete_conversation, on_continue, on_delete_conversation, on_edit_in_chat,
                      on_new_conversation, on_open_conversation, on_refresh, on_rename_conversation,
                      on_retry, on_save_preferences, on_send, on_show_reply, on_stop)
@@ -20,8 +20,8 @@ from ui.feedback import on_choose, on_like, on_save_comment
 from ui.layout import CHOICE_LABELS, UI
 from ui.learning import (LEARNING, on_alpha, on_alpha_auto, on_ask_reset_adapter, on_before_after,
                          on_before_after_messages, on_learning_refresh, on_reset_adapter, on_train_now)
-from ui.profiles import (on_confirm_delete_profile, on_create_profile, on_delete_profile, on_load, on_remember,
-                         on_rename_profile, on_select_profile)
+from ui.profiles import (on_confirm_delete_profile, on_create_profile, on_delete_profile, on_download_data, on_load,
+                         on_remember, on_rename_profile, on_select_profile)
 from ui.views import VIEW, hidden
 
 SETTINGS = ("system_prompt", "temperature", "top_p", "max_new_tokens", "repetition_penalty")
@@ -34,6 +34,7 @@ OUTPUTS = {
     "rename_profile": ("profile", "profile_name", "status"),
     "ask_delete_profile": ("confirm_row", "confirm_text", "status"),
     "delete_profile": VIEW + ("confirm_row", "profile_tools"),
+    "download_data": ("export_file", "status"),
     "new_conversation": VIEW,
     "open_conversation": VIEW,
     "rename_conversation": VIEW + ("conversation_title",),
@@ -64,31 +65,14 @@ def api_returns(api_name: str) -> tuple[str, ...]:
                  if not issubclass(kinds[name], (BlockContext, gr.State, gr.Button)))
 
 
-def bind(handler, *leading):
-    """`handler` with its leading arguments given. Unlike a bare `functools.partial`, the result keeps what Gradio
-    reads from a function: the other parameters' type hints (`gr.LikeData`; an API endpoint's types), its name, its
-    docstring and whether it streams."""
-    bound = functools.partial(handler, *leading)
-    if inspect.isgeneratorfunction(handler):
-        @functools.wraps(handler)
-        def call(*args, **kwargs):
-            yield from bound(*args, **kwargs)
-    else:
-        @functools.wraps(handler)
-        def call(*args, **kwargs):
-            return bound(*args, **kwargs)
-    call.__signature__ = inspect.signature(bound)
-    typing.get_type_hints(call)  # a hint that does not resolve fails here, not silently inside Gradio
-    return call
-
-
 def wire(demo: gr.Blocks, ui: UI, service: ChatService) -> None:
     """Bind every event of the page, by concern."""
     _wire_profiles(demo, ui, service)
     _wire_chat(ui, service)
     _wire_feedback(ui, service)
     for endpoint in data_api.ENDPOINTS:
-        gr.api(bind(endpoint, service), api_name=endpoint.__name__)
+        gr.api(bind(endpoint, service, limit=data_api.LIMITS.get(endpoint.__name__)),
+               api_name=endpoint.__name__)
     _wire_learning(ui, service)
 
 
@@ -99,7 +83,7 @@ def _outputs(ui: UI, api_name: str) -> list[gr.components.Component]:
 def _wire_profiles(demo: gr.Blocks, ui: UI, service: ChatService) -> None:
     b = ui.buttons
     demo.load(bind(on_load, service, ui), [ui.remembered], _outputs(ui, "load"), api_name="load")
-    create = bind(on_create_profile, service, ui)
+    create = bind(on_create_profile, service, ui, limit=PROFILES)
     b["create"].click(create, [ui.profile_name], _outputs(ui, "create_profile"), api_name="create_profile")
     ui.profile_name.submit(create, [ui.profile_name], _outputs(ui, "create_profile"), api_visibility="private")
     ui.profile.input(bind(on_select_profile, service, ui), [ui.profile], _outputs(ui, "select_profile"),
@@ -111,6 +95,8 @@ def _wire_profiles(demo: gr.Blocks, ui: UI, service: ChatService) -> None:
     b["confirm"].click(bind(on_confirm_delete_profile, service, ui), [ui.profile], _outputs(ui, "delete_profile"),
                        api_name="delete_profile")
     b["cancel"].click(hidden, None, [ui.confirm_row], api_visibility="private")
+    b["download_data"].click(bind(on_download_data, service, ui), [ui.profile], _outputs(ui, "download_data"),
+                             api_name="download_data")
     for component in (ui.profile, ui.conversation):
         component.change(on_remember, [ui.profile, ui.conversation], [ui.remembered], api_visibility="private")
 
@@ -131,7 +117,7 @@ def _wire_chat(ui: UI, service: ChatService) -> None:
                                            _outputs(ui, "delete_conversation"), api_name="delete_conversation")
     b["cancel_delete_conversation"].click(hidden, None, [ui.conversation_confirm_row], api_visibility="private")
 
-    send, retry = bind(on_send, service, ui), bind(on_retry, service, ui)
+    send, retry = bind(on_send, service, ui, limit=MESSAGES), bind(on_retry, service, ui, limit=MESSAGES)
     send_inputs = ui.pick("profile", "conversation", "message", "compare", *SETTINGS)
     retry_inputs = ui.pick("profile", "conversation", "compare", *SETTINGS)
     # Once a reply is stored, the stored view with the choice buttons (see ui/chat.py on Gradio's last output).
@@ -141,15 +127,19 @@ def _wire_chat(ui: UI, service: ChatService) -> None:
     b["send"].click(send, send_inputs, _outputs(ui, "send"), api_name="send").success(**refresh)
     ui.message.submit(send, send_inputs, _outputs(ui, "send"), api_visibility="private").success(**refresh)
     b["retry"].click(retry, retry_inputs, _outputs(ui, "retry"), api_name="retry").success(**refresh)
-    ui.chatbot.edit(bind(on_edit_in_chat, service, ui), retry_inputs, ui.pick(*VIEW),
+    ui.chatbot.edit(bind(on_edit_in_chat, service, ui, limit=MESSAGES), retry_inputs, ui.pick(*VIEW),
                     api_visibility="private").success(**refresh)
-    ui.continue_reply.click(bind(on_continue, service, ui), ui.pick("profile", "conversation", *SETTINGS),
-                            _outputs(ui, "continue"), api_name="continue").success(**refresh)
+    ui.continue_reply.click(bind(on_continue, service, ui, limit=MESSAGES),
+                            ui.pick("profile", "conversation", *SETTINGS), _outputs(ui, "continue"),
+                            api_name="continue").success(**refresh)
     for name, step in (("earlier_reply", -1), ("later_reply", 1)):
         b[name].click(bind(on_show_reply, service, ui, step), [ui.profile, ui.conversation], _outputs(ui, name),
                       api_name=name)
+    # One save at a time, in the order the changes were made: concurrent saves could finish out of order and an
+    # older one overwrite a newer (seen as a temperature set to 0 that came back as 0.2 after a reload).
     save = dict(fn=bind(on_save_preferences, service, ui), inputs=ui.pick("profile", "compare", *SETTINGS),
-                outputs=[ui.status], api_visibility="private", show_progress="hidden")
+                outputs=[ui.status], api_visibility="private", show_progress="hidden",
+                concurrency_id="preferences", concurrency_limit=1)
     for name in (*SETTINGS[1:], "compare"):  # what the person changes (`input`), never what a view sets
         getattr(ui, name).input(**save)
     ui.system_prompt.blur(**save)
@@ -159,12 +149,12 @@ def _wire_chat(ui: UI, service: ChatService) -> None:
 
 def _wire_feedback(ui: UI, service: ChatService) -> None:
     comment_outputs = [ui.comment_row, ui.comment, ui.disliked, ui.status]
-    ui.chatbot.like(bind(on_like, service, ui), [ui.profile, ui.conversation], comment_outputs,
+    ui.chatbot.like(bind(on_like, service, ui, limit=VOTES), [ui.profile, ui.conversation], comment_outputs,
                     api_visibility="private")
-    ui.buttons["save_comment"].click(bind(on_save_comment, service, ui), [ui.profile, ui.disliked, ui.comment],
-                                     comment_outputs, api_visibility="private")
+    ui.buttons["save_comment"].click(bind(on_save_comment, service, ui, limit=VOTES),
+                                     [ui.profile, ui.disliked, ui.comment], comment_outputs, api_visibility="private")
     for choice, button in ui.buttons["choices"].items():
-        button.click(bind(on_choose, service, ui, choice), [ui.profile, ui.conversation],
+        button.click(bind(on_choose, service, ui, choice, limit=VOTES), [ui.profile, ui.conversation],
                      _outputs(ui, f"choose_{choice}"), api_name=f"choose_{choice}")
 
 
@@ -181,8 +171,9 @@ def _wire_learning(ui: UI, service: ChatService) -> None:
     # made Gradio 6 fire that listener again, without end; Before / after checks the message is the profile's)
     ui.learning_panel.expand(bind(on_before_after_messages, service, ui), [ui.profile], [ui.before_after_message],
                              api_visibility="private", show_progress="hidden")
-    b["show_before_after"].click(bind(on_before_after, service, ui), [ui.profile, ui.before_after_message],
-                                 _outputs(ui, "before_after"), api_name="before_after")
+    b["show_before_after"].click(bind(on_before_after, service, ui, limit=MESSAGES),
+                                 [ui.profile, ui.before_after_message], _outputs(ui, "before_after"),
+                                 api_name="before_after")
     b["train_now"].click(bind(on_train_now, service, ui), [ui.profile], _outputs(ui, "train_now"),
                          api_name="train_now")
     b["reset_adapter"].click(bind(on_ask_reset_adapter, service, ui), [ui.profile],

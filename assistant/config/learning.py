@@ -150,6 +150,10 @@ class BlendConfig:
     (experiments/2026-11-29-early-tuning)."""
     cache_size: int = 64
     """Adapter versions (and blends) kept in memory, ≥ 1; the rest load from disk when needed."""
+    serve_tainted: bool = True
+    """Keep serving a global version that learned from a since-deleted profile until the from-scratch retrain
+    replaces it (then it is deleted). False: fall back at once to the newest version that did not learn from it, or
+    to none: the deletion shows in everyone's replies before the retrain is done."""
 
     def __post_init__(self):
         if self.k <= 0 or self.cache_size < 1:
@@ -163,13 +167,21 @@ class LearningConfig:
     global_every: int = 16
     """Train the global adapter after this many new feedback events across all profiles (G), ≥ 1."""
     max_share: float = 0.25
-    """Most of one global update a single profile may supply, a fraction of its feedback events in (0, 1]."""
+    """Most of one global update a single contributor may supply, a fraction of its feedback events in (0, 1]. A
+    contributor is an account (all its profiles together) with `--auth`, a profile in household mode."""
     max_per_profile: int = 32
-    """Most feedback events one profile may supply to one global update, ≥ 1."""
+    """Most feedback events one contributor may supply to one global update, ≥ 1."""
+    global_min_events: int = 4
+    """A profile's feedback teaches the global adapter only once it has given this many events, ≥ 1: a profile
+    made only to poison it must first vote like a person."""
+    global_min_age_hours: float = 1.0
+    """... and only once it is this old, ≥ 0 (hours): a burst of new profiles moves the global adapter not at
+    once. Benchmarks and tests that simulate people in minutes set 0."""
     min_per_profile: int = 2
     """A lone profile still teaches the global adapter this much per update (the share alone would give it nothing)."""
     min_profiles: int = 3
-    """The global adapter trains only once this many profiles have given feedback, ≥ 1: with one or two profiles
+    """The global adapter trains only once this many contributors (see `max_share`) have given feedback that counts
+    (`global_min_events`, `global_min_age_hours`), ≥ 1: with one or two profiles
     their personal adapters already learn their taste, and a global one would serve their data to every newcomer
     (experiments/2026-11-30-min-profiles)."""
     replay: int = 16
@@ -184,6 +196,9 @@ class LearningConfig:
     """One pair in this many (fixed by its feedback id) is held out of training to evaluate the adapters, ≥ 2."""
     stale_seconds: float = 120.0
     """A running job whose worker has not reported for this long is taken over (the worker died)."""
+    keep_versions: int = 20
+    """Versions kept per adapter, ≥ 2: after each publish older ones are deleted (never the served one, its
+    parent, or the newest usable one). The Learning panel's accuracy chart shows the kept ones."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """How each update trains."""
     global_rpo_alpha: float | None = None
@@ -208,6 +223,10 @@ class LearningConfig:
             raise ValueError("personal_refit must be ≥ 0 (0: warm-started updates)")
         if self.min_profiles < 1:
             raise ValueError("min_profiles must be at least 1")
+        if self.global_min_events < 1 or self.global_min_age_hours < 0:
+            raise ValueError("global_min_events must be ≥ 1 and global_min_age_hours ≥ 0")
+        if self.keep_versions < 2:
+            raise ValueError("keep_versions must be at least 2")
         if self.global_rpo_alpha is not None and self.global_rpo_alpha < 0:
             raise ValueError("global_rpo_alpha must be ≥ 0 (or None)")
         if self.max_drift is not None and self.max_drift <= 0:

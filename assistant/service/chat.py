@@ -12,17 +12,23 @@ import threading
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from adapters.blend import AdapterServer
-from adapters.registry import personal_adapter
+from adapters.registry import GLOBAL, personal_adapter
 from assistant.config import AppConfig, GenerationSettings, LearningConfig, Probe
 from assistant.executor import GenerationExecutor
 from assistant.explore import choose_arms, probed
 from assistant.generation import ReplyStream
 from assistant.model import LoadedModel
 from assistant.prompts import Prompt, build_prompt
+from assistant.limits import RateLimits
+from assistant.service.access import Access
+from assistant.service.archive import write_archive
 from assistant.service.learning import Learning
+from storage.accounts import Accounts
 from storage.errors import Conflict, InvalidInput, NotFound
+from storage.jobs import ERASURE
 from storage.store import Comparison, Message, Store
 from storage.text import require_encodable
 
@@ -70,7 +76,7 @@ def validate_message(text: object, max_chars: int) -> str:
     return text
 
 
-class ChatService(Learning):
+class ChatService(Learning, Access):
     def __init__(self, store: Store, loaded: LoadedModel, config: AppConfig,
                  executor: GenerationExecutor | None = None, adapters: AdapterServer | None = None,
                  learning: LearningConfig | None = None, rng: random.Random | None = None):
@@ -82,6 +88,8 @@ class ChatService(Learning):
         self.executor = executor
         self.adapters = adapters
         self.learning = learning or LearningConfig()
+        self.accounts = Accounts(config.auth) if config.auth else None
+        self.limits = RateLimits(config.limits)
         self._stops: dict[str, threading.Event] = {}
         """Conversation id → the Stop of the reply being written in it."""
 
@@ -95,17 +103,25 @@ class ChatService(Learning):
         return self.store.list_profiles()
 
     def create_profile(self, name: object) -> dict:
-        return self.store.create_profile(name)
+        return self.store.create_profile(name, self.config.limits.max_profiles)
 
     def rename_profile(self, profile_id: str, name: object) -> dict:
         return self.store.rename_profile(profile_id, name)
 
     def delete_profile(self, profile_id: str) -> None:
+        """Erase a profile: its rows (zeroed on disk, the write-ahead log truncated) and its adapter's files; the
+        global versions that learned from it are marked tainted and a from-scratch global retrain is queued."""
         self.store.get_profile(profile_id)
         if self.adapters:
             self.adapters.registry.drop(personal_adapter(profile_id))
             self.adapters.forget(personal_adapter(profile_id))
-        self.store.delete_profile(profile_id)
+        if self.store.erase_profile(profile_id) and self.adapters:
+            self.store.enqueue_job(GLOBAL, None, ERASURE)
+            self.adapters.forget(GLOBAL)  # (a setting may stop tainted versions from serving at once)
+
+    def download_data(self, profile_id: str) -> Path:
+        """A zip of everything Attune keeps of this profile (assistant/service/archive.py)."""
+        return write_archive(self.store, self.adapters.registry if self.adapters else None, profile_id)
 
     def get_profile(self, profile_id: str) -> dict:
         return self.store.get_profile(profile_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from adapters.blend import auto_alpha, gate_reason
 from adapters.evaluation import HeldOutEval
-from adapters.jobs import enqueue_due, enqueue_now
+from adapters.jobs import contributors, enqueue_due, enqueue_now
 from adapters.registry import GLOBAL, personal_adapter
 from assistant.config import DEFAULT_SYSTEM_PROMPT, GenerationSettings
 from assistant.generation import ReplyStream
@@ -83,12 +83,13 @@ class Learning:
             "jobs": self.store.active_jobs([mine, GLOBAL]),
             "job": self.store.latest_job(mine),
             "global_job": self.store.latest_job(GLOBAL),
-            "global_profiles": {"profiles": self.store.count_profiles_with_feedback(at_most=self.learning.min_profiles),
-                      "needed": self.learning.min_profiles},
+            "global_profiles": {"profiles": len(set(contributors(self.store, self.learning).values())),
+                                "needed": self.learning.min_profiles},
             "history": [{"version": v.label, **HeldOutEval.from_metrics(v.manifest.get("metrics", {})).to_metrics()}
                         for v in histories[mine]],
             "every": self.learning.personal_every,
             "record": self._record(profile_id),
+            "worker": self.store.worker_heartbeat(),
             "unusable": [{"whose": whose, "version": v.version, "reason": v.unusable}
                          for whose, adapter in (("yours", mine), ("everyone's", GLOBAL))
                          for v in histories[adapter] if v.unusable],
