@@ -60,6 +60,8 @@ def rows(results: Path = RESULTS) -> list[list[str]]:
     switch = _load(results, "learning_speed.json")["profile_switch"]
     model = _load(results, "model_speed.json")
     ceilings = _load(results, "probes.json")["best_ceiling_per_user"]
+    load = _load(results, "load.json")
+    poisoning = _load(results, "poisoning.json")
     users = list(runs[0]["users"])
     lone = "a user alone, 32 choices"
     return [
@@ -96,6 +98,17 @@ def rows(results: Path = RESULTS) -> list[list[str]]:
          f"{model['medians']['attune_main_thread']['tokens_per_s']:.1f} "
          f"({model['ratio_vs_bare']['attune_main_thread']:.3f}×), {model['medians']['attune_main_thread']['ttft_s']:.2f} s",
          "", _link("model speed", "docs/benchmarks.md#model-speed")],
+        ["load", f"{load['clients']} accounts × {load['seconds']:.0f} s: lost votes, errors, mix-ups",
+         f"{load['lost_votes']}, {load['errors']}, {load['mixups']}", "0, 0, 0", _link("load", "docs/benchmarks.md#load")],
+        ["load", "reply (16 tokens, tiny model) / vote, p50 and p95",
+         f"{load['reply']['p50_s']:.1f} / {load['reply']['p95_s']:.1f} s, {load['vote']['p50_s']:.2f} / "
+         f"{load['vote']['p95_s']:.2f} s", "", _link("load", "docs/benchmarks.md#load")],
+        ["poisoning", "hostile account of 10 profiles: marker in others' replies, vs base",
+         f"{poisoning['rules']['account']['shift_pp']:+.1f} pp", "≤ 5 pp", _link("poisoning", "docs/benchmarks.md#poisoning")],
+        ["poisoning", "its share of each global update: by account / by profile",
+         f"{max(poisoning['rules']['account']['hostile_share_of_global_updates']):.2f} / "
+         f"{max(poisoning['rules']['profile']['hostile_share_of_global_updates']):.2f}", "≤ 0.25",
+         _link("poisoning", "docs/benchmarks.md#poisoning")],
         ["exploration probes", "best probe's greedy ceiling, per user",
          f"{min(ceilings[u][1] for u in users):.2f}–{max(ceilings[u][1] for u in users):.2f}", "",
          _link("probes", "docs/benchmarks.md#probes")],
