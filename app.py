@@ -19,6 +19,7 @@ from pathlib import Path
 from adapters.blend import AdapterServer
 from adapters.registry import AdapterRegistry
 from adapters.worker import ADAPTERS_DIR
+from assistant.backend import choose_decoder
 from assistant.config import AppConfig
 from assistant.executor import GenerationExecutor
 from assistant.model import load_model
@@ -40,6 +41,7 @@ APP_ALIASES = {
     "--model-cache": ("model.cache_dir", None),
     "--allow-download": ("model.allow_download", "true"),
     "--data-dir": ("data_dir", None),
+    "--backend": ("model.backend", None),
     "--host": ("host", None),
     "--auth": ("auth", None),
     "--insecure-household": ("insecure_household", "true"),
@@ -64,7 +66,8 @@ def create_service(config: AppConfig, executor: GenerationExecutor | None = None
     store = Store(config.data_dir / DB_FILENAME)
     adapters = AdapterServer(loaded, AdapterRegistry(config.data_dir / ADAPTERS_DIR, store), store,
                              config.learning.blend)
-    return ChatService(store, loaded, config, executor, adapters, config.learning)
+    decoder = choose_decoder(config.model, loaded, training_beside=config.worker)
+    return ChatService(store, loaded, config, executor, adapters, config.learning, decoder=decoder)
 
 
 def worker_command(config: AppConfig) -> list[str]:

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -224,6 +225,23 @@ class AdapterServer:
         self.loads_from_disk += 1
         self._wrap(out)
         return out
+
+    def gguf_adapters(self, blend: Blend) -> list[tuple[Path, float]] | None:
+        """The blend as llama.cpp takes it: (GGUF LoRA file, scale) for the global version at 1 and the personal one
+        at α, each file checked once against its manifest's `gguf_sha256`. None when a version has no GGUF file (it
+        was published before they were written): that request decodes with torch."""
+        found = []
+        for adapter, version, scale in ((GLOBAL, blend.global_version, 1.0),
+                                        (personal_adapter(blend.profile_id or ""), blend.personal_version,
+                                         blend.alpha)):
+            if version is None or scale == 0.0:
+                continue
+            entry = next((v for v in self.registry.history(adapter) if v.version == version), None)
+            path = self.registry.gguf_file(entry) if entry else None
+            if path is None:
+                return None
+            found.append((path, scale))
+        return found
 
     def forget(self, adapter: str) -> None:
         """Drop cached tensors of an adapter (after a reset)."""

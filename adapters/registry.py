@@ -5,6 +5,8 @@ Layout under the data home (standard PEFT folders, loadable by `PeftModel.from_p
     adapters/global/v0001/{adapter_config.json, adapter_model.safetensors, manifest.json}
     adapters/profile_<profile id>/v0001/…
 
+and, for a LLaMA-family base, `adapter.gguf`: the same adapter for llama.cpp (adapters/gguf_lora.py).
+
 Publishing: write into a temporary folder beside the target, fsync every file, rename it to `vNNNN`, fsync
 the parent, then point the database at it in one transaction. A crash before that last step leaves the
 previous version served (the stray folder is removed at the next start); after it, the new one. Only
@@ -27,6 +29,8 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
+from adapters.gguf_lora import SUPPORTED as GGUF_MODELS
+from adapters.gguf_lora import write_gguf_lora
 from storage.errors import AdapterUnusable
 from storage.store import Store
 
@@ -36,6 +40,9 @@ GLOBAL = "global"
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 MANIFEST = "manifest.json"
+GGUF = "adapter.gguf"
+"""The version as a GGUF LoRA for llama.cpp (adapters/gguf_lora.py), written beside the PEFT pair for LLaMA-family
+bases and covered by the manifest's `gguf_sha256`."""
 
 
 def personal_adapter(profile_id: str) -> str:
@@ -101,6 +108,7 @@ class AdapterRegistry:
         self.root = Path(root)
         self.store = store
         self.root.mkdir(parents=True, exist_ok=True)
+        self._checked_gguf: set[tuple[str, str]] = set()
         self.move_renamed_folders()
 
     # ---- reading -------------------------------------------------------------------------------------------
@@ -184,6 +192,17 @@ class AdapterRegistry:
                 continue
             shutil.rmtree(aside, ignore_errors=True)
 
+    def gguf_file(self, version: AdapterVersion) -> Path | None:
+        """The version's GGUF LoRA (for llama.cpp) once its checksum matches the manifest's; None if it has none or
+        it does not match (then the version is served through torch)."""
+        path, expected = version.folder / GGUF, version.manifest.get("gguf_sha256")
+        key = (str(path), expected)
+        if key not in self._checked_gguf:
+            if not expected or not path.is_file() or _sha256(path) != expected:
+                return None
+            self._checked_gguf.add(key)
+        return path
+
     def files(self, adapter: str) -> list[tuple[str, Path]]:
         """(name inside an archive, file) of every version's files of `adapter`: `adapter/vNNNN/<file>`."""
         return [(f"{adapter}/{version.label}/{file.name}", file) for version in self.history(adapter)
@@ -205,6 +224,9 @@ class AdapterRegistry:
             for extra in tmp.iterdir():  # keep exactly the standard PEFT pair
                 if extra.name not in (WEIGHTS, CONFIG):
                     shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+            if model.config.model_type in GGUF_MODELS:  # the same adapter for llama.cpp
+                write_gguf_lora(tmp / GGUF, json.loads((tmp / CONFIG).read_text()), load_file(tmp / WEIGHTS),
+                                model.config)
             full_manifest = {
                 "adapter": adapter,
                 "version": version_name(version),
@@ -212,6 +234,7 @@ class AdapterRegistry:
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "checksum_sha256": _sha256(tmp / WEIGHTS),
                 "config_sha256": _sha256(tmp / CONFIG),
+                **({"gguf_sha256": _sha256(tmp / GGUF)} if (tmp / GGUF).exists() else {}),
                 **manifest,
             }
             (tmp / MANIFEST).write_text(json.dumps(full_manifest, indent=2) + "\n")

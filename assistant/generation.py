@@ -13,7 +13,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteria, StoppingCriteriaList
@@ -21,6 +22,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from assistant.config import GenerationSettings
 from assistant.executor import GenerationExecutor
+from assistant.llamacpp import LlamaCppDecoder
 from assistant.model import LoadedModel
 from assistant.prompts import Prompt
 
@@ -134,6 +136,10 @@ class ReplyStream:
     stop: threading.Event | None = None
     """The person's Stop: once set, generation ends after the current token and the stream finishes normally with
     what was written (`stopped` in `stats`)."""
+    decoder: LlamaCppDecoder | None = None
+    """Decode with llama.cpp instead (one candidate only), with `gguf_adapters`; `activate` is then not used."""
+    gguf_adapters: list[tuple[Path, float]] = field(default_factory=list)
+    """(GGUF LoRA file, scale) of the blend, for `decoder`."""
     texts: list[str] = field(default_factory=list)
     new_tokens: list[int] = field(default_factory=list)
     ended: list[bool] = field(default_factory=list)
@@ -168,6 +174,28 @@ class ReplyStream:
             kwargs.update(stop_strings=list(self.prompt.stop_strings), tokenizer=tokenizer)
         return kwargs
 
+    def _produce(self, kwargs: dict, sink: queue.Queue, cancel: threading.Event) -> None:
+        """Generate into `sink`, on the thread that runs it: llama.cpp when it decodes this reply, else torch with
+        the blend active."""
+        if self.decoder is not None:
+            self._decode(sink, cancel)
+            return
+        with torch.inference_mode(), (self.activate() if self.activate else nullcontext()):
+            self.loaded.model.generate(**kwargs)
+
+    def _decode(self, sink: queue.Queue, cancel: threading.Event) -> None:
+        """The llama.cpp path: each token into `sink` as a one-candidate step, the tokenizer's end-of-sequence when
+        the model ended the reply itself, then the end of the stream."""
+        settings = replace(self.settings, temperature=max(float(self.settings.temperature), self.min_temperature))
+        try:
+            ended = self.decoder.generate(
+                self.prompt.input_ids, settings, self.prompt.max_new_tokens, self.gguf_adapters,
+                lambda token: sink.put([token]), lambda: cancel.is_set() or bool(self.stop and self.stop.is_set()))
+            if ended:
+                sink.put([self.loaded.tokenizer.eos_token_id])
+        finally:
+            sink.put(_END)
+
     def __iter__(self) -> Iterator[list[str]]:
         sink: queue.Queue = queue.Queue()
         cancel = threading.Event()
@@ -178,8 +206,7 @@ class ReplyStream:
 
         def run():
             try:
-                with torch.inference_mode(), (self.activate() if self.activate else nullcontext()):
-                    self.loaded.model.generate(**kwargs)
+                self._produce(kwargs, sink, cancel)
             except BaseException as exc:  # surfaced in the caller's thread below
                 failure.append(exc)
                 sink.put(_END)
@@ -235,6 +262,7 @@ class ReplyStream:
             "seconds_to_first_token": round(self.seconds_to_first_token or 0.0, 3),
             "interrupted": not self.finished,
             "stopped": bool(self.stop and self.stop.is_set()),
+            "backend": "llamacpp" if self.decoder is not None else "torch",
         }
 
 

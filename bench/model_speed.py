@@ -6,7 +6,9 @@
 - warm load: from that cache, in a new process (what a restart costs), and the load call alone;
 - generation: a 100-token prompt and 128 new tokens, greedy, side by side in one run: Attune's streaming path
   as the app runs it (`generate` on the main thread, see assistant/executor.py), the same path with
-  `generate` on a worker thread (what a plain threaded server gets), and a bare `model.generate`.
+  `generate` on a worker thread (what a plain threaded server gets), and a bare `model.generate`;
+- with llama-cpp-python installed, also the llamacpp backend (the shipped Q4_1 GGUF) bare and with a blend of two
+  random adapters (base + global + 0.5·personal), and both backends' time to first token at a 1,000-token prompt.
 """
 
 from __future__ import annotations
@@ -67,11 +69,39 @@ def warm_load_in_new_process(cache: Path) -> dict:
     return {"imports_s": round(imports, 2), "load_s": round(load, 2), "process_total_s": round(total, 2)}
 
 
-def time_stream(loaded: LoadedModel, prompt: Prompt, executor: GenerationExecutor | None) -> dict:
+def random_blend(loaded: LoadedModel, folder: Path) -> list[tuple[Path, float]]:
+    """A global and a personal adapter of today's shape (rank 8, attention of the top two thirds), random weights,
+    as GGUF LoRA files: the blend base + global + 0.5·personal for llama.cpp."""
+    import copy
+
+    from peft import get_peft_model_state_dict
+
+    from adapters.gguf_lora import write_gguf_lora
+    from adapters.lora import add_lora
+    from assistant.config import LoraSettings
+
+    blend = []
+    for seed, scale in ((1, 1.0), (2, 0.5)):
+        model = add_lora(copy.deepcopy(loaded.model), LoraSettings())
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=generator) * 0.01)
+        path = folder / f"adapter{seed}.gguf"
+        write_gguf_lora(path, {"lora_alpha": LoraSettings().alpha}, get_peft_model_state_dict(model), model.config)
+        blend.append((path, scale))
+    return blend
+
+
+def time_stream(loaded: LoadedModel, prompt: Prompt, executor: GenerationExecutor | None, decoder=None,
+                gguf: list | None = None) -> dict:
     """Attune's streaming path. With an executor, as the app runs it: the consumer (Gradio's handler) on a
-    worker thread, `generate` on this main thread. Without one: `generate` on a thread of its own."""
+    worker thread, `generate` on this main thread. Without one: `generate` on a thread of its own. With a
+    `decoder`, llama.cpp decodes (with the `gguf` adapters), as the app's llamacpp backend does."""
     settings = GenerationSettings(temperature=0, max_new_tokens=NEW_TOKENS)
-    stream = ReplyStream(loaded, prompt, settings, min_new_tokens=NEW_TOKENS, executor=executor)
+    stream = ReplyStream(loaded, prompt, settings, min_new_tokens=NEW_TOKENS, executor=executor, decoder=decoder,
+                         gguf_adapters=list(gguf or []))
     if executor is None:
         list(stream)
     else:
@@ -96,6 +126,23 @@ def time_bare(loaded: LoadedModel, prompt: Prompt) -> dict:
     return {"total_s": seconds, "new_tokens": tokens, "tokens_per_s": tokens / seconds}
 
 
+def llamacpp_paths(loaded: LoadedModel, prompt: Prompt, folder: Path) -> dict:
+    """The app's llamacpp backend, bare and with a blend, and torch and llama.cpp on a 1,000-token prompt (time to
+    first token): side by side with the torch paths, when llama-cpp-python is installed."""
+    from assistant.llamacpp import LlamaCppDecoder, available
+    from assistant.model import embedded_gguf_path
+
+    if not available():
+        log.info("llama-cpp-python is not installed (make llamacpp): torch only.")
+        return {}
+    decoder = LlamaCppDecoder(embedded_gguf_path(), loaded.context_window, threads=torch.get_num_threads())
+    blend, long = random_blend(loaded, folder), prompt_of_length(loaded, 1000)
+    return {"llamacpp": lambda: time_stream(loaded, prompt, GenerationExecutor(), decoder),
+            "llamacpp_blend": lambda: time_stream(loaded, prompt, GenerationExecutor(), decoder, blend),
+            "attune_main_thread_1000_prompt": lambda: time_stream(loaded, long, GenerationExecutor()),
+            "llamacpp_1000_prompt": lambda: time_stream(loaded, long, GenerationExecutor(), decoder)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -118,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = {"attune_main_thread": lambda: time_stream(loaded, prompt, GenerationExecutor()),
              "attune_worker_thread": lambda: time_stream(loaded, prompt, None),
              "bare_generate": lambda: time_bare(loaded, prompt)}
+    paths |= llamacpp_paths(loaded, prompt, Path(tempfile.mkdtemp(prefix="attune-bench-gguf-")))
     runs: dict[str, list[dict]] = {name: [] for name in paths}
     for _ in range(args.repeats):  # interleaved, so every path sees the same machine state
         for name, run in paths.items():
@@ -142,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                     for name in paths},
         "ratio_vs_bare": {name: round(med(name, "tokens_per_s") / med("bare_generate", "tokens_per_s"), 3)
                           for name in paths if name != "bare_generate"},
+        "ratio_vs_attune_torch": {name: round(med(name, "tokens_per_s") / med("attune_main_thread", "tokens_per_s"),
+                                              3) for name in paths if name.startswith("llamacpp")},
         "runs": runs,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -98,13 +98,16 @@ def rows(results: Path = RESULTS) -> list[list[str]]:
          f"{model['medians']['attune_main_thread']['tokens_per_s']:.1f} "
          f"({model['ratio_vs_bare']['attune_main_thread']:.3f}×), {model['medians']['attune_main_thread']['ttft_s']:.2f} s",
          "", _link("model speed", "docs/benchmarks.md#model-speed")],
+        *_llamacpp_rows(model),
         ["load", f"{load['clients']} accounts × {load['seconds']:.0f} s: lost votes, errors, mix-ups",
-         f"{load['lost_votes']}, {load['errors']}, {load['mixups']}", "0, 0, 0", _link("load", "docs/benchmarks.md#load")],
+         f"{load['lost_votes']}, {load['errors']}, {load['mixups']}", "0, 0, 0",
+         _link("load", "docs/benchmarks.md#load")],
         ["load", "reply (16 tokens, tiny model) / vote, p50 and p95",
          f"{load['reply']['p50_s']:.1f} / {load['reply']['p95_s']:.1f} s, {load['vote']['p50_s']:.2f} / "
          f"{load['vote']['p95_s']:.2f} s", "", _link("load", "docs/benchmarks.md#load")],
         ["poisoning", "hostile account of 10 profiles: marker in others' replies, vs base",
-         f"{poisoning['rules']['account']['shift_pp']:+.1f} pp", "≤ 5 pp", _link("poisoning", "docs/benchmarks.md#poisoning")],
+         f"{poisoning['rules']['account']['shift_pp']:+.1f} pp", "≤ 5 pp",
+         _link("poisoning", "docs/benchmarks.md#poisoning")],
         ["poisoning", "its share of each global update: by account / by profile",
          f"{max(poisoning['rules']['account']['hostile_share_of_global_updates']):.2f} / "
          f"{max(poisoning['rules']['profile']['hostile_share_of_global_updates']):.2f}", "≤ 0.25",
@@ -112,6 +115,24 @@ def rows(results: Path = RESULTS) -> list[list[str]]:
         ["exploration probes", "best probe's greedy ceiling, per user",
          f"{min(ceilings[u][1] for u in users):.2f}–{max(ceilings[u][1] for u in users):.2f}", "",
          _link("probes", "docs/benchmarks.md#probes")],
+    ]
+
+
+def _llamacpp_rows(model: dict) -> list[list[str]]:
+    """The llamacpp backend's figures, when the model-speed run had llama-cpp-python."""
+    m = model["medians"]
+    if "llamacpp_blend" not in m:
+        return []
+    link = _link("model speed", "docs/benchmarks.md#model-speed")
+    llama, torch_ = m["llamacpp_1000_prompt"]["ttft_s"], m["attune_main_thread_1000_prompt"]["ttft_s"]
+    return [
+        ["model speed", "llama.cpp backend, base + global + 0.5·personal: tokens/s (× torch's streaming)",
+         f"{m['llamacpp_blend']['tokens_per_s']:.1f} ({model['ratio_vs_attune_torch']['llamacpp_blend']:.2f}×)",
+         "≥ 2.5×", link],
+        ["model speed", "llama.cpp: the blend vs bare llama.cpp",
+         f"{m['llamacpp_blend']['tokens_per_s'] / m['llamacpp']['tokens_per_s']:.2f}×", "≥ 0.9×", link],
+        ["model speed", "time to first token, 1,000-token prompt: llama.cpp / torch",
+         f"{llama:.2f} / {torch_:.2f} s ({llama / torch_:.2f}×)", "≤ 0.5×", link],
     ]
 
 

@@ -24,10 +24,16 @@ class ModelConfig:
     """Where the embedded GGUF is cached as safetensors; None means `<data home>/models`."""
     allow_download: bool = False
     """Let transformers fetch a hub id that is not in the local HF cache. Off: Attune sends nothing outside."""
+    backend: str = "auto"
+    """What decodes replies: "torch" (transformers, every model), "llamacpp" (llama.cpp on the embedded GGUF, with
+    the blend's GGUF adapters; needs `make llamacpp`), or "auto": llamacpp for the embedded model when it is installed
+    and passes its start-up self-check, else torch. Compare mode's two candidates and training always use torch."""
 
     def __post_init__(self):
         if not self.model or not str(self.model).strip():
             raise InvalidInput("--model cannot be empty.")
+        if self.backend not in ("auto", "torch", "llamacpp"):
+            raise InvalidInput(f"--backend takes auto, torch or llamacpp (got {self.backend!r}).")
 
 
 @dataclass(frozen=True)

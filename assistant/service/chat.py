@@ -23,6 +23,7 @@ from assistant.generation import ReplyStream
 from assistant.model import LoadedModel
 from assistant.prompts import Prompt, build_prompt
 from assistant.limits import RateLimits
+from assistant.llamacpp import LlamaCppDecoder
 from assistant.service.access import Access
 from assistant.service.archive import write_archive
 from assistant.service.learning import Learning
@@ -79,8 +80,11 @@ def validate_message(text: object, max_chars: int) -> str:
 class ChatService(Learning, Access):
     def __init__(self, store: Store, loaded: LoadedModel, config: AppConfig,
                  executor: GenerationExecutor | None = None, adapters: AdapterServer | None = None,
-                 learning: LearningConfig | None = None, rng: random.Random | None = None):
+                 learning: LearningConfig | None = None, rng: random.Random | None = None,
+                 decoder: LlamaCppDecoder | None = None):
         self.store = store
+        self.decoder = decoder
+        """llama.cpp, when it serves single replies (assistant/backend.py); None: torch decodes everything."""
         self.rng = rng or random.Random()
         """Draws the exploration probes and their side (seed it for reproducible runs)."""
         self.loaded = loaded
@@ -268,7 +272,7 @@ class ChatService(Learning, Access):
         stream = ReplyStream(
             self.loaded, prompt, settings, num_candidates=2 if compare else 1, candidate_prompts=candidates,
             min_temperature=self.config.compare_min_temperature if compare else 0.0, executor=self.executor,
-            activate=(lambda: self.adapters.activate(blend)) if blend else None, stop=stop,
+            stop=stop, **self._decoding(blend, single=not compare),
         )
         adapter_versions = blend.record() if blend else {}
         notice = prompt.notice()

@@ -31,6 +31,16 @@ class Learning:
         taught = "your vote" if votes == 1 else f"your {votes} votes so far"
         return f"✨ Attune has learned from {taught} (version {int(personal[1:])}): this reply is written with it."
 
+    def _decoding(self, blend, single: bool = True) -> dict:
+        """How a reply with `blend` is decoded (`ReplyStream`'s arguments): by llama.cpp with the blend's GGUF
+        adapters for a single reply when it serves and every version has its GGUF file; else by torch with the blend
+        activated on the generating thread."""
+        if self.decoder is not None and single:
+            gguf = self.adapters.gguf_adapters(blend) if (blend and self.adapters) else []
+            if gguf is not None:
+                return {"decoder": self.decoder, "gguf_adapters": gguf}
+        return {"activate": (lambda: self.adapters.activate(blend)) if blend else None}
+
     def _after_feedback(self, profile_id: str) -> None:
         """The feedback is committed; queue training if enough new events arrived (the worker picks it up)."""
         if self.adapters:
@@ -119,8 +129,7 @@ class Learning:
 
     def _written(self, prompt: Prompt, settings: GenerationSettings, blend) -> str:
         """A whole reply to `prompt`, written with `blend` (None: the bare base model)."""
-        stream = ReplyStream(self.loaded, prompt, settings, executor=self.executor,
-                             activate=(lambda: self.adapters.activate(blend)) if blend else None)
+        stream = ReplyStream(self.loaded, prompt, settings, executor=self.executor, **self._decoding(blend))
         for _ in stream:
             pass
         return stream.texts[0]

@@ -1,0 +1,60 @@
+"""Which decoder serves replies: llama.cpp on the embedded GGUF when asked for or available and agreeing with the
+torch path on a short greedy reply (the start-up self-check), else torch (`ModelConfig.backend`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from assistant.config import EMBEDDED_MODEL, GenerationSettings, ModelConfig
+from assistant.llamacpp import LlamaCppDecoder, available
+from assistant.model import EMBEDDED_ALIASES, LoadedModel, embedded_gguf_path
+from assistant.prompts import build_prompt
+from storage.errors import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+CHECK_TOKENS = 8
+"""Greedy tokens the self-check decodes both ways; they must all agree."""
+
+
+def self_check(decoder: LlamaCppDecoder, loaded: LoadedModel) -> bool:
+    """Whether llama.cpp writes the torch path's first `CHECK_TOKENS` greedy tokens of a fixed prompt."""
+    ids = build_prompt(loaded, "You are a helpful assistant.", [{"role": "user", "content": "Say hello."}],
+                       CHECK_TOKENS).input_ids
+    with torch.inference_mode():
+        out = loaded.model.generate(torch.tensor([ids]), max_new_tokens=CHECK_TOKENS, do_sample=False,
+                                    pad_token_id=loaded.tokenizer.pad_token_id)
+    expected = out[0, len(ids):].tolist()
+    got: list[int] = []
+    decoder.generate(ids, GenerationSettings(temperature=0.0, repetition_penalty=1.0), CHECK_TOKENS, [], got.append,
+                     lambda: False)
+    got += [loaded.tokenizer.eos_token_id] * (len(expected) - len(got))  # (it ended early: compare the ends)
+    return got == expected
+
+
+def choose_decoder(config: ModelConfig, loaded: LoadedModel, training_beside: bool) -> LlamaCppDecoder | None:
+    """The llama.cpp decoder to serve with, or None for torch, with one log line saying which and why. With a
+    training worker beside it, llama.cpp takes one thread (two collapse when the trainer shares the cores)."""
+    if config.backend == "torch":
+        log.info("Decoding with torch (--backend torch).")
+        return None
+    embedded = config.model in EMBEDDED_ALIASES or config.model == EMBEDDED_MODEL
+    if not embedded or not available():
+        why = "the model is not the embedded one" if not embedded else "llama-cpp-python is not installed"
+        if config.backend == "llamacpp":
+            raise ModelUnavailable(f"--backend llamacpp cannot serve: {why} (make llamacpp installs it).")
+        log.info("Decoding with torch: %s.", why)
+        return None
+    threads = 1 if training_beside else max(1, (os.cpu_count() or 1))
+    decoder = LlamaCppDecoder(embedded_gguf_path(), loaded.context_window, threads)
+    if not self_check(decoder, loaded):
+        if config.backend == "llamacpp":
+            raise ModelUnavailable("--backend llamacpp failed its self-check: its greedy reply differs from torch's.")
+        log.warning("Decoding with torch: llama.cpp's greedy reply differed from torch's in the self-check.")
+        return None
+    log.info("Decoding with llama.cpp (%d thread%s), the self-check agreeing with torch.", threads,
+             "" if threads == 1 else "s")
+    return decoder
