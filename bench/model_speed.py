@@ -35,6 +35,7 @@ from bench.provenance import machine, write_result
 log = logging.getLogger("bench.model_speed")
 
 PROMPT_TOKENS = 100
+LONG_PROMPT_TOKENS = 1000
 NEW_TOKENS = 128
 RESULTS = Path(__file__).parent / "results"
 
@@ -42,7 +43,7 @@ RESULTS = Path(__file__).parent / "results"
 def prompt_of_length(loaded: LoadedModel, n_tokens: int) -> Prompt:
     """A chat prompt of exactly `n_tokens` tokens (template included)."""
     words = ("Tell me, in a long and detailed answer, about the history of bread making in Europe, "
-             "the grains people used, and how ovens changed over the centuries. ") * 10
+             "the grains people used, and how ovens changed over the centuries. ") * 40  # (≈ 1,400 tokens)
     ids = loaded.tokenizer(words, add_special_tokens=False)["input_ids"]
     lo, hi = 1, len(ids)
     while lo < hi:  # longest content whose rendered prompt fits n_tokens
@@ -136,7 +137,8 @@ def llamacpp_paths(loaded: LoadedModel, prompt: Prompt, folder: Path) -> dict:
         log.info("llama-cpp-python is not installed (make llamacpp): torch only.")
         return {}
     decoder = LlamaCppDecoder(embedded_gguf_path(), loaded.context_window, threads=torch.get_num_threads())
-    blend, long = random_blend(loaded, folder), prompt_of_length(loaded, 1000)
+    blend, long = random_blend(loaded, folder), prompt_of_length(loaded, LONG_PROMPT_TOKENS)
+    assert len(long.input_ids) == LONG_PROMPT_TOKENS, len(long.input_ids)
     return {"llamacpp": lambda: time_stream(loaded, prompt, GenerationExecutor(), decoder),
             "llamacpp_blend": lambda: time_stream(loaded, prompt, GenerationExecutor(), decoder, blend),
             "attune_main_thread_1000_prompt": lambda: time_stream(loaded, long, GenerationExecutor()),
