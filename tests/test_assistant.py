@@ -236,3 +236,19 @@ def test_ended_tells_a_reply_cut_at_the_budget_from_one_that_stopped(tiny_loaded
     cut, stopped = run(-1e4), run(1e4)
     assert cut.new_tokens == [6] and cut.ended == [False] and cut.stats()["ended"] == [False]
     assert stopped.new_tokens == [0] and stopped.ended == [True] and stopped.stats()["ended"] == [True]
+
+
+def test_llama_cpp_repetition_penalty_is_the_torch_paths_on_the_reply_only():
+    import numpy as np
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from assistant.llamacpp import _ReplyRepetitionPenalty
+
+    ids = [5, 7, 9, 7, 3, 5]  # a 3-token prompt (5, 7, 9), then the reply so far (7, 3, 5)
+    scores = np.random.default_rng(0).normal(size=12).astype(np.float32)
+    mine = _ReplyRepetitionPenalty(1.3, prompt_length=3)(np.array(ids), scores.copy())
+    torch_path = RepetitionPenaltyLogitsProcessor(1.3, prompt_ignore_length=3)(
+        torch.tensor([ids]), torch.tensor([scores]))[0].numpy()
+    np.testing.assert_allclose(mine, torch_path, rtol=1e-6)
+    assert mine[9] == scores[9] and mine[3] != scores[3]  # 9 is only in the prompt; 3 is in the reply
+    assert not _ReplyRepetitionPenalty(1.0, 3).active

@@ -151,3 +151,20 @@ def test_q_and_k_adapters_land_where_the_converter_moved_their_rows(embedded, de
     error = np.abs(decoder.next_logits(ids, [(version.folder / GGUF, 1.0)]) - adapted).mean()
     assert effect > base_error  # the adapter moves the logits more than the two paths differ by themselves
     assert error < base_error + 0.25 * effect, (error, base_error, effect)
+
+
+def test_stop_ends_after_the_current_token_and_a_seed_repeats_a_sampled_reply(embedded, decoder):
+    ids = _prompt(embedded)
+    tokens: list[int] = []
+    ended = decoder.generate(ids, GenerationSettings(temperature=0.0), TOKENS, [], tokens.append,
+                             lambda: len(tokens) >= 3)
+    assert tokens and len(tokens) == 3 and ended is False
+
+    def sampled(seed):
+        out: list[int] = []
+        decoder.generate(ids, GenerationSettings(temperature=1.0, top_p=1.0), TOKENS, [], out.append, lambda: False,
+                         seed=seed)
+        return out
+
+    assert sampled(7) == sampled(7)
+    assert len({tuple(sampled(seed)) for seed in range(6)}) > 1  # and the seed is what varies it
