@@ -248,7 +248,7 @@ def test_llama_cpp_repetition_penalty_is_the_torch_paths_on_the_reply_only():
     scores = np.random.default_rng(0).normal(size=12).astype(np.float32)
     mine = _ReplyRepetitionPenalty(1.3, prompt_length=3)(np.array(ids), scores.copy())
     torch_path = RepetitionPenaltyLogitsProcessor(1.3, prompt_ignore_length=3)(
-        torch.tensor([ids]), torch.tensor([scores]))[0].numpy()
+        torch.tensor([ids]), torch.from_numpy(scores.copy())[None])[0].numpy()
     np.testing.assert_allclose(mine, torch_path, rtol=1e-6)
     assert mine[9] == scores[9] and mine[3] != scores[3]  # 9 is only in the prompt; 3 is in the reply
     assert not _ReplyRepetitionPenalty(1.0, 3).active
