@@ -99,6 +99,7 @@ class AdapterServer:
         self.store = store
         self.config = config
         self._features = _features(loaded.model)  # read before any module is wrapped
+        self._gguf: dict[tuple[str, int], Path | None] = {}  # (adapter, version) → its checked GGUF file
         self._local = threading.local()
         self._lock = threading.Lock()
         self._adapters: OrderedDict[tuple[str, int], Weights] = OrderedDict()
@@ -236,11 +237,13 @@ class AdapterServer:
                                          blend.alpha)):
             if version is None or scale == 0.0:
                 continue
-            entry = next((v for v in self.registry.history(adapter) if v.version == version), None)
-            path = self.registry.gguf_file(entry) if entry else None
-            if path is None:
+            key = (adapter, version)
+            if key not in self._gguf:  # (once per version: the history walk and checksum stay off the reply path)
+                entry = next((v for v in self.registry.history(adapter) if v.version == version), None)
+                self._gguf[key] = self.registry.gguf_file(entry) if entry else None
+            if self._gguf[key] is None:
                 return None
-            found.append((path, scale))
+            found.append((self._gguf[key], scale))
         return found
 
     def forget(self, adapter: str) -> None:
@@ -248,6 +251,8 @@ class AdapterServer:
         with self._lock:
             for key in [k for k in self._adapters if k[0] == adapter]:
                 del self._adapters[key]
+            for key in [k for k in self._gguf if k[0] == adapter]:
+                del self._gguf[key]
             self._blends.clear()
 
 

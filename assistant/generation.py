@@ -200,7 +200,7 @@ class ReplyStream:
         sink: queue.Queue = queue.Queue()
         cancel = threading.Event()
         failure: list[BaseException] = []
-        kwargs = self._generate_kwargs(sink, cancel)
+        kwargs = self._generate_kwargs(sink, cancel) if self.decoder is None else {}
 
         finished = threading.Event()
 

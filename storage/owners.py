@@ -1,6 +1,6 @@
 """Who is acting: the account a request comes from, so that storage lists and opens only that account's profiles.
 
-The web page sets it around each event (`acting_as`, ui/wiring.py) from the logged-in session; storage reads it in
+The web page sets it around each event (`acting_as`, ui/binding.py) from the logged-in session; storage reads it in
 `list_profiles`, `create_profile` and the profile check every read and write starts with. Unset, as in the training
 worker and command-line tools, nothing is filtered: those are trusted code, not a person's request.
 """

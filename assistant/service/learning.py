@@ -93,8 +93,10 @@ class Learning:
             "jobs": self.store.active_jobs([mine, GLOBAL]),
             "job": self.store.latest_job(mine),
             "global_job": self.store.latest_job(GLOBAL),
-            "global_profiles": {"profiles": len(set(contributors(self.store, self.learning).values())),
-                                "needed": self.learning.min_profiles},
+            # (counted while everyone's adapter waits for its first version only: it reads all feedback, and the
+            # panel refreshes every 2 s)
+            "global_profiles": {"profiles": len(set(contributors(self.store, self.learning).values()))
+                                if global_ is None else None, "needed": self.learning.min_profiles},
             "history": [{"version": v.label, **HeldOutEval.from_metrics(v.manifest.get("metrics", {})).to_metrics()}
                         for v in histories[mine]],
             "every": self.learning.personal_every,
