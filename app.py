@@ -66,7 +66,7 @@ def create_service(config: AppConfig, executor: GenerationExecutor | None = None
     store = Store(config.data_dir / DB_FILENAME)
     adapters = AdapterServer(loaded, AdapterRegistry(config.data_dir / ADAPTERS_DIR, store), store,
                              config.learning.blend)
-    decoder = choose_decoder(config.model, loaded, training_beside=config.worker)
+    decoder = choose_decoder(config.model, loaded, training=store.training_running if config.worker else None)
     return ChatService(store, loaded, config, executor, adapters, config.learning, decoder=decoder)
 
 

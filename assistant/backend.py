@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -35,9 +36,11 @@ def self_check(decoder: LlamaCppDecoder, loaded: LoadedModel) -> bool:
     return got == expected
 
 
-def choose_decoder(config: ModelConfig, loaded: LoadedModel, training_beside: bool) -> LlamaCppDecoder | None:
-    """The llama.cpp decoder to serve with, or None for torch, with one log line saying which and why. With a
-    training worker beside it, llama.cpp takes one thread (two collapse when the trainer shares the cores)."""
+def choose_decoder(config: ModelConfig, loaded: LoadedModel,
+                   training: Callable[[], bool] | None = None) -> LlamaCppDecoder | None:
+    """The llama.cpp decoder to serve with, or None for torch, with one log line saying which and why. While
+    `training()` says a worker trains beside it, each reply takes one thread (two collapse when the trainer shares
+    the cores)."""
     if config.backend == "torch":
         log.info("Decoding with torch (--backend torch).")
         return None
@@ -48,13 +51,14 @@ def choose_decoder(config: ModelConfig, loaded: LoadedModel, training_beside: bo
             raise ModelUnavailable(f"--backend llamacpp cannot serve: {why} (make llamacpp installs it).")
         log.info("Decoding with torch: %s.", why)
         return None
-    threads = 1 if training_beside else max(1, (os.cpu_count() or 1))
-    decoder = LlamaCppDecoder(embedded_gguf_path(), loaded.context_window, threads)
+    threads = max(1, os.cpu_count() or 1)
+    decoder = LlamaCppDecoder(embedded_gguf_path(), loaded.context_window, threads, contexts=config.llamacpp_contexts,
+                              training=training or (lambda: False))
     if not self_check(decoder, loaded):
         if config.backend == "llamacpp":
             raise ModelUnavailable("--backend llamacpp failed its self-check: its greedy reply differs from torch's.")
         log.warning("Decoding with torch: llama.cpp's greedy reply differed from torch's in the self-check.")
         return None
-    log.info("Decoding with llama.cpp (%d thread%s), the self-check agreeing with torch.", threads,
-             "" if threads == 1 else "s")
+    log.info("Decoding with llama.cpp (%d contexts, %d threads; one each while a job trains), the self-check "
+             "agreeing with torch.", decoder.contexts, threads)
     return decoder

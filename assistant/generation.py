@@ -1,4 +1,5 @@
-"""Streaming generation of one reply or several candidates in one batched `generate` call.
+"""Streaming generation of one reply or several candidates: in one batched `generate` call (torch), or one
+llama.cpp context per candidate (assistant/llamacpp.py).
 
 `generate` runs in a worker thread and hands each step's tokens (one per candidate) to a queue; the caller's
 iterator decodes them and yields the visible text of every candidate. Each call owns its streamer, queue and
@@ -137,9 +138,11 @@ class ReplyStream:
     """The person's Stop: once set, generation ends after the current token and the stream finishes normally with
     what was written (`stopped` in `stats`)."""
     decoder: LlamaCppDecoder | None = None
-    """Decode with llama.cpp instead (one candidate only), with `gguf_adapters`; `activate` is then not used."""
+    """Decode with llama.cpp instead, with `gguf_adapters` (`activate` is then not used)."""
     gguf_adapters: list[tuple[Path, float]] = field(default_factory=list)
     """(GGUF LoRA file, scale) of the blend, for `decoder`."""
+    owner: str | None = None
+    """The profile the reply is for: `decoder` keeps what it read for that profile's next turn only."""
     texts: list[str] = field(default_factory=list)
     new_tokens: list[int] = field(default_factory=list)
     ended: list[bool] = field(default_factory=list)
@@ -184,17 +187,37 @@ class ReplyStream:
             self.loaded.model.generate(**kwargs)
 
     def _decode(self, sink: queue.Queue, cancel: threading.Event) -> None:
-        """The llama.cpp path: each token into `sink` as a one-candidate step, the tokenizer's end-of-sequence when
-        the model ended the reply itself, then the end of the stream."""
+        """The llama.cpp path: every candidate in a context of its own, at once (the first on this thread), each
+        token into `sink` as {candidate: token}, the tokenizer's end-of-sequence when the model ended a candidate
+        itself, then the end of the stream."""
         settings = replace(self.settings, temperature=max(float(self.settings.temperature), self.min_temperature))
+        prompts = self.candidate_prompts or (self.prompt,) * self.num_candidates
+        budget = min(p.max_new_tokens for p in prompts)
+        failure: list[BaseException] = []
+
+        def candidate(row: int, prompt: Prompt) -> None:
+            try:
+                if self.decoder.generate(prompt.input_ids, settings, budget, self.gguf_adapters,
+                                         lambda token: sink.put({row: token}),
+                                         lambda: cancel.is_set() or bool(self.stop and self.stop.is_set()),
+                                         min_new_tokens=self.min_new_tokens, owner=self.owner):
+                    sink.put({row: self.loaded.tokenizer.eos_token_id})
+            except BaseException as exc:  # raised on the stream's thread below
+                failure.append(exc)
+                cancel.set()
+
+        others = [threading.Thread(target=candidate, args=(row, p), name=f"candidate-{row}", daemon=True)
+                  for row, p in enumerate(prompts) if row]
         try:
-            ended = self.decoder.generate(
-                self.prompt.input_ids, settings, self.prompt.max_new_tokens, self.gguf_adapters,
-                lambda token: sink.put([token]), lambda: cancel.is_set() or bool(self.stop and self.stop.is_set()))
-            if ended:
-                sink.put([self.loaded.tokenizer.eos_token_id])
+            for thread in others:
+                thread.start()
+            candidate(0, prompts[0])
+            for thread in others:
+                thread.join()
         finally:
             sink.put(_END)
+        if failure:
+            raise failure[0]
 
     def __iter__(self) -> Iterator[list[str]]:
         sink: queue.Queue = queue.Queue()
@@ -231,7 +254,7 @@ class ReplyStream:
                     break
                 if self.seconds_to_first_token is None:
                     self.seconds_to_first_token = time.perf_counter() - start
-                for row, token in enumerate(step[:n]):
+                for row, token in (step.items() if isinstance(step, dict) else enumerate(step[:n])):
                     if done[row]:
                         continue
                     if token == eos:

@@ -1,10 +1,18 @@
 """Decoding with llama.cpp (llama-cpp-python): the embedded GGUF as shipped, with LoRA adapters set per request.
 
-One `Llama` context decodes one stream at a time (a lock); the adapters (GGUF LoRA files, adapters/gguf_lora.py)
-are loaded once into the model and the active set with its scales is set on the context per request
-(`llama_set_adapters_lora`: base + global at 1 + personal at α). When the set changes the cached keys and values
-were computed under another blend, so the context starts afresh. Prompt token ids come from the same tokenizer as the
-torch path; the repetition penalty counts the reply's tokens only, as the torch path's does.
+A `LlamaCppDecoder` holds a few contexts of the model (`contexts`, each a `Llama` on the same memory-mapped file):
+one reply decodes in one context, so as many replies (or compare mode's two candidates) decode at once, each on its
+own thread. The adapters (GGUF LoRA files, adapters/gguf_lora.py) load once per context and the active set with its
+scales is set on the context per request (`llama_set_adapters_lora`: base + global at 1 + personal at α). When the
+set changes, the cached keys and values were computed under another blend, so the context starts afresh; when it
+stays and the prompt extends what the context last read for the same profile (the next turn of a conversation),
+only the new tokens are read. A request takes the free context that already holds the longest part of its prompt
+under its blend and owner. Nothing is reused across owners: a shorter time to first token would tell one person
+that another had just sent the same words.
+
+Threads: the `threads` cores are shared by the contexts decoding at that moment (two replies: one each), and one
+only while a training job runs (`training()`), re-planned at every token. Prompt token ids come from the same
+tokenizer as the torch path; the repetition penalty counts the reply's tokens only, as the torch path's does.
 """
 
 from __future__ import annotations
@@ -12,9 +20,11 @@ from __future__ import annotations
 import atexit
 import ctypes
 import logging
+import random
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +35,9 @@ from storage.errors import ModelUnavailable
 log = logging.getLogger(__name__)
 
 MAX_ADAPTERS = 64
-"""GGUF adapters kept loaded in the model (least recently used go first)."""
+"""GGUF adapters kept loaded per context (least recently used go first)."""
+
+Blend = tuple[tuple[str, float], ...]
 
 
 def available() -> bool:
@@ -34,88 +46,175 @@ def available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-class LlamaCppDecoder:
-    """The model at `gguf_path` in llama.cpp, `threads` CPU threads, a context of `context_window` tokens."""
+class _Context:
+    """One llama.cpp context of the model with its loaded adapters, its active blend and what it last read."""
 
-    def __init__(self, gguf_path: Path, context_window: int, threads: int, seed: int = 0):
-        if not available():
-            raise ModelUnavailable("llama-cpp-python is not installed (make llamacpp builds it).")
+    def __init__(self, gguf_path: Path, context_window: int, threads: int, seed: int):
         from llama_cpp import Llama
 
         self.llm = Llama(model_path=str(gguf_path), n_ctx=context_window, n_threads=threads,
-                         n_threads_batch=threads, seed=seed, verbose=False)
-        self._adapters: OrderedDict[str, ctypes.c_void_p] = OrderedDict()
-        self._active: tuple = ()
-        self._lock = threading.Lock()
-        atexit.register(self.close)  # (freed by the interpreter's own teardown, llama-cpp-python logs a TypeError)
+                         n_threads_batch=threads, seed=seed, flash_attn=True, verbose=False)
+        self.adapters: OrderedDict[str, ctypes.c_void_p] = OrderedDict()
+        self.active: Blend = ()
+        self.owner: str | None = None
+        self.threads = threads
 
     def close(self) -> None:
-        """Free the adapters and the model (idempotent)."""
-        llm, self.llm = getattr(self, "llm", None), None
+        llm, self.llm = self.llm, None
         if llm is not None:
             llm.close()
 
-    def _adapter(self, path: Path):
+    def cached(self, input_ids: list[int], blend: Blend, owner: str | None = None) -> int:
+        """How many leading tokens of `input_ids` this context holds keys and values for, read for `owner` under
+        `blend`."""
+        if blend != self.active or owner != self.owner:
+            return 0
+        held = self.llm.input_ids[:self.llm.n_tokens]
+        n = min(len(held), len(input_ids))
+        mismatch = np.flatnonzero(held[:n] != np.asarray(input_ids[:n]))
+        return int(mismatch[0]) if mismatch.size else n
+
+    def forget(self, owners: set[str], adapters: set[str]) -> None:
+        """Drop the keys and values this context holds if it read them for one of `owners`, and free `adapters`."""
         import llama_cpp
 
-        key = str(path)
-        if key in self._adapters:
-            self._adapters.move_to_end(key)
-            return self._adapters[key]
-        handle = llama_cpp.llama_adapter_lora_init(self.llm.model, key.encode())
+        if self.owner in owners or any(p in adapters for p, _ in self.active):
+            self.claim((), None)
+            self.llm._ctx.kv_cache_clear()
+        for path in adapters & self.adapters.keys():
+            llama_cpp.llama_adapter_lora_free(self.adapters.pop(path))
+
+    def set_threads(self, threads: int) -> None:
+        import llama_cpp
+
+        if threads != self.threads:
+            llama_cpp.llama_set_n_threads(self.llm.ctx, threads, threads)
+            self.threads = threads
+
+    def _adapter(self, path: str):
+        import llama_cpp
+
+        if path in self.adapters:
+            self.adapters.move_to_end(path)
+            return self.adapters[path]
+        handle = llama_cpp.llama_adapter_lora_init(self.llm.model, path.encode())
         if not handle:
-            raise ModelUnavailable(f"llama.cpp could not load the adapter {path.parent.name}/{path.name}.")
-        self._adapters[key] = handle
-        while len(self._adapters) > MAX_ADAPTERS:
-            stale_key, stale = self._adapters.popitem(last=False)
-            if stale_key not in {p for p, _ in self._active}:
+            name = Path(path)
+            raise ModelUnavailable(f"llama.cpp could not load the adapter {name.parent.name}/{name.name}.")
+        self.adapters[path] = handle
+        while len(self.adapters) > MAX_ADAPTERS:
+            stale_path, stale = self.adapters.popitem(last=False)
+            if stale_path not in {p for p, _ in self.active}:
                 llama_cpp.llama_adapter_lora_free(stale)
         return handle
 
-    def _set_adapters(self, adapters: list[tuple[Path, float]]) -> None:
-        """Make `adapters` (GGUF path, scale) the active set; a changed set starts the context afresh."""
+    def claim(self, blend: Blend, owner: str | None) -> None:
+        """Decode next for `owner` with `blend` ((GGUF path, scale), …) active: a changed set or owner starts the
+        context afresh."""
         import llama_cpp
 
-        wanted = tuple((str(p), float(s)) for p, s in adapters if s != 0.0)
-        if wanted == self._active:
+        if owner != self.owner:
+            self.owner = owner
+            self.llm.reset()
+        if blend == self.active:
             return
-        handles = [self._adapter(Path(p)) for p, _ in wanted]
+        handles = [self._adapter(p) for p, _ in blend]
         array = (llama_cpp.llama_adapter_lora_p_ctypes * len(handles))(*handles) if handles else None
-        scales = (ctypes.c_float * len(handles))(*(s for _, s in wanted)) if handles else None
+        scales = (ctypes.c_float * len(handles))(*(s for _, s in blend)) if handles else None
         llama_cpp.llama_set_adapters_lora(self.llm.ctx, array, len(handles), scales)
-        self._active = wanted
+        self.active = blend
         self.llm._ctx.kv_cache_clear()  # keys and values computed under the old blend must not be reused
         self.llm.reset()
+
+
+class LlamaCppDecoder:
+    """The model at `gguf_path` in llama.cpp: `contexts` contexts of `context_window` tokens sharing `threads` CPU
+    threads (one each while `training()` says a training job runs beside)."""
+
+    def __init__(self, gguf_path: Path, context_window: int, threads: int, seed: int = 0, contexts: int = 2,
+                 training: Callable[[], bool] = lambda: False):
+        if not available():
+            raise ModelUnavailable("llama-cpp-python is not installed (make llamacpp builds it).")
+        self.threads, self.training = max(1, threads), training
+        self._free = [_Context(gguf_path, context_window, self.threads, seed) for _ in range(max(1, contexts))]
+        self._all = list(self._free)
+        self._busy = 0
+        self._forgotten: set[str] = set()
+        self._dropped: set[str] = set()
+        self._changed = threading.Condition()
+        atexit.register(self.close)  # (freed by the interpreter's own teardown, llama-cpp-python logs a TypeError)
+
+    @property
+    def contexts(self) -> int:
+        return len(self._all)
+
+    def close(self) -> None:
+        """Free the adapters and the models (idempotent)."""
+        for context in self._all:
+            context.close()
+
+    def forget(self, owner: str, adapters: list[Path]) -> None:
+        """Drop the keys and values the contexts hold for `owner` and the `adapters` (GGUF files) they loaded: an
+        erased profile's. A context decoding for it drops them when it finishes."""
+        with self._changed:
+            self._forgotten.add(owner)
+            self._dropped.update(str(p) for p in adapters)
+            for context in self._free:
+                context.forget(self._forgotten, self._dropped)
+
+    def _threads_each(self, training: bool) -> int:
+        return 1 if training else max(1, self.threads // max(1, self._busy))
+
+    @contextmanager
+    def _context(self, input_ids: list[int], blend: Blend, owner: str | None):
+        """A free context, the one holding the longest part of `input_ids` read for `owner` under `blend` (else the
+        least recently used), waiting for one when all decode."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._free)
+            best = max(range(len(self._free)), key=lambda i: (self._free[i].cached(input_ids, blend, owner), -i))
+            context = self._free.pop(best)
+            self._busy += 1
+        try:
+            context.claim(blend, owner)
+            yield context
+        finally:
+            with self._changed:
+                self._busy -= 1
+                context.forget(self._forgotten, self._dropped)
+                self._free.append(context)
+                self._changed.notify()
 
     def next_logits(self, input_ids: list[int], adapters: list[tuple[Path, float]]) -> np.ndarray:
         """The logits of the token after `input_ids` with `adapters` active (shape (vocabulary,))."""
         import llama_cpp
 
-        with self._lock:
-            self._set_adapters(adapters)
-            self.llm.reset()
-            self.llm.eval(input_ids)
-            last = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
-            return np.ctypeslib.as_array(last, shape=(self.llm.n_vocab(),)).copy()
+        with self._context(input_ids, _blend(adapters), None) as context:
+            context.llm.reset()
+            context.llm.eval(input_ids)
+            last = llama_cpp.llama_get_logits_ith(context.llm.ctx, -1)
+            return np.ctypeslib.as_array(last, shape=(context.llm.n_vocab(),)).copy()
 
     def generate(self, input_ids: list[int], settings: GenerationSettings, max_new_tokens: int,
                  adapters: list[tuple[Path, float]], on_token: Callable[[int], None],
-                 should_stop: Callable[[], bool], seed: int | None = None) -> bool:
+                 should_stop: Callable[[], bool], seed: int | None = None, min_new_tokens: int = 0,
+                 owner: str | None = None) -> bool:
         """Decode up to `max_new_tokens` after `input_ids`, calling `on_token` with each; True if the model ended
-        the reply itself (an end-of-generation token), False at the budget or when `should_stop()`."""
+        the reply itself (an end-of-generation token), False at the budget or when `should_stop()`. Sampling draws
+        from `seed`, else from a fresh one (Python's `random`): two replies to one prompt differ. `owner` (the
+        profile) scopes what the context keeps for the next turn."""
         from llama_cpp import LogitsProcessorList, llama_vocab_is_eog
 
-        with self._lock:
-            self._set_adapters(adapters)
-            self.llm.reset()
-            if seed is not None:
-                self.llm.set_seed(seed)
-            penalty = _ReplyRepetitionPenalty(settings.repetition_penalty, len(input_ids))
-            temperature = float(settings.temperature)
-            steps = self.llm.generate(input_ids, temp=temperature, top_p=float(settings.top_p), top_k=0, min_p=0.0,
-                                      repeat_penalty=1.0, reset=True,
-                                      logits_processor=LogitsProcessorList([penalty]) if penalty.active else None)
-            vocab = self.llm._model.vocab
+        training = self.training()
+        blend = _blend(adapters)
+        with self._context(input_ids, blend, owner) as context:
+            llm = context.llm
+            llm.set_seed(random.getrandbits(31) if seed is None else seed)
+            steps = llm.generate(  # (keeps the keys and values of the prompt's leading tokens the context holds)
+                input_ids, temp=float(settings.temperature), top_p=float(settings.top_p), top_k=0, min_p=0.0,
+                repeat_penalty=1.0, reset=True, logits_processor=LogitsProcessorList([_Step(
+                    settings.repetition_penalty, len(input_ids), min_new_tokens, llm,
+                    lambda: context.set_threads(self._threads_each(training)))]))
+            vocab = llm._model.vocab
             for count, token in enumerate(steps):
                 if llama_vocab_is_eog(vocab, token):
                     return True
@@ -123,6 +222,31 @@ class LlamaCppDecoder:
                 if count + 1 >= max_new_tokens or should_stop():
                     return False
         return False
+
+
+def _blend(adapters: list[tuple[Path, float]]) -> Blend:
+    return tuple((str(p), float(s)) for p, s in adapters if s != 0.0)
+
+
+class _Step:
+    """Called by llama-cpp-python before each token is sampled: re-plans the threads (`plan`), applies the reply's
+    repetition penalty and holds end-of-generation back before `min_new_tokens`."""
+
+    def __init__(self, penalty: float, prompt_length: int, min_new_tokens: int, llm, plan: Callable[[], None]):
+        self.penalty = _ReplyRepetitionPenalty(penalty, prompt_length)
+        self.prompt_length, self.min_new_tokens, self.plan = prompt_length, min_new_tokens, plan
+        from llama_cpp import llama_vocab_is_eog
+
+        vocab = llm._model.vocab
+        self.eog = [t for t in range(llm.n_vocab()) if llama_vocab_is_eog(vocab, t)] if min_new_tokens else []
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        self.plan()
+        if self.penalty.active:
+            scores = self.penalty(input_ids, scores)
+        if len(input_ids) - self.prompt_length < self.min_new_tokens:
+            scores[self.eog] = -np.inf
+        return scores
 
 
 class _ReplyRepetitionPenalty:

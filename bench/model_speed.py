@@ -8,7 +8,11 @@
   as the app runs it (`generate` on the main thread, see assistant/executor.py), the same path with
   `generate` on a worker thread (what a plain threaded server gets), and a bare `model.generate`;
 - with llama-cpp-python installed, also the llamacpp backend (the shipped Q4_1 GGUF) bare and with a blend of two
-  random adapters (base + global + 0.5·personal), and both backends' time to first token at a 1,000-token prompt.
+  random adapters (base + global + 0.5·personal); both backends' time to first token at a 1,000-token prompt, read
+  from scratch and as the next turn of a conversation the context holds (all but the last 40 tokens); two profiles
+  with blends of their own at once against one after the other; every path's tokens/s while a trainer runs beside
+  (Attune's DPO steps on the embedded model at nice 10, as the worker runs), with llama.cpp's thread plan (one
+  thread while a job trains) and without it (two); the resident memory the decoder's contexts add.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
+
+import psutil
 
 import torch
 
@@ -70,9 +77,9 @@ def warm_load_in_new_process(cache: Path) -> dict:
     return {"imports_s": round(imports, 2), "load_s": round(load, 2), "process_total_s": round(total, 2)}
 
 
-def random_blend(loaded: LoadedModel, folder: Path) -> list[tuple[Path, float]]:
-    """A global and a personal adapter of today's shape (rank 8, attention of the top two thirds), random weights,
-    as GGUF LoRA files: the blend base + global + 0.5·personal for llama.cpp."""
+def random_blend(loaded: LoadedModel, folder: Path, seeds: tuple[int, int]) -> list[tuple[Path, float]]:
+    """A global and a personal adapter of today's shape (rank 8, attention of the top two thirds), random weights
+    drawn from `seeds`, as GGUF LoRA files: the blend base + global + 0.5·personal for llama.cpp."""
     import copy
 
     from peft import get_peft_model_state_dict
@@ -82,27 +89,30 @@ def random_blend(loaded: LoadedModel, folder: Path) -> list[tuple[Path, float]]:
     from assistant.config import LoraSettings
 
     blend = []
-    for seed, scale in ((1, 1.0), (2, 0.5)):
+    for seed, scale in zip(seeds, (1.0, 0.5)):
+        path = folder / f"adapter{seed}.gguf"
+        blend.append((path, scale))
+        if path.exists():
+            continue
         model = add_lora(copy.deepcopy(loaded.model), LoraSettings())
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if "lora_B" in name:
                     p.copy_(torch.randn(p.shape, generator=generator) * 0.01)
-        path = folder / f"adapter{seed}.gguf"
         write_gguf_lora(path, {"lora_alpha": LoraSettings().alpha}, get_peft_model_state_dict(model), model.config)
-        blend.append((path, scale))
     return blend
 
 
 def time_stream(loaded: LoadedModel, prompt: Prompt, executor: GenerationExecutor | None, decoder=None,
-                gguf: list | None = None) -> dict:
+                gguf: list | None = None, owner: str | None = None) -> dict:
     """Attune's streaming path. With an executor, as the app runs it: the consumer (Gradio's handler) on a
     worker thread, `generate` on this main thread. Without one: `generate` on a thread of its own. With a
-    `decoder`, llama.cpp decodes (with the `gguf` adapters), as the app's llamacpp backend does."""
+    `decoder`, llama.cpp decodes (with the `gguf` adapters), as the app's llamacpp backend does, for `owner` (a
+    fresh one by default: nothing read before is reused)."""
     settings = GenerationSettings(temperature=0, max_new_tokens=NEW_TOKENS)
     stream = ReplyStream(loaded, prompt, settings, min_new_tokens=NEW_TOKENS, executor=executor, decoder=decoder,
-                         gguf_adapters=list(gguf or []))
+                         gguf_adapters=list(gguf or []), owner=owner or uuid.uuid4().hex)
     if executor is None:
         list(stream)
     else:
@@ -127,22 +137,119 @@ def time_bare(loaded: LoadedModel, prompt: Prompt) -> dict:
     return {"total_s": seconds, "new_tokens": tokens, "tokens_per_s": tokens / seconds}
 
 
-def llamacpp_paths(loaded: LoadedModel, prompt: Prompt, folder: Path) -> dict:
-    """The app's llamacpp backend, bare and with a blend, and torch and llama.cpp on a 1,000-token prompt (time to
-    first token): side by side with the torch paths, when llama-cpp-python is installed."""
+def llamacpp_paths(loaded: LoadedModel, prompt: Prompt, folder: Path) -> tuple[dict, dict]:
+    """The app's llamacpp backend (two contexts, as it serves), bare and with a blend, two profiles at once, and
+    torch and llama.cpp on a 1,000-token prompt (time to first token), side by side with the torch paths, when
+    llama-cpp-python is installed; and the memory its contexts take."""
     from assistant.llamacpp import LlamaCppDecoder, available
     from assistant.model import embedded_gguf_path
 
     if not available():
         log.info("llama-cpp-python is not installed (make llamacpp): torch only.")
-        return {}
+        return {}, {}
+    rss = psutil.Process().memory_info().rss
     decoder = LlamaCppDecoder(embedded_gguf_path(), loaded.context_window, threads=torch.get_num_threads())
-    blend, long = random_blend(loaded, folder), prompt_of_length(loaded, LONG_PROMPT_TOKENS)
+    memory = {"llamacpp_contexts": decoder.contexts,
+              "llamacpp_decoder_mib": round((psutil.Process().memory_info().rss - rss) / 2**20, 1),
+              "torch_weights_mib": round(sum(p.numel() * p.element_size() for p in loaded.model.parameters()) / 2**20,
+                                         1)}
+    blend, other = random_blend(loaded, folder, (1, 2)), random_blend(loaded, folder, (1, 3))
+    long = prompt_of_length(loaded, LONG_PROMPT_TOKENS)
     assert len(long.input_ids) == LONG_PROMPT_TOKENS, len(long.input_ids)
+
+    def next_turn() -> dict:
+        """The context holds the conversation but its last 40 tokens (the new message and the template's)."""
+        decoder.generate(long.input_ids[:-40], GenerationSettings(temperature=0), 1, [], lambda t: None,
+                         lambda: False, owner="conversation")
+        return time_stream(loaded, long, GenerationExecutor(), decoder, owner="conversation")
+
+    def two_profiles(at_once: bool) -> dict:
+        runs = [lambda: time_stream(loaded, prompt, None, decoder, blend),
+                lambda: time_stream(loaded, prompt, None, decoder, other)]
+        start = time.perf_counter()
+        if at_once:
+            threads = [threading.Thread(target=run) for run in runs]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        else:
+            for run in runs:
+                run()
+        seconds = time.perf_counter() - start
+        return {"total_s": seconds, "new_tokens": 2 * NEW_TOKENS, "tokens_per_s": 2 * NEW_TOKENS / seconds}
+
     return {"llamacpp": lambda: time_stream(loaded, prompt, GenerationExecutor(), decoder),
             "llamacpp_blend": lambda: time_stream(loaded, prompt, GenerationExecutor(), decoder, blend),
+            "llamacpp_two_profiles_one_after_the_other": lambda: two_profiles(False),
+            "llamacpp_two_profiles_at_once": lambda: two_profiles(True),
             "attune_main_thread_1000_prompt": lambda: time_stream(loaded, long, GenerationExecutor()),
-            "llamacpp_1000_prompt": lambda: time_stream(loaded, long, GenerationExecutor(), decoder)}
+            "llamacpp_1000_prompt": lambda: time_stream(loaded, long, GenerationExecutor(), decoder),
+            "llamacpp_1000_prompt_next_turn": next_turn}, memory | {"decoder": decoder, "blend": blend}
+
+
+TRAINER = """
+import os, sys, time
+os.nice(10)
+from adapters.data import Examples
+from adapters.lora import add_lora
+from adapters.training import train_adapter
+from assistant.config import LearningConfig, ModelConfig
+from assistant.model import load_model
+from bench.learning_speed import pairs
+from dataclasses import replace
+learning = LearningConfig()
+loaded = load_model(ModelConfig(), __import__("pathlib").Path(sys.argv[1]))
+model = add_lora(loaded.model, learning.lora)
+train = replace(learning.train, steps=1, batch_size=4)
+data = Examples(pairs(4), [])
+with open(sys.argv[2], "a") as steps:
+    while True:
+        train_adapter(model, loaded, data, train)
+        steps.write("step\n"); steps.flush()
+"""
+
+
+def while_training(loaded: LoadedModel, prompt: Prompt, cache: Path, llama: dict) -> dict:
+    """Tokens/s of torch and llama.cpp (with its thread plan: one thread while a job trains; and without it: two)
+    while a trainer runs beside at nice 10, and the trainer's steps per second in each window."""
+    paths = {"attune_main_thread": lambda: time_stream(loaded, prompt, GenerationExecutor())}
+    if llama:
+        decoder, blend = llama["decoder"], llama["blend"]
+
+        def planned(training: bool):
+            decoder.training = lambda: training
+            try:
+                return time_stream(loaded, prompt, GenerationExecutor(), decoder, blend)
+            finally:
+                decoder.training = lambda: False
+
+        paths |= {"llamacpp_blend_one_thread": lambda: planned(True),
+                  "llamacpp_blend_two_threads": lambda: planned(False)}
+    with tempfile.TemporaryDirectory(prefix="attune-bench-trainer-") as tmp:
+        steps = Path(tmp) / "steps"
+        steps.touch()
+        trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(cache), str(steps)],
+                                   cwd=Path(__file__).resolve().parent.parent)
+        try:
+            while not steps.read_text():  # the trainer has loaded and made its first step
+                if trainer.poll() is not None:
+                    raise RuntimeError(f"the trainer exited ({trainer.returncode})")
+                time.sleep(0.5)
+            runs: dict[str, list[dict]] = {name: [] for name in paths}
+            for _ in range(3):
+                for name, run in paths.items():
+                    before, start = steps.read_text().count("\n"), time.perf_counter()
+                    row = run()
+                    seconds = time.perf_counter() - start
+                    row["trainer_steps_per_s"] = (steps.read_text().count("\n") - before) / seconds
+                    runs[name].append(row)
+        finally:
+            trainer.kill()
+            trainer.wait()
+    return {name: {"tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in rows), 3),
+                   "trainer_steps_per_s": round(statistics.median(r["trainer_steps_per_s"] for r in rows), 3),
+                   "runs": rows} for name, rows in runs.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,20 +269,24 @@ def main(argv: list[str] | None = None) -> int:
         load_model(ModelConfig(model="embedded"), cache)
         warm_call = time.perf_counter() - start
 
-    prompt = prompt_of_length(loaded, PROMPT_TOKENS)
-    time_bare(loaded, prompt)  # warm-up: first call allocates
-    paths = {"attune_main_thread": lambda: time_stream(loaded, prompt, GenerationExecutor()),
-             "attune_worker_thread": lambda: time_stream(loaded, prompt, None),
-             "bare_generate": lambda: time_bare(loaded, prompt)}
-    paths |= llamacpp_paths(loaded, prompt, Path(tempfile.mkdtemp(prefix="attune-bench-gguf-")))
-    runs: dict[str, list[dict]] = {name: [] for name in paths}
-    for _ in range(args.repeats):  # interleaved, so every path sees the same machine state
-        for name, run in paths.items():
-            runs[name].append(run())
+        prompt = prompt_of_length(loaded, PROMPT_TOKENS)
+        time_bare(loaded, prompt)  # warm-up: first call allocates
+        paths = {"attune_main_thread": lambda: time_stream(loaded, prompt, GenerationExecutor()),
+                 "attune_worker_thread": lambda: time_stream(loaded, prompt, None),
+                 "bare_generate": lambda: time_bare(loaded, prompt)}
+        llama_paths, llama = llamacpp_paths(loaded, prompt, Path(tmp))
+        paths |= llama_paths
+        runs: dict[str, list[dict]] = {name: [] for name in paths}
+        for _ in range(args.repeats):  # interleaved, so every path sees the same machine state
+            for name, run in paths.items():
+                runs[name].append(run())
+        training = while_training(loaded, prompt, cache, llama)
 
     def med(name, key):
         return round(statistics.median(r[key] for r in runs[name]), 3)
 
+    medians = {name: {"tokens_per_s": med(name, "tokens_per_s"),
+                      **({"ttft_s": med(name, "ttft_s")} if "ttft_s" in runs[name][0] else {})} for name in paths}
     result = {
         "benchmark": "model_speed",
         "model": loaded.model_id,
@@ -187,25 +298,44 @@ def main(argv: list[str] | None = None) -> int:
         "prompt_tokens": len(prompt.input_ids),
         "new_tokens": NEW_TOKENS,
         "repeats": args.repeats,
-        "medians": {name: {"tokens_per_s": med(name, "tokens_per_s"),
-                           **({"ttft_s": med(name, "ttft_s")} if name != "bare_generate" else {})}
-                    for name in paths},
+        "medians": medians,
         "ratio_vs_bare": {name: round(med(name, "tokens_per_s") / med("bare_generate", "tokens_per_s"), 3)
                           for name in paths if name != "bare_generate"},
-        "ratio_vs_attune_torch": {name: round(med(name, "tokens_per_s") / med("attune_main_thread", "tokens_per_s"),
-                                              3) for name in paths if name.startswith("llamacpp")},
+        "targets": targets(medians, training) if llama else {},
+        "memory": {k: v for k, v in llama.items() if k not in ("decoder", "blend")},
+        "while_training": training,
         "runs": runs,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_result(args.output, result, vars(args))
-    m = result["medians"]
     log.info("cold load %.1f s | warm load %.2f s (new process: %.2f s with imports) | prompt %d tokens, %d new",
              cold, warm_process["load_s"], warm_process["process_total_s"], len(prompt.input_ids), NEW_TOKENS)
     for name in paths:
-        log.info("  %-22s %6.1f tok/s  TTFT %s  ratio vs bare %s", name, m[name]["tokens_per_s"],
-                 m[name].get("ttft_s", "-"), result["ratio_vs_bare"].get(name, 1.0))
+        log.info("  %-42s %6.1f tok/s  TTFT %s", name, medians[name]["tokens_per_s"], medians[name].get("ttft_s", "-"))
+    for name, row in training.items():
+        log.info("  while training: %-26s %6.1f tok/s, trainer %.2f steps/s", name, row["tokens_per_s"],
+                 row["trainer_steps_per_s"])
+    for name, value in result["targets"].items():
+        log.info("  %-42s %s", name, value)
     log.info("-> %s", args.output)
     return 0
+
+
+def targets(m: dict, training: dict) -> dict:
+    """Issue 24's ratios, each measured side by side in this run."""
+    return {
+        "blend_vs_torch": round(m["llamacpp_blend"]["tokens_per_s"] / m["attune_main_thread"]["tokens_per_s"], 3),
+        "blend_vs_bare_llamacpp": round(m["llamacpp_blend"]["tokens_per_s"] / m["llamacpp"]["tokens_per_s"], 3),
+        "ttft_1000_vs_torch": round(m["llamacpp_1000_prompt"]["ttft_s"]
+                                    / m["attune_main_thread_1000_prompt"]["ttft_s"], 3),
+        "ttft_1000_next_turn_vs_torch": round(m["llamacpp_1000_prompt_next_turn"]["ttft_s"]
+                                              / m["attune_main_thread_1000_prompt"]["ttft_s"], 3),
+        "two_profiles_at_once_vs_one_after_the_other": round(
+            m["llamacpp_two_profiles_at_once"]["tokens_per_s"]
+            / m["llamacpp_two_profiles_one_after_the_other"]["tokens_per_s"], 3),
+        "while_training_blend_vs_torch": round(training["llamacpp_blend_one_thread"]["tokens_per_s"]
+                                               / training["attune_main_thread"]["tokens_per_s"], 3),
+    }
 
 
 if __name__ == "__main__":

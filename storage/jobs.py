@@ -101,6 +101,11 @@ class TrainingJobs(StoreBase):
                               (adapter,))
         return rows[0] if rows else None
 
+    def training_running(self) -> bool:
+        """Whether a worker is training now (a running job whose heartbeat is fresh or stale alike)."""
+        with self._db() as db:
+            return bool(self._rows(db, "SELECT 1 FROM training_jobs WHERE status = 'running' LIMIT 1"))
+
     def active_jobs(self, adapters: list[str]) -> list[dict]:
         """The queued and running jobs of these adapters, oldest first."""
         marks = ", ".join("?" * len(adapters))

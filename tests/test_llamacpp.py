@@ -104,8 +104,14 @@ def test_a_blend_of_gguf_adapters_decodes_as_the_merged_torch_model(embedded, de
     eos = embedded.tokenizer.eos_token_id
     _agree(_llama_tokens(decoder, ids, [(everyone.folder / GGUF, 1.0), (mine.folder / GGUF, 0.5)], eos), expected)
     _agree(_llama_tokens(decoder, ids, [], eos), _torch_tokens(embedded.model, embedded, ids))  # and back
+    decoder.generate(ids, GenerationSettings(temperature=0.0), 4, [(mine.folder / GGUF, 1.0)], lambda t: None,
+                     lambda: False, owner=ann)
+    assert any(c.cached(ids, c.active, ann) for c in decoder._all)
+    decoder.forget(ann, [mine.folder / GGUF])  # Ann's profile is erased
+    assert all(c.owner != ann and str(mine.folder / GGUF) not in c.adapters for c in decoder._all)
+    assert str(everyone.folder / GGUF) in {p for c in decoder._all for p in c.adapters}  # (everyone's stays)
 
-def test_the_app_serves_single_replies_with_llama_cpp_and_compare_mode_with_torch(data_home):
+def test_the_app_serves_replies_and_compare_mode_with_llama_cpp(data_home):
     from gradio_client import Client
 
     from tests.conftest import serving
@@ -124,7 +130,9 @@ def test_the_app_serves_single_replies_with_llama_cpp_and_compare_mode_with_torc
         pending = client.predict(ann, conversation, api_name="/pending")
         assert pending["a"] and pending["b"]
         messages = service.store.conversation_messages(ann, conversation)
-        assert {m.settings.get("backend") for m in messages if m.status == "candidate"} == {"torch"}
+        candidates = [m for m in messages if m.status == "candidate"]
+        assert {m.settings.get("backend") for m in candidates} == {"llamacpp"} and len(candidates) == 2
+        assert candidates[0].content != candidates[1].content  # two samples, each from a seed of its own
 
 
 def test_q_and_k_adapters_land_where_the_converter_moved_their_rows(embedded, decoder, store, data_home):
@@ -168,3 +176,64 @@ def test_stop_ends_after_the_current_token_and_a_seed_repeats_a_sampled_reply(em
 
     assert sampled(7) == sampled(7)
     assert len({tuple(sampled(seed)) for seed in range(6)}) > 1  # and the seed is what varies it
+
+
+def test_two_replies_to_one_prompt_differ_without_a_seed_and_min_new_tokens_holds_the_end_back(embedded, decoder):
+    import random
+
+    ids = _prompt(embedded)
+    random.seed(0)  # (the fresh seeds come from Python's generator: fixed here, so the test is deterministic)
+
+    def sampled(**kwargs):
+        out: list[int] = []
+        ended = decoder.generate(ids, GenerationSettings(temperature=1.0, top_p=1.0), TOKENS, [], out.append,
+                                 lambda: False, **kwargs)
+        return out, ended
+
+    assert sampled()[0] != sampled()[0]  # Retry writes another reply
+    short = build_prompt(embedded, "Answer with one word.", [{"role": "user", "content": "Yes or no?"}], 8).input_ids
+    out: list[int] = []
+    assert decoder.generate(short, GenerationSettings(temperature=0.0), 8, [], out.append, lambda: False) is True
+    held: list[int] = []
+    decoder.generate(short, GenerationSettings(temperature=0.0), 40, [], held.append, lambda: False,
+                     min_new_tokens=len(out) + 5)
+    assert len(held) >= len(out) + 5 and held[:len(out)] == out  # the same reply, not ended where it ended
+
+
+def test_the_next_turn_reads_only_its_new_tokens_and_writes_what_a_fresh_context_writes(embedded):
+    one = LlamaCppDecoder(embedded_gguf_path(), context_window=1024, threads=1, contexts=1)
+    turns = [{"role": "user", "content": "Name three fruits."}]
+    first = build_prompt(embedded, "You are a helpful assistant.", turns, TOKENS).input_ids
+    reply: list[int] = []
+    one.generate(first, GenerationSettings(temperature=0.0), TOKENS, [], reply.append, lambda: False)
+    turns += [{"role": "assistant", "content": embedded.tokenizer.decode(reply, skip_special_tokens=True)},
+              {"role": "user", "content": "And three vegetables?"}]
+    second = build_prompt(embedded, "You are a helpful assistant.", turns, TOKENS).input_ids
+    context = one._all[0]
+    assert context.cached(second, ()) >= len(first)  # the first turn's prompt is not read again
+    assert context.cached(second, (("other.gguf", 1.0),)) == 0  # (under another blend nothing is reused)
+    _agree(_llama_tokens(one, second, [], embedded.tokenizer.eos_token_id),
+           _torch_tokens(embedded.model, embedded, second))
+    one.close()
+
+
+def test_compare_mode_decodes_two_candidates_and_threads_follow_the_trainer(embedded):
+    from assistant.generation import ReplyStream
+
+    training = [False]
+    two = LlamaCppDecoder(embedded_gguf_path(), context_window=1024, threads=2, training=lambda: training[0])
+    prompt = build_prompt(embedded, "You are a helpful assistant.", [{"role": "user", "content": "Tell a joke."}],
+                          TOKENS)
+    stream = ReplyStream(embedded, prompt, GenerationSettings(temperature=1.0), num_candidates=2, decoder=two)
+    for _ in stream:
+        pass
+    assert all(stream.new_tokens) and stream.texts[0] != stream.texts[1] and stream.stats()["backend"] == "llamacpp"
+    tokens: list[int] = []
+    ids = _prompt(embedded)  # (held by one context after this)
+    two.generate(ids, GenerationSettings(temperature=0.0), 4, [], tokens.append, lambda: False)
+    assert max(c.threads for c in two._all) == 2  # alone and no job running: both cores
+    training[0] = True
+    two.generate(ids, GenerationSettings(temperature=0.0), 4, [], tokens.append, lambda: False)
+    used = max(two._all, key=lambda c: c.cached(ids, ()))  # (the context holding this prompt decoded it again)
+    assert used.threads == 1  # a job trains beside: one thread, the other core is the trainer's
+    two.close()

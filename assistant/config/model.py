@@ -27,13 +27,18 @@ class ModelConfig:
     backend: str = "auto"
     """What decodes replies: "torch" (transformers, every model), "llamacpp" (llama.cpp on the embedded GGUF, with
     the blend's GGUF adapters; needs `make llamacpp`), or "auto": llamacpp for the embedded model when it is installed
-    and passes its start-up self-check, else torch. Compare mode's two candidates and training always use torch."""
+    and passes its start-up self-check, else torch. Training, the drift guard and other models always use torch."""
+    llamacpp_contexts: int = 2
+    """Replies the llamacpp backend decodes at once (one llama.cpp context each, sharing the cores; compare mode's
+    two candidates take two). 1–8, default 2: on two cores two replies at once go faster than one after the other."""
 
     def __post_init__(self):
         if not self.model or not str(self.model).strip():
             raise InvalidInput("--model cannot be empty.")
         if self.backend not in ("auto", "torch", "llamacpp"):
             raise InvalidInput(f"--backend takes auto, torch or llamacpp (got {self.backend!r}).")
+        if not 1 <= self.llamacpp_contexts <= 8:
+            raise InvalidInput(f"model.llamacpp_contexts takes 1 to 8 (got {self.llamacpp_contexts}).")
 
 
 @dataclass(frozen=True)

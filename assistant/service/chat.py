@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from adapters.blend import AdapterServer
-from adapters.registry import GLOBAL, personal_adapter
+from adapters.registry import GGUF, GLOBAL, personal_adapter
 from assistant.config import AppConfig, GenerationSettings, LearningConfig, Probe
 from assistant.executor import GenerationExecutor
 from assistant.explore import choose_arms, probed
@@ -117,6 +117,9 @@ class ChatService(Learning, Access):
         global versions that learned from it are marked tainted and a from-scratch global retrain is queued."""
         self.store.get_profile(profile_id)
         if self.adapters:
+            if self.decoder is not None:  # what llama.cpp read for it and its adapter's weights, from memory too
+                self.decoder.forget(profile_id, [v.folder / GGUF for v in
+                                                 self.adapters.registry.history(personal_adapter(profile_id))])
             self.adapters.registry.drop(personal_adapter(profile_id))
             self.adapters.forget(personal_adapter(profile_id))
         if self.store.erase_profile(profile_id) and self.adapters:
@@ -272,7 +275,7 @@ class ChatService(Learning, Access):
         stream = ReplyStream(
             self.loaded, prompt, settings, num_candidates=2 if compare else 1, candidate_prompts=candidates,
             min_temperature=self.config.compare_min_temperature if compare else 0.0, executor=self.executor,
-            stop=stop, **self._decoding(blend, single=not compare),
+            stop=stop, **self._decoding(blend, profile_id),
         )
         adapter_versions = blend.record() if blend else {}
         notice = prompt.notice()

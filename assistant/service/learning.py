@@ -31,14 +31,14 @@ class Learning:
         taught = "your vote" if votes == 1 else f"your {votes} votes so far"
         return f"✨ Attune has learned from {taught} (version {int(personal[1:])}): this reply is written with it."
 
-    def _decoding(self, blend, single: bool = True) -> dict:
-        """How a reply with `blend` is decoded (`ReplyStream`'s arguments): by llama.cpp with the blend's GGUF
-        adapters for a single reply when it serves and every version has its GGUF file; else by torch with the blend
+    def _decoding(self, blend, profile_id: str) -> dict:
+        """How a reply with `blend` for `profile_id` is decoded (`ReplyStream`'s arguments): by llama.cpp with the
+        blend's GGUF adapters when it serves and every version has its GGUF file; else by torch with the blend
         activated on the generating thread."""
-        if self.decoder is not None and single:
+        if self.decoder is not None:
             gguf = self.adapters.gguf_adapters(blend) if (blend and self.adapters) else []
             if gguf is not None:
-                return {"decoder": self.decoder, "gguf_adapters": gguf}
+                return {"decoder": self.decoder, "gguf_adapters": gguf, "owner": profile_id}
         return {"activate": (lambda: self.adapters.activate(blend)) if blend else None}
 
     def _after_feedback(self, profile_id: str) -> None:
@@ -126,12 +126,13 @@ class Learning:
         prompt = build_prompt(self.loaded, system, [{"role": "user", "content": message.content}],
                               settings.max_new_tokens)
         blend = self.adapters.blend_for(profile_id)
-        return {"message": message.content, "before": self._written(prompt, settings, None),
-                "after": self._written(prompt, settings, blend), "blend": blend.record()}
+        return {"message": message.content, "before": self._written(prompt, settings, None, profile_id),
+                "after": self._written(prompt, settings, blend, profile_id), "blend": blend.record()}
 
-    def _written(self, prompt: Prompt, settings: GenerationSettings, blend) -> str:
-        """A whole reply to `prompt`, written with `blend` (None: the bare base model)."""
-        stream = ReplyStream(self.loaded, prompt, settings, executor=self.executor, **self._decoding(blend))
+    def _written(self, prompt: Prompt, settings: GenerationSettings, blend, profile_id: str) -> str:
+        """A whole reply to `prompt` for `profile_id`, written with `blend` (None: the bare base model)."""
+        stream = ReplyStream(self.loaded, prompt, settings, executor=self.executor,
+                             **self._decoding(blend, profile_id))
         for _ in stream:
             pass
         return stream.texts[0]
