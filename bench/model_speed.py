@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -188,26 +189,27 @@ def llamacpp_paths(loaded: LoadedModel, prompt: Prompt, folder: Path) -> tuple[d
             "llamacpp_1000_prompt_next_turn": next_turn}, memory | {"decoder": decoder, "blend": blend}
 
 
-TRAINER = """
-import os, sys, time
-os.nice(10)
-from adapters.data import Examples
-from adapters.lora import add_lora
-from adapters.training import train_adapter
-from assistant.config import LearningConfig, ModelConfig
-from assistant.model import load_model
-from bench.learning_speed import pairs
-from dataclasses import replace
-learning = LearningConfig()
-loaded = load_model(ModelConfig(), __import__("pathlib").Path(sys.argv[1]))
-model = add_lora(loaded.model, learning.lora)
-train = replace(learning.train, steps=1, batch_size=4)
-data = Examples(pairs(4), [])
-with open(sys.argv[2], "a") as steps:
-    while True:
-        train_adapter(model, loaded, data, train)
-        steps.write("step\n"); steps.flush()
-"""
+def train_forever(cache: Path, steps: Path) -> None:
+    """The trainer beside the replies: Attune's DPO steps (4 pairs a step) on the embedded model at nice 10, as the
+    worker runs, a line appended to `steps` after each (run in a process of its own until killed)."""
+    from dataclasses import replace
+
+    from adapters.data import Examples
+    from adapters.lora import add_lora
+    from adapters.training import train_adapter
+    from assistant.config import LearningConfig
+    from bench.learning_speed import pairs
+
+    os.nice(10)
+    learning = LearningConfig()
+    loaded = load_model(ModelConfig(), Path(cache))
+    model = add_lora(loaded.model, learning.lora)
+    train, data = replace(learning.train, steps=1, batch_size=4), Examples(pairs(4), [])
+    with open(steps, "a") as out:
+        while True:
+            train_adapter(model, loaded, data, train)
+            out.write("step\n")
+            out.flush()
 
 
 def while_training(loaded: LoadedModel, prompt: Prompt, cache: Path, llama: dict) -> dict:
@@ -229,8 +231,8 @@ def while_training(loaded: LoadedModel, prompt: Prompt, cache: Path, llama: dict
     with tempfile.TemporaryDirectory(prefix="attune-bench-trainer-") as tmp:
         steps = Path(tmp) / "steps"
         steps.touch()
-        trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(cache), str(steps)],
-                                   cwd=Path(__file__).resolve().parent.parent)
+        code = f"from bench.model_speed import train_forever; train_forever({str(cache)!r}, {str(steps)!r})"
+        trainer = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent)
         try:
             while not steps.read_text():  # the trainer has loaded and made its first step
                 if trainer.poll() is not None:
