@@ -41,6 +41,11 @@ def auto_alpha(n: int, k: float) -> float:
     return n / (n + k) if n > 0 else 0.0
 
 
+ALPHA_STEP = 0.05
+"""α is rounded to this step in a merged adapter (`AdapterServer.merged_adapter`), so a server holds at most 21 of
+them per pair of versions."""
+
+
 @dataclass(frozen=True)
 class Blend:
     """What a reply is generated with; `record()` is stored in the message row."""
@@ -100,6 +105,7 @@ class AdapterServer:
         self.config = config
         self._features = _features(loaded.model)  # read before any module is wrapped
         self._gguf: dict[tuple[str, int], Path | None] = {}  # (adapter, version) → its checked GGUF file
+        self._merged: dict[tuple, Path] = {}  # ((adapter, version, scale), …) → its merged adapter's folder
         self._local = threading.local()
         self._lock = threading.Lock()
         self._adapters: OrderedDict[tuple[str, int], Weights] = OrderedDict()
@@ -246,6 +252,25 @@ class AdapterServer:
             found.append((self._gguf[key], scale))
         return found
 
+    def merged_adapter(self, blend: Blend) -> list[tuple[Path, float]]:
+        """The blend as a server that takes one adapter per request needs it: [(merged adapter folder, 1.0)] summing
+        the global version at 1 and the personal one at α rounded to `ALPHA_STEP` (registry.merged); [] for the
+        bare base model. Cached per blend while its folder exists."""
+        parts = [(adapter, version, round(scale / ALPHA_STEP) * ALPHA_STEP)
+                 for adapter, version, scale in ((GLOBAL, blend.global_version, 1.0),
+                                                 (personal_adapter(blend.profile_id or ""), blend.personal_version,
+                                                  blend.alpha)) if version is not None]
+        parts = [(a, v, s) for a, v, s in parts if s != 0.0]
+        if not parts:
+            return []
+        key = tuple(parts)
+        folder = self._merged.get(key)
+        if folder is None or not folder.is_dir():
+            versions = [(next(v for v in self.registry.history(a) if v.version == version), scale)
+                        for a, version, scale in parts]
+            folder = self._merged[key] = self.registry.merged(versions, self.loaded.model.config)
+        return [(folder, 1.0)]
+
     def forget(self, adapter: str) -> None:
         """Drop cached tensors of an adapter (after a reset)."""
         with self._lock:
@@ -253,6 +278,8 @@ class AdapterServer:
                 del self._adapters[key]
             for key in [k for k in self._gguf if k[0] == adapter]:
                 del self._gguf[key]
+            for key in [k for k in self._merged if any(part[0] == adapter for part in k)]:
+                del self._merged[key]
             self._blends.clear()
 
 

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from adapters.gguf_lora import SUPPORTED as GGUF_MODELS
 from adapters.gguf_lora import write_gguf_lora
+from adapters.merge import merge_lora_parts
 from storage.errors import AdapterUnusable
 from storage.store import Store
 
@@ -40,6 +41,10 @@ GLOBAL = "global"
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 MANIFEST = "manifest.json"
+MERGED = "_merged"
+"""The folder of blends merged into one adapter each (`AdapterRegistry.merged`), for servers that take one."""
+SOURCES = "sources.json"
+"""In a merged adapter's folder: the versions (`adapter/vNNNN`) and scales it sums."""
 GGUF = "adapter.gguf"
 """The version as a GGUF LoRA for llama.cpp (adapters/gguf_lora.py), written beside the PEFT pair for LLaMA-family
 bases and covered by the manifest's `gguf_sha256`."""
@@ -181,8 +186,48 @@ class AdapterRegistry:
             log.info("Deleted %d version(s) of %s that learned from a deleted profile.", len(paths), adapter)
         return len(paths)
 
+    def merged(self, parts: list[tuple[AdapterVersion, float]], model_config) -> Path:
+        """The blend `parts` ((version, scale), …) as one adapter (adapters/merge.py), in `_merged/<name>/`: the PEFT
+        pair, and the GGUF LoRA for a LLaMA-family base (`model_config`, the base's). The name (`attune-` and 16 hex
+        digits) stands for exactly these versions at these scales; written once, in a temporary folder then
+        renamed. Deleted with any of its versions (`drop`, `prune`, `drop_tainted`)."""
+        sources = [f"{version.adapter}/{version.label}" for version, _ in parts]
+        key = "|".join(f"{source}@{scale:.4f}" for source, (_, scale) in zip(sources, parts))
+        target = self.root / MERGED / ("attune-" + hashlib.sha256(key.encode()).hexdigest()[:16])
+        if target.is_dir():
+            return target
+        config, tensors = merge_lora_parts([(*self.load_weights(version), scale) for version, scale in parts])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        try:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / WEIGHTS)
+            (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+            if model_config.model_type in GGUF_MODELS:
+                write_gguf_lora(tmp / GGUF, config, tensors, model_config)
+            (tmp / SOURCES).write_text(json.dumps({"sources": sources, "scales": [s for _, s in parts]}) + "\n")
+            os.rename(tmp, target)
+        except FileExistsError:  # (another thread wrote it first: the same content)
+            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    def _drop_merged(self, sources: set[str]) -> None:
+        """Delete the merged adapters that sum any of `sources` (`adapter/vNNNN`, or `adapter/` for all of them)."""
+        for folder in (self.root / MERGED).glob("attune-*") if (self.root / MERGED).is_dir() else []:
+            try:
+                summed = json.loads((folder / SOURCES).read_text())["sources"]
+            except (OSError, ValueError, KeyError):
+                summed = [""]  # (unreadable: delete it; it is rebuilt on use)
+            if any(s in sources or s.split("/")[0] + "/" in sources or not s for s in summed):
+                self._delete_folders([f"{MERGED}/{folder.name}"])
+
     def _delete_folders(self, paths: list[str]) -> None:
-        """Rename each version folder aside, then remove it: a folder is whole at its path or gone."""
+        """Rename each version folder aside, then remove it: a folder is whole at its path or gone. The merged
+        adapters that sum a version go with it."""
+        if paths and not paths[0].startswith(MERGED + "/"):
+            self._drop_merged(set(paths))
         for rel in paths:
             folder = self.root / rel
             aside = folder.with_name(f".tmp-deleted-{folder.name}")
@@ -259,13 +304,14 @@ class AdapterRegistry:
         for rel in self.store.drop_adapter(adapter):
             shutil.rmtree(self.root / rel, ignore_errors=True)
         shutil.rmtree(self.root / adapter, ignore_errors=True)
+        self._drop_merged({adapter + "/"})
 
     def remove_strays(self) -> list[Path]:
         """Delete folders no version row points at: leftovers of a publish that crashed before its last step."""
         known = self.store.known_adapter_paths()
         removed = []
         for adapter_dir in self.root.iterdir() if self.root.exists() else []:
-            if not adapter_dir.is_dir():
+            if not adapter_dir.is_dir() or adapter_dir.name == MERGED:
                 continue
             for folder in adapter_dir.iterdir():
                 if f"{adapter_dir.name}/{folder.name}" not in known:

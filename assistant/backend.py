@@ -1,5 +1,6 @@
-"""Which decoder serves replies: llama.cpp on the embedded GGUF when asked for or available and agreeing with the
-torch path on a short greedy reply (the start-up self-check), else torch (`ModelConfig.backend`)."""
+"""Which decoder serves replies: an OpenAI-compatible server when asked for; llama.cpp on the embedded GGUF when
+asked for or available and agreeing with the torch path on a short greedy reply (the start-up self-check); else
+torch (`ModelConfig.backend`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from assistant.config import EMBEDDED_MODEL, GenerationSettings, ModelConfig
 from assistant.llamacpp import LlamaCppDecoder, available
 from assistant.model import EMBEDDED_ALIASES, LoadedModel, embedded_gguf_path
 from assistant.prompts import build_prompt
-from storage.errors import ModelUnavailable
+from assistant.remote import OpenAIDecoder
+from storage.errors import InvalidInput, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,20 @@ def self_check(decoder: LlamaCppDecoder, loaded: LoadedModel) -> bool:
 
 
 def choose_decoder(config: ModelConfig, loaded: LoadedModel,
-                   training: Callable[[], bool] | None = None) -> LlamaCppDecoder | None:
+                   training: Callable[[], bool] | None = None) -> LlamaCppDecoder | OpenAIDecoder | None:
     """The llama.cpp decoder to serve with, or None for torch, with one log line saying which and why. While
     `training()` says a worker trains beside it, each reply takes one thread (two collapse when the trainer shares
     the cores)."""
     if config.backend == "torch":
         log.info("Decoding with torch (--backend torch).")
         return None
+    if config.backend == "openai":
+        if not config.server.startswith(("http://", "https://")):
+            raise InvalidInput("--backend openai needs --server URL (http://… or https://…).")
+        decoder = OpenAIDecoder(config.server, loaded.tokenizer, config.server_model, config.server_loads_adapters)
+        log.info("Decoding on the server at %s (base model %s; adapters %s).", config.server, decoder.base_model,
+                 "registered as they appear" if config.server_loads_adapters else "served by name")
+        return decoder
     embedded = config.model in EMBEDDED_ALIASES or config.model == EMBEDDED_MODEL
     if not embedded or not available():
         why = "the model is not the embedded one" if not embedded else "llama-cpp-python is not installed"

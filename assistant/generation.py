@@ -24,6 +24,7 @@ from transformers.generation.streamers import BaseStreamer
 from assistant.config import GenerationSettings
 from assistant.executor import GenerationExecutor
 from assistant.llamacpp import LlamaCppDecoder
+from assistant.remote import OpenAIDecoder
 from assistant.model import LoadedModel
 from assistant.prompts import Prompt
 
@@ -137,10 +138,11 @@ class ReplyStream:
     stop: threading.Event | None = None
     """The person's Stop: once set, generation ends after the current token and the stream finishes normally with
     what was written (`stopped` in `stats`)."""
-    decoder: LlamaCppDecoder | None = None
-    """Decode with llama.cpp instead, with `gguf_adapters` (`activate` is then not used)."""
-    gguf_adapters: list[tuple[Path, float]] = field(default_factory=list)
-    """(GGUF LoRA file, scale) of the blend, for `decoder`."""
+    decoder: LlamaCppDecoder | OpenAIDecoder | None = None
+    """Decode with llama.cpp or on a server instead, with `decoder_adapters` (`activate` is then not used)."""
+    decoder_adapters: list[tuple[Path, float]] = field(default_factory=list)
+    """The blend as `decoder` takes it: (GGUF LoRA file, scale) for llama.cpp; (merged adapter folder, 1) for a
+    server."""
     owner: str | None = None
     """The profile the reply is for: `decoder` keeps what it read for that profile's next turn only."""
     texts: list[str] = field(default_factory=list)
@@ -187,7 +189,7 @@ class ReplyStream:
             self.loaded.model.generate(**kwargs)
 
     def _decode(self, sink: queue.Queue, cancel: threading.Event) -> None:
-        """The llama.cpp path: every candidate in a context of its own, at once (the first on this thread), each
+        """The decoder's path (llama.cpp, a server): every candidate decoded at once (the first on this thread), each
         token into `sink` as {candidate: token}, the tokenizer's end-of-sequence when the model ended a candidate
         itself, then the end of the stream."""
         settings = replace(self.settings, temperature=max(float(self.settings.temperature), self.min_temperature))
@@ -197,7 +199,7 @@ class ReplyStream:
 
         def candidate(row: int, prompt: Prompt) -> None:
             try:
-                if self.decoder.generate(prompt.input_ids, settings, budget, self.gguf_adapters,
+                if self.decoder.generate(prompt.input_ids, settings, budget, self.decoder_adapters,
                                          lambda token: sink.put({row: token}),
                                          lambda: cancel.is_set() or bool(self.stop and self.stop.is_set()),
                                          min_new_tokens=self.min_new_tokens, owner=self.owner):
@@ -285,7 +287,7 @@ class ReplyStream:
             "seconds_to_first_token": round(self.seconds_to_first_token or 0.0, 3),
             "interrupted": not self.finished,
             "stopped": bool(self.stop and self.stop.is_set()),
-            "backend": "llamacpp" if self.decoder is not None else "torch",
+            "backend": self.decoder.name if self.decoder is not None else "torch",
         }
 
 

@@ -10,8 +10,9 @@ only the new tokens are read. A request takes the free context that already hold
 under its blend and owner. Nothing is reused across owners: a shorter time to first token would tell one person
 that another had just sent the same words.
 
-Threads: the `threads` cores are shared by the contexts decoding at that moment (two replies: one each), and one
-only while a training job runs (`training()`), re-planned at every token. Prompt token ids come from the same
+Threads: a reply alone on the process's main thread (where the app decodes: assistant/executor.py) takes the
+`threads` cores; two replies at once, a reply on another thread, or any reply while a training job runs
+(`training()`) take one each; re-planned at every token. Prompt token ids come from the same
 tokenizer as the torch path; the repetition penalty counts the reply's tokens only, as the torch path's does.
 """
 
@@ -131,6 +132,8 @@ class LlamaCppDecoder:
     """The model at `gguf_path` in llama.cpp: `contexts` contexts of `context_window` tokens sharing `threads` CPU
     threads (one each while `training()` says a training job runs beside)."""
 
+    name = "llamacpp"
+
     def __init__(self, gguf_path: Path, context_window: int, threads: int, seed: int = 0, contexts: int = 2,
                  training: Callable[[], bool] = lambda: False):
         if not available():
@@ -163,7 +166,11 @@ class LlamaCppDecoder:
                 context.forget(self._forgotten, self._dropped)
 
     def _threads_each(self, training: bool) -> int:
-        return 1 if training else max(1, self.threads // max(1, self._busy))
+        """Two OpenMP threads pay only on the process's main thread, alone and with no trainer beside (else they
+        wait on each other: docs/benchmarks.md#model-speed); one otherwise."""
+        if training or threading.current_thread() is not threading.main_thread():
+            return 1
+        return max(1, self.threads // max(1, self._busy))
 
     @contextmanager
     def _context(self, input_ids: list[int], blend: Blend, owner: str | None):
@@ -208,6 +215,7 @@ class LlamaCppDecoder:
         blend = _blend(adapters)
         with self._context(input_ids, blend, owner) as context:
             llm = context.llm
+            context.set_threads(self._threads_each(training))  # (for the prompt; re-planned at every token)
             llm.set_seed(random.getrandbits(31) if seed is None else seed)
             steps = llm.generate(  # (keeps the keys and values of the prompt's leading tokens the context holds)
                 input_ids, temp=float(settings.temperature), top_p=float(settings.top_p), top_k=0, min_p=0.0,

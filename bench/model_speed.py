@@ -113,7 +113,7 @@ def time_stream(loaded: LoadedModel, prompt: Prompt, executor: GenerationExecuto
     fresh one by default: nothing read before is reused)."""
     settings = GenerationSettings(temperature=0, max_new_tokens=NEW_TOKENS)
     stream = ReplyStream(loaded, prompt, settings, min_new_tokens=NEW_TOKENS, executor=executor, decoder=decoder,
-                         gguf_adapters=list(gguf or []), owner=owner or uuid.uuid4().hex)
+                         decoder_adapters=list(gguf or []), owner=owner or uuid.uuid4().hex)
     if executor is None:
         list(stream)
     else:

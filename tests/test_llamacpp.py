@@ -72,14 +72,14 @@ def _llama_tokens(decoder, ids, adapters, eos: int) -> list[int]:
     return tokens
 
 
-def _random_lora(model, seed: int):
+def _random_lora(model, seed: int, scale: float = 0.02):
     torch.manual_seed(seed)  # (PEFT draws lora_A from the global generator)
     lora = add_lora(copy.deepcopy(model), LoraSettings(rank=8, alpha=16))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in lora.named_parameters():
             if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
+                p.copy_(torch.randn(p.shape, generator=generator) * scale)
     return lora
 
 
@@ -120,6 +120,8 @@ def test_the_app_serves_replies_and_compare_mode_with_llama_cpp(data_home):
     with serving(["--model", "embedded", "--model-cache", str(EMBEDDED_CACHE), "--data-dir", str(data_home),
                   "--backend", "llamacpp", "--no-worker"]) as (url, service):
         assert service.decoder is not None  # the self-check agreed
+        import app as attune_app
+        assert "worker_threads=1" in attune_app.worker_command(attune_app.worker_plan(service.config, service))
         client = Client(url, verbose=False, download_files=False)
         ann = create_profile(client, "Ann")
         final, outputs = send(client, ann, None, "Name three fruits.")

@@ -26,8 +26,16 @@ class ModelConfig:
     """Let transformers fetch a hub id that is not in the local HF cache. Off: Attune sends nothing outside."""
     backend: str = "auto"
     """What decodes replies: "torch" (transformers, every model), "llamacpp" (llama.cpp on the embedded GGUF, with
-    the blend's GGUF adapters; needs `make llamacpp`), or "auto": llamacpp for the embedded model when it is installed
-    and passes its start-up self-check, else torch. Training, the drift guard and other models always use torch."""
+    the blend's GGUF adapters; needs `make llamacpp`), "openai" (an OpenAI-compatible server at `server`, the blend
+    as one merged adapter: assistant/remote.py), or "auto": llamacpp for the embedded model when it is installed and
+    passes its start-up self-check, else torch. Training and the drift guard always use torch."""
+    server: str = ""
+    """For `backend` "openai": the server's API address, e.g. http://127.0.0.1:8000/v1 (`--server`)."""
+    server_model: str = ""
+    """For `backend` "openai": the name the server gives the base model; "" takes the first model it lists."""
+    server_loads_adapters: bool = True
+    """For `backend` "openai": register each new merged adapter with the server (`/v1/load_lora_adapter`, vLLM). Off:
+    the server already serves every adapter by name (llama.cpp's server with a config of model aliases)."""
     llamacpp_contexts: int = 2
     """Replies the llamacpp backend decodes at once (one llama.cpp context each, sharing the cores; compare mode's
     two candidates take two). 1–8, default 2: on two cores two replies at once go faster than one after the other."""
@@ -35,8 +43,8 @@ class ModelConfig:
     def __post_init__(self):
         if not self.model or not str(self.model).strip():
             raise InvalidInput("--model cannot be empty.")
-        if self.backend not in ("auto", "torch", "llamacpp"):
-            raise InvalidInput(f"--backend takes auto, torch or llamacpp (got {self.backend!r}).")
+        if self.backend not in ("auto", "torch", "llamacpp", "openai"):
+            raise InvalidInput(f"--backend takes auto, torch, llamacpp or openai (got {self.backend!r}).")
         if not 1 <= self.llamacpp_contexts <= 8:
             raise InvalidInput(f"model.llamacpp_contexts takes 1 to 8 (got {self.llamacpp_contexts}).")
 

@@ -24,6 +24,7 @@ from assistant.model import LoadedModel
 from assistant.prompts import Prompt, build_prompt
 from assistant.limits import RateLimits
 from assistant.llamacpp import LlamaCppDecoder
+from assistant.remote import OpenAIDecoder
 from assistant.service.access import Access
 from assistant.service.archive import write_archive
 from assistant.service.learning import Learning
@@ -81,7 +82,7 @@ class ChatService(Learning, Access):
     def __init__(self, store: Store, loaded: LoadedModel, config: AppConfig,
                  executor: GenerationExecutor | None = None, adapters: AdapterServer | None = None,
                  learning: LearningConfig | None = None, rng: random.Random | None = None,
-                 decoder: LlamaCppDecoder | None = None):
+                 decoder: LlamaCppDecoder | OpenAIDecoder | None = None):
         self.store = store
         self.decoder = decoder
         """llama.cpp, when it serves single replies (assistant/backend.py); None: torch decodes everything."""

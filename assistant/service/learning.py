@@ -35,10 +35,13 @@ class Learning:
         """How a reply with `blend` for `profile_id` is decoded (`ReplyStream`'s arguments): by llama.cpp with the
         blend's GGUF adapters when it serves and every version has its GGUF file; else by torch with the blend
         activated on the generating thread."""
+        if self.decoder is not None and getattr(self.decoder, "one_adapter", False):  # (a server: one merged adapter)
+            merged = self.adapters.merged_adapter(blend) if (blend and self.adapters) else []
+            return {"decoder": self.decoder, "decoder_adapters": merged, "owner": profile_id}
         if self.decoder is not None:
             gguf = self.adapters.gguf_adapters(blend) if (blend and self.adapters) else []
             if gguf is not None:
-                return {"decoder": self.decoder, "gguf_adapters": gguf, "owner": profile_id}
+                return {"decoder": self.decoder, "decoder_adapters": gguf, "owner": profile_id}
         return {"activate": (lambda: self.adapters.activate(blend)) if blend else None}
 
     def _after_feedback(self, profile_id: str) -> None:
