@@ -43,6 +43,8 @@ from adapters.lora import adapted_layers, add_lora, native_bf16
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
 from adapters.training import train_adapter
 from adapters.worker import ADAPTERS_DIR
+from app import worker_plan
+from assistant.backend import choose_decoder
 from assistant.config import AppConfig, GenerationSettings, LearningConfig, ModelConfig
 from assistant.executor import GenerationExecutor
 from assistant.generation import ReplyStream
@@ -135,18 +137,21 @@ def _add_choices(service: ChatService, profile_id: str, n: int, offset: int, las
         store.record_choice(profile_id, pair.id, "a")
 
 
-def update_latency(home: Path, rounds: int, learning: LearningConfig,
-                   overrides: list[str]) -> tuple[dict, ChatService]:
-    config = AppConfig(data_dir=home, model=ModelConfig(cache_dir=CACHE))
+def update_latency(home: Path, rounds: int, learning: LearningConfig, overrides: list[str],
+                   backend: str = "torch") -> tuple[dict, ChatService]:
+    config = AppConfig(data_dir=home, model=ModelConfig(cache_dir=CACHE, backend=backend))
     loaded = load_model(config.model, CACHE)
     store = Store(home / DB_FILENAME)
     registry = AdapterRegistry(home / ADAPTERS_DIR, store)
     learning = replace(learning, personal_every=8, global_every=10**9)
+    decoder = choose_decoder(config.model, loaded, training=store.training_running)
     service = ChatService(store, loaded, config, adapters=AdapterServer(loaded, registry, store, learning.blend),
-                          learning=learning)
-    # The worker exactly as app.py starts it: every core, at nice 10.
+                          learning=learning, decoder=decoder)
+    threads = worker_plan(config, service).worker_threads
+    # The worker exactly as app.py starts it: at nice 10, every core (one when llama.cpp decodes: app.worker_plan).
     worker = subprocess.Popen([sys.executable, "-m", "adapters.worker", "--data-dir", str(home), "--model-cache",
                                str(CACHE), "--parent-pid", str(os.getpid()),
+                               *(["--threads", str(threads)] if threads else []),
                                *(a for o in overrides for a in ("--set", o))], cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     user = service.create_profile("Bench")["id"]
@@ -171,14 +176,16 @@ def update_latency(home: Path, rounds: int, learning: LearningConfig,
                     first_token = time.perf_counter() - start
             assert update.reply.adapter_versions["personal"] == f"v{r + 1:04d}"
             job = store.latest_job(personal_adapter(user))
-            rows.append({"published_s": round(published, 2), "first_token_of_new_version_s": round(first_token, 2),
+            rows.append({"backend": update.reply.settings["backend"],
+                         "published_s": round(published, 2), "first_token_of_new_version_s": round(first_token, 2),
                          "worker_job_s": round(_seconds(job["started_at"], job["finished_at"]), 2),
                          "worker_phases_s": json.loads(job["result"] or "{}").get("timings")})
             log.info("update round %d: new version served after %.1f s", r + 1, first_token)
     finally:
         worker.terminate()
         worker.wait(timeout=60)
-    return {"new_pairs_per_update": 8, "worker": "all cores at nice 10, as app.py starts it",
+    return {"new_pairs_per_update": 8, "backend": backend,
+            "worker": f"{threads or 'all'} thread(s) at nice 10, as app.py starts it",
             "worker_settings": overrides,
             "median_s": med([r["first_token_of_new_version_s"] for r in rows]), "rounds": rows}, service
 
@@ -321,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"a subset of {','.join(PARTS)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a LearningConfig setting for parts 1 and 2, e.g. lora.top_layers=1.0")
+    parser.add_argument("--backend", default="torch", choices=("torch", "llamacpp"),
+                        help="what decodes the replies of part 2 (parts 3-5 measure torch's blend)")
     parser.add_argument("--output", type=Path, default=RESULTS / "learning_speed.json")
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -342,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "latency" in parts:
             log.info("2/5 update latency with the worker process")
-            result["update_latency"], service = update_latency(home, args.rounds, learning, args.set)
+            result["update_latency"], service = update_latency(home, args.rounds, learning, args.set, args.backend)
             log.info("%s", {k: v for k, v in result["update_latency"].items() if k != "rounds"})
         if "serving" in parts:
             log.info("3/5 serving speed with a blend")

@@ -10,9 +10,10 @@
 - with llama-cpp-python installed, also the llamacpp backend (the shipped Q4_1 GGUF) bare and with a blend of two
   random adapters (base + global + 0.5·personal); both backends' time to first token at a 1,000-token prompt, read
   from scratch and as the next turn of a conversation the context holds (all but the last 40 tokens); two profiles
-  with blends of their own at once against one after the other; every path's tokens/s while a trainer runs beside
-  (Attune's DPO steps on the embedded model at nice 10, as the worker runs), with llama.cpp's thread plan (one
-  thread while a job trains) and without it (two); the resident memory the decoder's contexts add.
+  with blends of their own at once against one after the other; replies back to back while a trainer runs beside
+  (Attune's DPO steps on the embedded model, one thread at nice 10, as the app starts its worker beside llama.cpp),
+  with llama.cpp's thread plan (one thread while a job trains) and without it (two), and the trainer's steps/s; the
+  resident memory the decoder's contexts add.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ log = logging.getLogger("bench.model_speed")
 PROMPT_TOKENS = 100
 LONG_PROMPT_TOKENS = 1000
 NEW_TOKENS = 128
+WINDOW_S = 15.0
+"""Seconds each path serves back to back beside the trainer."""
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -213,8 +216,9 @@ def train_forever(cache: Path, steps: Path) -> None:
 
 
 def while_training(loaded: LoadedModel, prompt: Prompt, cache: Path, llama: dict) -> dict:
-    """Tokens/s of torch and llama.cpp (with its thread plan: one thread while a job trains; and without it: two)
-    while a trainer runs beside at nice 10, and the trainer's steps per second in each window."""
+    """Replies back to back for `WINDOW_S` per path while a trainer runs beside on one thread at nice 10 (as the app
+    starts its worker when llama.cpp serves: app.worker_plan): tokens/s of torch and of llama.cpp with its thread
+    plan (one thread while a job trains) and without it (two), and the trainer's steps per second meanwhile."""
     paths = {"attune_main_thread": lambda: time_stream(loaded, prompt, GenerationExecutor())}
     if llama:
         decoder, blend = llama["decoder"], llama["blend"]
@@ -232,26 +236,29 @@ def while_training(loaded: LoadedModel, prompt: Prompt, cache: Path, llama: dict
         steps = Path(tmp) / "steps"
         steps.touch()
         code = f"from bench.model_speed import train_forever; train_forever({str(cache)!r}, {str(steps)!r})"
-        trainer = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent)
+        trainer = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
         try:
             while not steps.read_text():  # the trainer has loaded and made its first step
                 if trainer.poll() is not None:
                     raise RuntimeError(f"the trainer exited ({trainer.returncode})")
                 time.sleep(0.5)
-            runs: dict[str, list[dict]] = {name: [] for name in paths}
-            for _ in range(3):
-                for name, run in paths.items():
-                    before, start = steps.read_text().count("\n"), time.perf_counter()
-                    row = run()
-                    seconds = time.perf_counter() - start
-                    row["trainer_steps_per_s"] = (steps.read_text().count("\n") - before) / seconds
-                    runs[name].append(row)
+            result = {}
+            for name, run in [("trainer_alone", None), *paths.items()]:
+                before, start, rows = steps.read_text().count("\n"), time.perf_counter(), []
+                if run is None:
+                    time.sleep(WINDOW_S)
+                while run is not None and time.perf_counter() - start < WINDOW_S:
+                    rows.append(run())
+                seconds = time.perf_counter() - start
+                result[name] = {"trainer_steps_per_s": round((steps.read_text().count("\n") - before) / seconds, 3)}
+                if rows:
+                    result[name]["tokens_per_s"] = round(statistics.median(r["tokens_per_s"] for r in rows), 3)
+                    result[name]["replies"] = len(rows)
         finally:
             trainer.kill()
             trainer.wait()
-    return {name: {"tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in rows), 3),
-                   "trainer_steps_per_s": round(statistics.median(r["trainer_steps_per_s"] for r in rows), 3),
-                   "runs": rows} for name, rows in runs.items()}
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in paths:
         log.info("  %-42s %6.1f tok/s  TTFT %s", name, medians[name]["tokens_per_s"], medians[name].get("ttft_s", "-"))
     for name, row in training.items():
-        log.info("  while training: %-26s %6.1f tok/s, trainer %.2f steps/s", name, row["tokens_per_s"],
+        log.info("  while training: %-26s %6.1f tok/s, trainer %.2f steps/s", name, row.get("tokens_per_s", 0),
                  row["trainer_steps_per_s"])
     for name, value in result["targets"].items():
         log.info("  %-42s %s", name, value)
@@ -332,6 +339,8 @@ def targets(m: dict, training: dict) -> dict:
                                     / m["attune_main_thread_1000_prompt"]["ttft_s"], 3),
         "ttft_1000_next_turn_vs_torch": round(m["llamacpp_1000_prompt_next_turn"]["ttft_s"]
                                               / m["attune_main_thread_1000_prompt"]["ttft_s"], 3),
+        "two_profiles_at_once_vs_one_reply_alone": round(
+            m["llamacpp_two_profiles_at_once"]["tokens_per_s"] / m["llamacpp_blend"]["tokens_per_s"], 3),
         "two_profiles_at_once_vs_one_after_the_other": round(
             m["llamacpp_two_profiles_at_once"]["tokens_per_s"]
             / m["llamacpp_two_profiles_one_after_the_other"]["tokens_per_s"], 3),
