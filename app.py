@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from adapters.blend import AdapterServer
@@ -32,7 +31,7 @@ from storage.store import Store
 from ui import STYLE, build_app
 
 __all__ = ["APP_ALIASES", "build_app", "create_service", "launch", "main", "parse_args", "start_worker",
-           "worker_command", "worker_plan"]
+           "worker_command"]
 
 log = logging.getLogger("attune.app")
 
@@ -78,15 +77,6 @@ def worker_command(config: AppConfig) -> list[str]:
     settings = [s for s in settings_diff(config, AppConfig()) if not s.startswith("data_dir=")]
     return [sys.executable, "-m", "adapters.worker", "--data-dir", str(config.data_dir), "--parent-pid",
             str(os.getpid()), *(a for setting in settings for a in ("--set", setting))]
-
-
-def worker_plan(config: AppConfig, service: ChatService) -> AppConfig:
-    """`config` as the worker starts with it: one torch thread when llama.cpp decodes the replies and no number was
-    given (`AppConfig.worker_threads`)."""
-    if getattr(service.decoder, "name", None) == "llamacpp" and not config.worker_threads:
-        log.info("The worker trains on one thread: the other core decodes replies with llama.cpp.")
-        return replace(config, worker_threads=1)
-    return config
 
 
 def start_worker(config: AppConfig) -> subprocess.Popen:
@@ -159,7 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_args(argv)
         service = create_service(config, executor)
-        config = worker_plan(config, service)
     except AttuneError as exc:
         log.error("%s", exc)
         return 2

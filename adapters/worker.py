@@ -28,14 +28,15 @@ from adapters.jobs import UpdateData, global_ready, global_update, personal_upda
 from adapters.lora import add_lora, merge_lora
 from adapters.references import ReferenceCache
 from adapters.registry import GLOBAL, AdapterRegistry, AdapterVersion
+from adapters.threads import ThreadPlan
 from adapters.training import objective, train_adapter
 from assistant.config import DATA_HOME_ENV, AppConfig, LearningConfig, TrainConfig
 from assistant.model import LoadedModel, load_model
 from assistant.overrides import add_settings_arguments, config_from_args
+from storage.base import now
 from storage.db import DB_FILENAME
 from storage.errors import AttuneError
 from storage.jobs import ERASURE
-from storage.base import now
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ class Worker:
         self._anchor_batch = None  # the drift guard's anchor replies, tokenized once
         self._anchor_base: float | None = None
         self._started, self._beaten = now(), -math.inf
+        self.plan: ThreadPlan | None = None
+        """Plans torch's threads before each training step around the app's CPU use (set by `main`)."""
         removed = registry.remove_strays()
         if removed:
             log.info("Removed %d unfinished adapter folder(s) from an interrupted publish.", len(removed))
@@ -268,7 +271,11 @@ class Worker:
             log.debug("job %s step %d/%d loss %.4f", job_id, step, total, metrics.get("loss", float("nan")))
             self.store.job_progress(job_id, step / total, f"step {step} of {total}")
             self.beat()
+            if self.plan:
+                self.plan.step()
 
+        if self.plan:
+            self.plan.step()
         self.store.job_progress(job_id, 0.0, f"training on {len(data.train)} examples")
         config = self.train_config(selection, built.refit)
         metrics = train_adapter(built.model, self.loaded, data.train, config, progress, new_examples=data.new_events,
@@ -384,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             while worker.run_once():
                 pass
         else:
+            if args.parent_pid and not config.worker_threads:
+                worker.plan = ThreadPlan(args.parent_pid, torch.get_num_threads())
             worker.run_forever(parent_pid=args.parent_pid)
     except Stopped:
         log.info("Stopped.")

@@ -43,7 +43,6 @@ from adapters.lora import adapted_layers, add_lora, native_bf16
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
 from adapters.training import train_adapter
 from adapters.worker import ADAPTERS_DIR
-from app import worker_plan
 from assistant.backend import choose_decoder
 from assistant.config import AppConfig, GenerationSettings, LearningConfig, ModelConfig
 from assistant.executor import GenerationExecutor
@@ -147,11 +146,9 @@ def update_latency(home: Path, rounds: int, learning: LearningConfig, overrides:
     decoder = choose_decoder(config.model, loaded, training=store.training_running)
     service = ChatService(store, loaded, config, adapters=AdapterServer(loaded, registry, store, learning.blend),
                           learning=learning, decoder=decoder)
-    threads = worker_plan(config, service).worker_threads
-    # The worker exactly as app.py starts it: at nice 10, every core (one when llama.cpp decodes: app.worker_plan).
+    # The worker exactly as app.py starts it: at nice 10, its threads planned around this process's decoding.
     worker = subprocess.Popen([sys.executable, "-m", "adapters.worker", "--data-dir", str(home), "--model-cache",
                                str(CACHE), "--parent-pid", str(os.getpid()),
-                               *(["--threads", str(threads)] if threads else []),
                                *(a for o in overrides for a in ("--set", o))], cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     user = service.create_profile("Bench")["id"]
@@ -185,7 +182,7 @@ def update_latency(home: Path, rounds: int, learning: LearningConfig, overrides:
         worker.terminate()
         worker.wait(timeout=60)
     return {"new_pairs_per_update": 8, "backend": backend,
-            "worker": f"{threads or 'all'} thread(s) at nice 10, as app.py starts it",
+            "worker": "at nice 10, every core while the app is idle and one while it decodes, as app.py starts it",
             "worker_settings": overrides,
             "median_s": med([r["first_token_of_new_version_s"] for r in rows]), "rounds": rows}, service
 

@@ -120,8 +120,6 @@ def test_the_app_serves_replies_and_compare_mode_with_llama_cpp(data_home):
     with serving(["--model", "embedded", "--model-cache", str(EMBEDDED_CACHE), "--data-dir", str(data_home),
                   "--backend", "llamacpp", "--no-worker"]) as (url, service):
         assert service.decoder is not None  # the self-check agreed
-        import app as attune_app
-        assert "worker_threads=1" in attune_app.worker_command(attune_app.worker_plan(service.config, service))
         client = Client(url, verbose=False, download_files=False)
         ann = create_profile(client, "Ann")
         final, outputs = send(client, ann, None, "Name three fruits.")

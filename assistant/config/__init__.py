@@ -72,8 +72,8 @@ class AppConfig:
     worker: bool = True
     """Start the training worker process beside the app."""
     worker_threads: int = 0
-    """Torch threads of the worker (0: all cores, or 1 when llama.cpp decodes replies: a trainer's two threads stall
-    whenever a reply takes a core). It runs at a lower priority (nice 10), so replies come first."""
+    """Torch threads of the worker; 0 (default): every core while the app is idle and one while it decodes, planned
+    before each training step (adapters/threads.py). It runs at a lower priority (nice 10), so replies come first."""
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
