@@ -67,7 +67,8 @@ def create_service(config: AppConfig, executor: GenerationExecutor | None = None
     store = Store(config.data_dir / DB_FILENAME)
     adapters = AdapterServer(loaded, AdapterRegistry(config.data_dir / ADAPTERS_DIR, store), store,
                              config.learning.blend)
-    decoder = choose_decoder(config.model, loaded, training=store.training_running if config.worker else None)
+    decoder = choose_decoder(config.model, loaded, training=store.training_running if config.worker else None,
+                             cache_root=config.model_cache_dir)
     return ChatService(store, loaded, config, executor, adapters, config.learning, decoder=decoder)
 
 

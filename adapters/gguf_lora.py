@@ -6,7 +6,7 @@ The layout follows llama.cpp's `convert_lora_to_gguf.py`: metadata `general.arch
 weight, `blk.N.attn_q.weight.lora_a` (PEFT's `lora_A`, numpy shape (r, in)) and `….lora_b` (`lora_B`, (out, r)).
 llama.cpp computes scale·B·(A·x) with scale = alpha / r, as PEFT does. The converter stores a LLaMA model's q and k
 projections with their rows permuted for its RoPE layout (`LlamaModel.permute`); the permutation acts on output rows,
-so for a LoRA pair it applies to B alone.
+so for a LoRA pair it applies to B alone (`permute_rows`, shared with assistant/gguf_model.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from gguf import GGUFType, GGUFWriter, Keys
 
+from assistant.gguf_model import permute_rows
 from storage.errors import AdapterUnusable
 
 logging.getLogger("gguf").setLevel(logging.WARNING)  # (it logs every file it writes, and its byte order, at INFO)
@@ -28,13 +29,6 @@ MODULES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_att
            "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
            "mlp.down_proj": "ffn_down"}
 """HF LLaMA module (after `model.layers.N.`) → llama.cpp tensor name (after `blk.N.`)."""
-
-
-def permute_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp's `LlamaModel.permute` for q (n_head heads) and k (n_head_kv): within each head, the two rotary
-    halves are interleaved. Acts on rows (output features), so on a LoRA pair it is B's to carry."""
-    rows = weight.shape[0]
-    return weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
 def gguf_name(peft_key: str) -> tuple[str, str]:

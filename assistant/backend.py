@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from assistant.config import EMBEDDED_MODEL, GenerationSettings, ModelConfig
+from assistant.gguf_model import gguf_for
 from assistant.llamacpp import LlamaCppDecoder, available
 from assistant.model import EMBEDDED_ALIASES, LoadedModel, embedded_gguf_path
 from assistant.prompts import build_prompt
@@ -39,10 +42,11 @@ def self_check(decoder: LlamaCppDecoder, loaded: LoadedModel) -> bool:
 
 
 def choose_decoder(config: ModelConfig, loaded: LoadedModel,
-                   training: Callable[[], bool] | None = None) -> LlamaCppDecoder | OpenAIDecoder | None:
+                   training: Callable[[], bool] | None = None,
+                   cache_root: Path | None = None) -> LlamaCppDecoder | OpenAIDecoder | None:
     """The llama.cpp decoder to serve with, or None for torch, with one log line saying which and why. While
     `training()` says a worker trains beside it, each reply takes one thread (two collapse when the trainer shares
-    the cores)."""
+    the cores). `cache_root`: where a model other than the embedded one is written as a GGUF (`--backend llamacpp`)."""
     if config.backend == "torch":
         log.info("Decoding with torch (--backend torch).")
         return None
@@ -54,14 +58,17 @@ def choose_decoder(config: ModelConfig, loaded: LoadedModel,
                  "registered as they appear" if config.server_loads_adapters else "served by name")
         return decoder
     embedded = config.model in EMBEDDED_ALIASES or config.model == EMBEDDED_MODEL
-    if not embedded or not available():
-        why = "the model is not the embedded one" if not embedded else "llama-cpp-python is not installed"
+    if not available() or (not embedded and config.backend != "llamacpp"):
+        why = "llama-cpp-python is not installed" if not available() else "the model is not the embedded one"
         if config.backend == "llamacpp":
             raise ModelUnavailable(f"--backend llamacpp cannot serve: {why} (make llamacpp installs it).")
         log.info("Decoding with torch: %s.", why)
         return None
+    # The embedded model's shipped Q4_1 file; another LLaMA-family model as an F32 GGUF of its very weights.
+    gguf = embedded_gguf_path() if embedded else gguf_for(loaded.model, loaded.tokenizer,
+                                                          cache_root or Path(tempfile.gettempdir()) / "attune")
     threads = max(1, os.cpu_count() or 1)
-    decoder = LlamaCppDecoder(embedded_gguf_path(), loaded.context_window, threads, contexts=config.llamacpp_contexts,
+    decoder = LlamaCppDecoder(gguf, loaded.context_window, threads, contexts=config.llamacpp_contexts,
                               training=training or (lambda: False))
     if not self_check(decoder, loaded):
         if config.backend == "llamacpp":

@@ -43,3 +43,21 @@ def make_tiny_gpt2(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def make_tiny_llama(folder: Path, seed: int = 0) -> Path:
+    """Build a 2-layer random LLaMA (grouped-query attention, tied embeddings, like SmolLM2) with the same tokenizer
+    and save both to `folder`: the tiny model llama.cpp can also decode (assistant/gguf_model.py). Its weights are
+    drawn wider than a trained model's initialisation so that greedy choices are rarely near ties."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _train_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=TINY_CONTEXT,
+                         tie_word_embeddings=True, initializer_range=0.5, bos_token_id=tokenizer.eos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

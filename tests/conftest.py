@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random GPT-2 saved to disk and loaded through the real loading code, temp data homes."""
+"""Shared fixtures: a tiny random GPT-2 saved to disk and loaded through the real loading code, a tiny random LLaMA
+that both backends decode (`BACKENDS`), temp data homes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 from assistant.config import DATA_HOME_ENV, AppConfig, ModelConfig
 from assistant.model import LoadedModel, load_model
-from bench.tiny_model import TINY_CONTEXT, make_tiny_gpt2  # noqa: F401  (TINY_CONTEXT: used by tests)
+from assistant.llamacpp import available as llamacpp_available
+from bench.tiny_model import TINY_CONTEXT, make_tiny_gpt2, make_tiny_llama  # noqa: F401  (TINY_CONTEXT: used by tests)
 import app as attune_app
 from storage.db import DB_FILENAME
 from storage.store import Store
@@ -34,6 +36,29 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_model_dir) -> LoadedModel:
     return load_model(ModelConfig(model=str(tiny_model_dir)), cache_root=tiny_model_dir.parent / "cache")
+
+
+BACKENDS = ["torch", pytest.param("llamacpp", marks=pytest.mark.skipif(
+    not llamacpp_available(), reason="llama-cpp-python is not installed (make llamacpp)"))]
+"""Parametrise a test with these to run it on both decoders: torch on the tiny GPT-2, llama.cpp on the tiny LLaMA
+(`tiny_llama`)."""
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_llama_dir):
+    """(loaded tiny LLaMA, its llama.cpp decoder: an F32 GGUF of the same weights, two contexts)."""
+    from assistant.backend import choose_decoder
+
+    config = ModelConfig(model=str(tiny_llama_dir), backend="llamacpp")
+    loaded = load_model(config, cache_root=tiny_llama_dir.parent / "cache")
+    decoder = choose_decoder(config, loaded, cache_root=tiny_llama_dir.parent / "cache")
+    yield loaded, decoder
+    decoder.close()
 
 
 @pytest.fixture(autouse=True)

@@ -18,11 +18,20 @@ from gradio_client.exceptions import AppError
 
 from assistant.config import DATA_HOME_ENV, BlendConfig
 from storage.store import Store
-from tests.conftest import HANG, REPO, free_port
+from tests.conftest import BACKENDS, HANG, REPO, free_port, serving
 from ui import OUTPUTS, UI, api_returns
 from ui.views import unmarked
 
 SETTINGS = dict(system_prompt="Be brief.", temperature=0, top_p=0.9, max_new_tokens=12)
+
+
+@pytest.fixture(params=BACKENDS)
+def running_app(request, tiny_model_dir, data_home):
+    """The app on each backend: torch on the tiny GPT-2, llama.cpp on the tiny LLaMA."""
+    model = tiny_model_dir if request.param == "torch" else request.getfixturevalue("tiny_llama_dir")
+    with serving(["--model", str(model), "--data-dir", str(data_home), "--backend", request.param]) as started:
+        assert (started[1].decoder is not None) == (request.param == "llamacpp")
+        yield started
 
 
 @pytest.fixture

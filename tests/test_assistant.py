@@ -10,7 +10,7 @@ from assistant.generation import ReplyStream, generate_texts, visible_text
 from assistant.model import LoadedModel, load_model
 from assistant.prompts import build_prompt
 from storage.errors import InvalidInput, ModelUnavailable
-from tests.conftest import TINY_CONTEXT
+from tests.conftest import BACKENDS, TINY_CONTEXT
 
 
 def test_tiny_model_loads_through_the_real_loader(tiny_loaded, tiny_model_dir):
@@ -123,10 +123,27 @@ def test_a_character_cut_in_half_is_held_back_and_dropped_at_the_budget(tiny_loa
     assert visible_text("Hi \ufffd\nUser: x", ("\nUser:",)) == ("Hi ", True)
 
 
-def test_streamed_greedy_reply_equals_plain_generate(tiny_loaded):
+@pytest.fixture(params=BACKENDS)
+def decoding(request, tiny_loaded) -> tuple:
+    """(loaded model, `ReplyStream` arguments) of each backend: torch on the tiny GPT-2, llama.cpp on the tiny
+    LLaMA (an F32 GGUF of the same weights its torch model has)."""
+    if request.param == "torch":
+        return tiny_loaded, {}
+    loaded, decoder = request.getfixturevalue("tiny_llama")
+    return loaded, {"decoder": decoder}
+
+
+def _texts(loaded, prompt, settings, **decoding) -> list[str]:
+    stream = ReplyStream(loaded, prompt, settings, **decoding)
+    list(stream)
+    return stream.texts
+
+
+def test_streamed_greedy_reply_equals_plain_generate(decoding):
+    tiny_loaded, kwargs = decoding
     settings = GenerationSettings(temperature=0, max_new_tokens=24, system_prompt="")
     prompt = build_prompt(tiny_loaded, "", [{"role": "user", "content": "Tell me a joke."}], 24)
-    stream = ReplyStream(tiny_loaded, prompt, settings)
+    stream = ReplyStream(tiny_loaded, prompt, settings, **kwargs)
     steps = list(stream)
     with torch.inference_mode():
         out = tiny_loaded.model.generate(torch.tensor([prompt.input_ids]), max_new_tokens=24, do_sample=False,
@@ -157,14 +174,12 @@ def _greedy_with_penalty(loaded, input_ids: list[int], steps: int, penalty: floa
     return ids[len(input_ids):]
 
 
-def test_repetition_penalty_applies_to_the_reply_only(tiny_loaded):
+def test_repetition_penalty_applies_to_the_reply_only(decoding):
+    tiny_loaded, kwargs = decoding
     prompt = build_prompt(tiny_loaded, "", [{"role": "user", "content": "Tell me a joke about a joke."}], 24)
-    texts = {}
-    for penalty in (1.0, 1.8):
-        stream = ReplyStream(tiny_loaded, prompt, GenerationSettings(temperature=0, max_new_tokens=24, system_prompt="",
-                                                                     repetition_penalty=penalty))
-        list(stream)
-        texts[penalty] = stream.texts[0]
+    texts = {penalty: _texts(tiny_loaded, prompt, GenerationSettings(temperature=0, max_new_tokens=24,
+                                                                      system_prompt="", repetition_penalty=penalty),
+                             **kwargs)[0] for penalty in (1.0, 1.8)}
     decode = lambda ids: visible_text(tiny_loaded.tokenizer.decode(ids, skip_special_tokens=True),  # noqa: E731
                                       prompt.stop_strings)[0].strip()
     width = len(prompt.input_ids)
@@ -193,24 +208,27 @@ def test_two_candidates_come_from_one_batched_call(tiny_loaded, monkeypatch):
     assert len(texts) == 2 and texts[0] != texts[1]
 
 
-def test_abandoned_stream_stops_generation(tiny_loaded):
+def test_abandoned_stream_stops_generation(decoding):
+    tiny_loaded, kwargs = decoding
     settings = GenerationSettings(temperature=0, max_new_tokens=100)
     prompt = build_prompt(tiny_loaded, "", [{"role": "user", "content": "Hi"}], 100)
-    stream = ReplyStream(tiny_loaded, prompt, settings)
+    stream = ReplyStream(tiny_loaded, prompt, settings, min_new_tokens=100, **kwargs)
     iterator = iter(stream)
     next(iterator), next(iterator)
     iterator.close()  # the browser went away
     assert not stream.finished and stream.new_tokens[0] < 100
 
 
-def test_candidates_from_different_prompts_match_their_own_greedy_replies(tiny_loaded):
-    """Left padding in one batch must not change a row: each candidate equals its prompt's reply alone."""
+def test_candidates_from_different_prompts_match_their_own_greedy_replies(decoding):
+    """Left padding in one batch (torch) or a context each (llama.cpp) must not change a candidate: each equals its
+    prompt's reply alone."""
+    tiny_loaded, kwargs = decoding
     settings = GenerationSettings(temperature=0, max_new_tokens=10, system_prompt="")
     short = build_prompt(tiny_loaded, "", [{"role": "user", "content": "Hi"}], 10)
     long = build_prompt(tiny_loaded, "", [{"role": "user", "content": "Tell me a long story about a fox."}], 10)
     assert len(long.input_ids) > len(short.input_ids)
-    alone = [generate_texts(tiny_loaded, p, settings)[0] for p in (long, short)]
-    stream = ReplyStream(tiny_loaded, short, settings, candidate_prompts=(long, short))
+    alone = [_texts(tiny_loaded, p, settings, **kwargs)[0] for p in (long, short)]
+    stream = ReplyStream(tiny_loaded, short, settings, candidate_prompts=(long, short), **kwargs)
     list(stream)
     assert stream.num_candidates == 2 and stream.texts == alone
     assert len(stream.ended) == 2 and len(stream.new_tokens) == 2

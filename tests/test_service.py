@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import replace
 
 import pytest
 
-from assistant.config import AppConfig, GenerationSettings
+from assistant.config import AppConfig, GenerationSettings, ModelConfig
 from assistant.service import ChatService
 from storage.errors import Conflict, InvalidInput, NotFound
+from tests.conftest import BACKENDS
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=12, system_prompt="Be brief.")
 
 
-@pytest.fixture
-def service(store, tiny_loaded, app_config) -> ChatService:
-    return ChatService(store, tiny_loaded, app_config)
+@pytest.fixture(params=BACKENDS)
+def service(request, store, tiny_loaded, app_config) -> ChatService:
+    """The service on each backend: torch on the tiny GPT-2; llama.cpp on the tiny LLaMA."""
+    if request.param == "torch":
+        return ChatService(store, tiny_loaded, app_config)
+    loaded, decoder = request.getfixturevalue("tiny_llama")
+    return ChatService(store, loaded, replace(app_config, model=ModelConfig(model=loaded.model_id, backend="llamacpp")),
+                       decoder=decoder)
 
 
 @pytest.fixture
@@ -49,17 +56,7 @@ def test_stop_ends_the_reply_being_written_in_that_conversation_only(service, an
     """Stop while `generate` is held at its first token (so nothing depends on the model's speed): the stream
     finishes normally, the reply so far is stored marked stopped, and Stop reaches only this profile's conversation
     while a reply is written there."""
-    from assistant import generation
-
-    held, release, real_put = threading.Event(), threading.Event(), generation._QueueStreamer.put
-
-    def put(self, value):
-        if self.prompt_seen and not held.is_set():  # the first token, after the prompt
-            held.set()
-            release.wait(60)
-        real_put(self, value)
-
-    monkeypatch.setattr(generation._QueueStreamer, "put", put)
+    held, release = _hold_at_the_first_token(service, monkeypatch)
     conversation = service.new_conversation(ann, "t")["id"]
     settings = GenerationSettings(temperature=0, max_new_tokens=64)
     updates = service.send(ann, conversation, "Tell me a long story.", settings)
@@ -80,6 +77,37 @@ def test_stop_ends_the_reply_being_written_in_that_conversation_only(service, an
     assert not service.stop(ann, conversation)  # nothing is being written any more
     done = _finish(service.send(ann, conversation, "Again?", settings))[-1]  # a new reply is not stopped
     assert done.reply.settings["stopped"] is False
+
+
+def _hold_at_the_first_token(service, monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """(held, release): the decoder, torch's or llama.cpp's, stops at its first token until `release` is set."""
+    from assistant import generation
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        if not held.is_set():
+            held.set()
+            release.wait(60)
+
+    if service.decoder is None:
+        real_put = generation._QueueStreamer.put
+
+        def put(self, value):
+            if self.prompt_seen:  # the first token, after the prompt
+                hold()
+            real_put(self, value)
+
+        monkeypatch.setattr(generation._QueueStreamer, "put", put)
+    else:
+        real_generate = service.decoder.generate
+
+        def generate(input_ids, settings, max_new_tokens, adapters, on_token, *args, **kwargs):
+            return real_generate(input_ids, settings, max_new_tokens, adapters,
+                                 lambda token: (hold(), on_token(token)), *args, **kwargs)
+
+        monkeypatch.setattr(service.decoder, "generate", generate)
+    return held, release
 
 
 def test_retry_keeps_the_old_reply_as_superseded(service, ann):
