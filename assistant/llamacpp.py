@@ -217,10 +217,11 @@ class LlamaCppDecoder:
             llm = context.llm
             context.set_threads(self._threads_each(training))  # (for the prompt; re-planned at every token)
             llm.set_seed(random.getrandbits(31) if seed is None else seed)
+            sampled = float(settings.temperature) > 0
             steps = llm.generate(  # (keeps the keys and values of the prompt's leading tokens the context holds)
-                input_ids, temp=float(settings.temperature), top_p=float(settings.top_p), top_k=0, min_p=0.0,
-                repeat_penalty=1.0, reset=True, logits_processor=LogitsProcessorList([_Step(
-                    settings.repetition_penalty, len(input_ids), min_new_tokens, llm,
+                input_ids, temp=1.0 if sampled else 0.0, top_p=1.0, top_k=0, min_p=0.0, repeat_penalty=1.0,
+                reset=True, logits_processor=LogitsProcessorList([_Step(
+                    settings, len(input_ids), min_new_tokens, llm,
                     lambda: context.set_threads(self._threads_each(training)))]))
             vocab = llm._model.vocab
             for count, token in enumerate(steps):
@@ -237,11 +238,15 @@ def _blend(adapters: list[tuple[Path, float]]) -> Blend:
 
 
 class _Step:
-    """Called by llama-cpp-python before each token is sampled: re-plans the threads (`plan`), applies the reply's
-    repetition penalty and holds end-of-generation back before `min_new_tokens`."""
+    """Called by llama-cpp-python before each token is sampled (the first of its sampler chain, which then only
+    draws: greedy, or from the softmax at temperature 1): re-plans the threads (`plan`), applies the reply's repetition
+    penalty, holds end-of-generation back before `min_new_tokens`, then temperature and top-p in transformers' order
+    (llama.cpp's own chain cuts the nucleus before it applies the temperature)."""
 
-    def __init__(self, penalty: float, prompt_length: int, min_new_tokens: int, llm, plan: Callable[[], None]):
-        self.penalty = _ReplyRepetitionPenalty(penalty, prompt_length)
+    def __init__(self, settings: GenerationSettings, prompt_length: int, min_new_tokens: int, llm,
+                 plan: Callable[[], None] = lambda: None):
+        self.penalty = _ReplyRepetitionPenalty(settings.repetition_penalty, prompt_length)
+        self.temperature, self.top_p = float(settings.temperature), float(settings.top_p)
         self.prompt_length, self.min_new_tokens, self.plan = prompt_length, min_new_tokens, plan
         from llama_cpp import llama_vocab_is_eog
 
@@ -254,7 +259,25 @@ class _Step:
             scores = self.penalty(input_ids, scores)
         if len(input_ids) - self.prompt_length < self.min_new_tokens:
             scores[self.eog] = -np.inf
+        if self.temperature > 0:
+            scores = nucleus(scores / self.temperature, self.top_p)
         return scores
+
+
+def nucleus(scores: np.ndarray, top_p: float) -> np.ndarray:
+    """`scores` with every token outside the smallest set whose probability reaches `top_p` at -inf (transformers'
+    `TopPLogitsWarper`: the tokens whose cumulative probability, from the least likely up, is at most 1 - top_p
+    go; the most likely always stays)."""
+    if top_p >= 1.0:
+        return scores
+    order = np.argsort(scores, kind="stable")
+    probabilities = np.exp(scores[order] - scores[order][-1])
+    cumulative = np.cumsum(probabilities / probabilities.sum())
+    drop = cumulative <= 1.0 - top_p
+    drop[-1] = False
+    scores = scores.copy()
+    scores[order[drop]] = -np.inf
+    return scores
 
 
 class _ReplyRepetitionPenalty:
