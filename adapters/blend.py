@@ -264,11 +264,14 @@ class AdapterServer:
         if not parts:
             return []
         key = tuple(parts)
-        folder = self._merged.get(key)
+        with self._lock:
+            folder = self._merged.get(key)
         if folder is None or not folder.is_dir():
             versions = [(next(v for v in self.registry.history(a) if v.version == version), scale)
                         for a, version, scale in parts]
-            folder = self._merged[key] = self.registry.merged(versions, self.loaded.model.config)
+            folder = self.registry.merged(versions, self.loaded.model.config)
+            with self._lock:
+                self._merged[key] = folder
         return [(folder, 1.0)]
 
     def forget(self, adapter: str) -> None:

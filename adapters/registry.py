@@ -192,7 +192,8 @@ class AdapterRegistry:
         digits) stands for exactly these versions at these scales; written once, in a temporary folder then
         renamed. Deleted with any of its versions (`drop`, `prune`, `drop_tainted`)."""
         sources = [f"{version.adapter}/{version.label}" for version, _ in parts]
-        key = "|".join(f"{source}@{scale:.4f}" for source, (_, scale) in zip(sources, parts))
+        key = "|".join(f"{source}#{version.manifest.get('checksum_sha256')}@{scale:.4f}"
+                       for source, (version, scale) in zip(sources, parts))
         target = self.root / MERGED / ("attune-" + hashlib.sha256(key.encode()).hexdigest()[:16])
         if target.is_dir():
             return target
@@ -206,21 +207,35 @@ class AdapterRegistry:
                 write_gguf_lora(tmp / GGUF, config, tensors, model_config)
             (tmp / SOURCES).write_text(json.dumps({"sources": sources, "scales": [s for _, s in parts]}) + "\n")
             os.rename(tmp, target)
-        except FileExistsError:  # (another thread wrote it first: the same content)
+        except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
+            if not target.is_dir():
+                raise
+            # (another request wrote the same merge first: the same content)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return target
 
+    def merged_with(self, adapter: str) -> list[Path]:
+        """The merged adapters' folders that sum a version of `adapter`."""
+        return [folder for folder in self._merged_folders() if any(
+            s.split("/")[0] == adapter for s in self._sources(folder))]
+
+    def _merged_folders(self) -> list[Path]:
+        return sorted((self.root / MERGED).glob("attune-*")) if (self.root / MERGED).is_dir() else []
+
+    @staticmethod
+    def _sources(folder: Path) -> list[str]:
+        try:
+            return json.loads((folder / SOURCES).read_text())["sources"]
+        except (OSError, ValueError, KeyError):
+            return [""]  # (unreadable: treated as summing anything; it is rebuilt on use)
+
     def _drop_merged(self, sources: set[str]) -> None:
         """Delete the merged adapters that sum any of `sources` (`adapter/vNNNN`, or `adapter/` for all of them)."""
-        for folder in (self.root / MERGED).glob("attune-*") if (self.root / MERGED).is_dir() else []:
-            try:
-                summed = json.loads((folder / SOURCES).read_text())["sources"]
-            except (OSError, ValueError, KeyError):
-                summed = [""]  # (unreadable: delete it; it is rebuilt on use)
-            if any(s in sources or s.split("/")[0] + "/" in sources or not s for s in summed):
+        for folder in self._merged_folders():
+            if any(s in sources or s.split("/")[0] + "/" in sources or not s for s in self._sources(folder)):
                 self._delete_folders([f"{MERGED}/{folder.name}"])
 
     def _delete_folders(self, paths: list[str]) -> None:
@@ -307,9 +322,14 @@ class AdapterRegistry:
         self._drop_merged({adapter + "/"})
 
     def remove_strays(self) -> list[Path]:
-        """Delete folders no version row points at: leftovers of a publish that crashed before its last step."""
+        """Delete folders no version row points at: leftovers of a publish that crashed before its last step, and
+        merged adapters (or their unfinished writes) that sum a version no longer there."""
         known = self.store.known_adapter_paths()
         removed = []
+        for folder in sorted((self.root / MERGED).iterdir()) if (self.root / MERGED).is_dir() else []:
+            if folder.name.startswith(".tmp-") or not all(s in known for s in self._sources(folder)):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
         for adapter_dir in self.root.iterdir() if self.root.exists() else []:
             if not adapter_dir.is_dir() or adapter_dir.name == MERGED:
                 continue

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 BUSY_CORES = 0.5
 """The app's CPU use (cores, averaged since the last step) above which it counts as decoding."""
+SAMPLE_S = 0.2
+"""Seconds over which a job's first step looks at the app's CPU use."""
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -47,6 +49,13 @@ class ThreadPlan:
         if used is None or before is None or now <= then:
             return None
         return (used - before) / (now - then)
+
+    def start(self, sample_seconds: float = SAMPLE_S) -> int:
+        """Plan a job's first step from the app's use over the last `sample_seconds` (the previous call may be
+        minutes old); returns the threads."""
+        self.app_cores()
+        time.sleep(sample_seconds)
+        return self.step()
 
     def step(self) -> int:
         """Plan the next step's threads; returns them."""

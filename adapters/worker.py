@@ -275,7 +275,7 @@ class Worker:
                 self.plan.step()
 
         if self.plan:
-            self.plan.step()
+            self.plan.start()
         self.store.job_progress(job_id, 0.0, f"training on {len(data.train)} examples")
         config = self.train_config(selection, built.refit)
         metrics = train_adapter(built.model, self.loaded, data.train, config, progress, new_examples=data.new_events,

@@ -24,9 +24,9 @@ from transformers.generation.streamers import BaseStreamer
 from assistant.config import GenerationSettings
 from assistant.executor import GenerationExecutor
 from assistant.llamacpp import LlamaCppDecoder
-from assistant.remote import OpenAIDecoder
 from assistant.model import LoadedModel
 from assistant.prompts import Prompt
+from assistant.remote import OpenAIDecoder
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,8 @@ class ReplyStream:
             try:
                 if self.decoder.generate(prompt.input_ids, settings, budget, self.decoder_adapters,
                                          lambda token: sink.put({row: token}),
-                                         lambda: cancel.is_set() or bool(self.stop and self.stop.is_set()),
+                                         lambda: cancel.is_set() or self._done[row] or bool(
+                                             self.stop and self.stop.is_set()),
                                          min_new_tokens=self.min_new_tokens, owner=self.owner):
                     sink.put({row: self.loaded.tokenizer.eos_token_id})
             except BaseException as exc:  # raised on the stream's thread below
@@ -240,7 +241,7 @@ class ReplyStream:
 
         n = self.num_candidates
         tokens: list[list[int]] = [[] for _ in range(n)]
-        done = [False] * n
+        done = self._done = [False] * n  # (read by `_decode`: a finished candidate's decoder stops)
         self.ended = [False] * n
         self.texts = [""] * n
         eos = self.loaded.tokenizer.eos_token_id

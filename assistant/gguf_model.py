@@ -42,9 +42,12 @@ def supported(model) -> str | None:
     config = model.config
     if config.model_type != "llama":
         return f"a {config.model_type} model (this writer knows LLaMA-family models)"
-    if _rope(config).get("rope_type", "default") != "default" or getattr(config, "attention_bias", False) or \
-            getattr(config, "mlp_bias", False):
+    rope = _rope(config)
+    if rope.get("rope_type", rope.get("type", "default")) != "default" or getattr(config, "attention_bias", False) \
+            or getattr(config, "mlp_bias", False):
         return "rope scaling or biases, which this writer does not carry over"
+    if getattr(config, "head_dim", None) not in (None, config.hidden_size // config.num_attention_heads):
+        return "a head size other than hidden size / heads"
     return None
 
 

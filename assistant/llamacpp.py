@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import logging
+import os
 import random
 import threading
 from collections import OrderedDict
@@ -76,14 +77,15 @@ class _Context:
         return int(mismatch[0]) if mismatch.size else n
 
     def forget(self, owners: set[str], adapters: set[str]) -> None:
-        """Drop the keys and values this context holds if it read them for one of `owners`, and free `adapters`."""
+        """Drop the keys, values and token ids this context holds if it read them for one of `owners`, and free the
+        loaded `adapters` (file paths)."""
         import llama_cpp
 
-        if self.owner in owners or any(p in adapters for p, _ in self.active):
+        if self.owner in owners or any(k.split("\x1f")[0] in adapters for k, _ in self.active):
             self.claim((), None)
-            self.llm._ctx.kv_cache_clear()
-        for path in adapters & self.adapters.keys():
-            llama_cpp.llama_adapter_lora_free(self.adapters.pop(path))
+            self._clear()
+        for key in [k for k in self.adapters if k.split("\x1f")[0] in adapters]:
+            llama_cpp.llama_adapter_lora_free(self.adapters.pop(key))
 
     def set_threads(self, threads: int) -> None:
         import llama_cpp
@@ -92,21 +94,22 @@ class _Context:
             llama_cpp.llama_set_n_threads(self.llm.ctx, threads, threads)
             self.threads = threads
 
-    def _adapter(self, path: str):
+    def _adapter(self, key: str, keep: set[str]):
+        """The loaded adapter of `key` (a file's `_identity`), loading it first; the least recently used beyond
+        MAX_ADAPTERS are freed, never one in `keep` (the active set, the one being set)."""
         import llama_cpp
 
-        if path in self.adapters:
-            self.adapters.move_to_end(path)
-            return self.adapters[path]
+        if key in self.adapters:
+            self.adapters.move_to_end(key)
+            return self.adapters[key]
+        path = key.split("\x1f")[0]
         handle = llama_cpp.llama_adapter_lora_init(self.llm.model, path.encode())
         if not handle:
             name = Path(path)
             raise ModelUnavailable(f"llama.cpp could not load the adapter {name.parent.name}/{name.name}.")
-        self.adapters[path] = handle
-        while len(self.adapters) > MAX_ADAPTERS:
-            stale_path, stale = self.adapters.popitem(last=False)
-            if stale_path not in {p for p, _ in self.active}:
-                llama_cpp.llama_adapter_lora_free(stale)
+        self.adapters[key] = handle
+        for stale in [k for k in self.adapters if k not in keep][:max(0, len(self.adapters) - MAX_ADAPTERS)]:
+            llama_cpp.llama_adapter_lora_free(self.adapters.pop(stale))
         return handle
 
     def claim(self, blend: Blend, owner: str | None) -> None:
@@ -116,15 +119,21 @@ class _Context:
 
         if owner != self.owner:
             self.owner = owner
-            self.llm.reset()
+            self._clear()
         if blend == self.active:
             return
-        handles = [self._adapter(p) for p, _ in blend]
+        keep = {k for k, _ in self.active} | {k for k, _ in blend}
+        handles = [self._adapter(k, keep) for k, _ in blend]
         array = (llama_cpp.llama_adapter_lora_p_ctypes * len(handles))(*handles) if handles else None
         scales = (ctypes.c_float * len(handles))(*(s for _, s in blend)) if handles else None
         llama_cpp.llama_set_adapters_lora(self.llm.ctx, array, len(handles), scales)
         self.active = blend
-        self.llm._ctx.kv_cache_clear()  # keys and values computed under the old blend must not be reused
+        self._clear()  # keys and values computed under the old blend must not be reused
+
+    def _clear(self) -> None:
+        """Forget what was read: the keys and values and the token ids (another profile's words)."""
+        self.llm._ctx.kv_cache_clear()
+        self.llm.input_ids.fill(0)
         self.llm.reset()
 
 
@@ -234,7 +243,17 @@ class LlamaCppDecoder:
 
 
 def _blend(adapters: list[tuple[Path, float]]) -> Blend:
-    return tuple((str(p), float(s)) for p, s in adapters if s != 0.0)
+    """The active set's key: each file with its inode, modification time and size (a version number reused after a
+    reset is another file at the same path: its weights, and what was read under them, must not pass for the old)."""
+    return tuple((_identity(p), float(s)) for p, s in adapters if s != 0.0)
+
+
+def _identity(path: Path) -> str:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return str(path)  # (llama.cpp then says it cannot load it)
+    return f"{path}\x1f{stat.st_ino}\x1f{stat.st_mtime_ns}\x1f{stat.st_size}"
 
 
 class _Step:

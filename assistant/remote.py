@@ -56,7 +56,15 @@ class OpenAIDecoder:
         self.client.close()
 
     def forget(self, owner: str, adapters: list[Path]) -> None:
-        """Nothing is kept here per profile (the server's prompt cache is its own)."""
+        """Unload from the server the merged adapters among `adapters` (an erased or reset profile's) that this app
+        registered (`/v1/unload_lora_adapter`, vLLM); the server's own prompt cache is its to expire."""
+        names = {Path(p).name for p in adapters} & self._registered
+        for name in sorted(names):
+            try:
+                self.client.post("/unload_lora_adapter", cast_to=object, body={"lora_name": name})
+            except Exception as exc:  # (logged: the erasure itself has happened on this side)
+                log.warning("The server at %s did not unload %s (%s).", self.server, name, type(exc).__name__)
+            self._registered.discard(name)
 
     def _model(self, adapters: list[tuple[Path, float]]) -> str:
         """The name the request uses: the base model's, or the merged adapter's (registered first if needed)."""

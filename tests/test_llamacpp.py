@@ -106,10 +106,12 @@ def test_a_blend_of_gguf_adapters_decodes_as_the_merged_torch_model(embedded, de
     _agree(_llama_tokens(decoder, ids, [], eos), _torch_tokens(embedded.model, embedded, ids))  # and back
     decoder.generate(ids, GenerationSettings(temperature=0.0), 4, [(mine.folder / GGUF, 1.0)], lambda t: None,
                      lambda: False, owner=ann)
-    assert any(c.cached(ids, c.active, ann) for c in decoder._all)
-    decoder.forget(ann, [mine.folder / GGUF])  # Ann's profile is erased
-    assert all(c.owner != ann and str(mine.folder / GGUF) not in c.adapters for c in decoder._all)
-    assert str(everyone.folder / GGUF) in {p for c in decoder._all for p in c.adapters}  # (everyone's stays)
+    held = [c for c in decoder._all if c.cached(ids, c.active, ann)]
+    assert held
+    decoder.forget(ann, [mine.folder / GGUF])  # Ann's profile is erased: her token ids go too
+    loaded = {key.split("\x1f")[0] for c in decoder._all for key in c.adapters}
+    assert all(c.owner is None and not c.llm.input_ids.any() for c in held)
+    assert str(mine.folder / GGUF) not in loaded and str(everyone.folder / GGUF) in loaded  # (everyone's stays)
 
 def test_the_app_serves_replies_and_compare_mode_with_llama_cpp(data_home):
     from gradio_client import Client
@@ -237,3 +239,21 @@ def test_compare_mode_decodes_two_candidates_and_threads_follow_the_trainer(embe
     used = max(two._all, key=lambda c: c.cached(ids, ()))  # (the context holding this prompt decoded it again)
     assert used.threads == 1  # a job trains beside: one thread, the other core is the trainer's
     two.close()
+
+
+def test_a_version_number_reused_after_a_reset_serves_the_new_weights(embedded, decoder, store, data_home):
+    registry = AdapterRegistry(data_home / "adapters", store)
+    ann = store.create_profile("Ann")["id"]
+    first = registry.publish(personal_adapter(ann), ann, _random_lora(embedded.model, 2, 0.05), {}, "t")
+    ids, eos = _prompt(embedded), embedded.tokenizer.eos_token_id
+    before = _llama_tokens(decoder, ids, [(first.folder / GGUF, 1.0)], eos)
+    registry.drop(personal_adapter(ann))  # Reset: the next version is v0001 again, at the same path
+    second = registry.publish(personal_adapter(ann), ann, _random_lora(embedded.model, 5, 0.05), {}, "t")
+    assert second.folder == first.folder
+    merged = copy.deepcopy(embedded.model)
+    merge_lora(merged, *registry.load_weights(second))
+    expected = _torch_tokens(merged, embedded, ids)
+    assert expected[0] != before  # (the two versions write different replies)
+    after = _llama_tokens(decoder, ids, [(second.folder / GGUF, 1.0)], eos)
+    assert after != before  # not the first version's weights, nor what was read under them
+    _agree(after, expected)

@@ -73,3 +73,15 @@ def test_merging_one_part_at_scale_one_keeps_its_update():
     assert config["lora_alpha"] == config["r"] == 4 and config["target_modules"] == ["q"]
     merged = tensors["m.q.lora_B.weight"] @ tensors["m.q.lora_A.weight"]
     assert torch.allclose(merged, 2.0 * b @ a)  # PEFT's scale alpha/r = 2, folded into B
+
+
+def test_a_merge_of_a_reused_version_number_is_another_adapter(tiny_model_dir, store, data_home):
+    loaded = load_model(ModelConfig(model=str(tiny_model_dir)), tiny_model_dir.parent)
+    registry = AdapterRegistry(data_home / "adapters", store)
+    ann = store.create_profile("Ann")["id"]
+    first = registry.publish(personal_adapter(ann), ann, _random_lora(loaded.model, 1, LoraSettings(rank=2)), {}, "t")
+    before = registry.merged([(first, 0.5)], loaded.model.config)
+    registry.drop(personal_adapter(ann))  # a reset: the next version is v0001 again
+    assert not before.exists()
+    second = registry.publish(personal_adapter(ann), ann, _random_lora(loaded.model, 2, LoraSettings(rank=2)), {}, "t")
+    assert second.label == first.label and registry.merged([(second, 0.5)], loaded.model.config) != before

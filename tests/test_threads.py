@@ -30,6 +30,10 @@ def test_the_plan_follows_the_app_cpu_use():
     assert plan.step() == 2
     unknown = ThreadPlan(1234, cores=2, read=lambda pid: None)  # (no /proc: every core)
     assert unknown.step() == 2
+    clock[0], used[0] = 600.0, 2.0  # a job starts long after: its first step looks at the last moment only
+    plan.app_cores()
+    clock[0], used[0] = 600.2, 2.18
+    assert plan.step() == 1
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

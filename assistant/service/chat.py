@@ -117,15 +117,26 @@ class ChatService(Learning, Access):
         """Erase a profile: its rows (zeroed on disk, the write-ahead log truncated) and its adapter's files; the
         global versions that learned from it are marked tainted and a from-scratch global retrain is queued."""
         self.store.get_profile(profile_id)
+        self._forget_decoded(profile_id)
         if self.adapters:
-            if self.decoder is not None:  # what llama.cpp read for it and its adapter's weights, from memory too
-                self.decoder.forget(profile_id, [v.folder / GGUF for v in
-                                                 self.adapters.registry.history(personal_adapter(profile_id))])
             self.adapters.registry.drop(personal_adapter(profile_id))
             self.adapters.forget(personal_adapter(profile_id))
         if self.store.erase_profile(profile_id) and self.adapters:
             self.store.enqueue_job(GLOBAL, None, ERASURE)
             self.adapters.forget(GLOBAL)  # (a setting may stop tainted versions from serving at once)
+
+    def _forget_decoded(self, profile_id: str) -> None:
+        """What a decoder keeps of this profile goes from memory too: what llama.cpp read for it, its adapter
+        versions' weights, and the merged adapters that sum them (unloaded from a server)."""
+        if self.decoder is None:
+            return
+        adapters: list[Path] = []
+        if self.adapters:
+            registry = self.adapters.registry
+            adapters = [v.folder / GGUF for v in registry.history(personal_adapter(profile_id))]
+            adapters += [p for folder in registry.merged_with(personal_adapter(profile_id)) for p in (folder,
+                                                                                                     folder / GGUF)]
+        self.decoder.forget(profile_id, adapters)
 
     def download_data(self, profile_id: str) -> Path:
         """A zip of everything Attune keeps of this profile (assistant/service/archive.py)."""

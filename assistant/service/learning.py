@@ -60,6 +60,7 @@ class Learning:
         self._require_learning()
         self.store.get_profile(profile_id)
         self.store.cancel_jobs(personal_adapter(profile_id))
+        self._forget_decoded(profile_id)
         self.adapters.registry.drop(personal_adapter(profile_id))
         self.adapters.forget(personal_adapter(profile_id))
 
