@@ -8,10 +8,15 @@ population with `--users module:callable` (a callable returning a list of users)
 
 Every shipped user shares one taste (`shared_reward`: on topic, polite, not degenerate) and adds its own. All
 rewards are deterministic text features, fast enough to score thousands of replies a second.
+
+Two populations ship: `population` (ten tastes, the ones the built-in probes were written for) and
+`open_population` (nine tastes no probe names, whose users may also say what was wrong: `comment(prompt, reply) ->
+str | None`, the words of a 👎; a user without `comment` never writes any).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 import random
@@ -161,6 +166,113 @@ def population() -> list[SimulatedUser]:
     """The shipped population: ten tastes, each on top of the shared one."""
     return [SimulatedUser(fn.__name__, fn) for fn in (
         concise, detailed, bullets, formal, casual, emoji_lover, emoji_hater, examples, questions_back, nature_lover)]
+
+
+# ---- the open population: tastes no built-in probe names (issue 25) -----------------------------------------
+# A probe must never be written for these by name: they measure whether Attune learns a taste nobody listed.
+
+HEDGES = ("might", "may ", "perhaps", "possibly", "it depends", "generally", "usually", "i think", "probably",
+          "could be", "somewhat")
+ANALOGY = ("like a ", "like an ", "imagine", "think of it as", "similar to", "just as", "as if")
+SAFETY = ("careful", "safe", "safety", "warning", "risk", "avoid", "caution", "make sure")
+TOGETHER = ("we ", "we'", "let's", "let us", "our ", "together")
+SUMMING_UP = ("in short", "in summary", "overall", "to sum up", "in a nutshell", "bottom line")
+_YEAR = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})\b")
+_NUMBER = re.compile(r"\b\d+(?:[.,]\d+)?\b")
+
+
+def numbers(prompt: str, reply: str) -> float:
+    """Concrete figures: numbers, amounts and units rather than 'a lot' or 'some'."""
+    return min(2.0, -1.0 + 0.8 * len(_NUMBER.findall(reply)))
+
+
+def no_hedging(prompt: str, reply: str) -> float:
+    """Straight answers: every hedge ('might', 'perhaps', 'it depends', …) costs."""
+    return max(-2.0, 1.0 - 0.8 * _count(HEDGES, reply))
+
+
+def analogies(prompt: str, reply: str) -> float:
+    """Explained by comparison: 'imagine', 'think of it as', 'like a …'."""
+    return min(2.0, -1.0 + 1.5 * _count(ANALOGY, reply))
+
+
+def history_buff(prompt: str, reply: str) -> float:
+    """The past of things: years, centuries, 'invented', 'ancient'."""
+    hits = len(_YEAR.findall(reply)) + _count(("century", "ancient", "invented", "history", "originally"), reply)
+    return min(2.0, -1.0 + 0.9 * hits)
+
+
+def plain_words(prompt: str, reply: str) -> float:
+    """Plain vocabulary: short words; long ones (10+ letters) cost."""
+    said = words(reply)
+    if not said:
+        return 0.0
+    long = sum(len(w) >= 10 for w in said) / len(said)
+    return max(-2.0, 1.0 - 20.0 * long)
+
+
+def calm(prompt: str, reply: str) -> float:
+    """A calm tone: no exclamation marks, no capitals for emphasis."""
+    shouted = reply.count("!") + len(re.findall(r"\b[A-Z]{3,}\b", reply))
+    return max(-2.0, 1.0 - 0.7 * shouted)
+
+
+def safety_minded(prompt: str, reply: str) -> float:
+    """Cautions where they belong: 'be careful', 'make sure', 'avoid', 'risk'."""
+    return min(2.0, -1.0 + 1.2 * _count(SAFETY, reply))
+
+
+def collaborative(prompt: str, reply: str) -> float:
+    """Doing it together: 'we', 'let's', 'our'."""
+    return min(2.0, -1.0 + 0.8 * _count(TOGETHER, " " + reply.lower() + " "))
+
+
+def sums_up(prompt: str, reply: str) -> float:
+    """A last line that sums up: 'In short', 'Overall', … (it shows only in replies long enough to end)."""
+    tail = reply.strip().lower()[-160:]
+    return 1.5 if any(p in tail for p in SUMMING_UP) else -1.0
+
+
+REMARKS = {
+    "numbers": ("Give me actual numbers.", "How much exactly?", "Too vague, I want figures."),
+    "no_hedging": ("Stop hedging and just say it.", "Too many maybes.", "Be definite."),
+    "analogies": ("Explain it with a comparison.", "Hard to picture. An analogy would help."),
+    "history_buff": ("Where does it come from? Tell me its history.", "I like knowing when things started."),
+    "plain_words": ("Use simpler words.", "Too much jargon.", "Say it plainly."),
+    "calm": ("Less shouting, please.", "Calm down with the exclamation marks."),
+    "safety_minded": ("Tell me what to watch out for.", "Is it safe? Mention the risks."),
+    "collaborative": ("Talk to me like we're doing this together.", "Less lecturing, more 'let's'."),
+    "sums_up": ("End with a one-line summary.", "Sum it up at the end."),
+}
+"""What a person with each open taste writes in the 👎 box, in their own words (never a probe's instruction)."""
+VAGUE = ("Not what I wanted.", "Meh.", "Not quite.", "Try again.")
+
+
+@dataclass(frozen=True)
+class CommentingUser(SimulatedUser):
+    """A simulated user who sometimes says what was wrong: `comment(prompt, reply)` is the text a person with this
+    taste writes on a reply their taste scores below zero — about half the time in their own words, some of the
+    time vaguely, otherwise nothing (as people do), chosen by a stable hash of the reply so runs repeat."""
+
+    remarks: tuple[str, ...] = ()
+
+    def comment(self, prompt: str, reply: str) -> str | None:
+        if self.personal(prompt, reply) >= 0:
+            return None
+        draw = int(hashlib.sha256(f"{self.name}\x1f{prompt}\x1f{reply}".encode()).hexdigest()[:8], 16)
+        kind = draw % 10
+        if kind < 5 and self.remarks:
+            return self.remarks[(draw // 10) % len(self.remarks)]
+        if kind < 7:
+            return VAGUE[(draw // 10) % len(VAGUE)]
+        return None
+
+
+def open_population() -> list[CommentingUser]:
+    """The open population: nine tastes that no built-in probe names, each on top of the shared one, with words for
+    their 👎 (`CommentingUser.comment`)."""
+    return [CommentingUser(fn.__name__, fn, remarks=REMARKS[fn.__name__]) for fn in (
+        numbers, no_hedging, analogies, history_buff, plain_words, calm, safety_minded, collaborative, sums_up)]
 
 
 def load_users(spec: str) -> list:
