@@ -151,8 +151,7 @@ class LlamaCppDecoder:
         self._free = [_Context(gguf_path, context_window, self.threads, seed) for _ in range(max(1, contexts))]
         self._all = list(self._free)
         self._busy = 0
-        self._forgotten: set[str] = set()
-        self._dropped: set[str] = set()
+        self._pending: dict[int, tuple[set[str], set[str]]] = {}  # id(busy context) → (owners, adapters) to forget
         self._changed = threading.Condition()
         atexit.register(self.close)  # (freed by the interpreter's own teardown, llama-cpp-python logs a TypeError)
 
@@ -168,11 +167,15 @@ class LlamaCppDecoder:
     def forget(self, owner: str, adapters: list[Path]) -> None:
         """Drop the keys and values the contexts hold for `owner` and the `adapters` (GGUF files) they loaded: an
         erased profile's. A context decoding for it drops them when it finishes."""
+        owners, paths = {owner}, {str(p) for p in adapters}
         with self._changed:
-            self._forgotten.add(owner)
-            self._dropped.update(str(p) for p in adapters)
-            for context in self._free:
-                context.forget(self._forgotten, self._dropped)
+            for context in self._all:
+                if context in self._free:
+                    context.forget(owners, paths)
+                else:  # (once, when it is handed back: a later version at the same path is not dropped again)
+                    pending = self._pending.setdefault(id(context), (set(), set()))
+                    pending[0].update(owners)
+                    pending[1].update(paths)
 
     def _threads_each(self, training: bool) -> int:
         """Two OpenMP threads pay only on the process's main thread, alone and with no trainer beside (else they
@@ -196,7 +199,8 @@ class LlamaCppDecoder:
         finally:
             with self._changed:
                 self._busy -= 1
-                context.forget(self._forgotten, self._dropped)
+                if id(context) in self._pending:
+                    context.forget(*self._pending.pop(id(context)))
                 self._free.append(context)
                 self._changed.notify()
 

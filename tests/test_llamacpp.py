@@ -111,6 +111,8 @@ def test_a_blend_of_gguf_adapters_decodes_as_the_merged_torch_model(embedded, de
     decoder.forget(ann, [mine.folder / GGUF])  # Ann's profile is erased: her token ids go too
     loaded = {key.split("\x1f")[0] for c in decoder._all for key in c.adapters}
     assert all(c.owner is None and not c.llm.input_ids.any() for c in held)
+    decoder.generate(ids, GenerationSettings(temperature=0.0), 4, [], lambda t: None, lambda: False, owner=ann)
+    assert any(c.cached(ids, (), ann) for c in decoder._all)  # (forgetting is once: a reset profile's next turn)
     assert str(mine.folder / GGUF) not in loaded and str(everyone.folder / GGUF) in loaded  # (everyone's stays)
 
 def test_the_app_serves_replies_and_compare_mode_with_llama_cpp(data_home):
