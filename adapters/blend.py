@@ -238,11 +238,7 @@ class AdapterServer:
         at α, each file checked once against its manifest's `gguf_sha256`. None when a version has no GGUF file (it
         was published before they were written): that request decodes with torch."""
         found = []
-        for adapter, version, scale in ((GLOBAL, blend.global_version, 1.0),
-                                        (personal_adapter(blend.profile_id or ""), blend.personal_version,
-                                         blend.alpha)):
-            if version is None or scale == 0.0:
-                continue
+        for adapter, version, scale in _parts(blend):
             key = (adapter, version)
             if key not in self._gguf:  # (once per version: the history walk and checksum stay off the reply path)
                 entry = next((v for v in self.registry.history(adapter) if v.version == version), None)
@@ -256,11 +252,8 @@ class AdapterServer:
         """The blend as a server that takes one adapter per request needs it: [(merged adapter folder, 1.0)] summing
         the global version at 1 and the personal one at α rounded to `ALPHA_STEP` (registry.merged); [] for the
         bare base model. Cached per blend while its folder exists."""
-        parts = [(adapter, version, round(scale / ALPHA_STEP) * ALPHA_STEP)
-                 for adapter, version, scale in ((GLOBAL, blend.global_version, 1.0),
-                                                 (personal_adapter(blend.profile_id or ""), blend.personal_version,
-                                                  blend.alpha)) if version is not None]
-        parts = [(a, v, s) for a, v, s in parts if s != 0.0]
+        parts = [(a, v, s) for a, v, s in ((a, v, round(s / ALPHA_STEP) * ALPHA_STEP) for a, v, s in _parts(blend))
+                 if s != 0.0]
         if not parts:
             return []
         key = tuple(parts)
@@ -285,6 +278,14 @@ class AdapterServer:
                 del self._merged[key]
             self._blends.clear()
 
+
+
+def _parts(blend: Blend) -> list[tuple[str, int, float]]:
+    """(adapter, version, scale) of what a blend adds to the base: the global version at 1, the personal one at α;
+    absent versions and zero scales left out."""
+    return [(adapter, version, scale) for adapter, version, scale in (
+        (GLOBAL, blend.global_version, 1.0), (personal_adapter(blend.profile_id or ""), blend.personal_version,
+                                              blend.alpha)) if version is not None and scale != 0.0]
 
 GATE_P_VALUE = 0.1
 """A personal version is held back only when its held-out votes show it worse than global-only at this level."""
