@@ -4,7 +4,9 @@
 - Tie → nothing: it states no preference between the two.
 - Both bad → two undesirable unpaired examples.
 - Thumbs → an unpaired example (`prompt`, `completion`, `label`); and when the reply was a retry, a 👍 on it
-  also forms a pair against each reply it superseded (a 👎 on a retry says nothing about the one before).
+  also forms a pair against each reply it superseded (a 👎 on a retry says nothing about the one before). A retry
+  that followed the person's comment (or any explored reply) carries its hidden instruction into that pair, as a
+  chosen candidate of compare mode does.
 
 A reply that ended by itself is trained with the end-of-sequence token after it; one cut at its token budget
 is not (else every cut reply would teach the model to stop at that length).
@@ -84,7 +86,7 @@ def examples_from_feedback(events: list[dict]) -> Examples:
             if e["value"] > 0:
                 old_ended = ended.get("superseded", [True] * len(e.get("superseded", [])))
                 pairs += [PairExample(e["prompt"], e["completion"], old, **key, chosen_ended=done,
-                                      rejected_ended=old_done)
+                                      rejected_ended=old_done, chosen_instruction=instruction.get("completion"))
                           for old, old_done in zip(e.get("superseded", []), old_ended, strict=True)]
     return Examples(pairs, unpaired)
 

@@ -104,9 +104,9 @@ class Feedback(Comparisons):
         Thumbs rows also list as `superseded` the earlier replies to the same message that a retry replaced
         (and that were not themselves liked). `ended` says, per text (`completion` and the `superseded` list, or `a`
         and `b`), whether the reply ended by itself rather than at its budget (replies stored before this: True).
-        Comparison rows also have `probe` and `instruction`: per candidate, the name and the text of the hidden
-        exploration instruction it was generated with (None: the message as sent; candidates stored before the text
-        was kept have only the name).
+        Every row also has `probe` and `instruction`: per candidate (`a`/`b`, or `completion`), the name and the text
+        of the hidden exploration instruction it was generated with (None: the message as sent; candidates stored
+        before the text was kept have only the name).
         """
         with self._db() as db:
             self._require_profile(db, profile_id)
@@ -128,6 +128,8 @@ class Feedback(Comparisons):
             event["superseded"] = [r["content"] for r in old]
             event["ended"] = {"completion": ended(reply.settings),
                               "superseded": [ended(json.loads(r["settings"] or "{}")) for r in old]}
+            event["probe"] = {"completion": reply.settings.get("probe")}
+            event["instruction"] = {"completion": reply.settings.get("probe_instruction")}
             prompt_id = reply.parent_id
         else:
             comparison = self._require_comparison(db, profile_id, event["comparison_id"])

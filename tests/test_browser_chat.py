@@ -102,3 +102,29 @@ def test_each_profile_keeps_its_settings_and_compare_choice_across_reloads(page,
     page.get_by_role("option", name="Ivy").click()
     _until(lambda: number_box(page, "max-new-tokens").input_value() == "42", "not restored")
     assert page.locator("#compare input").is_checked() and service.preferences(ivy)[0].temperature == 0
+
+
+def test_words_after_a_thumb_are_kept_and_a_retry_follows_them(page, running_app, data_home):
+    url, _ = running_app
+    page.goto(url)
+    create_profile(page, "Ida")
+    page.locator("#message textarea").fill("Plan my weekend.")
+    page.locator("#send").click()
+    store = Store(data_home / "attune.db")
+    first = wait_for_reply(store, "ida")[-1]
+    ida = store.find_profile_by_name("ida")["id"]
+    _settled(page)
+    page.locator("#chatbot button[aria-label='Like']").last.click()
+    page.get_by_label("What did you like? (optional)").wait_for()  # a 👍 asks for words too
+    page.locator("#chatbot button[aria-label='Dislike']").last.click()
+    page.get_by_label("What was wrong? (optional)").fill("Too long, get to the point.")
+    page.locator("#retry-comment").click()
+    transcript = _until(lambda: (t := store.transcript(ida, first.conversation_id))[-1].id != first.id and t,
+                        "no retry was stored")
+    again = transcript[-1]
+    assert again.settings["probe_instruction"] == "Too long, get to the point." and again.settings["explored"]
+    assert [m.content for m in transcript][0] == "Plan my weekend."  # the words stay hidden from the transcript
+    old = next(m for m in store.replies_to(ida, transcript[0].id) if m.id == first.id)
+    assert (old.status, old.vote, old.comment) == ("superseded", -1, "Too long, get to the point.")
+    _settled(page)
+    assert not page.locator("#retry-comment").is_visible()  # the box closes with the new reply

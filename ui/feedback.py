@@ -1,4 +1,4 @@
-"""Feedback on replies: thumbs (with an optional comment on a 👎) and the choice between A and B."""
+"""Feedback on replies: thumbs (with an optional comment on either) and the choice between A and B."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import gradio as gr
 
 from assistant.service import ChatService
 from ui.errors import refuse, require_conversation, ui_errors
-from ui.layout import LIKE, UI
+from ui.layout import DOWN_LABEL, LIKE, UP_LABEL, UI
 from ui.views import unmarked, view
 
 CHOICE_CONFIRMATIONS = {
@@ -19,26 +19,28 @@ CHOICE_CONFIRMATIONS = {
 
 @ui_errors
 def on_like(service: ChatService, ui: UI, profile_id: str, conversation_id: str, data: gr.LikeData):
-    """A 👍 or 👎 on a reply in the chatbot; a 👎 opens the comment box."""
+    """A 👍 or 👎 on a reply in the chatbot; either opens the comment box, asking what was liked or wrong."""
     require_conversation(profile_id, conversation_id)
     index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
     value = 1 if data.liked is True or data.liked == LIKE else -1
     shown = unmarked(data.value) if isinstance(data.value, str) else None
     feedback = service.vote_at(profile_id, conversation_id, int(index), value, shown)
     if value > 0:
-        gr.Info("Thanks! Saved your 👍.")
-        return {ui.comment_row: gr.Row(visible=False), ui.disliked: None}
-    gr.Info("Saved your 👎. You can say what was wrong below.")
-    return {ui.comment_row: gr.Row(visible=True), ui.comment: "", ui.disliked: feedback["message_id"]}
+        gr.Info("Thanks! Saved your 👍. You can say what you liked below.")
+    else:
+        gr.Info("Saved your 👎. You can say what was wrong below.")
+    return {ui.comment_row: gr.Row(visible=True), ui.comment: gr.Textbox(value="", label=UP_LABEL if value > 0
+                                                                          else DOWN_LABEL),
+            ui.rated: feedback["message_id"]}
 
 
 @ui_errors
 def on_save_comment(service: ChatService, ui: UI, profile_id: str, message_id: str | None, comment: str):
     if not message_id:
-        raise refuse("Give a 👎 on a reply first, then add a comment.")
+        raise refuse("Give a 👍 or 👎 on a reply first, then add a comment.")
     service.comment(profile_id, message_id, comment)
-    gr.Info("Comment saved.")
-    return {ui.comment_row: gr.Row(visible=False), ui.comment: "", ui.disliked: None}
+    gr.Info("Comment saved. Attune will try answering that way and learn from what you choose.")
+    return {ui.comment_row: gr.Row(visible=False), ui.comment: "", ui.rated: None}
 
 
 @ui_errors

@@ -11,9 +11,12 @@ import gradio as gr
 from assistant.config import DEFAULT_SYSTEM_PROMPT, AppConfig, GenerationSettings
 
 LIKE, DISLIKE = "Like", "Dislike"
+UP_LABEL, DOWN_LABEL = "What did you like? (optional)", "What was wrong? (optional)"
+"""The comment box's question after a 👍 and after a 👎: the words become a personal probe (assistant/words.py)."""
 CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 BUTTONS = ("create", "rename", "delete", "confirm", "cancel", "new_conversation", "rename_conversation",
            "delete_conversation", "confirm_delete_conversation", "cancel_delete_conversation", "save_comment",
+           "retry_comment",
            "send", "stop", "retry", "earlier_reply", "later_reply", "choices", "train_now", "reset_adapter",
            "show_before_after", "confirm_reset_adapter", "cancel_reset_adapter", "download_data")
 """The names in `UI.buttons` (`choices`: one button per choice in CHOICE_LABELS)."""
@@ -46,7 +49,7 @@ class UI:
     choice_row: gr.Row
     comment_row: gr.Row
     comment: gr.Textbox
-    disliked: gr.State
+    rated: gr.State
     system_prompt: gr.Textbox
     temperature: gr.Slider
     top_p: gr.Slider
@@ -91,7 +94,7 @@ def layout(model_id: str, config: AppConfig) -> UI:
     gr.Markdown(f"Model: `{shown}` · everything you type and vote stays on the machine that runs Attune",
                 elem_id="footer")
     buttons = {name: made.pop(name) for name in BUTTONS}
-    return UI(remembered=remembered, disliked=gr.State(None), buttons=buttons, **made)
+    return UI(remembered=remembered, rated=gr.State(None), buttons=buttons, **made)
 
 
 def _profile_bar() -> dict:
@@ -152,8 +155,9 @@ def _chat_panel() -> dict:
         branch_text = gr.Markdown(elem_id="branch-text")
         later_reply = gr.Button("›", size="sm", min_width=40, scale=0, elem_id="later-reply")
     with gr.Row(visible=False) as comment_row:
-        comment = gr.Textbox(label="What was wrong? (optional)", max_lines=2, scale=4)
-        save_comment = gr.Button("Save comment", scale=1)
+        comment = gr.Textbox(label=DOWN_LABEL, max_lines=2, scale=4, elem_id="comment")
+        save_comment = gr.Button("Save comment", scale=1, elem_id="save-comment")
+        retry_comment = gr.Button("Retry with this in mind", scale=1, elem_id="retry-comment")
     with gr.Row(visible=False) as compare_row:
         candidate_a = gr.Markdown(label="A", elem_id="candidate-a", container=True)
         candidate_b = gr.Markdown(label="B", elem_id="candidate-b", container=True)
@@ -171,6 +175,7 @@ def _chat_panel() -> dict:
         continue_reply = gr.Button("Continue", size="sm", visible=False, elem_id="continue")
         compare = gr.Checkbox(label="Compare two replies (A/B)", value=False, elem_id="compare")
     return dict(chatbot=chatbot, comment_row=comment_row, comment=comment, save_comment=save_comment,
+                retry_comment=retry_comment,
                 compare_row=compare_row, candidate_a=candidate_a, candidate_b=candidate_b, choice_row=choice_row,
                 choices=choices, status=status, message=message, send=send, stop=stop, retry=retry,
                 continue_reply=continue_reply, branch_row=branch_row, branch_text=branch_text,

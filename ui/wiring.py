@@ -15,7 +15,7 @@ from ui import data_api
 from ui.binding import bind
 from ui.chat import (on_ask_delete_conversation, on_continue, on_delete_conversation, on_edit_in_chat,
                      on_new_conversation, on_open_conversation, on_refresh, on_rename_conversation,
-                     on_retry, on_save_preferences, on_send, on_show_reply, on_stop)
+                     on_retry, on_retry_with_comment, on_save_preferences, on_send, on_show_reply, on_stop)
 from ui.feedback import on_choose, on_like, on_save_comment
 from ui.layout import CHOICE_LABELS, UI
 from ui.learning import (LEARNING, on_alpha, on_alpha_auto, on_ask_reset_adapter, on_before_after,
@@ -42,6 +42,7 @@ OUTPUTS = {
     "delete_conversation": VIEW + ("conversation_confirm_row",),
     "send": VIEW + ("message",),
     "retry": VIEW + ("message",),
+    "retry_with_comment": VIEW + ("message",),
     "continue": VIEW,
     "earlier_reply": VIEW,
     "later_reply": VIEW,
@@ -120,10 +121,7 @@ def _wire_chat(ui: UI, service: ChatService) -> None:
     send, retry = bind(on_send, service, ui, limit=MESSAGES), bind(on_retry, service, ui, limit=MESSAGES)
     send_inputs = ui.pick("profile", "conversation", "message", "compare", *SETTINGS)
     retry_inputs = ui.pick("profile", "conversation", "compare", *SETTINGS)
-    # Once a reply is stored, the stored view with the choice buttons (see ui/chat.py on Gradio's last output).
-    refresh = dict(fn=bind(on_refresh, service, ui), inputs=[ui.profile, ui.conversation, ui.status],
-                   outputs=ui.pick(*(name for name in VIEW if name != "comment_row")), api_visibility="private",
-                   show_progress="hidden")
+    refresh = _refresh(ui, service)
     b["send"].click(send, send_inputs, _outputs(ui, "send"), api_name="send").success(**refresh)
     ui.message.submit(send, send_inputs, _outputs(ui, "send"), api_visibility="private").success(**refresh)
     b["retry"].click(retry, retry_inputs, _outputs(ui, "retry"), api_name="retry").success(**refresh)
@@ -147,12 +145,24 @@ def _wire_chat(ui: UI, service: ChatService) -> None:
                     show_progress="hidden")
 
 
+def _refresh(ui: UI, service: ChatService) -> dict:
+    """Once a reply is stored, the stored view with the choice buttons (see ui/chat.py on Gradio's last output)."""
+    return dict(fn=bind(on_refresh, service, ui), inputs=[ui.profile, ui.conversation, ui.status],
+                outputs=ui.pick(*(name for name in VIEW if name != "comment_row")), api_visibility="private",
+                show_progress="hidden")
+
+
 def _wire_feedback(ui: UI, service: ChatService) -> None:
-    comment_outputs = [ui.comment_row, ui.comment, ui.disliked, ui.status]
+    comment_outputs = [ui.comment_row, ui.comment, ui.rated, ui.status]
     ui.chatbot.like(bind(on_like, service, ui, limit=VOTES), [ui.profile, ui.conversation], comment_outputs,
                     api_visibility="private")
     ui.buttons["save_comment"].click(bind(on_save_comment, service, ui, limit=VOTES),
-                                     [ui.profile, ui.disliked, ui.comment], comment_outputs, api_visibility="private")
+                                     [ui.profile, ui.rated, ui.comment], comment_outputs, api_visibility="private")
+    refresh = _refresh(ui, service)
+    ui.buttons["retry_comment"].click(bind(on_retry_with_comment, service, ui, limit=MESSAGES),
+                                      ui.pick("profile", "conversation", "rated", "comment", *SETTINGS),
+                                      _outputs(ui, "retry_with_comment"), api_name="retry_with_comment"
+                                      ).success(**refresh)
     for choice, button in ui.buttons["choices"].items():
         button.click(bind(on_choose, service, ui, choice, limit=VOTES), [ui.profile, ui.conversation],
                      _outputs(ui, f"choose_{choice}"), api_name=f"choose_{choice}")

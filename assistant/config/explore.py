@@ -34,6 +34,8 @@ DEFAULT_PROBES = (
 PLAIN = PLAIN_ARM
 """The record key of the plain sample's arm (a candidate sampled from the message as sent); not a probe name."""
 PAIRINGS = ("single", "duel")
+WORDINGS = ("as_written", "quoted")
+"""How a person's own words are put to the model as a personal probe (see `assistant.words`)."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,32 @@ class ExploreConfig:
     top two arms of one Thompson draw, the plain sample being an arm (`PLAIN`, so no probe may be named so).
     Default "duel": it won more choices than "single" over four paired seeds (experiments/2026-11-30-duels)."""
 
+    own_words: int = 8
+    """How many of a profile's newest distinct comments (👎's, 👍's and choices') are explored as personal probes
+    beside `probes`, ≥ 0 (0: comments are stored, never explored)."""
+    wording: str = "as_written"
+    """How a comment becomes an instruction (`assistant.words`): "as_written" — the comment itself; "quoted" — inside
+    a fixed sentence saying it is feedback on earlier answers. Default "as_written": it moved the commenters' own
+    reward more (docs/benchmarks.md#probes)."""
+    own_prior: float = 0.75
+    """The prior mean chance, in (0, 1), that a personal probe's reply is chosen, worth `prior_strength` choices: the
+    person asked for it, so it is tried early; their own record takes over from there."""
+    single_rate: float = 0.0
+    """Share of single replies (not compare mode) that explore, in [0, 1]: one arm of a Thompson draw over the probes,
+    the personal probes and the plain sample; a probed reply is served and its 👍/👎 is the arm's record. 0 (the
+    default): single replies follow the message as sent (a retry that follows a comment still follows it)."""
+
     def __post_init__(self):
+        for name in ("rate", "single_rate"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise InvalidInput(f"The exploration {name.replace('_', ' ')} must be between 0 and 1 "
+                                   f"(got {getattr(self, name)}).")
+        if not 0.0 < float(self.own_prior) < 1.0:
+            raise InvalidInput(f"own_prior must be between 0 and 1, both excluded (got {self.own_prior}).")
+        if self.own_words < 0:
+            raise InvalidInput("own_words cannot be negative.")
+        if self.wording not in WORDINGS:
+            raise InvalidInput(f"Wording must be one of {', '.join(WORDINGS)} (got {self.wording!r}).")
         if not 0.0 <= float(self.rate) <= 1.0:
             raise InvalidInput(f"The exploration rate must be between 0 and 1 (got {self.rate}).")
         if self.rate > 0 and not self.probes:

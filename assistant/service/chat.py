@@ -18,15 +18,16 @@ from adapters.blend import AdapterServer
 from adapters.registry import GGUF, GLOBAL, personal_adapter
 from assistant.config import AppConfig, GenerationSettings, LearningConfig, Probe
 from assistant.executor import GenerationExecutor
-from assistant.explore import choose_arms, probed
 from assistant.generation import ReplyStream
 from assistant.model import LoadedModel
 from assistant.prompts import Prompt, build_prompt
+from assistant.words import own_probe
 from assistant.limits import RateLimits
 from assistant.llamacpp import LlamaCppDecoder
 from assistant.remote import OpenAIDecoder
 from assistant.service.access import Access
 from assistant.service.archive import write_archive
+from assistant.service.exploring import Exploring
 from assistant.service.learning import Learning
 from storage.accounts import Accounts
 from storage.errors import Conflict, InvalidInput, NotFound
@@ -78,7 +79,7 @@ def validate_message(text: object, max_chars: int) -> str:
     return text
 
 
-class ChatService(Learning, Access):
+class ChatService(Learning, Access, Exploring):
     def __init__(self, store: Store, loaded: LoadedModel, config: AppConfig,
                  executor: GenerationExecutor | None = None, adapters: AdapterServer | None = None,
                  learning: LearningConfig | None = None, rng: random.Random | None = None,
@@ -210,8 +211,10 @@ class ChatService(Learning, Access):
         return build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens)
 
     def retry(self, profile_id: str, conversation_id: str, settings: GenerationSettings,
-              compare: bool = False) -> Iterator[ReplyUpdate]:
-        """Answer the newest user message again; the old reply stays stored, marked superseded."""
+              compare: bool = False, follow_comment: bool = False) -> Iterator[ReplyUpdate]:
+        """Answer the newest user message again; the old reply stays stored, marked superseded. `follow_comment`:
+        the new reply follows, as a hidden instruction, the comment the person wrote on the one it replaces (their
+        personal probe: a 👍 on it then teaches the adapters to answer that way unasked)."""
         if self.store.pending_comparison(profile_id, conversation_id):
             raise Conflict("Choose between A and B first; retry applies to a reply that continues the chat.")
         transcript = self.store.transcript(profile_id, conversation_id)
@@ -222,7 +225,27 @@ class ChatService(Learning, Access):
         user_message = transcript[-2] if replaces else last
         if user_message.role != "user":
             raise InvalidInput("There is no user message to answer.")
-        return self._reply(profile_id, conversation_id, user_message, settings, compare, replaces=replaces)
+        follow = None
+        if follow_comment:
+            if not (replaces and replaces.comment):
+                raise InvalidInput("There is no comment on the last reply to follow: write one after your 👍/👎.")
+            follow = own_probe(replaces.comment, "up" if replaces.vote and replaces.vote > 0 else "down",
+                               self.config.explore.wording)
+        return self._reply(profile_id, conversation_id, user_message, settings, compare, replaces=replaces,
+                           follow=follow)
+
+    def retry_with_comment(self, profile_id: str, conversation_id: str, message_id: str, comment: object,
+                           settings: GenerationSettings) -> Iterator[ReplyUpdate]:
+        """Keep `comment` on the last reply (already rated 👍/👎) and answer again following it (`retry`'s
+        `follow_comment`)."""
+        if not isinstance(comment, str) or not comment.strip():
+            raise InvalidInput("Write what to change first, then retry with it.")
+        transcript = self.store.transcript(profile_id, conversation_id)
+        if not transcript or transcript[-1].id != message_id:
+            raise InvalidInput("Retry with your words answers the last reply again; this one is no longer the last. "
+                               "Your words were not saved.")
+        self.store.set_comment(profile_id, message_id, comment)
+        return self.retry(profile_id, conversation_id, settings, follow_comment=True)
 
     def edit(self, profile_id: str, conversation_id: str, text: object, settings: GenerationSettings,
              compare: bool = False) -> Iterator[ReplyUpdate]:
@@ -275,14 +298,17 @@ class ChatService(Learning, Access):
         return self.store.switch_reply(profile_id, replies[shown + step].id)
 
     def _reply(self, profile_id: str, conversation_id: str, user_message: Message, settings: GenerationSettings,
-               compare: bool, replaces: Message | None, prefix: str = "",
-               prompt: Prompt | None = None) -> Iterator[ReplyUpdate]:
+               compare: bool, replaces: Message | None, prefix: str = "", prompt: Prompt | None = None,
+               follow: Probe | None = None) -> Iterator[ReplyUpdate]:
         history = [m for m in self.store.transcript(profile_id, conversation_id) if m.seq <= user_message.seq]
         turns = [{"role": m.role, "content": m.content} for m in history]
         prompt = prompt or build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens,
                                         prefix=prefix)
         blend = self.adapters.blend_for(profile_id) if self.adapters else None
         candidates, sides = self._explore(profile_id, settings, turns, prompt) if compare else ((), ({}, {}))
+        own: dict = {}
+        if not compare and not prefix:
+            prompt, own = self._explore_single(profile_id, settings, turns, prompt, follow)
         stop = threading.Event()
         stream = ReplyStream(
             self.loaded, prompt, settings, num_candidates=2 if compare else 1, candidate_prompts=candidates,
@@ -304,7 +330,8 @@ class ChatService(Learning, Access):
                     yield ReplyUpdate(texts=[prefix + t for t in texts], **base)
                 stored = True
                 yield replace(self._store_reply(profile_id, conversation_id, user_message, settings, prompt, stream,
-                                                replaces, base, adapter_versions, sides, prefix), learned=learned)
+                                                replaces, base, adapter_versions, sides, prefix, own),
+                              learned=learned)
             finally:
                 if self._stops.get(conversation_id) is stop:
                     del self._stops[conversation_id]
@@ -312,7 +339,7 @@ class ChatService(Learning, Access):
                 if not stored and any(stream.texts) and not compare:
                     # The person saw part of a reply before the stream stopped: keep it, marked interrupted.
                     self._store_reply(profile_id, conversation_id, user_message, settings, prompt, stream, replaces,
-                                      base, adapter_versions, prefix=prefix)
+                                      base, adapter_versions, prefix=prefix, own=own)
 
         return updates()
 
@@ -326,35 +353,9 @@ class ChatService(Learning, Access):
         stop.set()
         return True
 
-    def _explore(self, profile_id: str, settings: GenerationSettings, turns: list[dict],
-                 prompt: Prompt) -> tuple[tuple, tuple[dict, dict]]:
-        """Compare mode: the two candidates' prompts (empty: both sampled from `prompt`) and each one's own facts.
-        One candidate, A or B at random, may follow a hidden style probe; in duels both may (assistant/explore.py)."""
-        explore = self.config.explore
-        if explore.rate <= 0:
-            return (), ({}, {})
-        arms = choose_arms(explore, *self.store.probe_records(profile_id), self.rng)
-        if arms == (None, None):
-            return (), ({}, {})
-        try:
-            sides = [self._arm(arm, settings, turns, prompt) for arm in arms]
-        except InvalidInput:  # an instruction would not fit: the person must not see an error they did not cause
-            return (), ({}, {})
-        if self.rng.randrange(2) == 1:  # which of A and B explores (in duels: which arm is A)
-            sides.reverse()
-        return tuple(p for p, _ in sides), tuple(own for _, own in sides)
-
-    def _arm(self, probe: Probe | None, settings: GenerationSettings, turns: list[dict],
-             prompt: Prompt) -> tuple[Prompt, dict]:
-        """One explored candidate's prompt and facts (none for a plain sample: its record is derived in storage)."""
-        if probe is None:
-            return prompt, {}
-        hinted = build_prompt(self.loaded, settings.system_prompt, probed(turns, probe), settings.max_new_tokens)
-        return hinted, {"probe": probe.name, "probe_instruction": probe.instruction, **hinted.facts()}
-
     def _store_reply(self, profile_id, conversation_id, user_message, settings, prompt, stream, replaces, base,
-                     adapter_versions, sides=None, prefix=""):
-        facts = {**settings.as_dict(), **prompt.facts(), **stream.stats()}
+                     adapter_versions, sides=None, prefix="", own=None):
+        facts = {**settings.as_dict(), **prompt.facts(), **stream.stats(), **(own or {})}
         if prefix:  # a continued reply: the cut one it grew from is neither an alternative nor a rejected reply
             facts["continues"] = replaces.id
         if stream.num_candidates == 2:
