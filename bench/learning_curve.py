@@ -1,12 +1,17 @@
 """Does feedback make replies better for the person who gave it? Learning curves with simulated users.
 
     python -m bench.learning_curve [--quick] [--jobs 2] [--users bench.users:population] [--max-users N]
-                                   [--set KEY=VALUE ...] [--output bench/results/learning_curve.json]
+                                   [--mode pair|single] [--set KEY=VALUE ...]
+                                   [--output bench/results/learning_curve.json]
 
 It drives Attune's real product loop — the same storage, trainer, worker, blending and generation code — through
 `PreferenceChatEnv`: for each simulated user, in a fresh data home, ask a training prompt → show A and B (compare
 mode) → the user chooses → feedback is stored and training is queued exactly as in the app; the worker's jobs
-run before the next prompt. At each feedback budget it measures on held-out prompts, judged by that user's reward:
+run before the next prompt. A user with `comment(prompt, reply)` also writes, with the choice, what was wrong with
+the reply they did not choose (`comments`). `--mode single` is the default path instead: one reply, served as the
+app serves it (`served_temperature`); the user gives 👍/👎 by their threshold and, with a 👎, maybe a comment; after
+a comment they retry once and the retry follows it (the app's "Retry with this in mind"), and its 👍/👎 is one more
+feedback event. At each feedback budget it measures on held-out prompts, judged by that user's reward:
 
 - win rate against the base model of the served blend, of global only and of personal only (greedy replies;
   a tie counts half); and `served_win_rate`, the same with replies sampled as the app serves them by default
@@ -66,9 +71,10 @@ from assistant.model import load_model
 from assistant.overrides import with_overrides
 from assistant.prompts import build_prompt
 from assistant.service import ChatService
+from assistant.words import is_own
 from bench.env import PreferenceChatEnv, load_prompts, split_prompts
 from bench.provenance import machine, write_result
-from bench.users import load_users
+from bench.users import load_users, thumbs
 from storage.db import DB_FILENAME
 from storage.store import Store, seeded_ids
 
@@ -76,6 +82,9 @@ log = logging.getLogger("bench.learning_curve")
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
 EXAMPLES = 3
+MODES = ("pair", "single")
+TARGET = {"pair": 0.7, "single": 0.65}
+"""The issue's target win rate of the served blend at the target budget, per mode."""
 """Held-out prompts whose base and served replies are kept in the results, at every budget."""
 ORPHAN_CHECK_SECONDS = 1.0
 """How often a pool process checks that the benchmark's process is still there."""
@@ -93,7 +102,13 @@ NEUTRAL_TEXT = [
 class CurveConfig:
     model: str = "embedded"
     budgets: tuple[int, ...] = (0, 8, 16, 32, 64)
-    """Feedback events (A/B choices) after which each user's adapters are evaluated."""
+    """Feedback events (A/B choices, or 👍/👎 in single mode) after which each user's adapters are evaluated."""
+    mode: str = "pair"
+    """"pair": compare mode, the user chooses between A and B; "single": one reply and a 👍/👎 (the default path)."""
+    comments: bool = True
+    """Users with `comment(prompt, reply)` write their words: on the reply they did not choose, or on a 👎."""
+    retry_comments: bool = True
+    """Single mode: after a 👎 with a comment the user retries once, the retry following the comment."""
     held_out_prompts: int = 24
     """Held-out prompts of the win rates (greedy replies, one batch per model)."""
     served_samples: int = 4
@@ -132,6 +147,8 @@ class CurveConfig:
     `--set explore.probes=list,direct`: only these probes, by name)."""
 
     def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode is one of {', '.join(MODES)} (got {self.mode!r})")
         unknown = set(self.served_models) - {"blend", "global", "personal"}
         if unknown:
             raise ValueError(f"served_models takes blend, global and personal, not {', '.join(sorted(unknown))}")
@@ -168,6 +185,9 @@ class Harness:
         self.shown: dict[str, list[tuple[str, float, float, dict[str, str | None]]]] = {}
         """Per profile: (choice, the user's reward of A, of B, each side's probe name or None) of every pair
         shown."""
+        self.thumbed: dict[str, list[dict]] = {}
+        """Per profile, single mode: each reply's vote, the user's reward, its probe, comment and whether it was a
+        retry."""
 
     def on_main(self, fn):
         """Run `fn()` where the app runs `generate` (the main thread: see assistant/executor.py); its result."""
@@ -218,20 +238,60 @@ class Harness:
         texts = [visible_text(tokenizer.decode(row, skip_special_tokens=True), stops)[0].strip() for row in out]
         return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
-    def feedback_step(self, env: PreferenceChatEnv, profile_id: str, prompt: str) -> str:
-        """One turn of the product loop: compare mode, the user's choice, training as the app queues it."""
+    def feedback_step(self, env: PreferenceChatEnv, profile_id: str, prompt: str, room: int = 1) -> tuple[str, int]:
+        """One turn of the product loop, training as the app queues it: the next prompt and how many feedback
+        events the turn gave (at most `room`)."""
+        if self.config.mode == "single":
+            return self._thumbs_step(env, profile_id, prompt, room)
         conversation = self.service.new_conversation(profile_id)["id"]
         settings = GenerationSettings(temperature=self.config.sample_temperature,
                                       max_new_tokens=self.config.max_new_tokens,
                                       repetition_penalty=self.config.repetition_penalty)
         final = list(self.service.send(profile_id, conversation, prompt, settings, compare=True))[-1]
-        observation, _, _, _, info = env.step((final.comparison.a.content, final.comparison.b.content))
-        self.service.choose(profile_id, final.comparison.id, info["choice"])
-        arms = {"a": final.comparison.a.settings.get("probe"), "b": final.comparison.b.settings.get("probe")}
-        self.shown.setdefault(profile_id, []).append((info["choice"], *info["user_rewards"], arms))
+        comparison = final.comparison
+        observation, _, _, _, info = env.step((comparison.a.content, comparison.b.content))
+        choice = info["choice"]
+        other = {"a": comparison.b, "b": comparison.a}.get(choice)
+        comment = self._comment(env.user, prompt, other.content) if other else None
+        self.service.choose(profile_id, comparison.id, choice, comment or "")
+        arms = {"a": comparison.a.settings.get("probe"), "b": comparison.b.settings.get("probe")}
+        self.shown.setdefault(profile_id, []).append((choice, *info["user_rewards"], arms))
+        self._train()
+        return observation["prompt"], 1
+
+    def _thumbs_step(self, env: PreferenceChatEnv, profile_id: str, prompt: str, room: int) -> tuple[str, int]:
+        """Single mode: a reply served as the app serves it, the user's 👍/👎 (and maybe words); after a commented 👎,
+        with room for a second event, a retry that follows the comment, and its 👍/👎."""
+        conversation = self.service.new_conversation(profile_id)["id"]
+        settings = GenerationSettings(temperature=self.config.served_temperature,
+                                      max_new_tokens=self.config.max_new_tokens,
+                                      repetition_penalty=self.config.repetition_penalty)
+        reply = list(self.service.send(profile_id, conversation, prompt, settings))[-1].reply
+        observation, _, _, _, info = env.step(reply.content)
+        comment = self._vote(env.user, profile_id, prompt, reply, info["thumbs"], retry=False)
+        used = 1
+        if comment and room >= 2 and self.config.retry_comments:
+            again = list(self.service.retry(profile_id, conversation, settings, follow_comment=True))[-1].reply
+            self._vote(env.user, profile_id, prompt, again, thumbs(env.user, prompt, again.content), retry=True)
+            used = 2
+        self._train()
+        return observation["prompt"], used
+
+    def _vote(self, user, profile_id: str, prompt: str, reply, vote: int, retry: bool) -> str | None:
+        comment = self._comment(user, prompt, reply.content) if vote < 0 else None
+        self.service.vote(profile_id, reply.id, vote, comment)
+        self.thumbed.setdefault(profile_id, []).append({
+            "vote": vote, "reward": user.reward(prompt, reply.content), "probe": reply.settings.get("probe"),
+            "explored": bool(reply.settings.get("explored")), "comment": comment, "retry": retry})
+        return comment
+
+    def _comment(self, user, prompt: str, reply: str) -> str | None:
+        write = getattr(user, "comment", None)
+        return write(prompt, reply) if self.config.comments and write else None
+
+    def _train(self) -> None:
         while self.on_main(self.worker.run_once):  # the worker's jobs, before the next prompt
             pass
-        return observation["prompt"]
 
     def blends(self, profile_id: str) -> dict[str, Blend | None]:
         g = self.registry.current(GLOBAL)
@@ -278,7 +338,8 @@ class Harness:
 def feedback_stats(shown: list[tuple[str, float, float, dict[str, str | None]]]) -> dict:
     """How much the shown pairs could teach: a pair whose replies the user values alike carries no taste; and how
     exploration went: how often each arm was asked and how often its candidate was chosen (a tie counts half) — a
-    probe, or "plain" for a plain sample facing a probed one, as `Store.probe_records` counts them.
+    probe, "own" for any of the person's comments (personal probes), or "plain" for a plain sample facing a probed
+    one, as `Store.probe_records` counts them.
     `probed_share`: pairs with at least one probed candidate; `probed_chosen`: the share of probed candidates
     chosen — against the plain sample in "single" pairing, but in a duel of two probes one of them always wins, so
     the two pairings' figures do not compare."""
@@ -288,6 +349,7 @@ def feedback_stats(shown: list[tuple[str, float, float, dict[str, str | None]]])
     for choice, _, _, arms in shown:
         for side, other in (("a", "b"), ("b", "a")):
             name = arms[side] or (PLAIN if arms[other] else None)
+            name = "own" if is_own(name) else name  # the person's own words, whichever comment
             if name:
                 counts = probes.setdefault(name, [0, 0.0])
                 counts[0] += 1
@@ -303,6 +365,26 @@ def feedback_stats(shown: list[tuple[str, float, float, dict[str, str | None]]])
             "probed_chosen": round(sum(w for _, w in probed.values()) / asked, 3) if asked else None,
             "probes": {name: {"asked": n, "chosen": w}
                        for name, (n, w) in sorted(probes.items(), key=lambda item: -item[1][0])}}
+
+
+def thumbs_stats(thumbed: list[dict]) -> dict:
+    """Single mode: how many replies were liked, commented and retried, and how the explored arms fared (a 👍 is a
+    success)."""
+    probes: dict[str, list[int]] = {}
+    for t in thumbed:
+        if t["explored"]:
+            counts = probes.setdefault("own" if is_own(t["probe"]) else t["probe"] or PLAIN, [0, 0])
+            counts[0] += 1
+            counts[1] += t["vote"] > 0
+    firsts = [t for t in thumbed if not t["retry"]]
+    retries = [t for t in thumbed if t["retry"]]
+    return {"events": len(thumbed), "up_share": round(sum(t["vote"] > 0 for t in thumbed) / len(thumbed), 3)
+            if thumbed else None,
+            "comments": sum(bool(t["comment"]) for t in thumbed), "retries": len(retries),
+            "retries_liked": sum(t["vote"] > 0 for t in retries),
+            "first_reply_up_share": round(sum(t["vote"] > 0 for t in firsts) / len(firsts), 3) if firsts else None,
+            "explored": {name: {"served": n, "liked": up} for name, (n, up) in
+                         sorted(probes.items(), key=lambda item: -item[1][0])}}
 
 
 def _samples(h: Harness, prompts: list[str]) -> list[tuple[str, str]]:
@@ -430,18 +512,24 @@ def run_user(user, config: CurveConfig, train: list[str], base: dict, cache: Pat
         profile_id = h.service.create_profile(user.name[:40])["id"]
         prompts = base["prompts"]
         pairs = _eval_pairs(user, base["pair_prompts"], base["samples"])
-        env = PreferenceChatEnv(user, train, mode="pair", episode_length=max(config.budgets))
+        env = PreferenceChatEnv(user, train, mode=config.mode, episode_length=max(config.budgets))
         prompt = env.reset(seed=config.seed)[0]["prompt"]
-        curve = {}
-        for given in range(max(config.budgets) + 1):
-            if given in config.budgets:
-                curve[given] = evaluate(Evaluation(h, prompts, base), user, profile_id, pairs)
-                curve[given]["elapsed_s"] = round(time.perf_counter() - began)
-                log.info("%s after %d choices: win rate %s", user.name, given, curve[given]["win_rate"])
-            if given < max(config.budgets):
-                prompt = h.feedback_step(env, profile_id, prompt)
+        curve, given = {}, 0
+        for point in sorted(config.budgets):
+            while given < point:
+                prompt, used = h.feedback_step(env, profile_id, prompt, room=point - given)
+                given += used
+            curve[point] = evaluate(Evaluation(h, prompts, base), user, profile_id, pairs)
+            curve[point]["elapsed_s"] = round(time.perf_counter() - began)
+            log.info("%s after %d events: win rate %s", user.name, point, curve[point]["win_rate"])
         return {"description": getattr(user, "description", ""), "curve": curve, "eval_pairs": len(pairs),
-                "feedback": feedback_stats(h.shown.get(profile_id, [])), "seconds": round(time.perf_counter() - began)}
+                "feedback": _stats(h, profile_id), "seconds": round(time.perf_counter() - began)}
+
+
+def _stats(h: Harness, profile_id: str) -> dict:
+    if h.config.mode == "single":
+        return thumbs_stats(h.thumbed.get(profile_id, []))
+    return feedback_stats(h.shown.get(profile_id, []))
 
 
 def run_population(users, config: CurveConfig, train: list[str], base: dict, cache: Path,
@@ -453,24 +541,24 @@ def run_population(users, config: CurveConfig, train: list[str], base: dict, cac
         prompts = base["prompts"]
         members = []
         for i, user in enumerate(users):
-            env = PreferenceChatEnv(user, train, mode="pair", episode_length=max(config.population_budgets))
+            env = PreferenceChatEnv(user, train, mode=config.mode, episode_length=max(config.population_budgets))
             prompt = env.reset(seed=config.seed + i)[0]["prompt"]
             members.append([user, h.service.create_profile(user.name[:40])["id"], env, prompt,
-                            _eval_pairs(user, base["pair_prompts"], base["samples"])])
+                            _eval_pairs(user, base["pair_prompts"], base["samples"]), 0])
         curve = {}
-        for given in range(max(config.population_budgets) + 1):
-            if given in config.population_budgets:
-                ev = Evaluation(h, prompts, base)
-                curve[given] = {user.name: evaluate(ev, user, uid, pairs) for user, uid, _, _, pairs in members}
-                log.info("population after %d choices each: blend win rates %s", given,
-                         {name: point["win_rate"]["blend"] for name, point in curve[given].items()})
-            if given < max(config.population_budgets):
-                for member in members:
-                    member[3] = h.feedback_step(member[2], member[1], member[3])
+        for point in sorted(config.population_budgets):
+            while any(m[5] < point for m in members):  # turns: each member one step, until all reach the point
+                for member in (m for m in members if m[5] < point):
+                    member[3], used = h.feedback_step(member[2], member[1], member[3], room=point - member[5])
+                    member[5] += used
+            ev = Evaluation(h, prompts, base)
+            curve[point] = {user.name: evaluate(ev, user, uid, pairs) for user, uid, _, _, pairs, _ in members}
+            log.info("population after %d events each: blend win rates %s", point,
+                     {name: p["win_rate"]["blend"] for name, p in curve[point].items()})
         jobs = h.store.latest_job(GLOBAL)
         return {"curve": curve, "seconds": round(time.perf_counter() - began),
                 "global_versions": len(h.registry.history(GLOBAL)),
-                "feedback": {user.name: feedback_stats(h.shown.get(uid, [])) for user, uid, *_ in members},
+                "feedback": {user.name: _stats(h, uid) for user, uid, *_ in members},
                 "last_global_job": {k: jobs[k] for k in ("status", "message")} if jobs else None}
 
 
@@ -480,21 +568,31 @@ def _mean_win_rates(curves: list[dict], budgets: list[str]) -> dict:
 
 
 def summarise(result: dict, config: CurveConfig) -> dict:
-    """The issue's targets, measured: blend win rate ≥ 0.7 at 32 choices for ≥ 6 of 8 users; the blend on
-    average at least as good as the better of global-only and personal-only; neutral perplexity up ≤ 10 %."""
+    """The issues' targets, measured: blend win rate ≥ 0.7 at 32 choices for ≥ 6 of 8 users (single mode: ≥ 0.65
+    for half of them); the blend on average at least as good as the better of global-only and personal-only; neutral
+    perplexity up ≤ 10 %. The served (sampled) blend's figures beside them."""
     users = result["users"]
     budgets = [str(b) for b in config.budgets]
     mean = _mean_win_rates([u["curve"] for u in users.values()], budgets)
     target = "32" if "32" in budgets else budgets[-1]
-    winners = [name for name, u in users.items() if u["curve"][target]["win_rate"]["blend"] >= 0.7]
+    bar = TARGET[config.mode]
+    winners = [name for name, u in users.items() if u["curve"][target]["win_rate"]["blend"] >= bar]
+    served = {name: u["curve"][target]["served_win_rate"]["blend"] for name, u in users.items()}
+    served_winners = [name for name, w in served.items() if w is not None and w >= bar]
     at = mean.get(target, {})
     ppl = max(u["curve"][b]["perplexity_ratio"]["blend"] for u in users.values() for b in budgets)
+    share = 0.75 if config.mode == "pair" else 0.5
     summary = {
-        "mean_win_rate": mean, "target_budget": int(target),
-        "users_with_blend_win_rate_at_least_0.7": winners,
+        "mode": config.mode, "mean_win_rate": mean, "target_budget": int(target), "target_win_rate": bar,
+        "users_with_blend_win_rate_at_least_0.7": [n for n, u in users.items()
+                                                    if u["curve"][target]["win_rate"]["blend"] >= 0.7],
+        "users_at_target": winners, "users_at_target_served": served_winners,
+        "mean_served_win_rate": round(statistics.mean(w for w in served.values() if w is not None), 3)
+        if any(w is not None for w in served.values()) else None,
         "max_perplexity_ratio_of_blend": ppl,
         "targets": {
-            "blend_win_rate_at_least_0.7_for_6_of_8": len(winners) >= math.ceil(0.75 * len(users)),
+            "blend_at_target_for_enough_users": len(winners) >= math.ceil(share * len(users)),
+            "served_blend_at_target_for_enough_users": len(served_winners) >= math.ceil(share * len(users)),
             "blend_at_least_best_single": bool(at) and at["blend"] >= max(at["global"], at["personal"]),
             "perplexity_rise_at_most_10_percent": ppl <= 1.10,
         },
@@ -522,11 +620,18 @@ def markdown_table(result: dict) -> str:
         rows.append([f"`{name}`"] + [f"{u['curve'][b]['win_rate']['blend']:.2f}" for b in budgets] + [
             f"{point['win_rate']['global']:.2f}", f"{point['win_rate']['personal']:.2f}",
             f"{point['preference_accuracy']['blend']:.2f}" if point["preference_accuracy"]["blend"] is not None
-            else "–", f"{point['perplexity_ratio']['blend']:.3f}", f"{u['feedback']['informative_share']:.2f}"])
+            else "–", f"{point['perplexity_ratio']['blend']:.3f}", _informative(u['feedback'])])
     mean = result["summary"]["mean_win_rate"]
     rows.append(["**mean**"] + [f"**{mean[b]['blend']:.2f}**" for b in budgets] + [
         f"{mean[target]['global']:.2f}", f"{mean[target]['personal']:.2f}", "", "", ""])
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+def _informative(feedback: dict) -> str:
+    """Pairs whose rewards differ by ≥ 0.25 (compare mode), or the share of 👍 (single mode)."""
+    if "informative_share" in feedback:
+        return f"{feedback['informative_share']:.2f}"
+    return f"👍 {feedback['up_share']:.2f}" if feedback.get("up_share") is not None else "–"
 
 
 def plot(result: dict, path: Path) -> None:
@@ -540,7 +645,7 @@ def plot(result: dict, path: Path) -> None:
         xs = [int(b) for b in u["curve"]]
         axes[0].plot(xs, [u["curve"][b]["win_rate"]["blend"] for b in u["curve"]], marker="o", label=name)
     axes[0].axhline(0.5, color="grey", lw=0.8, ls="--")
-    axes[0].set(title="Served blend vs base, per user", xlabel="A/B choices given", ylabel="win rate on held-out",
+    axes[0].set(title="Served blend vs base, per user", xlabel="feedback events", ylabel="win rate on held-out",
                 ylim=(0, 1))
     axes[0].legend(fontsize=7)
     mean_panel(axes[1], result["summary"]["mean_win_rate"], "Mean over users")
@@ -553,7 +658,7 @@ def mean_panel(ax, mean: dict, title: str) -> dict:
     for model in ("blend", "global", "personal"):
         lines[model], = ax.plot([int(b) for b in mean], [mean[b][model] for b in mean], marker="o", label=model)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set(title=title, xlabel="A/B choices given", ylabel="win rate vs base", ylim=(0, 1))
+    ax.set(title=title, xlabel="feedback events", ylabel="win rate vs base", ylim=(0, 1))
     ax.legend()
     return lines
 
@@ -573,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", default=CurveConfig.users)
     parser.add_argument("--max-users", type=int, default=None)
     parser.add_argument("--budgets", default=None, help="comma-separated feedback budgets, e.g. 0,8,16,32")
+    parser.add_argument("--mode", choices=MODES, default=None,
+                        help="pair: compare mode, A/B choices (default); single: one reply and 👍/👎")
     parser.add_argument("--population-budgets", default=None, help="budgets of the shared-home run ('' skips it)")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--table", type=Path, default=None, metavar="RESULT_JSON",
@@ -616,7 +723,8 @@ def _run(args: argparse.Namespace, executor: GenerationExecutor) -> int:
             config = quick_config(make_tiny_gpt2(Path(tmp) / "tiny"))
         else:
             config = CurveConfig()
-        config = replace(config, users=args.users, max_users=args.max_users or config.max_users)
+        config = replace(config, users=args.users, max_users=args.max_users or config.max_users,
+                         mode=args.mode or config.mode)
         if args.budgets:
             config = replace(config, budgets=tuple(int(b) for b in args.budgets.split(",")))
         if args.population_budgets is not None:

@@ -10,8 +10,8 @@ Every shipped user shares one taste (`shared_reward`: on topic, polite, not dege
 rewards are deterministic text features, fast enough to score thousands of replies a second.
 
 Two populations ship: `population` (ten tastes, the ones the built-in probes were written for) and
-`open_population` (nine tastes no probe names, whose users may also say what was wrong: `comment(prompt, reply) ->
-str | None`, the words of a 👎; a user without `comment` never writes any).
+`open_population` (nine tastes no probe names). Their users may also say what was wrong: `comment(prompt, reply) ->
+str | None`, the words of a 👎 (`CommentingUser`); a user without `comment` never writes any.
 """
 
 from __future__ import annotations
@@ -162,12 +162,6 @@ def thumbs(user, prompt: str, reply: str) -> int:
     return 1 if user.reward(prompt, reply) >= getattr(user, "threshold", 1.5) else -1
 
 
-def population() -> list[SimulatedUser]:
-    """The shipped population: ten tastes, each on top of the shared one."""
-    return [SimulatedUser(fn.__name__, fn) for fn in (
-        concise, detailed, bullets, formal, casual, emoji_lover, emoji_hater, examples, questions_back, nature_lover)]
-
-
 # ---- the open population: tastes no built-in probe names (issue 25) -----------------------------------------
 # A probe must never be written for these by name: they measure whether Attune learns a taste nobody listed.
 
@@ -234,6 +228,16 @@ def sums_up(prompt: str, reply: str) -> float:
 
 
 REMARKS = {
+    "concise": ("Too long.", "Way too wordy, get to the point."),
+    "detailed": ("Too short, I wanted more.", "Go deeper, explain it properly."),
+    "bullets": ("Hard to scan. Break it into points.", "A wall of text again."),
+    "formal": ("Too casual for me.", "Keep it professional."),
+    "casual": ("So stiff. Loosen up!", "Talk to me like a friend."),
+    "emoji_lover": ("A bit dry. Where are the smileys?", "Needs some emoji!"),
+    "emoji_hater": ("No emoji, please.", "Drop the smileys."),
+    "examples": ("Too abstract. Show me a case.", "I need something concrete to picture it."),
+    "questions_back": ("You didn't check what I actually need.", "Ask me something back."),
+    "nature_lover": ("Bring the outdoors into it.", "I'd love it tied to nature."),
     "numbers": ("Give me actual numbers.", "How much exactly?", "Too vague, I want figures."),
     "no_hedging": ("Stop hedging and just say it.", "Too many maybes.", "Be definite."),
     "analogies": ("Explain it with a comparison.", "Hard to picture. An analogy would help."),
@@ -244,7 +248,7 @@ REMARKS = {
     "collaborative": ("Talk to me like we're doing this together.", "Less lecturing, more 'let's'."),
     "sums_up": ("End with a one-line summary.", "Sum it up at the end."),
 }
-"""What a person with each open taste writes in the 👎 box, in their own words (never a probe's instruction)."""
+"""What a person with each taste writes in the 👎 box, in their own words (never a probe's instruction)."""
 VAGUE = ("Not what I wanted.", "Meh.", "Not quite.", "Try again.")
 
 
@@ -273,6 +277,13 @@ def open_population() -> list[CommentingUser]:
     their 👎 (`CommentingUser.comment`)."""
     return [CommentingUser(fn.__name__, fn, remarks=REMARKS[fn.__name__]) for fn in (
         numbers, no_hedging, analogies, history_buff, plain_words, calm, safety_minded, collaborative, sums_up)]
+
+
+def population() -> list[CommentingUser]:
+    """The shipped population: ten tastes, each on top of the shared one, with words for their 👎
+    (`CommentingUser.comment`)."""
+    return [CommentingUser(fn.__name__, fn, remarks=REMARKS[fn.__name__]) for fn in (
+        concise, detailed, bullets, formal, casual, emoji_lover, emoji_hater, examples, questions_back, nature_lover)]
 
 
 def load_users(spec: str) -> list:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from assistant.config import ExploreConfig
+from assistant.config import DEFAULT_PROBES, ExploreConfig
 from bench.users import CommentingUser, load_users, open_population, population
 
 PROMPT = "How do I bake bread at home?"
@@ -35,4 +35,10 @@ def test_comments_come_only_on_a_reply_the_taste_dislikes_and_vary_like_people()
     specific = sum(s in user.remarks for s in said)
     silent = said.count(None)
     assert 60 <= specific <= 140 and 30 <= silent <= 90 and 200 - specific - silent >= 20  # own words, none, vague
-    assert isinstance(user, CommentingUser) and not hasattr(population()[0], "comment")
+    assert isinstance(user, CommentingUser) and all(isinstance(u, CommentingUser) for u in population())
+
+
+def test_no_remark_repeats_a_probe_instruction():
+    instructions = {p.instruction.lower() for p in DEFAULT_PROBES}
+    for user in (*population(), *open_population()):
+        assert user.remarks and not {r.lower() for r in user.remarks} & instructions
