@@ -6,7 +6,8 @@
 - Thumbs → an unpaired example (`prompt`, `completion`, `label`); and when the reply was a retry, a 👍 on it
   also forms a pair against each reply it superseded (a 👎 on a retry says nothing about the one before). A retry
   that followed the person's comment (or any explored reply) carries its hidden instruction into that pair, as a
-  chosen candidate of compare mode does.
+  chosen candidate of compare mode does. A reply written under the profile's note carries the note in the same way
+  (before the probe's instruction, as it was written): context distillation teaches it to answer so unasked.
 
 A reply that ended by itself is trained with the end-of-sequence token after it; one cut at its token budget
 is not (else every cut reply would teach the model to stop at that length).
@@ -69,7 +70,8 @@ def examples_from_feedback(events: list[dict]) -> Examples:
     for e in events:
         key = dict(feedback_id=e["id"], profile_id=e["profile_id"])
         ended = e.get("ended", {})
-        instruction = {side: text or _instruction_of(e.get("probe", {}).get(side))
+        notes = e.get("note", {})
+        instruction = {side: hidden_instruction(notes.get(side), text or _instruction_of(e.get("probe", {}).get(side)))
                        for side, text in e.get("instruction", {}).items()}
         if e["kind"] == "comparison":
             if e["choice"] in ("a", "b"):
@@ -89,6 +91,11 @@ def examples_from_feedback(events: list[dict]) -> Examples:
                                       rejected_ended=old_done, chosen_instruction=instruction.get("completion"))
                           for old, old_done in zip(e.get("superseded", []), old_ended, strict=True)]
     return Examples(pairs, unpaired)
+
+
+def hidden_instruction(note: str | None, probe: str | None) -> str | None:
+    """Everything a reply was written under, as added to the newest message: the profile's note, then the probe."""
+    return "\n\n".join(part for part in (note, probe) if part) or None
 
 
 def _instruction_of(probe: str | None) -> str | None:

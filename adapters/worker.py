@@ -26,6 +26,9 @@ from adapters.drift import anchor_batch, limit_drift, perplexity, trainable_stat
 from adapters.evaluation import HeldOutEval, cached_margins, preference_margins
 from adapters.jobs import UpdateData, global_ready, global_update, personal_update
 from adapters.lora import add_lora, merge_lora
+from adapters.note import KEY as NOTE_KEY
+from adapters.note import LEARNED as NOTE_LEARNED
+from adapters.note import learned_share, note_key
 from adapters.references import ReferenceCache
 from adapters.registry import GLOBAL, AdapterRegistry, AdapterVersion
 from adapters.threads import ThreadPlan
@@ -42,6 +45,8 @@ from storage.store import Store
 log = logging.getLogger(__name__)
 
 ADAPTERS_DIR = "adapters"
+NOTE_PROMPTS, NOTE_PROMPT_CHARS = 6, 2_000
+"""A note's learning is measured on the profile's newest distinct messages, this many, each this long at most."""
 
 
 @dataclass(frozen=True)
@@ -186,12 +191,13 @@ class Worker:
         if built.start is not None:
             lap("drift_s")
         held_out = self.evaluate(selection, built)
+        note = self.note_learned(selection, built)
         lap("eval_s")
         if self._cancelled(job):
             return {"message": "cancelled"}
         if self._erased_meanwhile(selection):
             return {"message": "feedback it trained on was deleted meanwhile; nothing published (a retrain is due)"}
-        metrics = {**trained.metrics, **drift, **held_out.to_metrics()}
+        metrics = {**trained.metrics, **drift, **held_out.to_metrics(), **note}
         version = self.publish(selection, built, trained.config, metrics)
         if erasure:
             self.registry.drop_tainted(selection.adapter)
@@ -305,6 +311,17 @@ class Worker:
             return HeldOutEval.of_global(with_adapter, base=below)
         base = cached_margins(self.loaded.model, self.loaded, pairs, None, train, self._margins)
         return HeldOutEval.of_personal(with_adapter, below=below, base=base)
+
+    def note_learned(self, selection: Selection, built: Built) -> dict:
+        """A personal update of a profile with a note: how far the adapter has learned it, on the profile's recent
+        prompts (`adapters.note`); {} otherwise."""
+        note = self.store.note(selection.profile_id) if selection.personal else ""
+        if not note:
+            return {}
+        prompts = [m.content for m in self.store.recent_user_messages(selection.profile_id, NOTE_PROMPTS)
+                   if len(m.content) <= NOTE_PROMPT_CHARS]
+        share = learned_share(built.model, self.loaded, prompts, note, self.config.train)
+        return {} if share is None else {NOTE_KEY: note_key(note), NOTE_LEARNED: share}
 
     def publish(self, selection: Selection, built: Built, train: TrainConfig, metrics: dict) -> AdapterVersion:
         """Publish the adapter as the next version, its manifest recording what it was trained on and how."""

@@ -109,6 +109,9 @@ class CurveConfig:
     """Users with `comment(prompt, reply)` write their words: on the reply they did not choose, or on a 👎."""
     retry_comments: bool = True
     """Single mode: after a 👎 with a comment the user retries once, the retry following the comment."""
+    notes: bool = False
+    """Users with a `note` write it in their profile's "How should Attune answer you?" before the first prompt; each
+    budget then also measures the blend's greedy replies with the note against those without (`note`)."""
     held_out_prompts: int = 24
     """Held-out prompts of the win rates (greedy replies, one batch per model)."""
     served_samples: int = 4
@@ -435,6 +438,14 @@ class Evaluation:
             self._served[key] = served_replies(self.h, self.prompts, blend)
         return self._served[key]
 
+    def noted(self, blend: Blend, note: str) -> list[str]:
+        """Greedy replies of `blend` with `note` added to each prompt, as the app adds it while it is sent."""
+        key = (self.key(blend), note)
+        if key not in self._replies:
+            self._replies[key] = [r[0] for r in self.h.generate([f"{p}\n\n{note}" for p in self.prompts], blend,
+                                                                0.0)]
+        return self._replies[key]
+
     def perplexity_ratio(self, blend: Blend) -> float:
         key = self.key(blend)
         if key == (None, None):
@@ -484,12 +495,27 @@ def evaluate(ev: Evaluation, user, profile_id: str, pairs: list[PairExample]) ->
         out["perplexity_ratio"][name] = round(ev.perplexity_ratio(blend), 4)
         out["mean_user_reward"][name] = round(statistics.mean(rewards), 3)
     out["mean_user_reward"]["base"] = round(statistics.mean(base_rewards), 3)
+    note = h.service.note(profile_id)
+    if note:
+        out["note"] = note_point(ev, user, blends["blend"], note, out["mean_user_reward"]["blend"],
+                                 out["mean_user_reward"]["base"], h.service.learning_status(profile_id)["note"])
     out["served"] = blends["blend"].record()
     out["published"] = {"global": blends["global"].global_version, "personal": blends["personal"].personal_version}
     out["drift_guard"] = h.drift_guard(profile_id)
     out["examples"] = [{"prompt": p, "base": b, "blend": r} for p, b, r in
                        list(zip(prompts, base, ev.replies(blends["blend"])))[:EXAMPLES]]
     return out
+
+
+def note_point(ev: Evaluation, user, blend: Blend, note: str, without: float, base: float, status: dict) -> dict:
+    """The served blend's greedy replies with the profile's note against without it, by the user's reward: the
+    ratio of their means, and the share of the note's lift over the base model the blend keeps without it; and what
+    the app decided (`sent`) from the worker's own measure (`learned`, adapters/note.py)."""
+    with_note = round(statistics.mean(user.reward(p, r) for p, r in zip(ev.prompts, ev.noted(blend, note))), 3)
+    return {"reward_with_note": with_note, "reward_without_note": without, "reward_base": base,
+            "ratio": round(without / with_note, 3) if with_note > 0 else None,
+            "share_of_lift": round((without - base) / (with_note - base), 3) if with_note > base else None,
+            "sent": status["sent"], "learned": status["learned"]}
 
 
 def reference(config: CurveConfig, held: list[str], cache: Path, executor: GenerationExecutor | None) -> dict:
@@ -510,6 +536,8 @@ def run_user(user, config: CurveConfig, train: list[str], base: dict, cache: Pat
     with tempfile.TemporaryDirectory(prefix=f"attune-curve-{user.name}-") as tmp:
         h = Harness(Path(tmp), config, cache, executor, run=user.name)
         profile_id = h.service.create_profile(user.name[:40])["id"]
+        if config.notes and getattr(user, "note", ""):
+            h.service.set_note(profile_id, user.note)
         prompts = base["prompts"]
         pairs = _eval_pairs(user, base["pair_prompts"], base["samples"])
         env = PreferenceChatEnv(user, train, mode=config.mode, episode_length=max(config.budgets))
@@ -543,8 +571,10 @@ def run_population(users, config: CurveConfig, train: list[str], base: dict, cac
         for i, user in enumerate(users):
             env = PreferenceChatEnv(user, train, mode=config.mode, episode_length=max(config.population_budgets))
             prompt = env.reset(seed=config.seed + i)[0]["prompt"]
-            members.append([user, h.service.create_profile(user.name[:40])["id"], env, prompt,
-                            _eval_pairs(user, base["pair_prompts"], base["samples"]), 0])
+            profile_id = h.service.create_profile(user.name[:40])["id"]
+            if config.notes and getattr(user, "note", ""):
+                h.service.set_note(profile_id, user.note)
+            members.append([user, profile_id, env, prompt, _eval_pairs(user, base["pair_prompts"], base["samples"]), 0])
         curve = {}
         for point in sorted(config.population_budgets):
             while any(m[5] < point for m in members):  # turns: each member one step, until all reach the point

@@ -250,6 +250,28 @@ REMARKS = {
 }
 """What a person with each taste writes in the 👎 box, in their own words (never a probe's instruction)."""
 VAGUE = ("Not what I wanted.", "Meh.", "Not quite.", "Try again.")
+NOTES = {
+    "concise": "I'm busy: keep answers brief.",
+    "detailed": "I like thorough answers that go into depth.",
+    "bullets": "I read on my phone, so I like things broken into points.",
+    "formal": "I use this for work; keep a professional tone.",
+    "casual": "Be relaxed with me, like a friend would.",
+    "emoji_lover": "I love emoji, use plenty!",
+    "emoji_hater": "Please never use emoji.",
+    "examples": "I understand things best from concrete cases.",
+    "questions_back": "Check with me what I need before you go on.",
+    "nature_lover": "I spend my life outdoors; I like answers that connect to nature.",
+    "numbers": "I like concrete figures: amounts, sizes, dates.",
+    "no_hedging": "Be decisive. I don't want maybes.",
+    "analogies": "Comparisons help me understand things.",
+    "history_buff": "I love knowing where things come from and when they started.",
+    "plain_words": "Use everyday words, I'm not an expert.",
+    "calm": "Keep a calm tone with me.",
+    "safety_minded": "I'm careful by nature; tell me what to watch out for.",
+    "collaborative": "Talk to me as if we were working on it together.",
+    "sums_up": "Finish with a short summary line.",
+}
+"""What a person with each taste writes in the profile's note, "How should Attune answer you?" (own words again)."""
 
 
 @dataclass(frozen=True)
@@ -259,6 +281,8 @@ class CommentingUser(SimulatedUser):
     time vaguely, otherwise nothing (as people do), chosen by a stable hash of the reply so runs repeat."""
 
     remarks: tuple[str, ...] = ()
+    note: str = ""
+    """What they write in the profile's note ("How should Attune answer you?"), if the benchmark asks them to."""
 
     def comment(self, prompt: str, reply: str) -> str | None:
         if self.personal(prompt, reply) >= 0:
@@ -275,14 +299,14 @@ class CommentingUser(SimulatedUser):
 def open_population() -> list[CommentingUser]:
     """The open population: nine tastes that no built-in probe names, each on top of the shared one, with words for
     their 👎 (`CommentingUser.comment`)."""
-    return [CommentingUser(fn.__name__, fn, remarks=REMARKS[fn.__name__]) for fn in (
+    return [CommentingUser(fn.__name__, fn, remarks=REMARKS[fn.__name__], note=NOTES[fn.__name__]) for fn in (
         numbers, no_hedging, analogies, history_buff, plain_words, calm, safety_minded, collaborative, sums_up)]
 
 
 def population() -> list[CommentingUser]:
     """The shipped population: ten tastes, each on top of the shared one, with words for their 👎
     (`CommentingUser.comment`)."""
-    return [CommentingUser(fn.__name__, fn, remarks=REMARKS[fn.__name__]) for fn in (
+    return [CommentingUser(fn.__name__, fn, remarks=REMARKS[fn.__name__], note=NOTES[fn.__name__]) for fn in (
         concise, detailed, bullets, formal, casual, emoji_lover, emoji_hater, examples, questions_back, nature_lover)]
 
 

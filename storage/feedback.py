@@ -106,7 +106,8 @@ class Feedback(Comparisons):
         and `b`), whether the reply ended by itself rather than at its budget (replies stored before this: True).
         Every row also has `probe` and `instruction`: per candidate (`a`/`b`, or `completion`), the name and the text
         of the hidden exploration instruction it was generated with (None: the message as sent; candidates stored
-        before the text was kept have only the name).
+        before the text was kept have only the name); and `note`, per candidate, the profile's note it was written
+        under (None: none).
         """
         with self._db() as db:
             self._require_profile(db, profile_id)
@@ -130,6 +131,7 @@ class Feedback(Comparisons):
                               "superseded": [ended(json.loads(r["settings"] or "{}")) for r in old]}
             event["probe"] = {"completion": reply.settings.get("probe")}
             event["instruction"] = {"completion": reply.settings.get("probe_instruction")}
+            event["note"] = {"completion": reply.settings.get("note")}
             prompt_id = reply.parent_id
         else:
             comparison = self._require_comparison(db, profile_id, event["comparison_id"])
@@ -138,6 +140,7 @@ class Feedback(Comparisons):
             event["ended"] = {side: ended(m.settings) for side, m in sides}
             event["probe"] = {side: m.settings.get("probe") for side, m in sides}
             event["instruction"] = {side: m.settings.get("probe_instruction") for side, m in sides}
+            event["note"] = {side: m.settings.get("note") for side, m in sides}
             prompt_id, reply = comparison.prompt_message_id, comparison.a
         event["prompt"] = self._context_through(db, prompt_id, reply.settings.get("system_prompt"))
         return event

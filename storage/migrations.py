@@ -226,3 +226,10 @@ def m009_tainted_versions(db: Database) -> None:
     """Why a version learned from feedback that has since been erased (a deleted profile's); NULL if it did not.
     Tainted versions are deleted once a from-scratch retrain replaces them."""
     _run(db, "ALTER TABLE adapter_versions ADD COLUMN tainted TEXT")
+
+
+@MIGRATIONS()
+def m010_profile_notes(db: Database) -> None:
+    """A profile's note, "How should Attune answer you?" ('' until written): a hidden instruction in every prompt
+    until the personal adapter has learned it (assistant/notes.py)."""
+    _run(db, "ALTER TABLE profiles ADD COLUMN note TEXT NOT NULL DEFAULT ''")

@@ -12,6 +12,7 @@ from storage.owners import acting_account, owner_value
 from storage.text import require_encodable
 
 MAX_PROFILE_NAME = 40
+MAX_NOTE_CHARS = 500
 LOOK_ALIKE_SCRIPTS = {"LATIN", "CYRILLIC", "GREEK"}
 """Scripts whose letters look alike ("a" and Cyrillic "а"): one name may use one of them, not two."""
 
@@ -137,6 +138,24 @@ class Profiles(StoreBase):
             self._require_profile(db, profile_id)
             db.execute("UPDATE profiles SET preferences = ?, updated_at = ? WHERE id = ?",
                        (json.dumps(preferences), now(), profile_id))
+
+    def note(self, profile_id: str) -> str:
+        """This profile's note ("How should Attune answer you?"), '' if none."""
+        with self._db() as db:
+            self._require_profile(db, profile_id)
+            return self._rows(db, "SELECT note FROM profiles WHERE id = ?", (profile_id,))[0]["note"]
+
+    def set_note(self, profile_id: str, note: Any) -> str:
+        """Keep (or clear, with '') this profile's note, at most `MAX_NOTE_CHARS`; the note as kept."""
+        if not isinstance(note, str):
+            raise InvalidInput("The note must be text.")
+        note = " ".join(require_encodable(note.replace("\x00", ""), "The note").split())
+        if len(note) > MAX_NOTE_CHARS:
+            raise InvalidInput(f"The note can be at most {MAX_NOTE_CHARS} characters (this one has {len(note)}).")
+        with self._write() as db:
+            self._require_profile(db, profile_id)
+            db.execute("UPDATE profiles SET note = ?, updated_at = ? WHERE id = ?", (note, now(), profile_id))
+        return note
 
     def set_alpha_override(self, profile_id: str, alpha: float | None) -> None:
         """Pin this profile's personal weight α (0 = everyone, 1 = just me), or None for the automatic n/(n+k)."""

@@ -81,3 +81,24 @@ def test_the_panel_the_notice_the_mark_before_after_and_reset(page, running_app,
     panel.get_by_text("Your own version: not made yet").wait_for()
     assert service.adapters.registry.current(personal_adapter(hal)) is None
     assert store.feedback_counts(hal)["total"] == votes and page.locator(".error").count() == 0
+
+
+def test_the_note_is_kept_followed_hidden_and_shown_in_the_panel(page, running_app, data_home):
+    url, service = running_app
+    page.goto(url)
+    create_profile(page, "Una")
+    open_accordion(page, "learning")
+    page.locator("#note textarea").fill("Keep it short and give me numbers.")
+    page.locator("#save-note").click()
+    page.get_by_text("Note saved").first.wait_for()
+    page.locator("#learning-status").get_by_text("Your note: added, hidden, to each of your messages").wait_for()
+    store = Store(data_home / "attune.db")
+    una = store.find_profile_by_name("una")["id"]
+    assert store.note(una) == "Keep it short and give me numbers."
+    page.locator("#message textarea").fill("Plan my day.")
+    page.locator("#send").click()
+    reply = wait_for_reply(store, "una")
+    assert reply[0].content == "Plan my day." and reply[1].settings["note"] == "Keep it short and give me numbers."
+    page.reload()  # the note comes back with the profile
+    open_accordion(page, "learning")
+    page.wait_for_function("document.querySelector('#note textarea').value === 'Keep it short and give me numbers.'")

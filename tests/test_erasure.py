@@ -93,6 +93,7 @@ def test_download_my_data_holds_conversations_feedback_and_adapter(running_app):
     final, _ = send(client, ann, None, "A message to keep")
     reply = client.predict(ann, final["conversation"]["value"], api_name="/messages")[1]
     client.predict(ann, reply["id"], -1, "too short", api_name="/vote")
+    client.predict(ann, "Keep it short.", api_name="/save_note")
     offered, status = client.predict(ann, api_name="/download_data")
     assert "ready" in status and offered["visible"]
     with urllib.request.urlopen(offered["value"]["url"], timeout=60) as response:
@@ -107,4 +108,5 @@ def test_download_my_data_holds_conversations_feedback_and_adapter(running_app):
         assert kto == [{"prompt": [{"role": "system", "content": "Be brief."},
                                    {"role": "user", "content": "A message to keep"}],
                         "completion": [{"role": "assistant", "content": reply["content"]}], "label": False}]
-        assert json.loads(archive.read("profile.json"))["name"] == "Ann"
+        profile = json.loads(archive.read("profile.json"))
+        assert (profile["name"], profile["note"]) == ("Ann", "Keep it short.")

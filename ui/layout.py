@@ -16,7 +16,7 @@ UP_LABEL, DOWN_LABEL = "What did you like? (optional)", "What was wrong? (option
 CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 BUTTONS = ("create", "rename", "delete", "confirm", "cancel", "new_conversation", "rename_conversation",
            "delete_conversation", "confirm_delete_conversation", "cancel_delete_conversation", "save_comment",
-           "retry_comment",
+           "retry_comment", "save_note",
            "send", "stop", "retry", "earlier_reply", "later_reply", "choices", "train_now", "reset_adapter",
            "show_before_after", "confirm_reset_adapter", "cancel_reset_adapter", "download_data")
 """The names in `UI.buttons` (`choices`: one button per choice in CHOICE_LABELS)."""
@@ -56,6 +56,7 @@ class UI:
     max_new_tokens: gr.Slider
     repetition_penalty: gr.Slider
     learning_status: gr.Markdown
+    note: gr.Textbox
     alpha_auto: gr.Checkbox
     alpha: gr.Slider
     adapter_confirm_row: gr.Row
@@ -199,6 +200,11 @@ def _settings() -> dict:
 
 def _learning_panel() -> dict:
     learning_status = gr.Markdown("Pick a profile to see what Attune has learned from it.", elem_id="learning-status")
+    with gr.Row(equal_height=True):
+        note = gr.Textbox(label="How should Attune answer you? (optional)", max_lines=3, scale=4, elem_id="note",
+                          placeholder="e.g. Keep it short and give me numbers.",
+                          info="Followed from your next message; learned from your feedback, then no longer sent.")
+        save_note = gr.Button("Save note", size="sm", scale=1, elem_id="save-note")
     with gr.Row():
         alpha_auto = gr.Checkbox(label="Automatic weight: more of you as you give more feedback", value=True,
                                  elem_id="alpha-auto")
@@ -222,7 +228,7 @@ def _learning_panel() -> dict:
         before = gr.Markdown(label="Before: the base model", container=True, elem_id="before")
         after = gr.Markdown(label="Today: with what you taught", container=True, elem_id="after")
     timer = gr.Timer(2.0)
-    return dict(learning_status=learning_status, alpha_auto=alpha_auto, alpha=alpha, train_now=train_now,
+    return dict(learning_status=learning_status, note=note, save_note=save_note, alpha_auto=alpha_auto, alpha=alpha, train_now=train_now,
                 reset_adapter=reset_adapter, adapter_confirm_row=confirm_row, confirm_reset_adapter=confirm,
                 cancel_reset_adapter=cancel, accuracy_plot=accuracy_plot, timer=timer,
                 before_after_message=before_after_message, show_before_after=show_before_after,

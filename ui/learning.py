@@ -47,6 +47,15 @@ def on_alpha_auto(service: ChatService, ui: UI, profile_id: str, auto: bool, alp
 
 
 @ui_errors
+def on_save_note(service: ChatService, ui: UI, profile_id: str, note: str):
+    """Keep the profile's note; it is followed from the next message."""
+    require_profile(profile_id)
+    kept = service.set_note(profile_id, note or "")
+    gr.Info("Note saved: your next replies follow it." if kept else "Note cleared.")
+    return {**learning_view(service, ui, profile_id), ui.note: kept}
+
+
+@ui_errors
 def on_train_now(service: ChatService, ui: UI, profile_id: str):
     return _act(service, ui, profile_id, service.train_now,
                 "Training queued: your adapter and everyone's. The next reply after it finishes uses them.")

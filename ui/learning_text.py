@@ -17,7 +17,8 @@ LEANING = 0.25
 def learning_markdown(status: dict, now: datetime | None = None) -> str:
     """The panel's text for one profile."""
     now = now or datetime.now(timezone.utc)
-    lines = [_taught(status), _personal(status, now), _global(status, now), _share(status)]
+    lines = [_taught(status), _note(status.get("note")), _personal(status, now), _global(status, now),
+             _share(status)]
     lines += [_job(job, now) for job in status.get("jobs", [])]
     lines += [_unusable(bad) for bad in status.get("unusable", [])]
     lines.append(_worker(status.get("worker"), now))
@@ -37,6 +38,18 @@ def _taught(status: dict) -> str:
             f"{_count(left, 'more vote', 'more votes')} and Attune learns from them (or press *Train now*)")
     return f"**What you taught Attune:** {taught}; {_count(since['total'], 'is', 'are')} new since the last " \
            f"update: {when}."
+
+
+def _note(note: dict | None) -> str:
+    """Whether the profile's note still rides in every prompt, and how far the personal adapter has learned it."""
+    if not note or not note["text"]:
+        return ""
+    learned = note["learned"]
+    if not note["sent"]:
+        return (f"**Your note:** learned ({learned:.0%}): your version answers that way unasked, so the note is no "
+                "longer added to your messages.")
+    so_far = "not measured yet (after your next update)" if learned is None else f"{learned:.0%} learned so far"
+    return f"**Your note:** added, hidden, to each of your messages until your version has learned it — {so_far}."
 
 
 def _personal(status: dict, now: datetime) -> str:

@@ -103,7 +103,7 @@ def hidden() -> gr.Row:
 
 
 def preferences_view(service: ChatService, ui: UI, profile_id: str | None) -> dict:
-    """A profile's own settings and compare choice, as it left them (nothing while no profile is picked). Given by
+    """A profile's own settings, compare choice and note, as it left them (nothing while no profile is picked). Given by
     the events that pick a profile (load, create, select), never by a listener on the profile: that raced the views
     that set the same profile again into an endless loop of events."""
     if not profile_id:
@@ -111,4 +111,4 @@ def preferences_view(service: ChatService, ui: UI, profile_id: str | None) -> di
     settings, compare = service.preferences(profile_id)
     return {ui.system_prompt: settings.system_prompt, ui.temperature: settings.temperature, ui.top_p: settings.top_p,
             ui.max_new_tokens: settings.max_new_tokens, ui.repetition_penalty: settings.repetition_penalty,
-            ui.compare: compare}
+            ui.compare: compare, ui.note: service.note(profile_id)}

@@ -19,13 +19,14 @@ from ui.chat import (on_ask_delete_conversation, on_continue, on_delete_conversa
 from ui.feedback import on_choose, on_like, on_save_comment
 from ui.layout import CHOICE_LABELS, UI
 from ui.learning import (LEARNING, on_alpha, on_alpha_auto, on_ask_reset_adapter, on_before_after,
-                         on_before_after_messages, on_learning_refresh, on_reset_adapter, on_train_now)
+                         on_before_after_messages, on_learning_refresh, on_reset_adapter, on_save_note,
+                         on_train_now)
 from ui.profiles import (on_confirm_delete_profile, on_create_profile, on_delete_profile, on_download_data, on_load,
                          on_remember, on_rename_profile, on_select_profile)
 from ui.views import VIEW, hidden
 
 SETTINGS = ("system_prompt", "temperature", "top_p", "max_new_tokens", "repetition_penalty")
-PREFERENCES = (*SETTINGS, "compare")
+PREFERENCES = (*SETTINGS, "compare", "note")
 """What a profile keeps across reloads (`ui.views.preferences_view`)."""
 OUTPUTS = {
     "load": VIEW + ("profile_tools", *PREFERENCES),
@@ -49,6 +50,7 @@ OUTPUTS = {
     "stop": ("status",),
     **{f"choose_{choice}": VIEW for choice in CHOICE_LABELS},
     "set_alpha": LEARNING,
+    "save_note": LEARNING + ("note",),
     "before_after": ("before_after_message", "before_after_row", "before", "after", "status"),
     "train_now": LEARNING,
     "ask_reset_adapter": ("adapter_confirm_row", "status"),
@@ -184,6 +186,8 @@ def _wire_learning(ui: UI, service: ChatService) -> None:
     b["show_before_after"].click(bind(on_before_after, service, ui, limit=MESSAGES),
                                  [ui.profile, ui.before_after_message], _outputs(ui, "before_after"),
                                  api_name="before_after")
+    b["save_note"].click(bind(on_save_note, service, ui), [ui.profile, ui.note], _outputs(ui, "save_note"),
+                         api_name="save_note")
     b["train_now"].click(bind(on_train_now, service, ui), [ui.profile], _outputs(ui, "train_now"),
                          api_name="train_now")
     b["reset_adapter"].click(bind(on_ask_reset_adapter, service, ui), [ui.profile],

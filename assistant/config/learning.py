@@ -196,6 +196,10 @@ class LearningConfig:
     """One pair in this many (fixed by its feedback id) is held out of training to evaluate the adapters, ≥ 2."""
     stale_seconds: float = 120.0
     """A running job whose worker has not reported for this long is taken over (the worker died)."""
+    note_learned_at: float = 0.9
+    """How far the personal adapter must have learned the profile's note (`adapters.note`: 1 − the note's pull left,
+    on the profile's recent messages), in [0, 1], before the note stops being added to each message; 1: sent
+    until learned completely, in practice always."""
     keep_versions: int = 20
     """Versions kept per adapter, ≥ 2: after each publish older ones are deleted (never the served one, its
     parent, or the newest usable one). The Learning panel's accuracy chart shows the kept ones."""
@@ -227,6 +231,8 @@ class LearningConfig:
             raise ValueError("global_min_events must be ≥ 1 and global_min_age_hours ≥ 0")
         if self.keep_versions < 2:
             raise ValueError("keep_versions must be at least 2")
+        if not 0.0 <= self.note_learned_at <= 1.0:
+            raise ValueError("note_learned_at must be between 0 and 1")
         if self.global_rpo_alpha is not None and self.global_rpo_alpha < 0:
             raise ValueError("global_rpo_alpha must be ≥ 0 (or None)")
         if self.max_drift is not None and self.max_drift <= 0:

@@ -23,7 +23,7 @@ KEEP_SECONDS = 3600
 
 README = """Your data from Attune, as of {when}.
 
-profile.json         your profile's name, reply settings and personal weight
+profile.json         your profile's name, reply settings, note and personal weight
 conversations.json   every conversation with every message (also replies replaced by a retry or not chosen)
 feedback.jsonl       every vote and choice as stored, with the texts it was about
 dpo.jsonl, kto.jsonl the same feedback in TRL's preference (prompt/chosen/rejected) and unpaired
@@ -46,6 +46,7 @@ def write_archive(store: Store, registry: AdapterRegistry | None, profile_id: st
         archive.writestr("README.txt", README.format(when=stamp.isoformat(timespec="seconds")))
         archive.writestr("profile.json", _json({"name": profile["name"], "created_at": profile["created_at"],
                                                 "alpha_override": profile["alpha_override"],
+                                                "note": store.note(profile_id),
                                                 "preferences": store.preferences(profile_id)}))
         archive.writestr("conversations.json", _json(conversations))
         for name, records in (("feedback", events), ("dpo", dpo_records(events)), ("kto", kto_records(events))):

@@ -159,6 +159,15 @@ class ChatService(Learning, Access, Exploring):
     def save_preferences(self, profile_id: str, settings: GenerationSettings, compare: bool) -> None:
         self.store.set_preferences(profile_id, {**settings.as_dict(), "compare": bool(compare)})
 
+    def note(self, profile_id: str) -> str:
+        """The profile's note: how the person wants Attune to answer ('' if none)."""
+        return self.store.note(profile_id)
+
+    def set_note(self, profile_id: str, note: object) -> str:
+        """Keep the profile's note (clear it with ''): from the next reply it is added, hidden, to each message
+        until the personal adapter has learned it (adapters/note.py). The note as kept."""
+        return self.store.set_note(profile_id, note)
+
     def recent_user_messages(self, profile_id: str) -> list[Message]:
         return self.store.recent_user_messages(profile_id)
 
@@ -304,11 +313,14 @@ class ChatService(Learning, Access, Exploring):
         turns = [{"role": m.role, "content": m.content} for m in history]
         prompt = prompt or build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens,
                                         prefix=prefix)
+        turns, prompt, note = self._with_note(profile_id, settings, turns, prompt, prefix)
         blend = self.adapters.blend_for(profile_id) if self.adapters else None
         candidates, sides = self._explore(profile_id, settings, turns, prompt) if compare else ((), ({}, {}))
         own: dict = {}
         if not compare and not prefix:
             prompt, own = self._explore_single(profile_id, settings, turns, prompt, follow)
+        if note:
+            own = {**own, "note": note}
         stop = threading.Event()
         stream = ReplyStream(
             self.loaded, prompt, settings, num_candidates=2 if compare else 1, candidate_prompts=candidates,

@@ -1,17 +1,42 @@
-"""The exploring half of the chat service: which hidden probe, if any, each candidate or single reply follows —
-the built-in probes, and the person's own words as personal probes (assistant/explore.py, assistant/words.py)."""
+"""The exploring half of the chat service: which hidden instructions each candidate or single reply follows — a
+probe, built-in or the person's own words (assistant/explore.py, assistant/words.py), and the profile's note until
+the personal adapter has learned it (adapters/note.py)."""
 
 from __future__ import annotations
 
+from adapters.note import still_sent
+from adapters.registry import personal_adapter
 from assistant.config import GenerationSettings, Probe
-from assistant.explore import choose_arms, choose_single_arm, probed
+from assistant.explore import choose_arms, choose_single_arm, instructed, probed
 from assistant.prompts import Prompt, build_prompt
 from assistant.words import own_probe
 from storage.errors import InvalidInput
 
 
 class Exploring:
-    """Mixed into `ChatService` (it has `store`, `loaded`, `config` and `rng`)."""
+    """Mixed into `ChatService` (it has `store`, `loaded`, `config`, `rng` and `adapters`)."""
+
+    def _with_note(self, profile_id: str, settings: GenerationSettings, turns: list[dict], prompt: Prompt,
+                   prefix: str) -> tuple[list[dict], Prompt, str]:
+        """The turns and prompt of a reply with the profile's note added, hidden, to the newest message while the
+        personal adapter has not learned it (`adapters.note`), and the note ('' when none is sent). A note that
+        would not fit beside the conversation is left out of this reply rather than refuse it."""
+        note = self.store.note(profile_id)
+        if not note or not still_sent(note, self._personal_metrics(profile_id), self.learning.note_learned_at):
+            return turns, prompt, ""
+        noted = instructed(turns, note)
+        try:
+            return noted, build_prompt(self.loaded, settings.system_prompt, noted, settings.max_new_tokens,
+                                       prefix=prefix), note
+        except InvalidInput:
+            return turns, prompt, ""
+
+    def _personal_metrics(self, profile_id: str) -> dict:
+        """The metrics of this profile's current personal version ({} without one or without learning)."""
+        if self.adapters is None:
+            return {}
+        current = self.adapters.registry.current(personal_adapter(profile_id))
+        return current.manifest.get("metrics", {}) if current else {}
 
     def _explore(self, profile_id: str, settings: GenerationSettings, turns: list[dict],
                  prompt: Prompt) -> tuple[tuple, tuple[dict, dict]]:
