@@ -48,6 +48,9 @@ class UnpairedExample:
     feedback_id: str
     profile_id: str
     ended: bool = True
+    instruction: str | None = None
+    """The hidden instruction the reply was written under (a probe, the person's words, the note; None: the prompt
+    as it is): a 👍 reply is distilled under it, as a chosen one is."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,8 @@ def examples_from_feedback(events: list[dict]) -> Examples:
                              for side in ("a", "b")]
         else:
             done = ended.get("completion", True)
-            unpaired.append(UnpairedExample(e["prompt"], e["completion"], e["value"] > 0, **key, ended=done))
+            unpaired.append(UnpairedExample(e["prompt"], e["completion"], e["value"] > 0, **key, ended=done,
+                                            instruction=instruction.get("completion")))
             if e["value"] > 0:
                 old_ended = ended.get("superseded", [True] * len(e.get("superseded", [])))
                 pairs += [PairExample(e["prompt"], e["completion"], old, **key, chosen_ended=done,
@@ -179,6 +183,9 @@ class Encoded:
     """Unpaired reply i after the prompt of reply i+1: KTO's reference point z0 (a reply that does not answer)."""
     taught: list[tuple[list[int], int]] = field(default_factory=list)
     """Each chosen reply after the prompt it was generated from (the exploration instruction included)."""
+    unpaired_taught: list[tuple[list[int], int]] = field(default_factory=list)
+    """Each unpaired reply after the prompt its teacher reads: a 👍 reply's, the instruction included; a 👎 reply's,
+    the prompt as sent (a leash, never a lesson in what was disliked)."""
 
 
 def encode_examples(loaded: LoadedModel, examples: Examples, max_length: int, max_prompt: int | None) -> Encoded:
@@ -195,6 +202,11 @@ def encode_examples(loaded: LoadedModel, examples: Examples, max_length: int, ma
         enc.labels.append(u.label)
         other = items[(i + 1) % len(items)]
         enc.mismatched.append(encode(loaded, other.prompt, u.completion, max_length, max_prompt, u.ended))
+        enc.unpaired_taught.append(_generated_from(loaded, PairExample(u.prompt, u.completion, "", u.feedback_id,
+                                                                       u.profile_id, u.ended,
+                                                                       chosen_instruction=u.instruction),
+                                                   max_length, max_prompt)
+                                   if u.label and u.instruction else enc.unpaired[-1])
     return enc
 
 

@@ -14,7 +14,7 @@ import logging
 import random
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from peft import PeftModel
@@ -90,6 +90,7 @@ class _Targets:
     ref_rejected: torch.Tensor  # (pairs,)
     taught: list[Teacher | None]  # per pair: the chosen reply's distillation teacher (None: not distilling)
     ref_unpaired: torch.Tensor  # (unpaired,)
+    unpaired_taught: list[Teacher]  # per unpaired reply: its distillation teacher (empty: not distilling)
     ref_mismatched: torch.Tensor  # (unpaired,) each reply after another prompt: KTO's z0
     labels: torch.Tensor  # (unpaired,) bool: desirable
     on_policy: list[Sequence]
@@ -125,6 +126,7 @@ def train_adapter(
     if not len(examples):
         raise ValueError("no training examples")
     enc = encode_examples(loaded, examples, config.max_length, config.max_prompt_tokens)
+    config = balanced(config, enc.labels)
     steps = config.steps_for(examples, new_examples)
     targets = _targets(model, loaded, examples, enc, config, references, reference_key)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -141,10 +143,24 @@ def train_adapter(
         loss.backward()
         optimizer.step()
         metrics["loss"] = loss.item()
+        if enc.unpaired:
+            metrics["kto/undesirable_weight"] = round(config.undesirable_weight, 4)
         if progress:
             progress(step + 1, steps, metrics)
     model.eval()
     return metrics
+
+
+def balanced(config: TrainConfig, labels: list[bool]) -> TrainConfig:
+    """`config` with KTO's 👎 weight lowered, when `kto_balance` is on and 👎 outnumber 👍, to the top of TRL's
+    advised range: λ_U·n_U = λ_D·max(n_D, 1) (KTOTrainer warns outside [1, 4/3] for λ_D·n_D / λ_U·n_U). Thumbs are
+    mostly 👎 for a taste the model misses, and undesirable examples alone only push likelihood down: without the
+    balance a few of them drove the anchor perplexity past ×2 in one update (docs/learning.md)."""
+    undesirable = len(labels) - sum(labels)
+    if not config.kto_balance or not undesirable:
+        return config
+    top = config.desirable_weight * max(sum(labels), 1) / undesirable
+    return replace(config, undesirable_weight=min(config.undesirable_weight, top))
 
 
 def _distilling(config: TrainConfig) -> bool:
@@ -160,14 +176,16 @@ def _targets(model: PeftModel, loaded: LoadedModel, examples: Examples, enc: Enc
         ref_chosen, ref_rejected, taught = pair_references(model, enc, examples.pairs, config, _distilling(config),
                                                            pad, references, reference_key)
         ref_unpaired = logps_in_chunks(model, enc.unpaired, pad, 8)
+        unpaired_taught = (teachers(model, enc.unpaired_taught, pad, config.distill_top_k)[0]
+                           if _distilling(config) and enc.unpaired else [])
         ref_mismatched = logps_in_chunks(model, enc.mismatched, pad, 8)
         everyday, everyday_taught = (everyday_references(model, loaded, config, references, reference_key)
                                      if config.everyday_weight > 0 else ([], []))
     labels = torch.tensor(enc.labels, dtype=torch.bool)
     on_policy, on_policy_taught = (on_policy_targets(model, loaded, examples.pairs, config)
                                    if config.on_policy_weight > 0 else ([], []))
-    return _Targets(ref_chosen, ref_rejected, taught, ref_unpaired, ref_mismatched, labels, on_policy,
-                    on_policy_taught, everyday, everyday_taught)
+    return _Targets(ref_chosen, ref_rejected, taught, ref_unpaired, unpaired_taught, ref_mismatched, labels,
+                    on_policy, on_policy_taught, everyday, everyday_taught)
 
 
 def _step_loss(model, enc: Encoded, targets: _Targets, orders: _Orders, config: TrainConfig,
@@ -188,11 +206,16 @@ def _step_loss(model, enc: Encoded, targets: _Targets, orders: _Orders, config: 
             loss = loss + weight * kl
             metrics[name] = kl.item()
     if enc.unpaired:
-        idx, policy, mismatched, _ = _step_logps(model, enc.unpaired, enc.mismatched, orders.unpaired, pad, config)
+        idx, policy, mismatched, (log_probs, rows) = _step_logps(model, enc.unpaired, enc.mismatched, orders.unpaired,
+                                                                 pad, config)
         z0 = kto_reference_point(mismatched, targets.ref_mismatched[idx])
         unpaired = kto_loss(policy, targets.ref_unpaired[idx], targets.labels[idx], z0, config.beta,
                             config.desirable_weight, config.undesirable_weight)
         loss = loss + config.unpaired_weight * unpaired.losses.mean()
+        if targets.unpaired_taught:  # the chosen-reply term of pairs, for thumbs: a lesson on 👍, a leash on 👎
+            kl = distill_kl(log_probs, rows, [targets.unpaired_taught[i] for i in idx]).mean()
+            loss = loss + config.rpo_alpha * kl
+            metrics["kto/distill_loss"] = kl.item()
         metrics["kto/loss"] = unpaired.losses.mean().item()
         metrics["kl"] = z0.item()
     return loss, metrics

@@ -41,6 +41,18 @@ def test_what_the_choices_say_names_only_clear_leanings_in_the_probes_own_words(
     assert said == ("**What your choices say:** you chose replies asked to “answer in one short sentence” (4 of 5); "
                     "you passed over replies asked to “use emoji 😊 in your answer” (0 of 3).")
     assert taste_words(record[2:]) == ""
+    own = {"probe": "own-1", "instruction": "Too long, get to the point.", "chosen": 3, "shown": 3, "own": True}
+    assert taste_words([own, record[1]]) == (
+        "**What your choices say:** you passed over replies asked to “use emoji 😊 in your answer” (0 of 3); you chose "
+        "replies that followed your words “Too long, get to the point.” (3 of 3).")
+
+
+def test_the_note_says_whether_it_is_still_sent_and_how_far_it_is_learned():
+    note = {"text": "Keep it short.", "sent": True, "learned": None}
+    assert "until your version has learned it — not measured yet" in learning_markdown(_status(note=note))
+    assert "— 42% learned so far" in learning_markdown(_status(note={**note, "learned": 0.42}))
+    assert "learned (93%)" in learning_markdown(_status(note={**note, "sent": False, "learned": 0.93}))
+    assert "Your note" not in learning_markdown(_status(note={**note, "text": ""}))
 
 
 def _status(**changes) -> dict:

@@ -228,8 +228,8 @@ def _learning_panel() -> dict:
         before = gr.Markdown(label="Before: the base model", container=True, elem_id="before")
         after = gr.Markdown(label="Today: with what you taught", container=True, elem_id="after")
     timer = gr.Timer(2.0)
-    return dict(learning_status=learning_status, note=note, save_note=save_note, alpha_auto=alpha_auto, alpha=alpha, train_now=train_now,
-                reset_adapter=reset_adapter, adapter_confirm_row=confirm_row, confirm_reset_adapter=confirm,
+    return dict(learning_status=learning_status, note=note, save_note=save_note, alpha_auto=alpha_auto, alpha=alpha,
+                train_now=train_now, reset_adapter=reset_adapter, adapter_confirm_row=confirm_row, confirm_reset_adapter=confirm,
                 cancel_reset_adapter=cancel, accuracy_plot=accuracy_plot, timer=timer,
                 before_after_message=before_after_message, show_before_after=show_before_after,
                 before_after_row=before_after_row, before=before, after=after)

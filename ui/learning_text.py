@@ -123,22 +123,24 @@ def eta_seconds(job: dict, progress: float, now: datetime) -> float | None:
 
 def taste_words(record: list[dict]) -> str:
     """What the profile's choices say, from the exploration record: the instructions whose replies it chose
-    clearly more (or less) often than an even split, with how often. Nothing before `MIN_SHOWN` choices."""
-    liked, disliked = [], []
+    clearly more (or less) often than an even split, with how often — a built-in probe's, or the person's own words
+    (`own`). Nothing before `MIN_SHOWN` choices."""
+    said: dict[tuple[bool, bool], list[str]] = {}
     for arm in sorted(record, key=lambda r: -r["shown"]):
         if arm["shown"] < MIN_SHOWN:
             continue
         share = (arm["chosen"] + 1) / (arm["shown"] + 2)  # a uniform prior: 2 of 2 is not yet a certainty
-        said = f"“{arm['instruction'].rstrip('.').lower()}” ({_times(arm['chosen'])} of {arm['shown']:g})"
+        own = bool(arm.get("own"))
+        words = arm["instruction"] if own else arm["instruction"].rstrip(".").lower()
+        text = f"“{words}” ({_times(arm['chosen'])} of {arm['shown']:g})"
         if share >= 0.5 + LEANING / 2:
-            liked.append(said)
+            said.setdefault((True, own), []).append(text)
         elif share <= 0.5 - LEANING / 2:
-            disliked.append(said)
-    parts = []
-    if liked:
-        parts.append("you chose replies asked to " + _and(liked))
-    if disliked:
-        parts.append("you passed over replies asked to " + _and(disliked))
+            said.setdefault((False, own), []).append(text)
+    heads = {(True, False): "you chose replies asked to ", (False, False): "you passed over replies asked to ",
+             (True, True): "you chose replies that followed your words ",
+             (False, True): "you passed over replies that followed your words "}
+    parts = [head + _and(said[key]) for key, head in heads.items() if key in said]
     return f"**What your choices say:** {'; '.join(parts)}." if parts else ""
 
 

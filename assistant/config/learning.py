@@ -101,6 +101,9 @@ class TrainConfig:
     """KTO's weight of a 👍 example (λ_D)."""
     undesirable_weight: float = 1.0
     """KTO's weight of a 👎 example (λ_U)."""
+    kto_balance: bool = True
+    """Lower λ_U in an update whose 👎 outnumber its 👍 so that λ_U·n_U = λ_D·max(n_D, 1), the top of the range TRL's
+    KTOTrainer advises (`adapters.training.balanced`); False: λ_U as set."""
     unpaired_weight: float = 1.0
     """Weight of the KTO term next to the DPO term."""
     seed: int = 0

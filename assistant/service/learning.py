@@ -117,11 +117,13 @@ class Learning:
         }
 
     def _record(self, profile_id: str) -> list[dict]:
-        """This profile's choices for or against each exploration probe's candidates, with its instruction."""
-        instructions = {p.name: p.instruction for p in self.config.explore.probes}
+        """This profile's choices for or against each exploration probe's candidates (its own words' too: `own`),
+        with its instruction."""
+        own = {p.name: p.instruction for p in self._own_probes(profile_id)}
+        instructions = {p.name: p.instruction for p in self.config.explore.probes} | own
         mine, _ = self.store.probe_records(profile_id)
-        return [{"probe": name, "instruction": instructions[name], "chosen": won, "shown": won + lost}
-                for name, (won, lost) in mine.items() if name in instructions]
+        return [{"probe": name, "instruction": instructions[name], "chosen": won, "shown": won + lost,
+                 "own": name in own} for name, (won, lost) in mine.items() if name in instructions]
 
     def before_after(self, profile_id: str, message_id: str) -> dict:
         """One of the person's own earlier messages answered by the bare base model and by what serves them today
