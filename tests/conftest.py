@@ -79,6 +79,14 @@ def app_config(data_home, tiny_model_dir) -> AppConfig:
     return AppConfig(data_dir=data_home, model=ModelConfig(model=str(tiny_model_dir)), max_message_chars=16_000)
 
 
+def api_client(url: str, **options):
+    """A gradio_client `Client` of the app at `url` whose requests wait up to `HANG` (httpx's default 5 s is a tight
+    wall-clock limit on a busy machine); `options` as `Client` takes them."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False, httpx_kwargs={"timeout": HANG}, **options)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

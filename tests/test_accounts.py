@@ -21,7 +21,7 @@ from storage.accounts import Accounts, check_password, hash_password
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.owners import acting_as
 from storage.store import Store
-from tests.conftest import REPO, serving
+from tests.conftest import REPO, api_client, serving
 from tests.test_app import create_profile, send
 
 ANN, BOB = ("Ann", "ann-password-1"), ("bob", "bob-password-2")
@@ -106,7 +106,7 @@ def _snapshot(store: Store, profile_id: str) -> dict:
 
 def test_one_account_cannot_reach_another_accounts_profiles_through_any_endpoint(auth_app, data_home):
     url, _ = auth_app
-    ann = Client(url, auth=ANN, verbose=False, download_files=False)
+    ann = api_client(url, auth=ANN, download_files=False)
     profile = create_profile(ann, "Ann's secrets")
     final, _ = send(ann, profile, None, "my secret recipe")
     conversation = final["conversation"]["value"]
@@ -117,7 +117,7 @@ def test_one_account_cannot_reach_another_accounts_profiles_through_any_endpoint
     store = Store(data_home / "attune.db")
     before = _snapshot(store, profile)
 
-    bob = Client(url, auth=BOB, verbose=False, download_files=False)
+    bob = api_client(url, auth=BOB, download_files=False)
     ids = {"profile_id": profile, "conversation_id": conversation, "message_id": reply["id"],
            "comparison_id": comparison, "remembered": {"profile_id": profile, "conversation_id": conversation}}
     defaults = {"str": "Bob's", "float": 0.5, "bool": False, "int": -1}
@@ -157,7 +157,7 @@ def _login(url: str, name: str, password: str) -> int:
 def test_nobody_gets_in_without_logging_in_and_failed_logins_lock_the_name(auth_app):
     url, service = auth_app
     with pytest.raises(Exception, match="(?i)login|auth|401"):
-        Client(url, verbose=False).predict("x", api_name="/create_profile")
+        api_client(url).predict("x", api_name="/create_profile")
     assert _login(url, *ANN) == 200
     for _ in range(service.config.limits.failed_login_burst):
         assert _login(url, ANN[0], "wrong-password") == 400
@@ -190,7 +190,7 @@ def test_the_app_refuses_too_many_votes_and_profiles_with_a_clear_message(tiny_m
 
     with serving(["--model", str(tiny_model_dir), "--data-dir", str(data_home), "--set", "limits.vote_burst=2",
                   "--set", "limits.votes_per_minute=1", "--set", "limits.max_profiles=2"]) as (url, _):
-        client = Client(url, verbose=False, download_files=False)
+        client = api_client(url, download_files=False)
         ann = create_profile(client, "Ann")
         final, _ = send(client, ann, None, "Hello")
         reply = client.predict(ann, final["conversation"]["value"], api_name="/messages")[1]["id"]

@@ -18,7 +18,7 @@ from gradio_client.exceptions import AppError
 
 from assistant.config import DATA_HOME_ENV, BlendConfig
 from storage.store import Store
-from tests.conftest import BACKENDS, HANG, REPO, free_port, serving
+from tests.conftest import BACKENDS, HANG, REPO, api_client, free_port, serving
 from ui import OUTPUTS, UI, api_returns
 from ui.views import unmarked
 
@@ -36,7 +36,7 @@ def running_app(request, tiny_model_dir, data_home):
 
 @pytest.fixture
 def client(running_app) -> Client:
-    return Client(running_app[0], verbose=False, download_files=False)
+    return api_client(running_app[0], download_files=False)
 
 
 def _dropdown(update: dict) -> tuple[list, str | None]:
@@ -219,7 +219,7 @@ def test_retry_rename_and_delete_with_confirmation(client, data_home):
 
 def test_two_clients_streaming_at_once_stay_separate(running_app):
     url, _ = running_app
-    clients = [Client(url, verbose=False) for _ in range(2)]
+    clients = [api_client(url) for _ in range(2)]
     users = [create_profile(c, name) for c, name in zip(clients, ["A1", "B2"])]
     texts = ["Tell me a joke.", "What is the capital of France?"]
     alone = [last_text(send(c, u, None, t)[0]["chatbot"]) for c, u, t in zip(clients, users, texts)]
@@ -253,7 +253,7 @@ def cli_app(tiny_model_dir, tmp_path):
             except OSError:
                 assert time.monotonic() < deadline, "the app did not start listening"
                 time.sleep(0.3)
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False), home, proc
+        yield api_client(f"http://127.0.0.1:{port}/"), home, proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)

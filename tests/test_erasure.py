@@ -9,7 +9,6 @@ import json
 import urllib.request
 import zipfile
 
-from gradio_client import Client
 
 from adapters.blend import AdapterServer
 from adapters.registry import GLOBAL, AdapterRegistry, personal_adapter
@@ -17,6 +16,7 @@ from adapters.worker import ADAPTERS_DIR, Worker
 from assistant.config import BlendConfig
 from assistant.service import ChatService
 from storage.jobs import ERASURE
+from tests.conftest import api_client
 from tests.test_app import create_profile, send
 from tests.test_worker import LEARNING, _choices, _fresh
 from tests.test_worker import parts  # noqa: F401  (a fixture: the service, the worker and the registry)
@@ -88,7 +88,7 @@ def test_tainted_versions_stop_serving_at_once_when_set(store, data_home, tiny_m
 
 def test_download_my_data_holds_conversations_feedback_and_adapter(running_app):
     url, service = running_app
-    client = Client(url, verbose=False, download_files=False)
+    client = api_client(url, download_files=False)
     ann = create_profile(client, "Ann")
     final, _ = send(client, ann, None, "A message to keep")
     reply = client.predict(ann, final["conversation"]["value"], api_name="/messages")[1]

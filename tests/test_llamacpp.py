@@ -116,15 +116,13 @@ def test_a_blend_of_gguf_adapters_decodes_as_the_merged_torch_model(embedded, de
     assert str(mine.folder / GGUF) not in loaded and str(everyone.folder / GGUF) in loaded  # (everyone's stays)
 
 def test_the_app_serves_replies_and_compare_mode_with_llama_cpp(data_home):
-    from gradio_client import Client
-
-    from tests.conftest import serving
+    from tests.conftest import api_client, serving
     from tests.test_app import create_profile, send
 
     with serving(["--model", "embedded", "--model-cache", str(EMBEDDED_CACHE), "--data-dir", str(data_home),
                   "--backend", "llamacpp", "--no-worker"]) as (url, service):
         assert service.decoder is not None  # the self-check agreed
-        client = Client(url, verbose=False, download_files=False)
+        client = api_client(url, download_files=False)
         ann = create_profile(client, "Ann")
         final, outputs = send(client, ann, None, "Name three fruits.")
         conversation = final["conversation"]["value"]
