@@ -368,3 +368,23 @@ def test_a_conversation_is_titled_by_its_first_message_listed_with_its_time_and_
     refused = call(client, "rename_conversation", ann, conv, "   ")
     assert "cannot be empty" in status_of(refused) and store.get_conversation(ann, conv)["title"] == "Tides"
     assert "at most 80" in status_of(call(client, "rename_conversation", ann, conv, "t" * 81))
+
+
+def test_words_reach_the_api_a_choice_a_retry_and_the_note(client, data_home):
+    ann = create_profile(client, "Ann")
+    final, _ = send(client, ann, None, "Compare please", compare=True)
+    conv = final["conversation"]["value"]
+    pending = client.predict(ann, conv, api_name="/pending")
+    client.predict(ann, pending["comparison_id"], "a", "B rambled.", api_name="/choose")
+    send(client, ann, conv, "And now?")
+    reply = client.predict(ann, conv, api_name="/messages")[-1]
+    client.predict(ann, reply["id"], -1, "", api_name="/vote")
+    job = client.submit(ann, conv, "Too long.", *SETTINGS.values(), api_name="/retry_with_comment")  # the last
+    job.result()
+    again = client.predict(ann, conv, api_name="/messages")[-1]
+    assert again["id"] != reply["id"] and again["settings"]["probe_instruction"] == "Too long."
+    store = Store(data_home / "attune.db")
+    assert store.own_words(ann) == [("Too long.", "down"), ("B rambled.", "down")]
+    view = call(client, "save_note", ann, "Keep it short.")
+    assert view["note"] == "Keep it short." and "Your note" in view["learning_status"]
+    assert client.predict(ann, api_name="/learning")["note"]["text"] == "Keep it short."

@@ -107,10 +107,10 @@ def on_retry(service: ChatService, ui: UI, profile_id, conversation_id, compare,
 @ui_errors
 def on_retry_with_comment(service: ChatService, ui: UI, profile_id, conversation_id, message_id, comment, system_prompt,
                           temperature, top_p, max_new_tokens, repetition_penalty=GenerationSettings.repetition_penalty):
-    """Save the words written after a 👍/👎 and answer again following them (one reply, not a comparison)."""
+    """Save the words written after a 👍/👎 and answer again following them (one reply, not a comparison).
+    `message_id`: the rated reply, as the page holds it (a session state: an API call has none and means the last
+    reply of the conversation)."""
     require_conversation(profile_id, conversation_id, "Open a conversation with a message first.")
-    if not message_id:
-        raise refuse("Give a 👍 or 👎 on the last reply first, then write what to change.")
     settings = _settings(system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
     updates = service.retry_with_comment(profile_id, conversation_id, message_id, comment, settings)
     yield from _stream_view(service, ui, profile_id, updates, False, replacing=True, takes_message=False)

@@ -23,9 +23,10 @@ def vote(service: ChatService, profile_id: str, message_id: str, value: int, com
 
 
 @ui_errors
-def choose(service: ChatService, profile_id: str, comparison_id: str, choice: str) -> dict:
-    """Decide a comparison: choice is one of a, b, tie, both_bad."""
-    comparison = service.choose(profile_id, comparison_id, choice)
+def choose(service: ChatService, profile_id: str, comparison_id: str, choice: str, comment: str = "") -> dict:
+    """Decide a comparison: choice is one of a, b, tie, both_bad; comment, optional: what was wrong with the other
+    reply, in your words (they become a style Attune tries for you)."""
+    comparison = service.choose(profile_id, comparison_id, choice, comment or "")
     return {"comparison_id": comparison.id, "choice": comparison.choice, "a": comparison.a.content,
             "b": comparison.b.content}
 

@@ -243,17 +243,19 @@ class ChatService(Learning, Access, Exploring):
         return self._reply(profile_id, conversation_id, user_message, settings, compare, replaces=replaces,
                            follow=follow)
 
-    def retry_with_comment(self, profile_id: str, conversation_id: str, message_id: str, comment: object,
+    def retry_with_comment(self, profile_id: str, conversation_id: str, message_id: str | None, comment: object,
                            settings: GenerationSettings) -> Iterator[ReplyUpdate]:
-        """Keep `comment` on the last reply (already rated 👍/👎) and answer again following it (`retry`'s
-        `follow_comment`)."""
+        """Keep `comment` on the last reply (already rated 👍/👎; `message_id` None: whichever is last) and answer
+        again following it (`retry`'s `follow_comment`)."""
         if not isinstance(comment, str) or not comment.strip():
             raise InvalidInput("Write what to change first, then retry with it.")
         transcript = self.store.transcript(profile_id, conversation_id)
-        if not transcript or transcript[-1].id != message_id:
+        if not transcript or transcript[-1].role != "assistant":
+            raise InvalidInput("There is no reply to retry yet.")
+        if transcript[-1].id != (message_id or transcript[-1].id):
             raise InvalidInput("Retry with your words answers the last reply again; this one is no longer the last. "
                                "Your words were not saved.")
-        self.store.set_comment(profile_id, message_id, comment)
+        self.store.set_comment(profile_id, transcript[-1].id, comment)
         return self.retry(profile_id, conversation_id, settings, follow_comment=True)
 
     def edit(self, profile_id: str, conversation_id: str, text: object, settings: GenerationSettings,
