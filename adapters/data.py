@@ -23,6 +23,7 @@ from assistant.config import DEFAULT_PROBES
 from assistant.explore import instructed
 from assistant.model import LoadedModel
 from assistant.prompts import build_prompt
+from assistant.words import is_own
 from storage.errors import InvalidInput
 
 
@@ -66,15 +67,20 @@ class Examples:
         return sorted({e.feedback_id for e in (*self.pairs, *self.unpaired)})
 
 
-def examples_from_feedback(events: list[dict]) -> Examples:
-    """`events` as `Store.feedback` returns them (each with its prompt and texts)."""
+def examples_from_feedback(events: list[dict], private: bool = True) -> Examples:
+    """`events` as `Store.feedback` returns them (each with its prompt and texts). `private=False` (everyone's
+    adapter): the hidden instructions a profile's own words or note gave its replies are left out — those replies are
+    distilled under the prompt as sent — so one person's words never shape the replies of others; the built-in
+    probes' instructions stay."""
     pairs: list[PairExample] = []
     unpaired: list[UnpairedExample] = []
     for e in events:
         key = dict(feedback_id=e["id"], profile_id=e["profile_id"])
         ended = e.get("ended", {})
-        notes = e.get("note", {})
-        instruction = {side: hidden_instruction(notes.get(side), text or _instruction_of(e.get("probe", {}).get(side)))
+        notes = e.get("note", {}) if private else {}
+        probes = e.get("probe", {})
+        instruction = {side: hidden_instruction(notes.get(side), text or _instruction_of(probes.get(side)))
+                       if private or not is_own(probes.get(side)) else None
                        for side, text in e.get("instruction", {}).items()}
         if e["kind"] == "comparison":
             if e["choice"] in ("a", "b"):

@@ -112,4 +112,5 @@ def global_update(store: Store, since: str | None, config: LearningConfig, seed:
     cap = profile_cap({c: len(v) for c, v in per_contributor.items()}, config)
     chosen = [e for events in per_contributor.values() for e in events[:cap]]
     new_count = sum(min(len(n), cap) for n in new.values())  # new events come first in each list
-    return UpdateData(examples_from_feedback(chosen), examples_from_feedback(held_all), newest, new_count)
+    return UpdateData(examples_from_feedback(chosen, private=False), examples_from_feedback(held_all, private=False),
+                      newest, new_count)

@@ -36,10 +36,13 @@ def note_key(note: str) -> str:
     return hashlib.sha256(" ".join(note.split()).encode()).hexdigest()[:16]
 
 
-def still_sent(note: str, metrics: dict, learned_at: float) -> bool:
-    """Whether `note` goes into the prompt, given the metrics of the profile's current personal version and the
-    `learned` from which it no longer does (`LearningConfig.note_learned_at`)."""
-    return bool(note) and not (metrics.get(KEY) == note_key(note) and metrics.get(LEARNED, 0.0) >= learned_at)
+def still_sent(note: str, metrics: dict, learned_at: float, alpha: float = 1.0) -> bool:
+    """Whether `note` goes into the prompt, given the metrics of the personal version that serves the profile, the
+    weight α it serves at, and the `learned` from which the note is dropped (`LearningConfig.note_learned_at`): the
+    adapter was measured at full weight, and serves at α, so it must reach `learned · α ≥ learned_at`."""
+    if not note:
+        return False
+    return not (metrics.get(KEY) == note_key(note) and metrics.get(LEARNED, 0.0) * alpha >= learned_at)
 
 
 def learned_share(model: PeftModel, loaded: LoadedModel, prompts: list[str], note: str, config: TrainConfig,

@@ -18,6 +18,8 @@ import hashlib
 
 from assistant.config.explore import WORDINGS, Probe
 
+MAX_OWN_CHARS = 300
+"""A longer comment is kept with its vote but not explored: an instruction that long would crowd out the message."""
 OWN_PREFIX = "own-"
 """Personal probes' names start with this (then a hash of the words), so they never clash with a built-in probe."""
 QUOTED = {
@@ -35,8 +37,8 @@ def normalised(text: str) -> str:
 
 
 def own_probe(text: str, source: str, wording: str) -> Probe:
-    """The personal probe of one comment (`source`: "down", "up" or "note"), named by a hash of its words so the
-    same words keep one record in the bandit whichever reply they were written on."""
+    """The personal probe of one comment (`source`: "down", "up" or "note"), named by a hash of its words alone so
+    the same words keep one record in the bandit whichever reply, and whichever vote, they were written on."""
     if wording not in WORDINGS:
         raise ValueError(f"wording is one of {', '.join(WORDINGS)} (got {wording!r})")
     if source not in QUOTED:
@@ -44,9 +46,15 @@ def own_probe(text: str, source: str, wording: str) -> Probe:
     words = normalised(text)
     if not words:
         raise ValueError("a personal probe needs words")
-    digest = hashlib.sha256(f"{source}\x1f{words.lower()}".encode()).hexdigest()[:10]
+    digest = hashlib.sha256(words.lower().encode()).hexdigest()[:10]
     instruction = words if wording == "as_written" else QUOTED[source].format(text=words)
     return Probe(f"{OWN_PREFIX}{digest}", instruction)
+
+
+def usable(text: str) -> bool:
+    """Whether a comment can be a personal probe: words, and short enough (`MAX_OWN_CHARS`) to ride beside a
+    message without crowding it out."""
+    return bool(normalised(text)) and len(text) <= MAX_OWN_CHARS
 
 
 def is_own(name: str | None) -> bool:

@@ -82,10 +82,10 @@ log = logging.getLogger("bench.learning_curve")
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
 EXAMPLES = 3
+"""Held-out prompts whose base and served replies are kept in the results, at every budget."""
 MODES = ("pair", "single")
 TARGET = {"pair": 0.7, "single": 0.65}
-"""The issue's target win rate of the served blend at the target budget, per mode."""
-"""Held-out prompts whose base and served replies are kept in the results, at every budget."""
+"""The issues' target win rate of the blend at the target budget, per mode."""
 ORPHAN_CHECK_SECONDS = 1.0
 """How often a pool process checks that the benchmark's process is still there."""
 NEUTRAL_TEXT = [

@@ -15,8 +15,8 @@ had fully learned to answer like that probe unasked would score. ≈ 4 min on th
 
 Instead: how a person's own words move their own reward, per wording (`assistant.words`). Each user's remarks (the
 words of their 👎) become personal probes "as_written", "quoted" and "rewrite" (the model asked to turn the words
-into an instruction, the third candidate); each is measured, like a probe, on that user alone. ≈ 8 min per
-population.
+into an instruction, the third candidate); each is measured, like a probe, on that user alone. ≈ 17 min for the
+open population.
 """
 
 from __future__ import annotations

@@ -117,6 +117,38 @@ def rows(results: Path = RESULTS) -> list[list[str]]:
         ["exploration probes", "best probe's greedy ceiling, per user",
          f"{min(ceilings[u][1] for u in users):.2f}–{max(ceilings[u][1] for u in users):.2f}", "",
          _link("probes", "docs/benchmarks.md#probes")],
+        *_words_rows(results),
+    ]
+
+
+WORDS = "docs/benchmarks.md#words-thumbs-and-tastes-no-one-listed"
+OPEN_PAIR, OPEN_SINGLE, SHIPPED_SINGLE, OPEN_NOTES = (
+    "learning_curve_open_pair_seed1.json", "learning_curve_open_single_seed1.json",
+    "learning_curve_shipped_single_seed1.json", "learning_curve_open_notes_seed1.json")
+"""Issue 25's runs of today's defaults, seed 1, to 32 events: the open population in compare mode, both populations
+thumbs-only, and the open population with its notes."""
+
+
+def _at_target(run: dict) -> str:
+    summary = run["summary"]
+    return f"{len(summary['users_at_target'])} ({len(summary['users_at_target_served'])})"
+
+
+def _words_rows(results: Path) -> list[list[str]]:
+    """Issue 25's figures: tastes no probe names, thumbs only, and a stated note (seed 1, 32 events)."""
+    pair, single, shipped, notes = (_load(results, n) for n in (OPEN_PAIR, OPEN_SINGLE, SHIPPED_SINGLE, OPEN_NOTES))
+    link = _link("words and thumbs", WORDS)
+    mean = pair["summary"]["mean_win_rate"][AT]["blend"]
+    ratios = [u["curve"][AT]["note"]["ratio"] for u in notes["users"].values()]
+    kept = [r for r in ratios if r is not None]
+    return [
+        ["open population (no probe names its tastes), compare + words", "users of 8 at ≥ 0.70, greedy (served); "
+         "mean greedy / served", f"{_at_target(pair)}; {mean:.3f} / {pair['summary']['mean_served_win_rate']:.3f}",
+         "≥ 6 of 8", link],
+        ["thumbs only (single mode) + words, 32 events", "users of 8 at ≥ 0.65, greedy (served): open / shipped",
+         f"{_at_target(single)} / {_at_target(shipped)}", "≥ 4 of 8", link],
+        ["a stated note (open population, compare)", "reward without the note ÷ with it, mean over users (of them)",
+         f"{statistics.mean(kept):.2f} ({len(kept)})", "≥ 0.90", link],
     ]
 
 

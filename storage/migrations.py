@@ -231,5 +231,5 @@ def m009_tainted_versions(db: Database) -> None:
 @MIGRATIONS()
 def m010_profile_notes(db: Database) -> None:
     """A profile's note, "How should Attune answer you?" ('' until written): a hidden instruction in every prompt
-    until the personal adapter has learned it (assistant/notes.py)."""
+    until the personal adapter has learned it (adapters/note.py)."""
     _run(db, "ALTER TABLE profiles ADD COLUMN note TEXT NOT NULL DEFAULT ''")

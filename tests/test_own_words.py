@@ -34,7 +34,7 @@ def test_a_comment_is_one_probe_whatever_its_spacing_and_its_wording_is_chosen()
     probe = own_probe(WORDS, "down", "as_written")
     assert is_own(probe.name) and probe.instruction == WORDS
     assert own_probe("  too LONG,   get to the point. ", "down", "as_written").name == probe.name
-    assert own_probe(WORDS, "up", "as_written").name != probe.name  # liked and disliked words are different arms
+    assert own_probe(WORDS, "up", "as_written") == probe  # one arm for the words, whichever vote they came with
     quoted = own_probe(WORDS, "down", "quoted").instruction
     assert WORDS in quoted and quoted != WORDS
     assert not any(is_own(p.name) for p in PROBES) and not is_own(None)
@@ -80,7 +80,8 @@ def test_comments_are_explored_in_compare_mode_for_their_author_only(store, tiny
     service = service_with(store, tiny_loaded, app_config, seed=3, rate=1.0, pairing="duel")
     ann, bob = service.create_profile("Ann")["id"], service.create_profile("Bob")["id"]
     service.vote(ann, reply_to(service, ann, "Plan my day.").id, -1, WORDS)
-    mine = own_probe(WORDS, "down", "as_written")
+    service.vote(bob, reply_to(service, bob, "Plan my day.").id, -1, "Bob's own words.")
+    mine, his = own_probe(WORDS, "down", "as_written"), own_probe("Bob's own words.", "down", "as_written")
     asked = 0
     for i in range(8):
         for profile in (ann, bob):
@@ -91,6 +92,7 @@ def test_comments_are_explored_in_compare_mode_for_their_author_only(store, tiny
                 assert mine.name not in names.values()  # Ann's words never reach anyone else's replies
                 service.choose(bob, pair.id, "a")
                 continue
+            assert his.name not in names.values()
             side = next((s for s, name in names.items() if name == mine.name), None)
             if side:
                 asked += 1
@@ -101,6 +103,10 @@ def test_comments_are_explored_in_compare_mode_for_their_author_only(store, tiny
     taught = [p for p in examples_from_feedback(store.feedback(ann)).pairs if p.chosen_instruction == WORDS]
     assert len(taught) == asked and all(WORDS not in m["content"] for p in taught for m in p.prompt)
     assert store.probe_record(ann)[mine.name] == (asked, 0.0)
+    # Everyone's adapter learns Ann's choices but never her words: those replies are distilled as sent.
+    everyone = examples_from_feedback(store.feedback(ann), private=False).pairs
+    assert len(everyone) == 8 and not any(p.chosen_instruction == WORDS for p in everyone)
+    assert {p.chosen_instruction for p in everyone} - {None} <= {p.instruction for p in PROBES}
 
 
 def test_a_retry_follows_the_comment_and_its_like_teaches_the_words(store, tiny_loaded, app_config):
@@ -137,3 +143,20 @@ def test_single_replies_explore_at_their_rate_and_their_thumbs_are_the_record(st
     assert record.get("list", (0.0, 0.0))[1] == 0.0 and all(won == 0 for n, (won, _) in record.items() if n != "list")
     plain = service_with(store, tiny_loaded, app_config, single_rate=0.0)
     assert "explored" not in reply_to(plain, ann, "Hello").settings
+
+
+def test_a_continued_reply_writes_on_under_the_words_and_words_that_crowd_out_the_message_are_refused(
+        store, tiny_loaded, app_config):
+    service = service_with(store, tiny_loaded, app_config, rate=0.0)
+    ann = service.create_profile("Ann")["id"]
+    first = reply_to(service, ann, "Plan my day.")
+    service.vote(ann, first.id, -1)
+    again = list(service.retry_with_comment(ann, first.conversation_id, first.id, WORDS, SETTINGS))[-1].reply
+    assert again.settings["ended"] == [False]  # the tiny model never ends: cut at its budget
+    longer = list(service.continue_reply(ann, first.conversation_id, SETTINGS))[-1].reply
+    assert longer.content.startswith(again.content) and len(longer.content) > len(again.content)
+    assert longer.settings["probe_instruction"] == WORDS and longer.settings["explored"] is True
+    crowded = reply_to(service, ann, "word " * 200)  # nearly fills the tiny model's context on its own
+    service.vote(ann, crowded.id, -1)
+    with pytest.raises(InvalidInput, match="does not fit"):
+        list(service.retry_with_comment(ann, crowded.conversation_id, None, "x " * 140, SETTINGS))

@@ -39,7 +39,8 @@ def on_save_comment(service: ChatService, ui: UI, profile_id: str, message_id: s
     if not message_id:
         raise refuse("Give a 👍 or 👎 on a reply first, then add a comment.")
     service.comment(profile_id, message_id, comment)
-    gr.Info("Comment saved. Attune will try answering that way and learn from what you choose.")
+    gr.Info("Comment saved. In compare mode Attune tries answering that way and learns from what you choose; "
+            "*Retry with this in mind* tries it now.")
     return {ui.comment_row: gr.Row(visible=False), ui.comment: "", ui.rated: None}
 
 

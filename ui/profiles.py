@@ -73,7 +73,7 @@ def on_confirm_delete_profile(service: ChatService, ui: UI, profile_id: str):
     service.delete_profile(profile_id)
     gr.Info(f"Profile '{name}' deleted.")
     return {**view(service, ui, None, None, f"Profile '{name}' deleted. Pick a profile or create one."),
-            ui.confirm_row: gr.Row(visible=False), **_tools(ui, None)}
+            ui.confirm_row: gr.Row(visible=False), ui.note: "", **_tools(ui, None)}
 
 
 @ui_errors

@@ -34,7 +34,7 @@ OUTPUTS = {
     "select_profile": VIEW + ("profile_tools", *PREFERENCES),
     "rename_profile": ("profile", "profile_name", "status"),
     "ask_delete_profile": ("confirm_row", "confirm_text", "status"),
-    "delete_profile": VIEW + ("confirm_row", "profile_tools"),
+    "delete_profile": VIEW + ("confirm_row", "profile_tools", "note"),
     "download_data": ("export_file", "status"),
     "new_conversation": VIEW,
     "open_conversation": VIEW,

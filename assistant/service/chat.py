@@ -285,8 +285,10 @@ class ChatService(Learning, Access, Exploring):
         if last.settings.get("ended") != [False]:
             raise InvalidInput("The last reply is complete: there is nothing to continue.")
         user_message = next(m for m in reversed(transcript) if m.role == "user")
+        probe, instruction = last.settings.get("probe"), last.settings.get("probe_instruction")
+        follow = Probe(probe, instruction) if probe and instruction else None  # written on under what it was
         return self._reply(profile_id, conversation_id, user_message, settings, False, replaces=last,
-                           prefix=last.content)
+                           prefix=last.content, follow=follow)
 
     def replies_to_last(self, profile_id: str, conversation_id: str,
                         transcript: list[Message] | None = None) -> tuple[list[Message], int]:
@@ -319,8 +321,8 @@ class ChatService(Learning, Access, Exploring):
         blend = self.adapters.blend_for(profile_id) if self.adapters else None
         candidates, sides = self._explore(profile_id, settings, turns, prompt) if compare else ((), ({}, {}))
         own: dict = {}
-        if not compare and not prefix:
-            prompt, own = self._explore_single(profile_id, settings, turns, prompt, follow)
+        if not compare:
+            prompt, own = self._explore_single(profile_id, settings, turns, prompt, follow, prefix)
         if note:
             own = {**own, "note": note}
         stop = threading.Event()

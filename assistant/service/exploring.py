@@ -4,12 +4,12 @@ the personal adapter has learned it (adapters/note.py)."""
 
 from __future__ import annotations
 
-from adapters.note import still_sent
+from adapters.note import KEY, LEARNED, note_key, still_sent
 from adapters.registry import personal_adapter
 from assistant.config import GenerationSettings, Probe
 from assistant.explore import choose_arms, choose_single_arm, instructed, probed
 from assistant.prompts import Prompt, build_prompt
-from assistant.words import own_probe
+from assistant.words import own_probe, usable
 from storage.errors import InvalidInput
 
 
@@ -19,24 +19,31 @@ class Exploring:
     def _with_note(self, profile_id: str, settings: GenerationSettings, turns: list[dict], prompt: Prompt,
                    prefix: str) -> tuple[list[dict], Prompt, str]:
         """The turns and prompt of a reply with the profile's note added, hidden, to the newest message while the
-        personal adapter has not learned it (`adapters.note`), and the note ('' when none is sent). A note that
-        would not fit beside the conversation is left out of this reply rather than refuse it."""
-        note = self.store.note(profile_id)
-        if not note or not still_sent(note, self._personal_metrics(profile_id), self.learning.note_learned_at):
+        served blend has not learned it (`note_state`), and the note ('' when none is sent). A note that would not
+        fit beside the conversation is left out of this reply rather than cut the person's own words."""
+        note, sent, _ = self.note_state(profile_id)
+        if not sent:
             return turns, prompt, ""
         noted = instructed(turns, note)
         try:
-            return noted, build_prompt(self.loaded, settings.system_prompt, noted, settings.max_new_tokens,
-                                       prefix=prefix), note
+            return noted, _no_less_room(prompt, build_prompt(self.loaded, settings.system_prompt, noted,
+                                                             settings.max_new_tokens, prefix=prefix)), note
         except InvalidInput:
             return turns, prompt, ""
 
-    def _personal_metrics(self, profile_id: str) -> dict:
-        """The metrics of this profile's current personal version ({} without one or without learning)."""
-        if self.adapters is None:
-            return {}
+    def note_state(self, profile_id: str) -> tuple[str, bool, float | None]:
+        """The profile's note, whether it is still sent, and how far the personal version serving the profile has
+        learned it (None: not measured for this note). Sent until that version — the one the blend serves, at the
+        weight it serves it — has learned it (`adapters.note.still_sent`)."""
+        note = self.store.note(profile_id)
+        if not note or self.adapters is None:
+            return note, bool(note), None
+        blend = self.adapters.blend_for(profile_id)
         current = self.adapters.registry.current(personal_adapter(profile_id))
-        return current.manifest.get("metrics", {}) if current else {}
+        serving = current is not None and blend.personal_version == current.version
+        metrics = current.manifest.get("metrics", {}) if serving else {}
+        learned = metrics.get(LEARNED) if metrics.get(KEY) == note_key(note) else None
+        return note, still_sent(note, metrics, self.learning.note_learned_at, blend.alpha), learned
 
     def _explore(self, profile_id: str, settings: GenerationSettings, turns: list[dict],
                  prompt: Prompt) -> tuple[tuple, tuple[dict, dict]]:
@@ -57,11 +64,13 @@ class Exploring:
         return tuple(p for p, _ in sides), tuple(own for _, own in sides)
 
     def _explore_single(self, profile_id: str, settings: GenerationSettings, turns: list[dict], prompt: Prompt,
-                        follow: Probe | None) -> tuple[Prompt, dict]:
-        """A single reply's prompt and its own facts: `follow` (a retry that follows the person's comment), else
-        maybe an explored arm (`ExploreConfig.single_rate`); `explored` marks a reply whose 👍/👎 is its arm's
-        record."""
+                        follow: Probe | None, prefix: str = "") -> tuple[Prompt, dict]:
+        """A single reply's prompt and its own facts: `follow` (a retry that follows the person's comment, or a
+        continued reply written under an instruction), else maybe an explored arm (`ExploreConfig.single_rate`;
+        never for a continued reply); `explored` marks a reply whose 👍/👎 is its arm's record."""
         if follow is None:
+            if prefix or self.config.explore.single_rate <= 0:
+                return prompt, {}
             explored, arm = choose_single_arm(self.config.explore, *self.store.probe_records(profile_id), self.rng,
                                               self._own_probes(profile_id))
             if not explored:
@@ -69,9 +78,9 @@ class Exploring:
         else:
             explored, arm = True, follow
         try:
-            hinted, own = self._arm(arm, settings, turns, prompt)
+            hinted, own = self._arm(arm, settings, turns, prompt, prefix)
         except InvalidInput:  # the instruction would not fit: answer the message as sent
-            if follow is not None:
+            if follow is not None and not prefix:
                 raise InvalidInput("Your comment does not fit beside this conversation; retry without it.") from None
             return prompt, {}
         return hinted, {**own, "explored": explored}
@@ -82,12 +91,21 @@ class Exploring:
         if explore.own_words <= 0:
             return ()
         return tuple(own_probe(text, source, explore.wording)
-                     for text, source in self.store.own_words(profile_id, explore.own_words))
+                     for text, source in self.store.own_words(profile_id, explore.own_words) if usable(text))
 
-    def _arm(self, probe: Probe | None, settings: GenerationSettings, turns: list[dict],
-             prompt: Prompt) -> tuple[Prompt, dict]:
+    def _arm(self, probe: Probe | None, settings: GenerationSettings, turns: list[dict], prompt: Prompt,
+             prefix: str = "") -> tuple[Prompt, dict]:
         """One explored candidate's prompt and facts (none for a plain sample: its record is derived in storage)."""
         if probe is None:
             return prompt, {}
-        hinted = build_prompt(self.loaded, settings.system_prompt, probed(turns, probe), settings.max_new_tokens)
+        hinted = _no_less_room(prompt, build_prompt(self.loaded, settings.system_prompt, probed(turns, probe),
+                                                    settings.max_new_tokens, prefix=prefix))
         return hinted, {"probe": probe.name, "probe_instruction": probe.instruction, **hinted.facts()}
+
+
+def _no_less_room(plain: Prompt, hinted: Prompt) -> Prompt:
+    """`hinted` if the hidden instruction fits beside the conversation as `plain` has it; InvalidInput if it would
+    leave out more of the conversation or cut more of the person's message than `plain` does."""
+    if hinted.dropped_messages > plain.dropped_messages or hinted.cut_tokens > plain.cut_tokens:
+        raise InvalidInput("The hidden instruction does not fit beside this conversation.")
+    return hinted

@@ -6,7 +6,6 @@ from __future__ import annotations
 from adapters.blend import auto_alpha, gate_reason
 from adapters.evaluation import HeldOutEval
 from adapters.jobs import contributors, enqueue_due, enqueue_now
-from adapters.note import KEY, LEARNED, note_key, still_sent
 from adapters.registry import GLOBAL, personal_adapter
 from assistant.config import DEFAULT_SYSTEM_PROMPT, GenerationSettings
 from assistant.generation import ReplyStream
@@ -84,11 +83,9 @@ class Learning:
             source = "none"
         else:
             source = "held back" if gate_reason(personal) else "auto"
-        metrics = personal.manifest.get("metrics", {}) if personal else {}
-        note = self.store.note(profile_id)
+        note, sent, learned = self.note_state(profile_id)
         return {
-            "note": {"text": note, "sent": still_sent(note, metrics, self.learning.note_learned_at),
-                     "learned": metrics.get(LEARNED) if note and metrics.get(KEY) == note_key(note) else None},
+            "note": {"text": note, "sent": sent, "learned": learned},
             "feedback": n,
             "since_personal": self.store.feedback_counts(profile_id, self.store.trained_until(mine)),
             "personal": _version_info(personal),
