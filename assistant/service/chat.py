@@ -317,8 +317,8 @@ class ChatService(Learning, Access, Exploring):
         turns = [{"role": m.role, "content": m.content} for m in history]
         prompt = prompt or build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens,
                                         prefix=prefix)
-        turns, prompt, note = self._with_note(profile_id, settings, turns, prompt, prefix)
         blend = self.adapters.blend_for(profile_id) if self.adapters else None
+        turns, prompt, note = self._with_note(profile_id, settings, turns, prompt, prefix, blend)
         candidates, sides = self._explore(profile_id, settings, turns, prompt) if compare else ((), ({}, {}))
         own: dict = {}
         if not compare:

@@ -4,6 +4,7 @@ the personal adapter has learned it (adapters/note.py)."""
 
 from __future__ import annotations
 
+from adapters.blend import Blend
 from adapters.note import KEY, LEARNED, note_key, still_sent
 from adapters.registry import personal_adapter
 from assistant.config import GenerationSettings, Probe
@@ -17,11 +18,11 @@ class Exploring:
     """Mixed into `ChatService` (it has `store`, `loaded`, `config`, `rng` and `adapters`)."""
 
     def _with_note(self, profile_id: str, settings: GenerationSettings, turns: list[dict], prompt: Prompt,
-                   prefix: str) -> tuple[list[dict], Prompt, str]:
+                   prefix: str, blend: Blend | None = None) -> tuple[list[dict], Prompt, str]:
         """The turns and prompt of a reply with the profile's note added, hidden, to the newest message while the
         served blend has not learned it (`note_state`), and the note ('' when none is sent). A note that would not
         fit beside the conversation is left out of this reply rather than cut the person's own words."""
-        note, sent, _ = self.note_state(profile_id)
+        note, sent, _ = self.note_state(profile_id, blend)
         if not sent:
             return turns, prompt, ""
         noted = instructed(turns, note)
@@ -31,14 +32,15 @@ class Exploring:
         except InvalidInput:
             return turns, prompt, ""
 
-    def note_state(self, profile_id: str) -> tuple[str, bool, float | None]:
+    def note_state(self, profile_id: str, blend: Blend | None = None) -> tuple[str, bool, float | None]:
         """The profile's note, whether it is still sent, and how far the personal version serving the profile has
         learned it (None: not measured for this note). Sent until that version — the one the blend serves, at the
-        weight it serves it — has learned it (`adapters.note.still_sent`)."""
+        weight it serves it — has learned it (`adapters.note.still_sent`). `blend`: the profile's, when the caller has
+        it already (a reply computes it once)."""
         note = self.store.note(profile_id)
         if not note or self.adapters is None:
             return note, bool(note), None
-        blend = self.adapters.blend_for(profile_id)
+        blend = blend or self.adapters.blend_for(profile_id)
         current = self.adapters.registry.current(personal_adapter(profile_id))
         serving = current is not None and blend.personal_version == current.version
         metrics = current.manifest.get("metrics", {}) if serving else {}

@@ -83,7 +83,7 @@ class Learning:
             source = "none"
         else:
             source = "held back" if gate_reason(personal) else "auto"
-        note, sent, learned = self.note_state(profile_id)
+        note, sent, learned = self.note_state(profile_id, blend)
         return {
             "note": {"text": note, "sent": sent, "learned": learned},
             "feedback": n,
