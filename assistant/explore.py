@@ -16,7 +16,8 @@ from; styles never tried keep a chance.
 A person's own words are arms too: each distinct comment (`assistant.words`) is a *personal probe*, with a prior
 of `ExploreConfig.own_prior` (they asked for it) instead of the global record, which no one else shares. And a
 single reply (not compare mode) may explore (`ExploreConfig.single_rate`): the top arm of one Thompson draw over the
-probes, the personal probes and the plain sample is served, and its 👍/👎 is that arm's record.
+probes, the personal probes and the plain sample is served, and its 👍/👎 is that arm's record. Words that several
+profiles wrote alike are arms for everyone: crowd probes (`assistant.crowd`), with the global record as prior.
 
 Pairing (`ExploreConfig.pairing`): "single" sets the drawn probe against a plain sample. "duel" makes the plain
 sample one more arm (`PLAIN`, whose record is its wins against probes) and sets the two arms with the highest
@@ -39,13 +40,13 @@ Record = dict[str, tuple[float, float]]
 
 
 def choose_arms(config: ExploreConfig, mine: Record, everyone: Record, rng: random.Random,
-                own: Sequence[Probe] = ()) -> tuple[Probe | None, Probe | None]:
+                own: Sequence[Probe] = (), crowd: Sequence[Probe] = ()) -> tuple[Probe | None, Probe | None]:
     """The two candidates' arms for this request, each a probe or None (a plain sample), drawn by Thompson
     sampling: (None, None) when it does not explore; with "single" pairing (the probe with the highest draw, None);
     with "duel" the two arms with the highest draws over the probes and the plain sample (record key `PLAIN`), the
     higher first. `everyone` is the record of all profiles, this one included (its own share is taken out of the
-    prior); `own` are this profile's personal probes."""
-    probes = (*config.probes, *own)
+    prior); `own` are this profile's personal probes, `crowd` the crowd's (assistant/crowd.py)."""
+    probes = (*config.probes, *crowd, *own)
     if not probes or rng.random() >= config.rate:
         return None, None
     if config.pairing == "single":
@@ -55,10 +56,10 @@ def choose_arms(config: ExploreConfig, mine: Record, everyone: Record, rng: rand
 
 
 def choose_single_arm(config: ExploreConfig, mine: Record, everyone: Record, rng: random.Random,
-                      own: Sequence[Probe] = ()) -> tuple[bool, Probe | None]:
+                      own: Sequence[Probe] = (), crowd: Sequence[Probe] = ()) -> tuple[bool, Probe | None]:
     """Whether this single reply explores (`single_rate`) and, if so, its arm: the highest Thompson draw over the
-    probes, the personal probes and the plain sample (None)."""
-    probes = (*config.probes, *own)
+    probes, the crowd's, the personal probes and the plain sample (None)."""
+    probes = (*config.probes, *crowd, *own)
     if not probes or rng.random() >= config.single_rate:
         return False, None
     return True, _ranked(config, (*probes, None), mine, everyone, rng, own)[0]

@@ -9,6 +9,8 @@ PLAIN_ARM = "plain"
 single reply explored (the explorer's plain arm)."""
 OWN_WORDS = 8
 """How many of a profile's newest distinct comments `own_words` returns by default."""
+CROWD_WORDS = 1000
+"""How many of everyone's newest comments `crowd_words` returns by default."""
 
 Record = dict[str, tuple[float, float]]
 """Probe name → (times its candidate was chosen, times it was not)."""
@@ -65,6 +67,14 @@ class Bandit(StoreBase):
                 seen.add(key)
                 out.append((row["comment"], row["source"]))
         return out[:limit]
+
+    def crowd_words(self, limit: int = CROWD_WORDS) -> list[tuple[str, str]]:
+        """The `limit` newest comments of every profile, newest first, as (profile id, comment): what
+        `assistant.crowd` groups into probes for everyone."""
+        with self._db() as db:
+            rows = self._rows(db, "SELECT profile_id, comment FROM feedback WHERE comment != '' "
+                                  "ORDER BY updated_at DESC, id DESC LIMIT ?", (limit,))
+        return [(row["profile_id"], row["comment"]) for row in rows]
 
     def probe_record(self, profile_id: str | None = None) -> Record:
         """`probe_records` of one profile, or everyone's (None)."""

@@ -66,8 +66,25 @@ class ExploreConfig:
     """Share of single replies (not compare mode) that explore, in [0, 1]: one arm of a Thompson draw over the probes,
     the personal probes and the plain sample; a probed reply is served and its 👍/👎 is the arm's record. 0 (the
     default): single replies follow the message as sent (a retry that follows a comment still follows it)."""
+    crowd_profiles: int = 3
+    """How many different profiles must have written alike comments before those words become a probe for
+    everyone (`assistant.crowd`), ≥ 2; 0: no crowd probes."""
+    crowd_similarity: float = 0.6
+    """How much two comments' content words must overlap (Jaccard, in (0, 1]) to count as one request."""
+    crowd_arms: int = 8
+    """At most this many crowd probes are explored, those said by most profiles first, ≥ 0."""
+    crowd_retire_after: int = 16
+    """A crowd probe retires once it has this many explored outcomes across everyone, ≥ 1 …"""
+    crowd_retire_below: float = 0.25
+    """… and was chosen (or liked) in less than this share of them, in [0, 1]."""
 
     def __post_init__(self):
+        if self.crowd_profiles < 0 or self.crowd_profiles == 1:
+            raise InvalidInput("crowd_profiles is 0 (off) or at least 2: one person's words are not a crowd's.")
+        if not 0.0 < float(self.crowd_similarity) <= 1.0:
+            raise InvalidInput(f"crowd_similarity must be in (0, 1] (got {self.crowd_similarity}).")
+        if self.crowd_arms < 0 or self.crowd_retire_after < 1 or not 0.0 <= self.crowd_retire_below <= 1.0:
+            raise InvalidInput("crowd_arms ≥ 0, crowd_retire_after ≥ 1 and crowd_retire_below in [0, 1].")
         for name in ("rate", "single_rate"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise InvalidInput(f"The exploration {name.replace('_', ' ')} must be between 0 and 1 "

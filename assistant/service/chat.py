@@ -98,6 +98,8 @@ class ChatService(Learning, Access, Exploring):
         self.limits = RateLimits(config.limits)
         self._stops: dict[str, threading.Event] = {}
         """Conversation id → the Stop of the reply being written in it."""
+        self._crowd: tuple[tuple, tuple] | None = None
+        """The comments the crowd probes were last grouped from, and the groups (assistant/crowd.py)."""
 
     @property
     def model_id(self) -> str:

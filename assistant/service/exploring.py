@@ -4,14 +4,19 @@ the personal adapter has learned it (adapters/note.py)."""
 
 from __future__ import annotations
 
+import logging
+
 from adapters.blend import Blend
 from adapters.note import KEY, LEARNED, note_key, still_sent
 from adapters.registry import personal_adapter
 from assistant.config import GenerationSettings, Probe
+from assistant.crowd import crowd_groups, crowd_probes
 from assistant.explore import choose_arms, choose_single_arm, instructed, probed
 from assistant.prompts import Prompt, build_prompt
 from assistant.words import own_probe, usable
 from storage.errors import InvalidInput
+
+log = logging.getLogger(__name__)
 
 
 class Exploring:
@@ -54,7 +59,8 @@ class Exploring:
         explore = self.config.explore
         if explore.rate <= 0:
             return (), ({}, {})
-        arms = choose_arms(explore, *self.store.probe_records(profile_id), self.rng, self._own_probes(profile_id))
+        mine, everyone = self.store.probe_records(profile_id)
+        arms = choose_arms(explore, mine, everyone, self.rng, self._own_probes(profile_id), self.crowd_probes(everyone))
         if arms == (None, None):
             return (), ({}, {})
         try:
@@ -73,8 +79,9 @@ class Exploring:
         if follow is None:
             if prefix or self.config.explore.single_rate <= 0:
                 return prompt, {}
-            explored, arm = choose_single_arm(self.config.explore, *self.store.probe_records(profile_id), self.rng,
-                                              self._own_probes(profile_id))
+            mine, everyone = self.store.probe_records(profile_id)
+            explored, arm = choose_single_arm(self.config.explore, mine, everyone, self.rng,
+                                              self._own_probes(profile_id), self.crowd_probes(everyone))
             if not explored:
                 return prompt, {}
         else:
@@ -94,6 +101,22 @@ class Exploring:
             return ()
         return tuple(own_probe(text, source, explore.wording)
                      for text, source in self.store.own_words(profile_id, explore.own_words) if usable(text))
+
+    def crowd_probes(self, everyone: dict | None = None) -> tuple[Probe, ...]:
+        """The crowd probes explored now (`assistant.crowd`): regrouped when anyone's comments changed, retired by
+        `everyone`'s record (None: read it). The operator sees each change in the log."""
+        explore = self.config.explore
+        if explore.crowd_profiles <= 0 or explore.crowd_arms <= 0:
+            return ()
+        words = tuple(self.store.crowd_words())
+        cached = self._crowd
+        if cached is None or cached[0] != words:
+            groups = crowd_groups(words, explore)
+            if groups != (cached[1] if cached else ()):
+                log.info("Crowd probes now: %s", "; ".join(f"{p.name} from {n} profiles: {p.instruction!r}"
+                                                           for n, p in groups) or "none")
+            cached = self._crowd = (words, groups)
+        return crowd_probes(cached[1], explore, self.store.probe_records("")[1] if everyone is None else everyone)
 
     def _arm(self, probe: Probe | None, settings: GenerationSettings, turns: list[dict], prompt: Prompt,
              prefix: str = "") -> tuple[Prompt, dict]:

@@ -114,11 +114,12 @@ class Learning:
         }
 
     def _record(self, profile_id: str) -> list[dict]:
-        """This profile's choices for or against each exploration probe's candidates (its own words' too: `own`),
-        with its instruction."""
+        """This profile's choices for or against each exploration probe's candidates (the crowd's and its own words'
+        too: `own`), with its instruction."""
         own = {p.name: p.instruction for p in self._own_probes(profile_id)}
-        instructions = {p.name: p.instruction for p in self.config.explore.probes} | own
-        mine, _ = self.store.probe_records(profile_id)
+        mine, everyone = self.store.probe_records(profile_id)
+        instructions = {p.name: p.instruction for p in (*self.config.explore.probes, *self.crowd_probes(everyone))}
+        instructions |= own
         return [{"probe": name, "instruction": instructions[name], "chosen": won, "shown": won + lost,
                  "own": name in own} for name, (won, lost) in mine.items() if name in instructions]
 
