@@ -56,6 +56,16 @@ class Feedback(Comparisons):
                        (clean_comment(comment), now(), message_id))
             return self._rows(db, "SELECT * FROM feedback WHERE message_id = ?", (message_id,))[0]
 
+    def set_choice_comment(self, profile_id: str, comparison_id: str, comment: str) -> dict:
+        with self._write() as db:
+            self._require_comparison(db, profile_id, comparison_id)
+            rows = self._rows(db, "SELECT id FROM feedback WHERE comparison_id = ?", (comparison_id,))
+            if not rows:
+                raise InvalidInput("Choose between A and B before adding a comment.")
+            db.execute("UPDATE feedback SET comment = ?, updated_at = ? WHERE comparison_id = ?",
+                       (clean_comment(comment), now(), comparison_id))
+            return self._rows(db, "SELECT * FROM feedback WHERE comparison_id = ?", (comparison_id,))[0]
+
     def record_choice(self, profile_id: str, comparison_id: str, choice: Any, comment: str = "") -> Comparison:
         """Store the choice (again: it replaces the earlier one) and let the chosen side continue.
 

@@ -128,3 +128,23 @@ def test_words_after_a_thumb_are_kept_and_a_retry_follows_them(page, running_app
     assert (old.status, old.vote, old.comment) == ("superseded", -1, "Too long, get to the point.")
     _settled(page)
     assert not page.locator("#retry-comment").is_visible()  # the box closes with the new reply
+
+
+def test_words_after_a_choice_are_kept_on_it(page, running_app, data_home):
+    url, _ = running_app
+    page.goto(url)
+    create_profile(page, "Jo")
+    page.locator("#compare label").click()
+    page.locator("#message textarea").fill("Two plans for my weekend.")
+    page.locator("#send").click()
+    page.locator("#choose-both_bad").click()
+    box = page.get_by_label("What was wrong with both? (optional)")
+    box.wait_for()
+    assert not page.locator("#retry-comment").is_visible()  # answering again follows a 👍/👎's words
+    box.fill("Both too stiff.")
+    page.get_by_role("button", name="Save comment").click()
+    page.get_by_text("Comment saved.").wait_for()
+    store = Store(data_home / "attune.db")
+    jo = store.find_profile_by_name("jo")["id"]
+    assert store.own_words(jo) == [("Both too stiff.", "down")]  # explored from now on, like a 👎's words
+    assert [f["comment"] for f in store.feedback(jo) if f["kind"] == "comparison"] == ["Both too stiff."]

@@ -68,6 +68,13 @@ def test_own_words_are_the_newest_distinct_comments_with_their_source(store, tin
     pair = list(service.send(ann, None, "Hi", SETTINGS, compare=True))[-1].comparison
     service.choose(ann, pair.id, "a", "B rambled.")
     service.vote(bob, reply_to(service, bob, "Hi").id, -1, "Bob's words.")
+    undecided = list(service.send(ann, None, "Hello", SETTINGS, compare=True))[-1].comparison
+    with pytest.raises(InvalidInput, match="Choose between A and B"):
+        service.comment_choice(ann, undecided.id, "Too early.")
+    service.choose(ann, undecided.id, "both_bad")
+    service.comment_choice(ann, undecided.id, "Both too stiff.")  # words after the choice (the page's box)
+    assert store.own_words(ann)[0] == ("Both too stiff.", "down")
+    service.comment_choice(ann, undecided.id, "")
     assert store.own_words(ann) == [("B rambled.", "down"), ("Meh.", "down"), ("Loved the example.", "up"),
                                     ("too   LONG.", "down")]
     assert store.own_words(ann, limit=2) == [("B rambled.", "down"), ("Meh.", "down")]

@@ -111,6 +111,8 @@ def on_retry_with_comment(service: ChatService, ui: UI, profile_id, conversation
     `message_id`: the rated reply, as the page holds it (a session state: an API call has none and means the last
     reply of the conversation)."""
     require_conversation(profile_id, conversation_id, "Open a conversation with a message first.")
+    if isinstance(message_id, dict):  # the box was opened by a choice (the button is hidden then)
+        raise refuse("Retry with your words follows a 👍/👎; after a choice, Save comment keeps them.")
     settings = _settings(system_prompt, temperature, top_p, max_new_tokens, repetition_penalty)
     updates = service.retry_with_comment(profile_id, conversation_id, message_id, comment, settings)
     yield from _stream_view(service, ui, profile_id, updates, False, replacing=True, takes_message=False)

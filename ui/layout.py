@@ -13,10 +13,12 @@ from assistant.config import DEFAULT_SYSTEM_PROMPT, AppConfig, GenerationSetting
 LIKE, DISLIKE = "Like", "Dislike"
 UP_LABEL, DOWN_LABEL = "What did you like? (optional)", "What was wrong? (optional)"
 """The comment box's question after a 👍 and after a 👎: the words become a personal probe (assistant/words.py)."""
+CHOICE_LABEL, BOTH_BAD_LABEL = "What decided it? (optional)", "What was wrong with both? (optional)"
+"""The comment box's question after a choice between A and B, and after "Both bad"."""
 CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 BUTTONS = ("create", "rename", "delete", "confirm", "cancel", "new_conversation", "rename_conversation",
            "delete_conversation", "confirm_delete_conversation", "cancel_delete_conversation", "save_comment",
-           "retry_comment", "save_note",
+           "save_note",
            "send", "stop", "retry", "earlier_reply", "later_reply", "choices", "train_now", "reset_adapter",
            "show_before_after", "confirm_reset_adapter", "cancel_reset_adapter", "download_data")
 """The names in `UI.buttons` (`choices`: one button per choice in CHOICE_LABELS)."""
@@ -49,6 +51,8 @@ class UI:
     choice_row: gr.Row
     comment_row: gr.Row
     comment: gr.Textbox
+    retry_comment: gr.Button
+    """Shown with the box after a 👍/👎 (answer again following the words), hidden after a choice."""
     rated: gr.State
     system_prompt: gr.Textbox
     temperature: gr.Slider

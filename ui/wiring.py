@@ -48,7 +48,7 @@ OUTPUTS = {
     "earlier_reply": VIEW,
     "later_reply": VIEW,
     "stop": ("status",),
-    **{f"choose_{choice}": VIEW for choice in CHOICE_LABELS},
+    **{f"choose_{choice}": VIEW + ("comment", "rated", "retry_comment") for choice in CHOICE_LABELS},
     "set_alpha": LEARNING,
     "save_note": LEARNING + ("note",),
     "before_after": ("before_after_message", "before_after_row", "before", "after", "status"),
@@ -155,16 +155,15 @@ def _refresh(ui: UI, service: ChatService) -> dict:
 
 
 def _wire_feedback(ui: UI, service: ChatService) -> None:
-    comment_outputs = [ui.comment_row, ui.comment, ui.rated, ui.status]
+    comment_outputs = [ui.comment_row, ui.comment, ui.rated, ui.retry_comment, ui.status]
     ui.chatbot.like(bind(on_like, service, ui, limit=VOTES), [ui.profile, ui.conversation], comment_outputs,
                     api_visibility="private")
     ui.buttons["save_comment"].click(bind(on_save_comment, service, ui, limit=VOTES),
                                      [ui.profile, ui.rated, ui.comment], comment_outputs, api_visibility="private")
     refresh = _refresh(ui, service)
-    ui.buttons["retry_comment"].click(bind(on_retry_with_comment, service, ui, limit=MESSAGES),
-                                      ui.pick("profile", "conversation", "rated", "comment", *SETTINGS),
-                                      _outputs(ui, "retry_with_comment"), api_name="retry_with_comment"
-                                      ).success(**refresh)
+    ui.retry_comment.click(bind(on_retry_with_comment, service, ui, limit=MESSAGES),
+                           ui.pick("profile", "conversation", "rated", "comment", *SETTINGS),
+                           _outputs(ui, "retry_with_comment"), api_name="retry_with_comment").success(**refresh)
     for choice, button in ui.buttons["choices"].items():
         button.click(bind(on_choose, service, ui, choice, limit=VOTES), [ui.profile, ui.conversation],
                      _outputs(ui, f"choose_{choice}"), api_name=f"choose_{choice}")

@@ -412,6 +412,10 @@ class ChatService(Learning, Access, Exploring):
     def comment(self, profile_id: str, message_id: str, comment: str) -> dict:
         return self.store.set_comment(profile_id, message_id, comment)
 
+    def comment_choice(self, profile_id: str, comparison_id: str, comment: str) -> dict:
+        """Keep words on a choice already made (what decided it): explored like a 👎's (`own_words`)."""
+        return self.store.set_choice_comment(profile_id, comparison_id, comment)
+
     def choose(self, profile_id: str, comparison_id: str, choice: str, comment: str = "") -> Comparison:
         comparison = self.store.record_choice(profile_id, comparison_id, choice, comment)
         self._after_feedback(profile_id)
