@@ -122,11 +122,11 @@ def rows(results: Path = RESULTS) -> list[list[str]]:
 
 
 WORDS = "docs/benchmarks.md#words-thumbs-and-tastes-no-one-listed"
-OPEN_PAIR, OPEN_SINGLE, SHIPPED_SINGLE, OPEN_NOTES = (
-    "learning_curve_open_pair_seed1.json", "learning_curve_open_single_seed1.json",
-    "learning_curve_shipped_single_seed1.json", "learning_curve_open_notes_seed1.json")
-"""Issue 25's runs of today's defaults, seed 1, to 32 events: the open population in compare mode, both populations
-thumbs-only, and the open population with its notes."""
+WORDS_RUNS = "learning_curve_{run}_seed{seed}.json"
+"""Issue 25's runs of today's defaults to 32 events, per seed: the open population in compare mode (`open_pair`),
+both populations thumbs-only (`open_single`, `shipped_single`), and the open population with its notes
+(`open_notes`)."""
+WORDS_SEEDS = (1, 2)
 
 
 def _at_target(run: dict) -> str:
@@ -134,22 +134,41 @@ def _at_target(run: dict) -> str:
     return f"{len(summary['users_at_target'])} ({len(summary['users_at_target_served'])})"
 
 
+def _seeds(results: Path, run: str) -> list[tuple[int, dict]]:
+    """The runs of `run` present, by seed."""
+    return [(seed, _load(results, WORDS_RUNS.format(run=run, seed=seed))) for seed in WORDS_SEEDS
+            if (results / WORDS_RUNS.format(run=run, seed=seed)).exists()]
+
+
+def _per_seed(runs: list[tuple[int, dict]], show) -> str:
+    return "; ".join(f"seed {seed}: {show(run)}" for seed, run in runs)
+
+
 def _words_rows(results: Path) -> list[list[str]]:
-    """Issue 25's figures: tastes no probe names, thumbs only, and a stated note (seed 1, 32 events)."""
-    pair, single, shipped, notes = (_load(results, n) for n in (OPEN_PAIR, OPEN_SINGLE, SHIPPED_SINGLE, OPEN_NOTES))
+    """Issue 25's figures: tastes no probe names, thumbs only, and a stated note (32 events), per seed."""
+    pair, single, shipped, notes = (_seeds(results, run) for run in ("open_pair", "open_single", "shipped_single",
+                                                                     "open_notes"))
     link = _link("words and thumbs", WORDS)
-    mean = pair["summary"]["mean_win_rate"][AT]["blend"]
-    noted = [u["curve"][AT]["note"] for u in notes["users"].values()]
-    helped = [n for n in noted if n["reward_with_note"] > n["reward_base"]]  # the note in the prompt helps at all
-    learned = [n for n in helped if n["ratio"] is not None and n["ratio"] >= 0.9]
+
+    def compare(run: dict) -> str:
+        mean = run["summary"]["mean_win_rate"][AT]["blend"]
+        return f"{_at_target(run)}, {mean:.3f} / {run['summary']['mean_served_win_rate']:.3f}"
+
+    def noted(run: dict) -> str:
+        at = [u["curve"][AT]["note"] for u in run["users"].values()]
+        helped = [n for n in at if n["reward_with_note"] > n["reward_base"]]  # the note in the prompt helps at all
+        learned = [n for n in helped if n["ratio"] is not None and n["ratio"] >= 0.9]
+        return f"{len(helped)} of {len(at)}; {len(learned)}"
+
+    shipped_by_seed = dict(shipped)
     return [
         ["open population (no probe names its tastes), compare + words", "users of 8 at ≥ 0.70, greedy (served); "
-         "mean greedy / served", f"{_at_target(pair)}; {mean:.3f} / {pair['summary']['mean_served_win_rate']:.3f}",
-         "≥ 6 of 8", link],
+         "mean greedy / served", _per_seed(pair, compare), "≥ 6 of 8", link],
         ["thumbs only (single mode) + words, 32 events", "users of 8 at ≥ 0.65, greedy (served): open / shipped",
-         f"{_at_target(single)} / {_at_target(shipped)}", "≥ 4 of 8", link],
+         _per_seed(single, lambda r: _at_target(r) + " / " + _at_target(shipped_by_seed[r["config"]["seed"]])),
+         "≥ 4 of 8", link],
         ["a stated note (open population, compare)", "users whose note in the prompt helps at all; of them, "
-         "reward without ÷ with ≥ 0.90", f"{len(helped)} of {len(noted)}; {len(learned)}", "≥ 0.90", link],
+         "reward without ÷ with ≥ 0.90", _per_seed(notes, noted), "≥ 0.90", link],
     ]
 
 
