@@ -1,4 +1,5 @@
-"""The README's table of today's benchmark figures, generated from the result files in bench/results.
+"""The README's table of today's benchmark figures, generated from the result files in bench/results (and, for
+issue 25's runs, in their experiments' folders: `WORDS_RUNS`).
 
     python -m bench.table                    # print the table (markdown)
     python -m bench.table --check README.md  # exit 1 if the README's table differs from it
@@ -117,15 +118,20 @@ def rows(results: Path = RESULTS) -> list[list[str]]:
         ["exploration probes", "best probe's greedy ceiling, per user",
          f"{min(ceilings[u][1] for u in users):.2f}–{max(ceilings[u][1] for u in users):.2f}", "",
          _link("probes", "docs/benchmarks.md#probes")],
-        *_words_rows(results),
+        *_words_rows(),
     ]
 
 
 WORDS = "docs/benchmarks.md#words-thumbs-and-tastes-no-one-listed"
-WORDS_RUNS = "learning_curve_{run}_seed{seed}.json"
-"""Issue 25's runs of today's defaults to 32 events, per seed: the open population in compare mode (`open_pair`),
-both populations thumbs-only (`open_single`, `shipped_single`), and the open population with its notes
-(`open_notes`)."""
+EXPERIMENTS = Path(__file__).parent.parent / "experiments"
+WORDS_RUNS = {
+    "open_pair": "2026-12-05-open-population/open_pair_seed{seed}.json",
+    "open_single": "2026-12-05-thumbs/open_single_seed{seed}.json",
+    "shipped_single": "2026-12-05-thumbs/shipped_single_seed{seed}.json",
+    "open_notes": "2026-12-05-note/open_pair_notes_seed{seed}.json",
+}
+"""Issue 25's runs of today's defaults to 32 events, per seed, in their experiments' folders: the open population in
+compare mode, both populations thumbs-only, and the open population with its notes."""
 WORDS_SEEDS = (1, 2)
 
 
@@ -134,20 +140,20 @@ def _at_target(run: dict) -> str:
     return f"{len(summary['users_at_target'])} ({len(summary['users_at_target_served'])})"
 
 
-def _seeds(results: Path, run: str) -> list[tuple[int, dict]]:
+def _seeds(run: str) -> list[tuple[int, dict]]:
     """The runs of `run` present, by seed."""
-    return [(seed, _load(results, WORDS_RUNS.format(run=run, seed=seed))) for seed in WORDS_SEEDS
-            if (results / WORDS_RUNS.format(run=run, seed=seed)).exists()]
+    paths = [(seed, EXPERIMENTS / WORDS_RUNS[run].format(seed=seed)) for seed in WORDS_SEEDS]
+    return [(seed, json.loads(path.read_text(encoding="utf-8"))) for seed, path in paths if path.exists()]
 
 
 def _per_seed(runs: list[tuple[int, dict]], show) -> str:
     return "; ".join(f"seed {seed}: {show(run)}" for seed, run in runs)
 
 
-def _words_rows(results: Path) -> list[list[str]]:
+def _words_rows() -> list[list[str]]:
     """Issue 25's figures: tastes no probe names, thumbs only, and a stated note (32 events), per seed."""
-    pair, single, shipped, notes = (_seeds(results, run) for run in ("open_pair", "open_single", "shipped_single",
-                                                                     "open_notes"))
+    pair, single, shipped, notes = (_seeds(run) for run in ("open_pair", "open_single", "shipped_single",
+                                                             "open_notes"))
     link = _link("words and thumbs", WORDS)
 
     def compare(run: dict) -> str:
