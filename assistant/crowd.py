@@ -66,7 +66,7 @@ def is_crowd(name: str | None) -> bool:
 
 
 def content_words(text: str) -> frozenset[str]:
-    return frozenset(w for w in re.findall(r"[a-z']+", text.lower()) if w not in FILLER)
+    return frozenset(w for w in wording(text).split() if w not in FILLER)
 
 
 def alike(first: frozenset[str], second: frozenset[str]) -> float:
