@@ -71,7 +71,7 @@ class UpdateData:
     new_events: int
 
 
-def _split(events: list[dict], config: LearningConfig) -> tuple[list[dict], list[dict]]:
+def split_held_out(events: list[dict], config: LearningConfig) -> tuple[list[dict], list[dict]]:
     """(trainable, held out): only events that make pairs are held out, so thumbs-only users still train."""
     pairs_kinds = [e for e in events if e["kind"] == "comparison" and e["choice"] in ("a", "b")]
     held = {e["id"] for e in pairs_kinds if held_out(e["id"], config.holdout_every)}
@@ -80,7 +80,7 @@ def _split(events: list[dict], config: LearningConfig) -> tuple[list[dict], list
 
 def personal_update(store: Store, profile_id: str, since: str | None, config: LearningConfig, seed: int) -> UpdateData:
     events = store.feedback(profile_id)
-    trainable, held = _split(events, config)
+    trainable, held = split_held_out(events, config)
     newest = max((e["updated_at"] for e in events), default=since)
     if config.personal_refit:  # from scratch on the newest N, each counted as new (it sets the steps)
         window = sorted(trainable, key=lambda e: e["updated_at"])[-config.personal_refit:]
@@ -101,7 +101,7 @@ def global_update(store: Store, since: str | None, config: LearningConfig, seed:
     newest = since
     for profile_id, contributor in contributors(store, config).items():
         events = store.feedback(profile_id)
-        trainable, held = _split(events, config)
+        trainable, held = split_held_out(events, config)
         held_all += held
         fresh = [e for e in trainable if since is None or e["updated_at"] > since]
         old = [e for e in trainable if not (since is None or e["updated_at"] > since)]

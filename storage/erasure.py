@@ -1,5 +1,6 @@
 """Erasure: a profile deleted leaves no byte of its text in the database or its write-ahead log, and every
-global version that learned from it is marked tainted until a from-scratch retrain replaces it."""
+global version that learned from it is marked tainted until a from-scratch retrain replaces it; everyone's
+learned reward is deleted (the next vote fits it again)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class Erasure(StoreBase):
                 marks = ",".join("?" * len(tainted))
                 db.execute(f"UPDATE adapter_versions SET tainted = ? WHERE adapter = ? AND version IN ({marks})",
                            ("learned from a deleted profile", GLOBAL, *tainted))
+            db.execute("DELETE FROM reward_versions WHERE profile_id IS NULL")  # everyone's reward learned from it
             db.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))
         self.checkpoint()
         return tainted

@@ -233,3 +233,28 @@ def m010_profile_notes(db: Database) -> None:
     """A profile's note, "How should Attune answer you?" ('' until written): a hidden instruction in every prompt
     until the personal adapter has learned it (adapters/note.py)."""
     _run(db, "ALTER TABLE profiles ADD COLUMN note TEXT NOT NULL DEFAULT ''")
+
+
+@MIGRATIONS()
+def m011_rewards(db: Database) -> None:
+    """The learned reward (adapters/reward.py): each reply's features once computed, and the versions of every
+    profile's reward and of everyone's (profile_id NULL), beside the adapter versions. Both go with the profile."""
+    _run(db, """
+        CREATE TABLE reward_features (
+            profile_id TEXT NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+            key TEXT NOT NULL,                    -- hash of the feature kind, the prompt and the reply
+            vector BLOB NOT NULL,                 -- float32, little-endian
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (profile_id, key)
+        );
+        CREATE TABLE reward_versions (
+            id TEXT PRIMARY KEY,
+            profile_id TEXT REFERENCES profiles(id) ON DELETE CASCADE,  -- NULL: everyone's reward
+            version INTEGER NOT NULL,
+            kind TEXT NOT NULL,                   -- the features it reads (model, layer)
+            theta BLOB NOT NULL,                  -- float32 weights, then the thumbs' reference point
+            metrics TEXT NOT NULL,                -- JSON: events, held-out accuracy, fit time
+            created_at TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX reward_versions_by_profile ON reward_versions(COALESCE(profile_id, ''), version)
+        """)

@@ -15,11 +15,12 @@ from storage.erasure import Erasure
 from storage.feedback import CHOICES, MAX_COMMENT_CHARS, THUMBS_VALUES, Feedback
 from storage.jobs import TrainingJobs
 from storage.profiles import MAX_PROFILE_NAME, Profiles, validate_profile_name
+from storage.rewards import Rewards
 from storage.versions import AdapterVersions
 
 __all__ = ["CHOICES", "MAX_COMMENT_CHARS", "MAX_PROFILE_NAME", "PLAIN_ARM", "THUMBS_VALUES", "Comparison", "Message",
            "Record", "Store", "seeded_ids", "validate_profile_name"]
 
 
-class Store(Profiles, Erasure, Feedback, Bandit, AdapterVersions, TrainingJobs):
+class Store(Profiles, Erasure, Feedback, Bandit, AdapterVersions, Rewards, TrainingJobs):
     """The database of one data home."""

@@ -48,7 +48,7 @@ def test_migrations_from_empty_file_and_rerun(tmp_path):
     assert applied == ["m001_initial", "m002_adapters_and_jobs", "m003_profiles_and_comparisons",
                        "m004_profile_preferences", "m005_name_keys_nfkc", "m006_unusable_versions",
                        "m007_profile_owners", "m008_worker_heartbeats",
-                       "m009_tainted_versions", "m010_profile_notes"]
+                       "m009_tainted_versions", "m010_profile_notes", "m011_rewards"]
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from assistant.config.explore import DEFAULT_PROBES, PAIRINGS, PLAIN, ExploreConfig, Probe
 from assistant.config.limits import LimitsConfig
-from assistant.config.learning import BlendConfig, LearningConfig, LoraSettings, TrainConfig
+from assistant.config.learning import BlendConfig, LearningConfig, LoraSettings, RewardConfig, TrainConfig
 from assistant.config.model import DEFAULT_SYSTEM_PROMPT, EMBEDDED_MODEL, GenerationSettings, ModelConfig
 from storage.errors import InvalidInput
 
 __all__ = ["DATA_HOME_ENV", "DEFAULT_PROBES", "DEFAULT_SYSTEM_PROMPT", "EMBEDDED_MODEL", "PAIRINGS", "PLAIN",
            "AppConfig", "BlendConfig", "ExploreConfig", "GenerationSettings", "LearningConfig", "LimitsConfig",
-           "LoraSettings", "ModelConfig", "Probe", "TrainConfig", "default_data_dir", "is_loopback"]
+           "LoraSettings", "ModelConfig", "Probe", "RewardConfig", "TrainConfig", "default_data_dir", "is_loopback"]
 
 DATA_HOME_ENV = "ATTUNE_HOME"
 

@@ -108,6 +108,29 @@ class TrainConfig:
     """Weight of the KTO term next to the DPO term."""
     seed: int = 0
     """Seed of the update's example order and sampling."""
+    objective: str = "dpo"
+    """What an update optimises: "dpo" — DPO on pairs and KTO on thumbs (with the `chosen_term`), off-policy on the
+    replies people judged; "rloo" — on-policy: `rloo_k` samples of the current policy per prompt, scored by the
+    profile's learned reward (`RewardConfig`), REINFORCE with a leave-one-out baseline and a KL penalty to the
+    reference, PPO's clipped ratio on the reused samples (`adapters.rl`); "hybrid" — the DPO steps, then the RLOO
+    steps, in one update. RLOO falls back to DPO for an update with no fitted reward."""
+    rloo_k: int = 4
+    """Samples per prompt for RLOO, ≥ 2 (the baseline of each is the mean of the others)."""
+    rloo_prompts: int = 4
+    """Prompts sampled per RLOO round, ≥ 1: the update's newest prompts first."""
+    rloo_tokens: int = 48
+    """Length of each RLOO sample, in tokens, ≥ 1."""
+    rloo_temperature: float = 0.9
+    """Sampling temperature of the RLOO samples, > 0."""
+    rloo_beta: float = 0.05
+    """KL penalty β: the reward of a sample is R − β·Σ(log π_old − log π_ref) over its tokens (TRL RLOOTrainer's
+    `beta`, its default), ≥ 0."""
+    rloo_epsilon: float = 0.2
+    """PPO's clip range ε: the ratio π/π_old of a sample is clipped to [1 − ε, 1 + ε] (TRL's `epsilon`), > 0."""
+    rloo_rounds: int = 2
+    """Fresh sampling rounds per update, ≥ 1; each round's samples are reused for `rloo_reuse` steps."""
+    rloo_reuse: int = 2
+    """Optimizer steps on one round's samples, ≥ 1; after the first, PPO's clip bounds how far the policy moves."""
     share_prompts: bool = True
     """Run a pair's prompt once for both replies in a training step (`adapters.logprobs.shared_prompt_log_probs`):
     the same log-probabilities and gradients with fewer tokens through the model; faster on multi-turn prompts
@@ -124,6 +147,12 @@ class TrainConfig:
             raise ValueError("chosen_term must be 'nll' or 'distill', and distill_top_k ≥ 1")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError("label_smoothing must be in [0, 0.5)")
+        if self.objective not in ("dpo", "rloo", "hybrid"):
+            raise ValueError("objective must be 'dpo', 'rloo' or 'hybrid'")
+        if self.rloo_k < 2 or min(self.rloo_prompts, self.rloo_tokens, self.rloo_rounds, self.rloo_reuse) < 1 \
+                or self.rloo_temperature <= 0 or self.rloo_beta < 0 or self.rloo_epsilon <= 0:
+            raise ValueError("RLOO needs rloo_k ≥ 2; rloo_prompts, rloo_tokens, rloo_rounds, rloo_reuse ≥ 1; "
+                             "rloo_temperature > 0, rloo_beta ≥ 0 and rloo_epsilon > 0")
         if self.everyday_weight < 0:
             raise ValueError("everyday_weight must be ≥ 0")
         if self.on_policy_weight < 0 or self.on_policy_pairs < 1 or self.on_policy_tokens < 1 \
@@ -143,6 +172,44 @@ class TrainConfig:
     def learning_rate_at(self, update: int) -> float:
         """The step size of an adapter's `update`-th version in its warm-start chain (1 = trained from scratch)."""
         return self.learning_rate / max(1, update) ** self.decay_power if self.decay else self.learning_rate
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """The learned reward R(s, a) = θᵀφ(s, a) of each profile (adapters/reward.py): fitted in the request path on
+    every vote, read by the RLOO objective and by best-of-n serving."""
+
+    enabled: bool = True
+    """Fit a profile's reward after each of its votes. False: no reward is fitted; the RLOO objective and best-of-n
+    then fall back to DPO and to one sample."""
+    layer: float = 2 / 3
+    """Which layer's hidden state (mean over the reply's tokens) is φ, as a fraction of the model's depth in (0, 1]."""
+    prior: float = 1.0
+    """Weight λ of ‖δ‖² in a profile's fit, > 0: θ_profile = θ_global + δ, and larger λ holds δ nearer 0 (everyone's
+    taste) until the profile's own votes outweigh it. Features are standardised, the losses summed over votes."""
+    global_prior: float = 1.0
+    """Weight of ‖θ_global‖² in everyone's fit, > 0."""
+    thumbs_weight: float = 1.0
+    """Weight of a 👍/👎 next to a choice in the fit, ≥ 0: a thumb says θᵀφ is above (👍) or below (👎) the profile's
+    reference point z, a choice that one reply's θᵀφ is above the other's."""
+    trust_accuracy: float = 0.7
+    """Best-of-n serves by the reward only when its held-out accuracy on the profile's own votes is at least this,
+    in [0.5, 1]."""
+    trust_min_pairs: int = 5
+    """... measured on at least this many held-out comparisons (pairs of replies it must order), ≥ 1."""
+    best_of: int = 1
+    """Replies sampled per message when the reward is trusted, ≥ 1; the one it scores highest is served and all are
+    recorded with their scores. 1: off (one sample, as without a reward)."""
+    keep_versions: int = 20
+    """Reward versions kept per profile, ≥ 1."""
+
+    def __post_init__(self):
+        if not 0 < self.layer <= 1 or self.prior <= 0 or self.global_prior <= 0 or self.thumbs_weight < 0:
+            raise ValueError("reward needs 0 < layer ≤ 1, prior > 0, global_prior > 0 and thumbs_weight ≥ 0")
+        if not 0.5 <= self.trust_accuracy <= 1 or self.trust_min_pairs < 1:
+            raise ValueError("reward.trust_accuracy must be in [0.5, 1] and trust_min_pairs ≥ 1")
+        if self.best_of < 1 or self.keep_versions < 1:
+            raise ValueError("reward.best_of and reward.keep_versions must be ≥ 1")
 
 
 @dataclass(frozen=True)
@@ -213,6 +280,8 @@ class LearningConfig:
     `train.rpo_alpha`, as for personal ones."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """The adapters' shape."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """The learned reward per profile, and best-of-n serving by it."""
     blend: BlendConfig = field(default_factory=BlendConfig)
     """How the served model blends the global and the personal adapter."""
     max_drift: float | None = 0.5

@@ -1,5 +1,5 @@
 """"Download my data": one zip of a profile's settings, conversations (every message, retried and rejected ones too),
-feedback in TRL's formats and its adapter's versions as standard PEFT folders."""
+feedback in TRL's formats, its adapter's versions as standard PEFT folders and its learned reward."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ feedback.jsonl       every vote and choice as stored, with the texts it was abou
 dpo.jsonl, kto.jsonl the same feedback in TRL's preference (prompt/chosen/rejected) and unpaired
                      (prompt/completion/label) formats
 adapters/            your personal adapter's versions: PEFT folders, load with PeftModel.from_pretrained
+reward.json          your learned reward: its kept versions (votes, held-out accuracy) and the newest weights θ
+                     (R = θ·φ, φ the model's standardised hidden state of a reply, then its length; docs/learning.md)
 """
 
 
@@ -51,9 +53,20 @@ def write_archive(store: Store, registry: AdapterRegistry | None, profile_id: st
         archive.writestr("conversations.json", _json(conversations))
         for name, records in (("feedback", events), ("dpo", dpo_records(events)), ("kto", kto_records(events))):
             archive.writestr(f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        archive.writestr("reward.json", _json(_reward(store, profile_id)))
         for arcname, file in registry.files(personal_adapter(profile_id)) if registry else []:
             archive.write(file, f"adapters/{arcname}")
     return path
+
+
+def _reward(store: Store, profile_id: str) -> dict:
+    """The profile's reward versions (metrics) and the newest one's weights, the reference point last."""
+    newest = store.current_reward(profile_id)
+    weights = None
+    if newest:
+        values = memoryview(newest["theta"]).cast("f").tolist()
+        weights = {"kind": newest["kind"], "theta": values[:-1], "z": values[-1]}
+    return {"versions": store.reward_history(profile_id), "newest": weights}
 
 
 def _json(value) -> str:

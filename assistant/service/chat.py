@@ -16,6 +16,7 @@ from pathlib import Path
 
 from adapters.blend import AdapterServer
 from adapters.registry import GGUF, GLOBAL, personal_adapter
+from adapters.rewards import RewardLearner
 from assistant.config import AppConfig, GenerationSettings, LearningConfig, Probe
 from assistant.executor import GenerationExecutor
 from assistant.generation import ReplyStream
@@ -94,6 +95,9 @@ class ChatService(Learning, Access, Exploring):
         self.executor = executor
         self.adapters = adapters
         self.learning = learning or LearningConfig()
+        self.rewards = RewardLearner(store, loaded, self.learning) if adapters and self.learning.reward.enabled \
+            else None
+        """Each profile's learned reward, refitted after its votes (adapters/rewards.py); None: learning is off."""
         self.accounts = Accounts(config.auth) if config.auth else None
         self.limits = RateLimits(config.limits)
         self._stops: dict[str, threading.Event] = {}

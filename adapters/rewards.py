@@ -1,0 +1,152 @@
+"""Each profile's learned reward in the product: its votes' features kept, θ refitted after every vote (the request
+path), versioned in the database beside the adapter versions, read by the RLOO objective and best-of-n serving.
+
+θ_profile = θ_global + δ: everyone's reward is the prior centre of each profile's (`RewardConfig.prior`), so a
+newcomer starts from the crowd's taste and a regular's votes move their own. Everyone's reward is refitted after
+`LearningConfig.global_every` new events from the contributors' already-computed features, held to the global
+adapter's rules (`adapters.jobs.contributors`, `max_per_profile`), and only once `min_profiles` contribute.
+Accuracy is measured on the same held-out votes as the adapters' (`adapters.jobs.held_out`), never trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+
+import torch
+
+from adapters.data import Examples, encode, examples_from_feedback
+from adapters.jobs import contributors, split_held_out
+from adapters.reward import Fitted, Scale, Votes, everyday_scale, feature_layer, fit, ordered, raw_features
+from assistant.config import LearningConfig
+from assistant.model import LoadedModel
+from storage.store import Store
+
+log = logging.getLogger(__name__)
+
+Item = tuple[list[dict], str, bool]
+"""(conversation up to the prompt, reply, whether the reply ended by itself)."""
+
+
+class RewardLearner:
+    def __init__(self, store: Store, loaded: LoadedModel, config: LearningConfig):
+        self.store, self.loaded, self.learning, self.config = store, loaded, config, config.reward
+        self.layer = feature_layer(loaded, self.config.layer)
+        self.kind = f"{loaded.model_id}|hidden{self.layer}+length|v1"
+        self._scale: Scale | None = None
+        self._lock = threading.Lock()
+
+    # ---- features ----------------------------------------------------------------------------------------------
+
+    def scale(self) -> Scale:
+        with self._lock:
+            if self._scale is None:
+                self._scale = everyday_scale(self.loaded, self.layer)
+            return self._scale
+
+    def _key(self, item: Item) -> str:
+        return hashlib.sha256(json.dumps([self.kind, *item]).encode()).hexdigest()
+
+    def features(self, profile_id: str, items: list[Item], compute: bool = True) -> torch.Tensor:
+        """Standardised φ of each item, shape (items, d): stored ones read back, the others computed and stored.
+        compute=False: a missing one is a row of NaN."""
+        keys = [self._key(i) for i in items]
+        stored = self.store.reward_features(profile_id, keys)
+        missing = [k for k in dict.fromkeys(keys) if k not in stored]
+        if missing and compute:
+            fresh = self.compute([items[keys.index(k)] for k in missing])
+            vectors = {k: v.numpy().tobytes() for k, v in zip(missing, fresh)}
+            self.store.save_reward_features(profile_id, vectors)
+            stored = {**stored, **vectors}
+        scale = self.scale()
+        rows = [torch.frombuffer(bytearray(stored[k]), dtype=torch.float32) if k in stored
+                else torch.full_like(scale.mean, float("nan")) for k in keys]
+        return scale(torch.stack(rows)) if rows else torch.zeros(0, len(scale.mean))
+
+    def compute(self, items: list[Item]) -> torch.Tensor:
+        """Raw (unstandardised) φ of each item, by the base model."""
+        train = self.learning.train
+        sequences = [encode(self.loaded, prompt, reply, train.max_length, train.max_prompt_tokens, ended)
+                     for prompt, reply, ended in items]
+        return raw_features(self.loaded.model, sequences, self.loaded.tokenizer.pad_token_id, self.layer)
+
+    def votes(self, profile_id: str, examples: Examples, compute: bool = True) -> Votes:
+        items = [i for p in examples.pairs for i in ((p.prompt, p.chosen, p.chosen_ended),
+                                                     (p.prompt, p.rejected, p.rejected_ended))]
+        items += [(u.prompt, u.completion, u.ended) for u in examples.unpaired]
+        phi = self.features(profile_id, items, compute)
+        n = 2 * len(examples.pairs)
+        pairs, thumbs = phi[0:n:2] - phi[1:n:2], phi[n:]
+        labels = torch.tensor([u.label for u in examples.unpaired], dtype=torch.bool)
+        keep_pairs, keep_thumbs = ~pairs.isnan().any(1), ~thumbs.isnan().any(1)
+        return Votes(pairs[keep_pairs], thumbs[keep_thumbs], labels[keep_thumbs])
+
+    # ---- fitting -----------------------------------------------------------------------------------------------
+
+    def current(self, profile_id: str | None) -> Fitted | None:
+        """The newest reward of this profile (None: everyone's), if it reads today's features."""
+        row = self.store.current_reward(profile_id)
+        return Fitted.from_bytes(row["theta"]) if row and row["kind"] == self.kind else None
+
+    def center(self) -> torch.Tensor:
+        found = self.current(None)
+        return found.theta if found is not None else torch.zeros(len(self.scale().mean))
+
+    def update(self, profile_id: str) -> dict:
+        """Refit this profile's reward on its votes (held-out ones aside) and publish it as a new version; refit
+        everyone's when due. Returns the version row (its metrics: events, held-out accuracy, timings)."""
+        began = time.perf_counter()
+        events = self.store.feedback(profile_id)
+        trainable, held = split_held_out(events, self.learning)
+        train_votes = self.votes(profile_id, examples_from_feedback(trainable))
+        held_votes = self.votes(profile_id, examples_from_feedback(held))
+        featured = time.perf_counter()
+        fitted = fit(train_votes, self.center(), self.config.prior, self.config.thumbs_weight)
+        right, total = ordered(fitted, held_votes)
+        done = time.perf_counter()
+        metrics = {"events": len(events), "train_votes": len(train_votes), "held_out_pairs": total,
+                   "held_out_right": right, "accuracy": round(right / total, 4) if total else None,
+                   "features_ms": round(1000 * (featured - began), 1), "fit_ms": round(1000 * (done - featured), 1)}
+        row = self.store.publish_reward(profile_id, self.kind, fitted.to_bytes(), metrics, self.config.keep_versions)
+        self._update_global_if_due()
+        return row
+
+    def _update_global_if_due(self) -> None:
+        last = self.store.current_reward(None)
+        total = self.store.feedback_counts()["total"]
+        if last and last["kind"] == self.kind and total < last["metrics"]["events"] + self.learning.global_every:
+            return
+        owners = contributors(self.store, self.learning)
+        if len(set(owners.values())) < self.learning.min_profiles:
+            return
+        parts = []
+        for profile_id in owners:
+            trainable, _ = split_held_out(self.store.feedback(profile_id), self.learning)
+            newest = sorted(trainable, key=lambda e: e["updated_at"])[-self.learning.max_per_profile:]
+            parts.append(self.votes(profile_id, examples_from_feedback(newest, private=False), compute=False))
+        d = len(self.scale().mean)
+        fitted = fit(Votes.join(parts, d), torch.zeros(d), self.config.global_prior, self.config.thumbs_weight)
+        self.store.publish_reward(None, self.kind, fitted.to_bytes(),
+                                  {"events": total, "profiles": len(owners)}, self.config.keep_versions)
+        log.info("Everyone's reward refitted on %d profiles' votes", len(owners))
+
+    # ---- reading -----------------------------------------------------------------------------------------------
+
+    def trusted(self, profile_id: str) -> bool:
+        """Whether this profile's reward orders enough of its held-out votes right (`RewardConfig.trust_*`)."""
+        row = self.store.current_reward(profile_id)
+        if not row or row["kind"] != self.kind:
+            return False
+        m = row["metrics"]
+        return m["held_out_pairs"] >= self.config.trust_min_pairs and m["accuracy"] >= self.config.trust_accuracy
+
+    def scorer(self, profile_id: str | None) -> Fitted | None:
+        """The weights that score replies for this profile: its own reward, else everyone's, else None."""
+        return (self.current(profile_id) if profile_id else None) or self.current(None)
+
+    def score(self, fitted: Fitted, items: list[Item]) -> list[float]:
+        """θᵀφ of each item (computed now, not stored: the replies may never be voted on)."""
+        return (self.scale()(self.compute(items)) @ fitted.theta).tolist()

@@ -1,0 +1,114 @@
+"""The learned reward: the hierarchical Bradley–Terry fit recovers a planted taste, and in the product each vote
+refits the profile's reward (versioned, its features cached) without ever failing the vote; erasing a profile takes
+its reward and everyone's with it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from adapters.blend import AdapterServer
+from adapters.registry import AdapterRegistry
+from adapters.reward import Fitted, Votes, fit, ordered
+from assistant.config import BlendConfig, GenerationSettings, LearningConfig, ModelConfig, RewardConfig
+from assistant.model import load_model
+from assistant.service import ChatService
+
+SETTINGS = GenerationSettings(temperature=1.0, max_new_tokens=8)
+
+
+def _choices(theta: torch.Tensor, n: int, seed: int) -> Votes:
+    """n Bradley–Terry choices of a chooser whose reward is θᵀφ, as φ(chosen) − φ(rejected) rows."""
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(n, len(theta), generator=g), torch.randn(n, len(theta), generator=g)
+    first = torch.rand(n, generator=g) < torch.sigmoid((a - b) @ theta)
+    diffs = torch.where(first[:, None], a - b, b - a)
+    return Votes(diffs, torch.zeros(0, len(theta)), torch.zeros(0, dtype=torch.bool))
+
+
+def test_fit_recovers_a_planted_taste_and_the_prior_holds_a_newcomer_near_everyone():
+    d = 16
+    taste = torch.zeros(d)
+    taste[3], taste[7] = 2.0, -1.5
+    held = _choices(taste, 400, seed=1)
+    right, total = ordered(fit(_choices(taste, 200, seed=0), torch.zeros(d), prior=1.0), held)
+    best, _ = ordered(Fitted(taste, 0.0), held)
+    assert total == 400 and right >= best - 20  # within 5 points of the true taste's own accuracy
+    few = _choices(taste, 2, seed=2)
+    everyone = torch.full((d,), 0.1)
+    strong = fit(few, everyone, prior=100.0).theta
+    weak = fit(few, everyone, prior=0.01).theta
+    assert (strong - everyone).norm() < 0.1 * (weak - everyone).norm()
+    assert torch.equal(fit(Votes.empty(d), everyone, 1.0).theta, everyone)
+
+
+def test_thumbs_place_liked_replies_above_the_reference_point():
+    d = 4
+    g = torch.Generator().manual_seed(0)
+    phi = torch.randn(60, d, generator=g)
+    labels = phi[:, 0] > 0.5  # liked when the first feature is high
+    fitted = fit(Votes(torch.zeros(0, d), phi, labels), torch.zeros(d), prior=0.1)
+    assert fitted.theta[0] > 0 and fitted.theta[0] > fitted.theta[1:].abs().max()
+    right, total = ordered(fitted, Votes(torch.zeros(0, d), phi, labels))
+    assert total == int(labels.sum()) * int((~labels).sum()) and right / total > 0.95
+    assert ((phi @ fitted.theta - fitted.z > 0) == labels).float().mean() > 0.9
+    back = Fitted.from_bytes(fitted.to_bytes())
+    assert torch.equal(back.theta, fitted.theta) and back.z == pytest.approx(fitted.z)
+
+
+@pytest.fixture
+def service(store, tiny_model_dir, app_config, data_home):
+    loaded = load_model(ModelConfig(model=str(tiny_model_dir)), tiny_model_dir.parent)  # wrapped by the server
+    learning = LearningConfig(min_profiles=2, global_min_age_hours=0, global_min_events=1, global_every=4,
+                              reward=RewardConfig(keep_versions=3))
+    server = AdapterServer(loaded, AdapterRegistry(data_home / "adapters", store), store, BlendConfig())
+    return ChatService(store, loaded, app_config, adapters=server, learning=learning, rng=random.Random(0))
+
+
+def _choose(service, profile: str, n: int, pick: str = "a") -> None:
+    for i in range(n):
+        pair = list(service.send(profile, None, f"Plan day {i} of my trip.", SETTINGS, compare=True))[-1].comparison
+        service.choose(profile, pair.id, pick)
+
+
+def test_each_vote_refits_the_profile_reward_and_features_are_computed_once(service, store, monkeypatch):
+    ann = service.create_profile("Ann")["id"]
+    _choose(service, ann, 5)
+    history = store.reward_history(ann)
+    assert [r["version"] for r in history] == [3, 4, 5]  # one version per vote, the newest 3 kept
+    metrics = history[-1]["metrics"]
+    assert metrics["events"] == 5 and metrics["train_votes"] + metrics["held_out_pairs"] == 5
+    assert metrics["fit_ms"] >= 0 and history[-1]["kind"] == service.rewards.kind
+    computed = []
+    real = service.rewards.compute
+    monkeypatch.setattr(service.rewards, "compute", lambda items: computed.append(len(items)) or real(items))
+    _choose(service, ann, 1)
+    assert computed == [2]  # only the new comparison's two replies: the other ten are read back
+    theta = service.rewards.current(ann).theta
+    assert theta.shape == (service.loaded.model.config.n_embd + 1,) and torch.isfinite(theta).all()
+
+
+def test_a_failing_fit_keeps_the_vote_and_the_previous_reward(service, store, monkeypatch, caplog):
+    ann = service.create_profile("Ann")["id"]
+    _choose(service, ann, 1)
+    monkeypatch.setattr(service.rewards, "compute", lambda items: 1 / 0)
+    _choose(service, ann, 1, pick="b")
+    assert store.feedback_counts(ann)["total"] == 2  # the vote is stored
+    assert store.current_reward(ann)["version"] == 1 and "could not be refitted" in caplog.text
+
+
+def test_everyone_reward_centres_profiles_and_leaves_with_an_erased_profile(service, store):
+    ann, bob = service.create_profile("Ann")["id"], service.create_profile("Bob")["id"]
+    _choose(service, ann, 2)
+    assert store.current_reward(None) is None  # one contributor: no one's taste becomes everyone's
+    _choose(service, bob, 2, pick="b")
+    everyone = store.current_reward(None)
+    assert everyone["metrics"] == {"events": 3, "profiles": 2}  # fitted at Bob's first vote, due again at 3 + 4
+    assert torch.equal(service.rewards.center(), Fitted.from_bytes(everyone["theta"]).theta)
+    carl = service.create_profile("Carl")["id"]
+    assert service.rewards.scorer(carl) is not None  # a newcomer is scored by everyone's reward
+    service.delete_profile(bob)
+    assert store.current_reward(None) is None and store.reward_history(bob) == []
+    assert store.reward_features(bob, ["x"]) == {}
