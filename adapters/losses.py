@@ -10,6 +10,9 @@ reference policy. Rewards are the implicit DPO rewards β·(log π − log π_re
   pairs, clamped at 0 and not differentiated), an undesirable one below it. TRL's `KTOTrainer` formula.
 - `distill_kl`: per-token KL(teacher ‖ policy) over a reply, the teacher kept as its top-k tokens plus "any other
   token" (`Teacher`); the inputs here are per-token log-probabilities, not sums.
+- `rloo_advantages`: REINFORCE leave-one-out (Ahmadian et al. 2024) with the KL to the reference as a penalty in the
+  reward, and `clipped_policy_loss`: PPO's clipped surrogate on the sequence ratio π/π_old — together TRL's
+  `RLOOTrainer` (its `_generate_and_score_completions` and `_compute_loss`).
 """
 
 from __future__ import annotations
@@ -123,3 +126,35 @@ def distill_kl(log_probs: torch.Tensor, rows: torch.Tensor, taught: list[Teacher
     per_token = (teacher_lp.exp() * (teacher_lp - student_lp)).sum(-1)
     counts = torch.tensor([max(1, t.log_probs.shape[0]) for t in taught], dtype=per_token.dtype)
     return torch.zeros(n, dtype=per_token.dtype).index_add(0, student_rows, per_token) / counts
+
+
+def rloo_advantages(rewards: torch.Tensor, k: int, old_logps: torch.Tensor | None = None,
+                    reference_logps: torch.Tensor | None = None,
+                    beta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leave-one-out advantages of `rewards`, shape (prompts·k,), k consecutive samples per prompt: each sample's
+    penalised reward r_i = R_i − β·(log π_old − log π_ref)_i (sequence sums: the first-order KL estimate, TRL's) minus
+    the mean of the other k − 1 samples' of the same prompt. Returns (advantages, the penalised rewards)."""
+    if k < 2 or rewards.shape[0] % k:
+        raise ValueError(f"RLOO needs k ≥ 2 samples per prompt and a multiple of k rewards, got k={k}, "
+                         f"{rewards.shape[0]} rewards")
+    penalised = rewards if old_logps is None or not beta else rewards - beta * (old_logps - reference_logps)
+    grouped = penalised.view(-1, k)
+    baselines = (grouped.sum(1, keepdim=True) - grouped) / (k - 1)
+    return (grouped - baselines).reshape(-1).detach(), penalised.detach()
+
+
+@dataclass(frozen=True)
+class PolicyLoss:
+    losses: torch.Tensor  # (samples,)
+    clipped: torch.Tensor  # (samples,) bool: the clip bound the objective (no gradient through this sample)
+
+
+def clipped_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
+                        epsilon: float = 0.2, epsilon_high: float | None = None) -> PolicyLoss:
+    """−min(ρ·A, clip(ρ, 1 − ε, 1 + ε_high)·A) per sample, ρ = exp(log π − log π_old) over the whole reply (sequence
+    sums). At ρ = 1 (the first step on fresh samples) it is REINFORCE's −A·log π in gradient."""
+    high = epsilon if epsilon_high is None else epsilon_high
+    ratio = torch.exp(logps - old_logps.detach())
+    losses = -torch.min(ratio * advantages, ratio.clamp(1 - epsilon, 1 + high) * advantages)
+    clipped = ((ratio < 1 - epsilon) & (advantages < 0)) | ((ratio > 1 + high) & (advantages > 0))
+    return PolicyLoss(losses, clipped)

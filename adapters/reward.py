@@ -2,8 +2,9 @@
 hierarchical prior θ_profile = θ_global + δ that pulls δ toward 0 (maximum-entropy IRL's linear reward, MAP-fitted).
 
 - φ(s, a): the base model's hidden state at `RewardConfig.layer` of the depth, averaged over the reply's tokens
-  after the conversation s, and log(1 + reply tokens); standardised by the same statistics of the everyday replies
-  (`adapters.everyday`), so no taste chose the scale. No list of tastes names a feature.
+  after the conversation s, the reply's mean per-token log-probability and log(1 + reply tokens), all from one
+  forward pass; standardised by the same statistics of the everyday replies (`adapters.everyday`), so no taste chose
+  the scale. No list of tastes names a feature.
 - A choice of a over b is the event θᵀ(φ_a − φ_b) > 0 (Bradley–Terry); a 👍 (👎) on a is θᵀφ_a − z > 0 (< 0), z the
   profile's reference point (KTO's z0 in spirit), fitted with θ.
 - The fit is the MAP estimate: Σ softplus losses over votes + λ‖θ − θ_global‖² (L-BFGS, a few ms for hundreds of
@@ -25,8 +26,8 @@ from adapters.everyday import EVERYDAY, EVERYDAY_MAX_TOKENS
 from adapters.logprobs import Sequence
 from assistant.model import LoadedModel
 
-CHUNK = 16
-"""Sequences per forward pass when computing features."""
+CHUNK = 8
+"""Sequences per forward pass when computing features (their logits at reply positions are kept)."""
 
 
 def feature_layer(loaded: LoadedModel, fraction: float) -> int:
@@ -36,16 +37,25 @@ def feature_layer(loaded: LoadedModel, fraction: float) -> int:
 
 @torch.no_grad()
 def raw_features(model: torch.nn.Module, sequences: list[Sequence], pad_id: int, layer: int) -> torch.Tensor:
-    """Per sequence: the mean hidden state at `layer` over its reply tokens, then log(1 + reply tokens), shape
-    (sequences, hidden + 1), float32. `model` is the base model (no adapter active on this thread)."""
+    """Per sequence, from one forward pass: the mean hidden state at `layer` over its reply tokens, then the reply's
+    mean per-token log-probability (how fluent the model finds it), then log(1 + reply tokens); shape
+    (sequences, hidden + 2), float32. `model` is the base model (no adapter active on this thread)."""
     out = []
     for start in range(0, len(sequences), CHUNK):
         batch = collate(sequences[start:start + CHUNK], pad_id)
-        states = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       output_hidden_states=True).hidden_states[layer].float()
+        predicts = torch.zeros_like(batch.completion_mask)
+        predicts[:, :-1] = batch.completion_mask[:, 1:]  # position t predicts token t+1
+        result = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True,
+                       logits_to_keep=predicts)
+        states = result.hidden_states[layer].float()
+        log_probs = torch.log_softmax(result.logits.reshape(-1, result.logits.shape[-1]).float(), dim=-1)
+        targets = batch.input_ids[:, 1:][batch.completion_mask[:, 1:]]
+        token_logps = log_probs.gather(1, targets[:, None]).squeeze(1)
         mask = batch.completion_mask[..., None].float()
         tokens = mask.sum(1)
-        out.append(torch.cat([(states * mask).sum(1) / tokens.clamp(min=1), torch.log1p(tokens)], 1))
+        fluency = torch.zeros(len(tokens)).index_add(0, predicts.nonzero()[:, 0], token_logps)[:, None]
+        out.append(torch.cat([(states * mask).sum(1) / tokens.clamp(min=1), fluency / tokens.clamp(min=1),
+                              torch.log1p(tokens)], 1))
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
@@ -132,11 +142,13 @@ def fit(votes: Votes, center: torch.Tensor, prior: float, thumbs_weight: float =
     return Fitted(theta.detach(), float(z.detach()))
 
 
-def ordered(fitted: Fitted, votes: Votes) -> tuple[int, int]:
+def ordered(fitted: Fitted, votes: Votes) -> tuple[float, int]:
     """(right, total) over the orderings the votes state: each choice, and each 👍 reply against each 👎 reply (a
-    thumb says where a reply stands against the person's other replies, not against a threshold)."""
-    right = int((votes.pairs @ fitted.theta > 0).sum())
+    thumb says where a reply stands against the person's other replies, not against a threshold). An exact tie of
+    scores counts half."""
+    margins = [votes.pairs @ fitted.theta]
     ups = votes.thumbs[votes.labels] @ fitted.theta
     downs = votes.thumbs[~votes.labels] @ fitted.theta
-    right += int((ups[:, None] > downs[None, :]).sum())
-    return right, len(votes.pairs) + len(ups) * len(downs)
+    margins.append((ups[:, None] - downs[None, :]).reshape(-1))
+    margin = torch.cat(margins)
+    return float((margin > 0).sum() + 0.5 * (margin == 0).sum()), len(margin)

@@ -35,7 +35,7 @@ class RewardLearner:
     def __init__(self, store: Store, loaded: LoadedModel, config: LearningConfig):
         self.store, self.loaded, self.learning, self.config = store, loaded, config, config.reward
         self.layer = feature_layer(loaded, self.config.layer)
-        self.kind = f"{loaded.model_id}|hidden{self.layer}+length|v1"
+        self.kind = f"{loaded.model_id}|hidden{self.layer}+fluency+length|v2"
         self._scale: Scale | None = None
         self._lock = threading.Lock()
 

@@ -25,6 +25,7 @@ from adapters.logprobs import (Sequence, completion_log_probs, logps_in_chunks, 
 from adapters.lora import autocast
 from adapters.losses import Teacher, distill_kl, dpo_loss, kto_loss, kto_reference_point, pair_metrics
 from adapters.references import ReferenceCache, everyday_references, pair_references
+from adapters.rloo import Scorer, rloo_steps
 from assistant.config import TrainConfig
 from assistant.explore import instructed
 from assistant.generation import left_padded, sampling_kwargs
@@ -34,12 +35,17 @@ from storage.errors import InvalidInput
 log = logging.getLogger(__name__)
 
 
-def objective(config: TrainConfig) -> str:
+def objective(config: TrainConfig, rewarded: bool = True) -> str:
     """The loss an update trained with, as its manifest names it: "dpo+kto", then "+distill" or "+nll" when the
-    chosen-reply term is on, "+on_policy_distill" and "+everyday_distill" when those terms are."""
-    return ("dpo+kto" + (f"+{config.chosen_term}" if config.rpo_alpha > 0 else "")
-            + ("+on_policy_distill" if config.on_policy_weight > 0 else "")
-            + ("+everyday_distill" if config.everyday_weight > 0 else ""))
+    chosen-reply term is on, "+on_policy_distill" and "+everyday_distill" when those terms are; "rloo" alone, or
+    "…+rloo" after the DPO steps of "hybrid". `rewarded`: whether a learned reward was there for the RLOO steps
+    (without one an "rloo" update trains as "dpo")."""
+    offline = ("dpo+kto" + (f"+{config.chosen_term}" if config.rpo_alpha > 0 else "")
+               + ("+on_policy_distill" if config.on_policy_weight > 0 else "")
+               + ("+everyday_distill" if config.everyday_weight > 0 else ""))
+    if config.objective == "dpo" or not rewarded:
+        return offline
+    return "rloo" if config.objective == "rloo" else offline + "+rloo"
 
 
 @torch.no_grad()
@@ -118,19 +124,38 @@ def train_adapter(
     new_examples: int | None = None,
     references: ReferenceCache | None = None,
     reference_key: str = "",
+    reward: Scorer | None = None,
 ) -> dict:
-    """Run `config.steps_for(examples)` optimizer steps; return TRL-named metrics of the last step.
+    """Run `config.steps_for(examples)` optimizer steps (DPO/KTO), then the RLOO rounds (`adapters.rloo`) when the
+    objective has them and a `reward` scores samples; return TRL-named metrics of the last step of each.
 
     `references`: where the reference model's values of each pair are kept across calls; `reference_key` names that
-    reference model (the same key must mean the same weights, e.g. the global version a personal adapter sits on)."""
+    reference model (the same key must mean the same weights, e.g. the global version a personal adapter sits on).
+    `reward`: the profile's learned reward; None trains an "rloo" update as "dpo"."""
     if not len(examples):
         raise ValueError("no training examples")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    on_policy = config.objective != "dpo" and reward is not None
+    metrics = {} if config.objective == "rloo" and on_policy else _offline_steps(
+        model, loaded, examples, config, optimizer, progress, new_examples, references, reference_key)
+    if on_policy:
+        prompts = [e.prompt for e in (*examples.pairs, *examples.unpaired)]
+        total = config.rloo_rounds * config.rloo_reuse
+        done = iter(range(1, total + 1))
+        metrics.update(rloo_steps(model, loaded, prompts, reward, config, optimizer,
+                                  (lambda: progress(next(done), total, metrics)) if progress else None))
+    return metrics
+
+
+def _offline_steps(model: PeftModel, loaded: LoadedModel, examples: Examples, config: TrainConfig,
+                   optimizer: torch.optim.Optimizer, progress, new_examples: int | None,
+                   references: ReferenceCache | None, reference_key: str) -> dict:
+    """The DPO/KTO steps of an update (with the chosen-reply and optional distillation terms)."""
     enc = encode_examples(loaded, examples, config.max_length, config.max_prompt_tokens)
     config = balanced(config, enc.labels)
     steps = config.steps_for(examples, new_examples)
     targets = _targets(model, loaded, examples, enc, config, references, reference_key)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     rng = random.Random(config.seed)  # pairs and unpaired share it: their passes interleave as the steps draw
     orders = _Orders(_cycle(len(enc.chosen), rng), _cycle(len(enc.unpaired), rng),
                      _cycle(len(targets.on_policy), random.Random(config.seed + 1)),  # the pairs' order as it was

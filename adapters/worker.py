@@ -31,6 +31,8 @@ from adapters.note import LEARNED as NOTE_LEARNED
 from adapters.note import learned_share, note_key
 from adapters.references import ReferenceCache
 from adapters.registry import GLOBAL, AdapterRegistry, AdapterVersion
+from adapters.rewards import RewardLearner
+from adapters.rloo import Scorer
 from adapters.threads import ThreadPlan
 from adapters.training import objective, train_adapter
 from assistant.config import DATA_HOME_ENV, AppConfig, LearningConfig, TrainConfig
@@ -124,6 +126,7 @@ class Worker:
         self._references = ReferenceCache()  # training pairs' reference values, per reference model
         self._anchor_batch = None  # the drift guard's anchor replies, tokenized once
         self._anchor_base: float | None = None
+        self.rewards = RewardLearner(store, loaded, config)  # reads the rewards the app fits; features by the base
         self._started, self._beaten = now(), -math.inf
         self.plan: ThreadPlan | None = None
         """Plans torch's threads before each training step around the app's CPU use (set by `main`)."""
@@ -285,8 +288,18 @@ class Worker:
         self.store.job_progress(job_id, 0.0, f"training on {len(data.train)} examples")
         config = self.train_config(selection, built.refit)
         metrics = train_adapter(built.model, self.loaded, data.train, config, progress, new_examples=data.new_events,
-                                references=self._references, reference_key=built.reference_key)
+                                references=self._references, reference_key=built.reference_key,
+                                reward=self.reward_for(selection) if config.objective != "dpo" else None)
         return Trained(config, metrics)
+
+    def reward_for(self, selection: Selection) -> Scorer | None:
+        """What scores the RLOO samples of this update: the profile's learned reward (else everyone's) for a personal
+        adapter, everyone's for the global one; None when none has been fitted (the update trains as DPO)."""
+        fitted = self.rewards.scorer(selection.profile_id) if selection.personal else self.rewards.current(None)
+        if fitted is None:
+            log.info("No learned reward for %s yet: this update trains as DPO", selection.adapter)
+            return None
+        return lambda items: torch.tensor(self.rewards.score(fitted, items))
 
     def guard_drift(self, built: Built) -> dict:
         """Hold the trained adapter inside `LearningConfig.max_drift` (`adapters.drift.limit_drift`, in place);
@@ -328,7 +341,7 @@ class Worker:
         data = selection.data
         manifest = {
             "base_model": self.loaded.model_id,
-            "objective": objective(train),
+            "objective": objective(train, rewarded="reward" in metrics),
             "trained_on_global": built.global_version,
             "feedback_ids": data.train.feedback_ids,
             "held_out_feedback_ids": data.held_out.feedback_ids,

@@ -499,11 +499,38 @@ def evaluate(ev: Evaluation, user, profile_id: str, pairs: list[PairExample]) ->
     if note:
         out["note"] = note_point(ev, user, blends["blend"], note, out["mean_user_reward"]["blend"],
                                  out["mean_user_reward"]["base"], h.service.learning_status(profile_id)["note"])
+    out["reward"] = reward_point(ev, user, profile_id, pairs)
     out["served"] = blends["blend"].record()
     out["published"] = {"global": blends["global"].global_version, "personal": blends["personal"].personal_version}
     out["drift_guard"] = h.drift_guard(profile_id)
     out["examples"] = [{"prompt": p, "base": b, "blend": r} for p, b, r in
                        list(zip(prompts, base, ev.replies(blends["blend"])))[:EXAMPLES]]
+    return out
+
+
+def reward_point(ev: Evaluation, user, profile_id: str, pairs: list[PairExample]) -> dict | None:
+    """The profile's learned reward as the app holds it now (its own, else everyone's; None: none yet): its accuracy
+    on the held-out pairs the adapters' `preference_accuracy` is measured on, the app's own held-out figure, and the
+    served blend's samples re-ranked by it — best of `served_samples` by the reward against a plain sample (the
+    first) and against the best by the user's own reward (the ceiling), each against the base model's samples."""
+    rewards = ev.h.service.rewards
+    fitted = rewards.scorer(profile_id) if rewards else None
+    if fitted is None:
+        return None
+    chosen = rewards.score(fitted, [(p.prompt, p.chosen, True) for p in pairs]) if pairs else []
+    rejected = rewards.score(fitted, [(p.prompt, p.rejected, True) for p in pairs]) if pairs else []
+    own = ev.h.store.current_reward(profile_id)
+    out = {"accuracy": round(statistics.mean(c > r for c, r in zip(chosen, rejected)), 3) if pairs else None,
+           "own": own is not None, "app_held_out": own["metrics"] if own else None}
+    samples = ev.served(ev.h.blends(profile_id)["blend"])
+    if samples:
+        scores = [rewards.score(fitted, [([{"role": "user", "content": p}], r, True) for r in replies])
+                  for p, replies in zip(ev.prompts, samples)]
+        best = [[replies[max(range(len(s)), key=s.__getitem__)]] for replies, s in zip(samples, scores)]
+        ceiling = [[max(replies, key=lambda r, p=p: user.reward(p, r))] for p, replies in zip(ev.prompts, samples)]
+        out[f"best_of_{len(samples[0])}_win_rate"] = served_win_rate(user, ev.prompts, best, ev.base["served"])
+        out["sample_win_rate"] = served_win_rate(user, ev.prompts, [[r[0]] for r in samples], ev.base["served"])
+        out[f"oracle_{len(samples[0])}_win_rate"] = served_win_rate(user, ev.prompts, ceiling, ev.base["served"])
     return out
 
 
@@ -627,12 +654,32 @@ def summarise(result: dict, config: CurveConfig) -> dict:
             "perplexity_rise_at_most_10_percent": ppl <= 1.10,
         },
     }
+    summary["reward"] = reward_summary(users, budgets)
     if "population" in result:
         curve = result["population"]["curve"]
         summary["population_mean_win_rate"] = {
             b: {m: round(statistics.mean(p[m] for p in (u["win_rate"] for u in curve[b].values())), 3)
                 for m in ("blend", "global", "personal")} for b in curve}
     return summary
+
+
+def reward_summary(users: dict, budgets: list[str]) -> dict:
+    """Per budget, means over the users with a learned reward: its held-out accuracy beside the blend's
+    `preference_accuracy` on the same pairs, and the win rates of best-of-n by it, of a plain sample, of the oracle."""
+    out = {}
+    for b in budgets:
+        points = [u["curve"][b] for u in users.values() if u["curve"][b].get("reward")]
+        if not points:
+            continue
+        row = {"users": len(points)}
+        for key in points[0]["reward"]:
+            values = [p["reward"][key] for p in points if isinstance(p["reward"].get(key), float)]
+            if values:
+                row[key] = round(statistics.mean(values), 3)
+        row["adapter_accuracy"] = round(statistics.mean(p["preference_accuracy"]["blend"] for p in points
+                                                        if p["preference_accuracy"]["blend"] is not None), 3)
+        out[b] = row
+    return out
 
 
 def markdown_table(result: dict) -> str:

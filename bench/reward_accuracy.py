@@ -12,7 +12,8 @@ candidates (the plain sample and each built-in probe, T 0.9, two arms drawn at r
   learning-curve runs report for the adapters — so the two are compared on the same pairs.
 - "flat": θ fitted on the user's votes alone (prior centre 0). "hierarchical": centred on everyone's reward, fitted
   on the other users' 32 votes each (leave-one-user-out: a user never sees their own taste in the prior).
-- "length": the same fit on log(1 + reply tokens) alone, a floor any feature set should clear.
+- "fluency", "length": the same fit on one feature alone (the base model's mean per-token log-probability of the
+  reply; log(1 + reply tokens)), floors any feature set should clear. Equal scores count half.
 - `--priors`: values of `RewardConfig.prior` (λ) tried; one population to choose it, another to report it.
 """
 
@@ -119,16 +120,17 @@ def measure(args: argparse.Namespace, config: CurveConfig) -> dict:
         test = Votes(diffs, torch.zeros(0, d), torch.zeros(0, dtype=torch.bool))
         others = Votes.join([_votes(rows[o.name], max(budgets), d) for o in users if o is not user], d)
         center = fit(others, torch.zeros(d), config.learning.reward.global_prior).theta
-        length = torch.zeros(d)
-        length[-1] = 1.0
         row = {"eval_pairs": len(eval_pairs), "everyone": round(_accuracy(Fitted(center, 0.0), test), 3)}
         for budget in budgets:
             mine = _votes(rows[user.name], budget, d)
             for prior in args.priors:
                 row[f"flat/{prior}/{budget}"] = _accuracy(fit(mine, torch.zeros(d), prior), test)
                 row[f"hierarchical/{prior}/{budget}"] = _accuracy(fit(mine, center, prior), test)
-            sign = fit(Votes(mine.pairs[:, -1:], torch.zeros(0, 1), mine.labels), torch.zeros(1), 1.0).theta
-            row[f"length/{budget}"] = _accuracy(Fitted(length * sign, 0.0), test)
+            for name, column in (("fluency", -2), ("length", -1)):  # one feature alone, its sign from the votes
+                alone = torch.zeros(d)
+                alone[column] = fit(Votes(mine.pairs[:, column:][:, :1], torch.zeros(0, 1), mine.labels),
+                                    torch.zeros(1), 1.0).theta[0]
+                row[f"{name}/{budget}"] = _accuracy(Fitted(alone, 0.0), test)
             row[f"votes/{budget}"] = len(mine)
         out[user.name] = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
         log.info("%s: %s", user.name, out[user.name])

@@ -112,4 +112,4 @@ def test_download_my_data_holds_conversations_feedback_and_adapter(running_app):
         assert (profile["name"], profile["note"]) == ("Ann", "Keep it short.")
         reward = json.loads(archive.read("reward.json"))  # the 👎 refitted the learned reward once
         assert [v["metrics"]["events"] for v in reward["versions"]] == [1]
-        assert len(reward["newest"]["theta"]) == service.loaded.model.config.n_embd + 1
+        assert len(reward["newest"]["theta"]) == service.loaded.model.config.n_embd + 2

@@ -87,7 +87,7 @@ def test_each_vote_refits_the_profile_reward_and_features_are_computed_once(serv
     _choose(service, ann, 1)
     assert computed == [2]  # only the new comparison's two replies: the other ten are read back
     theta = service.rewards.current(ann).theta
-    assert theta.shape == (service.loaded.model.config.n_embd + 1,) and torch.isfinite(theta).all()
+    assert theta.shape == (service.loaded.model.config.n_embd + 2,) and torch.isfinite(theta).all()
 
 
 def test_a_failing_fit_keeps_the_vote_and_the_previous_reward(service, store, monkeypatch, caplog):
@@ -112,3 +112,41 @@ def test_everyone_reward_centres_profiles_and_leaves_with_an_erased_profile(serv
     service.delete_profile(bob)
     assert store.current_reward(None) is None and store.reward_history(bob) == []
     assert store.reward_features(bob, ["x"]) == {}
+
+
+def _trust(service, store, profile: str, accuracy: float, pairs: int = 8) -> None:
+    """Publish a reward version for `profile` with these held-out figures (the gate reads them)."""
+    d = len(service.rewards.scale().mean)
+    theta = torch.zeros(d)
+    theta[-1] = -1.0  # prefers shorter replies
+    store.publish_reward(profile, service.rewards.kind, Fitted(theta, 0.0).to_bytes(),
+                         {"held_out_pairs": pairs, "held_out_right": round(accuracy * pairs), "accuracy": accuracy}, 5)
+
+
+def test_best_of_n_serves_the_top_scored_candidate_only_when_the_reward_is_trusted(store, tiny_model_dir, app_config,
+                                                                                  data_home):
+    loaded = load_model(ModelConfig(model=str(tiny_model_dir)), tiny_model_dir.parent)
+    learning = LearningConfig(reward=RewardConfig(best_of=4, trust_accuracy=0.75, trust_min_pairs=8))
+    server = AdapterServer(loaded, AdapterRegistry(data_home / "adapters", store), store, BlendConfig())
+    service = ChatService(store, loaded, app_config, adapters=server, learning=learning, rng=random.Random(0))
+    ann = service.create_profile("Ann")["id"]
+    settings = GenerationSettings(temperature=1.0, max_new_tokens=12)
+    plain = list(service.send(ann, None, "Tell me a story.", settings))
+    assert "best_of" not in plain[-1].reply.settings  # no reward yet: one sample
+    _trust(service, store, ann, accuracy=0.70)
+    assert "best_of" not in list(service.send(ann, None, "Tell me a story.", settings))[-1].reply.settings
+    _trust(service, store, ann, accuracy=0.75)
+    updates = list(service.send(ann, None, "Tell me a story.", settings))
+    assert all(len(u.texts) == 1 for u in updates) and updates[0].texts == [""]  # nothing streamed but the served
+    reply = updates[-1].reply
+    record = reply.settings["best_of"]
+    assert len(record["candidates"]) == 4 and record["reward_version"] == 2
+    assert record["served"] == max(range(4), key=record["scores"].__getitem__)
+    assert reply.content == record["candidates"][record["served"]]
+    turns = [{"role": "user", "content": "Tell me a story."}]
+    rescored = service.rewards.score(service.rewards.current(ann),
+                                     [(turns, t, e) for t, e in zip(record["candidates"], record["ended"])])
+    assert rescored == pytest.approx(record["scores"], abs=1e-3)
+    assert reply.settings["new_tokens"] == [record["new_tokens"][record["served"]]]
+    pair = list(service.send(ann, None, "Another one.", settings, compare=True))[-1].comparison
+    assert pair is not None and "best_of" not in pair.a.settings  # compare mode: one sample per side

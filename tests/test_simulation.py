@@ -138,6 +138,11 @@ def test_learning_curve_quick_mode_runs_the_product_loop(tmp_path):
         # Before any feedback every model is the base model: its samples against themselves win exactly half.
         # (the served samples are drawn for the served blend only, `CurveConfig.served_models`)
         assert user["curve"]["0"]["served_win_rate"] == {"blend": 0.5, "global": None, "personal": None}
+        assert user["curve"]["0"]["reward"] is None  # no vote yet: no learned reward
+        reward = user["curve"]["8"]["reward"]  # each choice refitted it in the app's request path
+        assert reward["own"] and reward["app_held_out"]["events"] == 8
+        assert all(0 <= reward[k] <= 1 for k in ("best_of_4_win_rate", "sample_win_rate", "oracle_4_win_rate"))
+        assert reward["oracle_4_win_rate"] >= reward["best_of_4_win_rate"]
     # Training really happened (on the random tiny model many choices are ties, which teach nothing, so not
     # necessarily for every user).
     assert any(u["curve"]["8"]["published"]["personal"] for u in data["users"].values())

@@ -30,7 +30,8 @@ dpo.jsonl, kto.jsonl the same feedback in TRL's preference (prompt/chosen/reject
                      (prompt/completion/label) formats
 adapters/            your personal adapter's versions: PEFT folders, load with PeftModel.from_pretrained
 reward.json          your learned reward: its kept versions (votes, held-out accuracy) and the newest weights θ
-                     (R = θ·φ, φ the model's standardised hidden state of a reply, then its length; docs/learning.md)
+                     (R = θ·φ, φ: the model's standardised hidden state of a reply, its fluency and its length;
+                     docs/learning.md)
 """
 
 

@@ -28,6 +28,7 @@ from assistant.llamacpp import LlamaCppDecoder
 from assistant.remote import OpenAIDecoder
 from assistant.service.access import Access
 from assistant.service.archive import write_archive
+from assistant.service.best_of import BestOf
 from assistant.service.exploring import Exploring
 from assistant.service.learning import Learning
 from storage.accounts import Accounts
@@ -80,7 +81,7 @@ def validate_message(text: object, max_chars: int) -> str:
     return text
 
 
-class ChatService(Learning, Access, Exploring):
+class ChatService(Learning, Access, Exploring, BestOf):
     def __init__(self, store: Store, loaded: LoadedModel, config: AppConfig,
                  executor: GenerationExecutor | None = None, adapters: AdapterServer | None = None,
                  learning: LearningConfig | None = None, rng: random.Random | None = None,
@@ -324,6 +325,7 @@ class ChatService(Learning, Access, Exploring):
         prompt = prompt or build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens,
                                         prefix=prefix)
         blend = self.adapters.blend_for(profile_id) if self.adapters else None
+        sent = turns  # (as stored: what the reward scores, without the hidden note or instructions)
         turns, prompt, note = self._with_note(profile_id, settings, turns, prompt, prefix, blend)
         candidates, sides = self._explore(profile_id, settings, turns, prompt) if compare else ((), ({}, {}))
         own: dict = {}
@@ -332,8 +334,9 @@ class ChatService(Learning, Access, Exploring):
         if note:
             own = {**own, "note": note}
         stop = threading.Event()
+        n = self._candidates(profile_id, compare, prefix, own)
         stream = ReplyStream(
-            self.loaded, prompt, settings, num_candidates=2 if compare else 1, candidate_prompts=candidates,
+            self.loaded, prompt, settings, num_candidates=2 if compare else n, candidate_prompts=candidates,
             min_temperature=self.config.compare_min_temperature if compare else 0.0, executor=self.executor,
             stop=stop, **self._decoding(blend, profile_id),
         )
@@ -343,16 +346,18 @@ class ChatService(Learning, Access, Exploring):
 
         def updates() -> Iterator[ReplyUpdate]:
             base = dict(conversation_id=conversation_id, user_message=user_message, notice=notice)
-            yield ReplyUpdate(texts=[prefix] * stream.num_candidates, **base)
+            yield ReplyUpdate(texts=[prefix] * (2 if compare else 1), **base)
             steps = iter(stream)
             stored = False
             self._stops[conversation_id] = stop  # Stop reaches this reply while it is written
             try:
                 for texts in steps:
-                    yield ReplyUpdate(texts=[prefix + t for t in texts], **base)
+                    if n == 1:  # (best-of-n shows the reply it serves once all are written)
+                        yield ReplyUpdate(texts=[prefix + t for t in texts], **base)
                 stored = True
+                served = None if compare else self._pick(profile_id, sent, stream)
                 yield replace(self._store_reply(profile_id, conversation_id, user_message, settings, prompt, stream,
-                                                replaces, base, adapter_versions, sides, prefix, own),
+                                                replaces, base, adapter_versions, sides, prefix, own, served),
                               learned=learned)
             finally:
                 if self._stops.get(conversation_id) is stop:
@@ -376,11 +381,16 @@ class ChatService(Learning, Access, Exploring):
         return True
 
     def _store_reply(self, profile_id, conversation_id, user_message, settings, prompt, stream, replaces, base,
-                     adapter_versions, sides=None, prefix="", own=None):
+                     adapter_versions, sides=None, prefix="", own=None, served=(0, None)):
+        """Store what `stream` wrote: a comparison when `served` is None (compare mode), else the reply at
+        `served[0]`, with `served[1]` the best-of-n record of every candidate (None: one candidate)."""
         facts = {**settings.as_dict(), **prompt.facts(), **stream.stats(), **(own or {})}
         if prefix:  # a continued reply: the cut one it grew from is neither an alternative nor a rejected reply
             facts["continues"] = replaces.id
-        if stream.num_candidates == 2:
+        index, best_of = served or (0, None)
+        if best_of:  # the served candidate's own facts; every candidate with its score
+            facts.update(new_tokens=[stream.new_tokens[index]], ended=[stream.ended[index]], best_of=best_of)
+        if served is None:
             sides = sides or ({}, {})
             own = tuple({"new_tokens": stream.new_tokens[i], "ended": stream.ended[i], **sides[i]} for i in range(2))
             comparison = self.store.create_comparison(profile_id, conversation_id, user_message.id, stream.texts[0],
@@ -388,7 +398,7 @@ class ChatService(Learning, Access, Exploring):
                                           adapter_versions=adapter_versions, replaces=replaces.id if replaces else None,
                                           candidate_settings=own)
             return ReplyUpdate(texts=list(stream.texts), done=True, comparison=comparison, **base)
-        reply = self.store.add_message(profile_id, conversation_id, "assistant", prefix + stream.texts[0],
+        reply = self.store.add_message(profile_id, conversation_id, "assistant", prefix + stream.texts[index],
                                        parent_id=user_message.id, model_id=self.model_id, settings=facts,
                                        adapter_versions=adapter_versions, replaces=replaces.id if replaces else None)
         return ReplyUpdate(texts=[reply.content], done=True, reply=reply, **base)
