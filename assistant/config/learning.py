@@ -127,8 +127,9 @@ class TrainConfig:
     `beta`, its default), ≥ 0."""
     rloo_epsilon: float = 0.2
     """PPO's clip range ε: the ratio π/π_old of a sample is clipped to [1 − ε, 1 + ε] (TRL's `epsilon`), > 0."""
-    rloo_rounds: int = 2
-    """Fresh sampling rounds per update, ≥ 1; each round's samples are reused for `rloo_reuse` steps."""
+    rloo_rounds: int = 4
+    """Fresh sampling rounds per update, ≥ 1; each round's samples are reused for `rloo_reuse` steps (4 × 2: 8
+    steps, about what a DPO update of 4 new events takes)."""
     rloo_reuse: int = 2
     """Optimizer steps on one round's samples, ≥ 1; after the first, PPO's clip bounds how far the policy moves."""
     share_prompts: bool = True
