@@ -12,8 +12,9 @@ candidates (the plain sample and each built-in probe, T 0.9, two arms drawn at r
   learning-curve runs report for the adapters — so the two are compared on the same pairs.
 - "flat": θ fitted on the user's votes alone (prior centre 0). "hierarchical": centred on everyone's reward, fitted
   on the other users' 32 votes each (leave-one-user-out: a user never sees their own taste in the prior).
-- "fluency", "length": the same fit on one feature alone (the base model's mean per-token log-probability of the
-  reply; log(1 + reply tokens)), floors any feature set should clear. Equal scores count half.
+- `--variants`: the product's φ ("all"), or linear maps of it (`variant_map`: the hidden state alone, fluency and
+  length alone, those two with a weaker prior, the hidden state's top principal directions). Equal scores count
+  half.
 - `--priors`: values of `RewardConfig.prior` (λ) tried; one population to choose it, another to report it.
 """
 
@@ -90,6 +91,58 @@ def _accuracy(fitted: Fitted, pairs: Votes) -> float:
     return right / total if total else float("nan")
 
 
+def variant_map(variant: str, pooled: torch.Tensor) -> torch.Tensor:
+    """The linear map (d, d') from the product's φ to a variant's features. "all": φ as it is; "hidden": the hidden
+    state alone; "scalars": fluency and length alone; "scalars×10": φ with fluency and length scaled up ten-fold
+    (their prior a hundredth of the hidden state's); "pcaK": the hidden state's top K principal directions over the
+    candidates' replies (whitened; no vote is used), then fluency and length."""
+    d = pooled.shape[1]
+    eye = torch.eye(d)
+    if variant == "all":
+        return eye
+    if variant == "hidden":
+        return eye[:, :-2]
+    if variant == "scalars":
+        return eye[:, -2:]
+    if variant == "scalars×10":
+        return torch.diag(torch.cat([torch.ones(d - 2), torch.full((2,), 10.0)]))
+    if variant.startswith("pca"):
+        k = int(variant[3:])
+        hidden = pooled[:, :-2] - pooled[:, :-2].mean(0)
+        _, singular, basis = torch.linalg.svd(hidden, full_matrices=False)
+        scale = singular[:k] / (len(hidden) - 1) ** 0.5
+        top = torch.zeros(d, k)
+        top[:-2] = basis[:k].T / scale
+        return torch.cat([top, eye[:, -2:]], 1)
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def _user(user, users, rows, m, variant, args, config, pair_prompts, samples, sample_phi, index, budgets) -> dict:
+    """One user's accuracies under one variant: everyone's reward, flat and hierarchical fits per prior and budget,
+    one-feature floors."""
+    d = m.shape[1]
+    eval_pairs = _eval_pairs(user, pair_prompts, samples)
+    diffs = torch.stack([sample_phi[index[(e.prompt[0]["content"], e.chosen)]]
+                         - sample_phi[index[(e.prompt[0]["content"], e.rejected)]] for e in eval_pairs]
+                        ) @ m if eval_pairs else torch.zeros(0, d)
+    test = Votes(diffs, torch.zeros(0, d), torch.zeros(0, dtype=torch.bool))
+
+    def votes(name: str, upto: int) -> Votes:
+        mine = _votes(rows[name], upto, m.shape[0])
+        return Votes(mine.pairs @ m, torch.zeros(0, d), mine.labels)
+
+    others = Votes.join([votes(o.name, max(budgets)) for o in users if o is not user], d)
+    center = fit(others, torch.zeros(d), config.learning.reward.global_prior).theta
+    row = {"eval_pairs": len(eval_pairs), f"{variant}/everyone": _accuracy(Fitted(center, 0.0), test)}
+    for budget in budgets:
+        mine = votes(user.name, budget)
+        for prior in args.priors:
+            row[f"{variant}/flat/{prior}/{budget}"] = _accuracy(fit(mine, torch.zeros(d), prior), test)
+            row[f"{variant}/hierarchical/{prior}/{budget}"] = _accuracy(fit(mine, center, prior), test)
+        row[f"votes/{budget}"] = len(mine)
+    return row
+
+
 def measure(args: argparse.Namespace, config: CurveConfig) -> dict:
     train, held = split_prompts(load_prompts())
     asked = train[: args.train_prompts]
@@ -107,33 +160,19 @@ def measure(args: argparse.Namespace, config: CurveConfig) -> dict:
         phi = {arm: features(asked, replies) for arm, replies in pool.items()}
         sample_phi = features([p for p in pair_prompts for _ in range(2)], [r for s in samples for r in s])
         log.info("replies and features ready (%.0f s)", time.perf_counter() - args.began)
-    d = sample_phi.shape[1]
     holdout, budgets = LearningConfig().holdout_every, sorted(args.budgets)
+    pooled = torch.cat(list(phi.values()))
     rows = {u.name: user_votes(u, asked, pool, phi, max(budgets), holdout, config.seed) for u in users}
     index = {(p, s): 2 * i + j for i, (p, pair) in enumerate(zip(pair_prompts, samples)) for j, s in enumerate(pair)}
-    out = {}
-    for user in users:
-        eval_pairs = _eval_pairs(user, pair_prompts, samples)
-        diffs = torch.stack([sample_phi[index[(e.prompt[0]["content"], e.chosen)]]
-                             - sample_phi[index[(e.prompt[0]["content"], e.rejected)]] for e in eval_pairs]
-                            ) if eval_pairs else torch.zeros(0, d)
-        test = Votes(diffs, torch.zeros(0, d), torch.zeros(0, dtype=torch.bool))
-        others = Votes.join([_votes(rows[o.name], max(budgets), d) for o in users if o is not user], d)
-        center = fit(others, torch.zeros(d), config.learning.reward.global_prior).theta
-        row = {"eval_pairs": len(eval_pairs), "everyone": round(_accuracy(Fitted(center, 0.0), test), 3)}
-        for budget in budgets:
-            mine = _votes(rows[user.name], budget, d)
-            for prior in args.priors:
-                row[f"flat/{prior}/{budget}"] = _accuracy(fit(mine, torch.zeros(d), prior), test)
-                row[f"hierarchical/{prior}/{budget}"] = _accuracy(fit(mine, center, prior), test)
-            for name, column in (("fluency", -2), ("length", -1)):  # one feature alone, its sign from the votes
-                alone = torch.zeros(d)
-                alone[column] = fit(Votes(mine.pairs[:, column:][:, :1], torch.zeros(0, 1), mine.labels),
-                                    torch.zeros(1), 1.0).theta[0]
-                row[f"{name}/{budget}"] = _accuracy(Fitted(alone, 0.0), test)
-            row[f"votes/{budget}"] = len(mine)
-        out[user.name] = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
-        log.info("%s: %s", user.name, out[user.name])
+    out = {u.name: {} for u in users}
+    for variant in args.variants:
+        m = variant_map(variant, pooled)
+        for user in users:
+            out[user.name].update(_user(user, users, rows, m, variant, args, config, pair_prompts, samples,
+                                        sample_phi, index, budgets))
+    for name, row in out.items():
+        out[name] = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
+        log.info("%s: %s", name, out[name])
     keys = [k for k in next(iter(out.values())) if k != "eval_pairs"]
     summary = {k: round(statistics.mean(v for r in out.values() if (v := r[k]) == v), 3)  # NaN: no eval pairs
                for k in keys if any(r[k] == r[k] for r in out.values())}
@@ -146,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-prompts", type=int, default=32)
     parser.add_argument("--budgets", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--priors", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--variants", nargs="+", default=["all"],
+                        help="feature variants (`variant_map`): all, hidden, scalars, scalars×10, pcaK")
     parser.add_argument("--users", default="bench.users:population", help="module:callable returning the users")
     parser.add_argument("--max-users", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="the tiny test model, 2 users, small sizes (≈ 10 s)")

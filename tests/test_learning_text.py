@@ -80,6 +80,18 @@ def test_the_panel_says_what_was_taught_which_versions_serve_and_how_much_of_you
     assert "nothing yet" in fresh and "not made yet" in fresh and "no version of your own yet" in fresh
 
 
+def test_the_reward_line_gives_its_held_out_record_and_whether_it_picks_replies():
+    reward = {"version": 7, "right": 5.0, "pairs": 6, "trusted": True, "best_of": 4, "trust_accuracy": 0.7,
+              "trust_min_pairs": 5}
+    assert "**Your reward model:**" not in learning_markdown(_status(), NOW)  # none fitted yet
+    trusted = learning_markdown(_status(reward=reward), NOW)
+    assert "it orders 5 of your 6 held-out choices right. Each reply is the best of 4 by it." in trusted
+    waiting = learning_markdown(_status(reward={**reward, "right": 3.5, "trusted": False}), NOW)
+    assert "orders 3.5 of your 6" in waiting and "once it orders at least 70% of 5 or more right" in waiting
+    alone = learning_markdown(_status(reward={**reward, "pairs": 0, "right": 0, "best_of": 1}), NOW)
+    assert "no choice of yours is held out to check it yet." in alone and "best of" not in alone
+
+
 def test_every_job_of_the_profile_is_shown_with_its_progress_and_time_left():
     jobs = [{"profile_id": "p", "status": "running", "progress": 0.5, "message": "step 4 of 8",
              "started_at": _iso(seconds=20)},

@@ -18,7 +18,7 @@ def learning_markdown(status: dict, now: datetime | None = None) -> str:
     """The panel's text for one profile."""
     now = now or datetime.now(timezone.utc)
     lines = [_taught(status), _note(status.get("note")), _personal(status, now), _global(status, now),
-             _share(status)]
+             _share(status), _reward(status.get("reward"))]
     lines += [_job(job, now) for job in status.get("jobs", [])]
     lines += [_unusable(bad) for bad in status.get("unusable", [])]
     lines.append(_worker(status.get("worker"), now))
@@ -50,6 +50,21 @@ def _note(note: dict | None) -> str:
                 "longer added to your messages.")
     so_far = "not measured yet (after your next update)" if learned is None else f"{learned:.0%} learned so far"
     return f"**Your note:** added, hidden, to each of your messages until your version has learned it — {so_far}."
+
+
+def _reward(reward: dict | None) -> str:
+    """How well the learned reward knows the person's choices, and whether it picks their replies (best-of-n)."""
+    if not reward:
+        return ""
+    record = ("no choice of yours is held out to check it yet" if not reward["pairs"] else
+              f"it orders {reward['right']:g} of your {_count(reward['pairs'], 'held-out choice', 'held-out choices')}"
+              f" right")
+    line = f"**Your reward model:** a score of replies fitted to your votes after each one; {record}."
+    if reward["best_of"] > 1:
+        line += (f" Each reply is the best of {reward['best_of']} by it." if reward["trusted"] else
+                 f" It picks the best of {reward['best_of']} replies once it orders at least "
+                 f"{reward['trust_accuracy']:.0%} of {reward['trust_min_pairs']} or more right.")
+    return line
 
 
 def _personal(status: dict, now: datetime) -> str:

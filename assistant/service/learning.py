@@ -68,6 +68,17 @@ class Learning:
         log.info("Reward of profile %s: version %d, held-out %s/%s, features %.0f ms, fit %.0f ms", profile_id,
                  row["version"], m["held_out_right"], m["held_out_pairs"], m["features_ms"], m["fit_ms"])
 
+    def _reward_status(self, profile_id: str) -> dict | None:
+        """The profile's learned reward for the Learning panel: its held-out record and whether best-of-n uses it."""
+        row = self.store.current_reward(profile_id) if self.rewards else None
+        if row is None:
+            return None
+        config = self.learning.reward
+        return {"version": row["version"], "right": row["metrics"].get("held_out_right"),
+                "pairs": row["metrics"].get("held_out_pairs"), "trusted": self.rewards.trusted(profile_id),
+                "best_of": config.best_of, "trust_accuracy": config.trust_accuracy,
+                "trust_min_pairs": config.trust_min_pairs}
+
     def train_now(self, profile_id: str) -> list[dict]:
         self._require_learning()
         if not self.store.feedback_counts(profile_id)["total"]:
@@ -105,6 +116,7 @@ class Learning:
         note, sent, learned = self.note_state(profile_id, blend)
         return {
             "note": {"text": note, "sent": sent, "learned": learned},
+            "reward": self._reward_status(profile_id),
             "feedback": n,
             "since_personal": self.store.feedback_counts(profile_id, self.store.trained_until(mine)),
             "personal": _version_info(personal),
