@@ -517,14 +517,16 @@ def reward_point(ev: Evaluation, user, profile_id: str, pairs: list[PairExample]
     fitted = rewards.scorer(profile_id) if rewards else None
     if fitted is None:
         return None
-    chosen = rewards.score(fitted, [(p.prompt, p.chosen, True) for p in pairs]) if pairs else []
-    rejected = rewards.score(fitted, [(p.prompt, p.rejected, True) for p in pairs]) if pairs else []
+    prompt = GenerationSettings().system_prompt  # the votes' replies were asked under it: their features include it
+    system = [{"role": "system", "content": prompt}] if prompt else []
+    chosen = rewards.score(fitted, [(system + p.prompt, p.chosen, True) for p in pairs]) if pairs else []
+    rejected = rewards.score(fitted, [(system + p.prompt, p.rejected, True) for p in pairs]) if pairs else []
     own = ev.h.store.current_reward(profile_id)
     out = {"accuracy": round(statistics.mean(c > r for c, r in zip(chosen, rejected)), 3) if pairs else None,
            "own": own is not None, "app_held_out": own["metrics"] if own else None}
     samples = ev.served(ev.h.blends(profile_id)["blend"])
     if samples:
-        scores = [rewards.score(fitted, [([{"role": "user", "content": p}], r, True) for r in replies])
+        scores = [rewards.score(fitted, [(system + [{"role": "user", "content": p}], r, True) for r in replies])
                   for p, replies in zip(ev.prompts, samples)]
         best = [[replies[max(range(len(s)), key=s.__getitem__)]] for replies, s in zip(samples, scores)]
         ceiling = [[max(replies, key=lambda r, p=p: user.reward(p, r))] for p, replies in zip(ev.prompts, samples)]

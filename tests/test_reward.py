@@ -130,7 +130,7 @@ def test_best_of_n_serves_the_top_scored_candidate_only_when_the_reward_is_trust
     server = AdapterServer(loaded, AdapterRegistry(data_home / "adapters", store), store, BlendConfig())
     service = ChatService(store, loaded, app_config, adapters=server, learning=learning, rng=random.Random(0))
     ann = service.create_profile("Ann")["id"]
-    settings = GenerationSettings(temperature=1.0, max_new_tokens=12)
+    settings = GenerationSettings(temperature=1.0, max_new_tokens=12, system_prompt="Be brief.")
     plain = list(service.send(ann, None, "Tell me a story.", settings))
     assert "best_of" not in plain[-1].reply.settings  # no reward yet: one sample
     _trust(service, store, ann, accuracy=0.70)
@@ -143,7 +143,7 @@ def test_best_of_n_serves_the_top_scored_candidate_only_when_the_reward_is_trust
     assert len(record["candidates"]) == 4 and record["reward_version"] == 2
     assert record["served"] == max(range(4), key=record["scores"].__getitem__)
     assert reply.content == record["candidates"][record["served"]]
-    turns = [{"role": "user", "content": "Tell me a story."}]
+    turns = [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": "Tell me a story."}]
     rescored = service.rewards.score(service.rewards.current(ann),
                                      [(turns, t, e) for t, e in zip(record["candidates"], record["ended"])])
     assert rescored == pytest.approx(record["scores"], abs=1e-3)

@@ -325,7 +325,8 @@ class ChatService(Learning, Access, Exploring, BestOf):
         prompt = prompt or build_prompt(self.loaded, settings.system_prompt, turns, settings.max_new_tokens,
                                         prefix=prefix)
         blend = self.adapters.blend_for(profile_id) if self.adapters else None
-        sent = turns  # (as stored: what the reward scores, without the hidden note or instructions)
+        sent = ([{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []) + turns
+        # (the conversation as the feedback stores it: what the reward scores, no hidden note or instruction)
         turns, prompt, note = self._with_note(profile_id, settings, turns, prompt, prefix, blend)
         candidates, sides = self._explore(profile_id, settings, turns, prompt) if compare else ((), ({}, {}))
         own: dict = {}
