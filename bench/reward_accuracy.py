@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 
 from adapters.data import encode
+from adapters.drift import ANCHOR
+from adapters.everyday import EVERYDAY
 from adapters.jobs import held_out
 from adapters.reward import Fitted, Votes, everyday_scale, feature_layer, fit, ordered, raw_features
 from assistant.config import DEFAULT_PROBES, LearningConfig
@@ -91,11 +93,12 @@ def _accuracy(fitted: Fitted, pairs: Votes) -> float:
     return right / total if total else float("nan")
 
 
-def variant_map(variant: str, pooled: torch.Tensor) -> torch.Tensor:
+def variant_map(variant: str, pooled: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
     """The linear map (d, d') from the product's φ to a variant's features. "all": φ as it is; "hidden": the hidden
     state alone; "scalars": fluency and length alone; "scalars×10": φ with fluency and length scaled up ten-fold
     (their prior a hundredth of the hidden state's); "pcaK": the hidden state's top K principal directions over the
-    candidates' replies (whitened; no vote is used), then fluency and length."""
+    candidates' replies (whitened; no vote is used), then fluency and length; "fixedK": the same over 32 fixed plain
+    replies (`adapters.everyday.EVERYDAY` and the drift guard's `ANCHOR`), which no person's data shapes."""
     d = pooled.shape[1]
     eye = torch.eye(d)
     if variant == "all":
@@ -106,9 +109,10 @@ def variant_map(variant: str, pooled: torch.Tensor) -> torch.Tensor:
         return eye[:, -2:]
     if variant == "scalars×10":
         return torch.diag(torch.cat([torch.ones(d - 2), torch.full((2,), 10.0)]))
-    if variant.startswith("pca"):
-        k = int(variant[3:])
-        hidden = pooled[:, :-2] - pooled[:, :-2].mean(0)
+    if variant.startswith(("pca", "fixed")):
+        k = int(variant.removeprefix("pca").removeprefix("fixed"))
+        source = fixed if variant.startswith("fixed") else pooled
+        hidden = source[:, :-2] - source[:, :-2].mean(0)
         _, singular, basis = torch.linalg.svd(hidden, full_matrices=False)
         scale = singular[:k] / (len(hidden) - 1) ** 0.5
         top = torch.zeros(d, k)
@@ -159,6 +163,8 @@ def measure(args: argparse.Namespace, config: CurveConfig) -> dict:
         features = Features(h, config.learning.reward.layer)
         phi = {arm: features(asked, replies) for arm, replies in pool.items()}
         sample_phi = features([p for p in pair_prompts for _ in range(2)], [r for s in samples for r in s])
+        plain = EVERYDAY + ANCHOR
+        fixed = features([q for q, _ in plain], [a for _, a in plain])
         log.info("replies and features ready (%.0f s)", time.perf_counter() - args.began)
     holdout, budgets = LearningConfig().holdout_every, sorted(args.budgets)
     pooled = torch.cat(list(phi.values()))
@@ -166,7 +172,7 @@ def measure(args: argparse.Namespace, config: CurveConfig) -> dict:
     index = {(p, s): 2 * i + j for i, (p, pair) in enumerate(zip(pair_prompts, samples)) for j, s in enumerate(pair)}
     out = {u.name: {} for u in users}
     for variant in args.variants:
-        m = variant_map(variant, pooled)
+        m = variant_map(variant, pooled, fixed)
         for user in users:
             out[user.name].update(_user(user, users, rows, m, variant, args, config, pair_prompts, samples,
                                         sample_phi, index, budgets))
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--priors", type=float, nargs="+", default=[1.0])
     parser.add_argument("--variants", nargs="+", default=["all"],
-                        help="feature variants (`variant_map`): all, hidden, scalars, scalars×10, pcaK")
+                        help="feature variants (`variant_map`): all, hidden, scalars, scalars×10, pcaK, fixedK")
     parser.add_argument("--users", default="bench.users:population", help="module:callable returning the users")
     parser.add_argument("--max-users", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="the tiny test model, 2 users, small sizes (≈ 10 s)")

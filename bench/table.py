@@ -119,6 +119,7 @@ def rows(results: Path = RESULTS) -> list[list[str]]:
          f"{min(ceilings[u][1] for u in users):.2f}–{max(ceilings[u][1] for u in users):.2f}", "",
          _link("probes", "docs/benchmarks.md#probes")],
         *_words_rows(),
+        *_reward_rows(results),
     ]
 
 
@@ -176,6 +177,58 @@ def _words_rows() -> list[list[str]]:
         ["a stated note (open population, compare)", "users whose note in the prompt helps at all; of them, "
          "reward without ÷ with ≥ 0.90", _per_seed(notes, noted), "≥ 0.90", link],
     ]
+
+
+REWARD = "docs/benchmarks.md#the-learned-reward-and-the-rl-path"
+RL_RUNS = "2026-12-06-rl-path"
+"""Issue 27's runs: the learned reward's accuracy (`bench.reward_accuracy`) per population and seed, and the three
+objectives on 4 users of each population, seed 1 (`bench.learning_curve`)."""
+RL_REWARD = ("reward_accuracy_population_seed{seed}.json", "reward_accuracy_open_population_seed{seed}.json")
+RL_OBJECTIVES = ("dpo", "rloo", "hybrid")
+
+
+def _experiment(name: str) -> dict | None:
+    path = EXPERIMENTS / RL_RUNS / name
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _objective(summary: dict) -> str:
+    return (f"{summary['mean_win_rate'][AT]['blend']:.3f}, {summary['mean_served_win_rate']:.3f}; "
+            f"×{summary['max_perplexity_ratio_of_blend']:.2f}")
+
+
+def _reward_rows(results: Path) -> list[list[str]]:
+    """Issue 27's figures: the learned reward's held-out accuracy at 32 votes, the time a refit adds to a vote, the
+    objectives side by side, and best-of-4 by the reward."""
+    link, rows = _link("reward and RL", REWARD), []
+    accuracy = []
+    for seed in WORDS_SEEDS:
+        runs = [_experiment(name.format(seed=seed)) for name in RL_REWARD]
+        if all(runs):
+            accuracy.append(f"seed {seed}: " + " / ".join(
+                f"{r['summary']['all/flat/1.0/32']:.2f} ({r['summary']['all/hierarchical/1.0/32']:.2f})" for r in runs))
+    if accuracy:
+        rows.append(["learned reward, 32 choices", "held-out accuracy, alone (with everyone's as prior): shipped / "
+                     "open", "; ".join(accuracy), "≥ 0.75", link])
+    if (results / "reward_speed.json").exists():
+        point = _load(results, "reward_speed.json")["points"]["32"]
+        rows.append(["learned reward", "a vote with its refit vs without, median (features, fit), 32 votes before",
+                     f"+{point['reward_adds_ms']:.0f} ms ({point['features_ms']:.0f}, {point['fit_ms']:.0f} ms)",
+                     "≤ 100 ms", link])
+    for population, label in (("population", "shipped"), ("open_population", "open")):
+        runs = {o: _experiment(f"{population}_{o}_seed1.json") for o in RL_OBJECTIVES}
+        runs = {o: r for o, r in runs.items() if r}
+        if len(runs) < 2:
+            continue
+        rows.append([f"objectives, 4 {label} users, 32 choices, seed 1", " / ".join(o.upper() for o in runs)
+                     + ": blend greedy, served; worst drift",
+                     " / ".join(_objective(r["summary"]) for r in runs.values()), "best is the default", link])
+        reward = runs.get("dpo", next(iter(runs.values())))["summary"]["reward"].get(AT, {})
+        if "best_of_4_win_rate" in reward:
+            rows.append([f"best-of-4 by the learned reward, {label}, 32 choices", "served win rate: best of 4 vs a "
+                         "plain sample (the user's own best of 4)", f"{reward['best_of_4_win_rate']:.3f} vs "
+                         f"{reward['sample_win_rate']:.3f} ({reward['oracle_4_win_rate']:.3f})", "", link])
+    return rows
 
 
 def _llamacpp_rows(model: dict, results: Path) -> list[list[str]]:
