@@ -8,7 +8,9 @@ hierarchical prior θ_profile = θ_global + δ that pulls δ toward 0 (maximum-e
 - A choice of a over b is the event θᵀ(φ_a − φ_b) > 0 (Bradley–Terry); a 👍 (👎) on a is θᵀφ_a − z > 0 (< 0), z the
   profile's reference point (KTO's z0 in spirit), fitted with θ.
 - The fit is the MAP estimate: Σ softplus losses over votes + λ‖θ − θ_global‖² (L-BFGS, a few ms for hundreds of
-  votes of 577 features).
+  votes). Once everyone's reward exists, profiles are fitted in its space (`principal_basis`): the top principal
+  directions of the hidden states of the replies everyone voted on, whitened, with fluency and length — few
+  dimensions, so 32 votes can move them; the weights are mapped back onto φ, so every version scores φ directly.
 
 Pure functions of tensors here; `adapters.rewards` keeps the features and versions of each profile.
 """
@@ -140,6 +142,24 @@ def fit(votes: Votes, center: torch.Tensor, prior: float, thumbs_weight: float =
 
     optimizer.step(closure)
     return Fitted(theta.detach(), float(z.detach()))
+
+
+def principal_basis(phi: torch.Tensor, k: int) -> torch.Tensor:
+    """The map, shape (d, k' + 2), from φ to the space profiles are fitted in: the top k' = min(k, rows − 1) principal
+    directions of the hidden-state part over the rows of `phi` (replies people were shown), whitened so each has unit
+    variance there, then fluency and length as they are. No vote decides it."""
+    d = phi.shape[1]
+    hidden = phi[:, :-2] - phi[:, :-2].mean(0)
+    k = max(1, min(k, len(phi) - 1))
+    _, singular, directions = torch.linalg.svd(hidden, full_matrices=False)
+    scale = (singular[:k] / max(1, len(phi) - 1) ** 0.5).clamp(min=1e-6)
+    top = torch.zeros(d, k)
+    top[:-2] = directions[:k].T / scale
+    return torch.cat([top, torch.eye(d)[:, -2:]], 1)
+
+
+def project(votes: Votes, basis: torch.Tensor) -> Votes:
+    return Votes(votes.pairs @ basis, votes.thumbs @ basis, votes.labels)
 
 
 def ordered(fitted: Fitted, votes: Votes) -> tuple[float, int]:

@@ -2,7 +2,9 @@
 path), versioned in the database beside the adapter versions, read by the RLOO objective and best-of-n serving.
 
 θ_profile = θ_global + δ: everyone's reward is the prior centre of each profile's (`RewardConfig.prior`), so a
-newcomer starts from the crowd's taste and a regular's votes move their own. Everyone's reward is refitted after
+newcomer starts from the crowd's taste and a regular's votes move their own; the fit is in everyone's space, the
+top principal directions of the replies everyone voted on (`RewardConfig.components`), and before everyone's reward
+exists on φ itself (`RewardConfig.alone_prior`). Everyone's reward is refitted after
 `LearningConfig.global_every` new events from the contributors' already-computed features, held to the global
 adapter's rules (`adapters.jobs.contributors`, `max_per_profile`), and only once `min_profiles` contribute.
 Accuracy is measured on the same held-out votes as the adapters' (`adapters.jobs.held_out`), never trained on.
@@ -20,7 +22,8 @@ import torch
 
 from adapters.data import Examples, encode, examples_from_feedback
 from adapters.jobs import contributors, split_held_out
-from adapters.reward import Fitted, Scale, Votes, everyday_scale, feature_layer, fit, ordered, raw_features
+from adapters.reward import (Fitted, Scale, Votes, everyday_scale, feature_layer, fit, ordered, principal_basis,
+                             project, raw_features)
 from assistant.config import LearningConfig
 from assistant.model import LoadedModel
 from storage.store import Store
@@ -74,6 +77,11 @@ class RewardLearner:
         return raw_features(self.loaded.model, sequences, self.loaded.tokenizer.pad_token_id, self.layer)
 
     def votes(self, profile_id: str, examples: Examples, compute: bool = True) -> Votes:
+        return self.replies_and_votes(profile_id, examples, compute)[1]
+
+    def replies_and_votes(self, profile_id: str, examples: Examples, compute: bool = True) -> tuple[torch.Tensor,
+                                                                                                     Votes]:
+        """φ of every reply the examples are about (rows with a feature missing left out), and the votes on them."""
         items = [i for p in examples.pairs for i in ((p.prompt, p.chosen, p.chosen_ended),
                                                      (p.prompt, p.rejected, p.rejected_ended))]
         items += [(u.prompt, u.completion, u.ended) for u in examples.unpaired]
@@ -82,7 +90,7 @@ class RewardLearner:
         pairs, thumbs = phi[0:n:2] - phi[1:n:2], phi[n:]
         labels = torch.tensor([u.label for u in examples.unpaired], dtype=torch.bool)
         keep_pairs, keep_thumbs = ~pairs.isnan().any(1), ~thumbs.isnan().any(1)
-        return Votes(pairs[keep_pairs], thumbs[keep_thumbs], labels[keep_thumbs])
+        return phi[~phi.isnan().any(1)], Votes(pairs[keep_pairs], thumbs[keep_thumbs], labels[keep_thumbs])
 
     # ---- fitting -----------------------------------------------------------------------------------------------
 
@@ -91,9 +99,26 @@ class RewardLearner:
         row = self.store.current_reward(profile_id)
         return Fitted.from_bytes(row["theta"]) if row and row["kind"] == self.kind else None
 
-    def center(self) -> torch.Tensor:
-        found = self.current(None)
-        return found.theta if found is not None else torch.zeros(len(self.scale().mean))
+    def everyone(self) -> tuple[Fitted, torch.Tensor] | None:
+        """Everyone's reward and the map of φ into its space (`principal_basis`), if it reads today's features."""
+        row = self.store.current_reward(None)
+        if not row or row["kind"] != self.kind or row["basis"] is None:
+            return None
+        d = len(self.scale().mean)
+        basis = torch.frombuffer(bytearray(row["basis"]), dtype=torch.float32).reshape(d, -1).clone()
+        return Fitted.from_bytes(row["theta"]), basis
+
+    def _fit(self, votes: Votes) -> tuple[Fitted, str]:
+        """The profile's MAP fit: in everyone's space around everyone's reward when it exists, else on φ itself;
+        the weights always on φ. Returns them and which space."""
+        found = self.everyone() if self.config.components else None
+        if found is None:
+            return fit(votes, torch.zeros(len(self.scale().mean)), self.config.alone_prior,
+                       self.config.thumbs_weight), "phi"
+        everyone, basis = found
+        center = torch.linalg.lstsq(basis, everyone.theta[:, None]).solution[:, 0]  # everyone's θ in its space
+        fitted = fit(project(votes, basis), center, self.config.prior, self.config.thumbs_weight)
+        return Fitted(basis @ fitted.theta, fitted.z), f"everyone's {basis.shape[1]}"
 
     def update(self, profile_id: str) -> dict:
         """Refit this profile's reward on its votes (held-out ones aside) and publish it as a new version; refit
@@ -104,10 +129,10 @@ class RewardLearner:
         train_votes = self.votes(profile_id, examples_from_feedback(trainable))
         held_votes = self.votes(profile_id, examples_from_feedback(held))
         featured = time.perf_counter()
-        fitted = fit(train_votes, self.center(), self.config.prior, self.config.thumbs_weight)
+        fitted, space = self._fit(train_votes)
         right, total = ordered(fitted, held_votes)
         done = time.perf_counter()
-        metrics = {"events": len(events), "train_votes": len(train_votes), "held_out_pairs": total,
+        metrics = {"events": len(events), "train_votes": len(train_votes), "space": space, "held_out_pairs": total,
                    "held_out_right": right, "accuracy": round(right / total, 4) if total else None,
                    "features_ms": round(1000 * (featured - began), 1), "fit_ms": round(1000 * (done - featured), 1)}
         row = self.store.publish_reward(profile_id, self.kind, fitted.to_bytes(), metrics, self.config.keep_versions)
@@ -122,16 +147,25 @@ class RewardLearner:
         owners = contributors(self.store, self.learning)
         if len(set(owners.values())) < self.learning.min_profiles:
             return
-        parts = []
+        replies, parts = [], []
         for profile_id in owners:
             trainable, _ = split_held_out(self.store.feedback(profile_id), self.learning)
             newest = sorted(trainable, key=lambda e: e["updated_at"])[-self.learning.max_per_profile:]
-            parts.append(self.votes(profile_id, examples_from_feedback(newest, private=False), compute=False))
+            phi, votes = self.replies_and_votes(profile_id, examples_from_feedback(newest, private=False), False)
+            replies.append(phi)
+            parts.append(votes)
         d = len(self.scale().mean)
-        fitted = fit(Votes.join(parts, d), torch.zeros(d), self.config.global_prior, self.config.thumbs_weight)
-        self.store.publish_reward(None, self.kind, fitted.to_bytes(),
-                                  {"events": total, "profiles": len(owners)}, self.config.keep_versions)
-        log.info("Everyone's reward refitted on %d profiles' votes", len(owners))
+        shown = torch.cat(replies)
+        if len(shown) < 2:
+            return
+        basis = principal_basis(shown, self.config.components) if self.config.components else torch.eye(d)
+        fitted = fit(project(Votes.join(parts, d), basis), torch.zeros(basis.shape[1]), self.config.global_prior,
+                     self.config.thumbs_weight)
+        self.store.publish_reward(None, self.kind, Fitted(basis @ fitted.theta, fitted.z).to_bytes(),
+                                  {"events": total, "profiles": len(owners), "replies": len(shown),
+                                   "components": basis.shape[1] - 2 if self.config.components else 0},
+                                  self.config.keep_versions, basis=basis.float().numpy().tobytes())
+        log.info("Everyone's reward refitted on %d profiles' votes (%d replies)", len(owners), len(shown))
 
     # ---- reading -----------------------------------------------------------------------------------------------
 

@@ -77,7 +77,8 @@ def rloo_steps(model: PeftModel, loaded: LoadedModel, prompts: list[list[dict]],
                config: TrainConfig, optimizer: torch.optim.Optimizer,
                progress: Callable[[], None] | None = None) -> dict:
     """`rloo_rounds` rounds of fresh samples, each reused for `rloo_reuse` optimizer steps at `rloo_lr_scale` of the
-    update's step size; TRL-named metrics of the last round ("reward", "reward_std", "kl", "clip_ratio/region_mean", "rloo/loss")."""
+    update's step size; TRL-named metrics of the last round ("reward", "reward_std", "kl", "clip_ratio/region_mean",
+    "rloo/loss")."""
     pad, metrics = loaded.tokenizer.pad_token_id, {}
     for group in optimizer.param_groups:  # (the DPO steps, if any, ran at the full step size)
         group["lr"] = config.learning_rate * config.rloo_lr_scale

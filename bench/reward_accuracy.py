@@ -35,7 +35,8 @@ from adapters.data import encode
 from adapters.drift import ANCHOR
 from adapters.everyday import EVERYDAY
 from adapters.jobs import held_out
-from adapters.reward import Fitted, Votes, everyday_scale, feature_layer, fit, ordered, raw_features
+from adapters.reward import (Fitted, Votes, everyday_scale, feature_layer, fit, ordered, principal_basis,
+                             raw_features)
 from assistant.config import DEFAULT_PROBES, LearningConfig
 from assistant.explore import probed
 from assistant.overrides import with_overrides
@@ -110,14 +111,8 @@ def variant_map(variant: str, pooled: torch.Tensor, fixed: torch.Tensor) -> torc
     if variant == "scalars×10":
         return torch.diag(torch.cat([torch.ones(d - 2), torch.full((2,), 10.0)]))
     if variant.startswith(("pca", "fixed")):
-        k = int(variant.removeprefix("pca").removeprefix("fixed"))
-        source = fixed if variant.startswith("fixed") else pooled
-        hidden = source[:, :-2] - source[:, :-2].mean(0)
-        _, singular, basis = torch.linalg.svd(hidden, full_matrices=False)
-        scale = singular[:k] / (len(hidden) - 1) ** 0.5
-        top = torch.zeros(d, k)
-        top[:-2] = basis[:k].T / scale
-        return torch.cat([top, eye[:, -2:]], 1)
+        return principal_basis(fixed if variant.startswith("fixed") else pooled,
+                               int(variant.removeprefix("pca").removeprefix("fixed")))
     raise ValueError(f"unknown variant {variant!r}")
 
 

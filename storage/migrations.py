@@ -252,7 +252,8 @@ def m011_rewards(db: Database) -> None:
             profile_id TEXT REFERENCES profiles(id) ON DELETE CASCADE,  -- NULL: everyone's reward
             version INTEGER NOT NULL,
             kind TEXT NOT NULL,                   -- the features it reads (model, layer)
-            theta BLOB NOT NULL,                  -- float32 weights, then the thumbs' reference point
+            theta BLOB NOT NULL,                  -- float32 weights on φ, then the thumbs' reference point
+            basis BLOB,                           -- everyone's: float32 map of φ to the space profiles are fitted in
             metrics TEXT NOT NULL,                -- JSON: events, held-out accuracy, fit time
             created_at TEXT NOT NULL
         );

@@ -38,9 +38,10 @@ class Rewards(StoreBase):
             db.conn.executemany("INSERT OR IGNORE INTO reward_features (profile_id, key, vector, created_at) "
                                 "VALUES (?, ?, ?, ?)", [(profile_id, k, v, created) for k, v in vectors.items()])
 
-    def publish_reward(self, profile_id: str | None, kind: str, theta: bytes, metrics: dict, keep: int) -> dict:
-        """A new version of this profile's reward (None: everyone's), numbered after the highest; versions older than
-        the newest `keep` are deleted in the same transaction."""
+    def publish_reward(self, profile_id: str | None, kind: str, theta: bytes, metrics: dict, keep: int,
+                       basis: bytes | None = None) -> dict:
+        """A new version of this profile's reward (None: everyone's, with its `basis`), numbered after the highest;
+        versions older than the newest `keep` are deleted in the same transaction."""
         created = now()
         with self._write() as db:
             if profile_id is not None:
@@ -48,9 +49,9 @@ class Rewards(StoreBase):
             version = self._rows(db, "SELECT COALESCE(MAX(version), 0) AS v FROM reward_versions "
                                      "WHERE profile_id IS ?", (profile_id,))[0]["v"] + 1
             row = {"id": self._new_id(), "profile_id": profile_id, "version": version, "kind": kind, "theta": theta,
-                   "metrics": json.dumps(metrics), "created_at": created}
-            db.execute("INSERT INTO reward_versions (id, profile_id, version, kind, theta, metrics, created_at) "
-                       "VALUES (:id, :profile_id, :version, :kind, :theta, :metrics, :created_at)", row)
+                   "basis": basis, "metrics": json.dumps(metrics), "created_at": created}
+            db.execute("INSERT INTO reward_versions (id, profile_id, version, kind, theta, basis, metrics, created_at) "
+                       "VALUES (:id, :profile_id, :version, :kind, :theta, :basis, :metrics, :created_at)", row)
             db.execute("DELETE FROM reward_versions WHERE profile_id IS ? AND version <= ?",
                        (profile_id, version - keep))
         return _reward_row(row)

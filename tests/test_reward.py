@@ -99,16 +99,25 @@ def test_a_failing_fit_keeps_the_vote_and_the_previous_reward(service, store, mo
     assert store.current_reward(ann)["version"] == 1 and "could not be refitted" in caplog.text
 
 
-def test_everyone_reward_centres_profiles_and_leaves_with_an_erased_profile(service, store):
+def test_everyone_reward_gives_the_space_and_centre_of_profiles_and_leaves_with_an_erased_one(service, store):
     ann, bob = service.create_profile("Ann")["id"], service.create_profile("Bob")["id"]
     _choose(service, ann, 2)
     assert store.current_reward(None) is None  # one contributor: no one's taste becomes everyone's
     _choose(service, bob, 2, pick="b")
+    assert store.current_reward(ann)["metrics"]["space"] == "phi"  # alone: fitted on φ itself
     everyone = store.current_reward(None)
-    assert everyone["metrics"] == {"events": 3, "profiles": 2}  # fitted at Bob's first vote, due again at 3 + 4
-    assert torch.equal(service.rewards.center(), Fitted.from_bytes(everyone["theta"]).theta)
+    metrics = everyone["metrics"]  # fitted at Bob's first vote (due again at 3 + 4), on the 6 replies voted on
+    assert (metrics["events"], metrics["profiles"], metrics["replies"], metrics["components"]) == (3, 2, 6, 5)
+    theta, basis = service.rewards.everyone()
+    assert basis.shape == (len(theta.theta), 5 + 2) and torch.equal(theta.theta, service.rewards.scorer(None).theta)
     carl = service.create_profile("Carl")["id"]
-    assert service.rewards.scorer(carl) is not None  # a newcomer is scored by everyone's reward
+    assert torch.equal(service.rewards.scorer(carl).theta, theta.theta)  # a newcomer is scored by everyone's
+    _choose(service, carl, 1)
+    mine = store.current_reward(carl)
+    assert mine["metrics"]["space"] == "everyone's 7"
+    moved = service.rewards.current(carl).theta - theta.theta  # one vote moves it, inside everyone's space
+    assert 0 < moved.norm() and torch.allclose(basis @ torch.linalg.lstsq(basis, moved[:, None]).solution[:, 0],
+                                               moved, atol=1e-4)
     service.delete_profile(bob)
     assert store.current_reward(None) is None and store.reward_history(bob) == []
     assert store.reward_features(bob, ["x"]) == {}

@@ -189,9 +189,16 @@ class RewardConfig:
     then fall back to DPO and to one sample."""
     layer: float = 2 / 3
     """Which layer's hidden state (mean over the reply's tokens) is φ, as a fraction of the model's depth in (0, 1]."""
-    prior: float = 1.0
-    """Weight λ of ‖δ‖² in a profile's fit, > 0: θ_profile = θ_global + δ, and larger λ holds δ nearer 0 (everyone's
-    taste) until the profile's own votes outweigh it. Features are standardised, the losses summed over votes."""
+    components: int = 8
+    """Principal directions of everyone's voted replies' hidden states a profile is fitted in once everyone's reward
+    exists (`adapters.reward.principal_basis`), ≥ 0; 0: always on φ itself. Default 8: chosen on the shipped
+    population, seed 1, of `bench.reward_accuracy` (experiments/2026-12-06-rl-path)."""
+    prior: float = 10.0
+    """Weight λ of ‖δ‖² in a profile's fit in everyone's components, > 0: θ_profile = θ_everyone + δ, and larger λ
+    holds δ nearer 0 (everyone's taste) until the profile's own votes outweigh it. Losses are summed over votes.
+    Chosen with `components` (experiments/2026-12-06-rl-path)."""
+    alone_prior: float = 100.0
+    """Weight of ‖θ‖² in a profile's fit on φ itself, before everyone's reward exists, > 0 (chosen with `prior`)."""
     global_prior: float = 1.0
     """Weight of ‖θ_global‖² in everyone's fit, > 0."""
     thumbs_weight: float = 1.0
@@ -209,8 +216,10 @@ class RewardConfig:
     """Reward versions kept per profile, ≥ 1."""
 
     def __post_init__(self):
-        if not 0 < self.layer <= 1 or self.prior <= 0 or self.global_prior <= 0 or self.thumbs_weight < 0:
-            raise ValueError("reward needs 0 < layer ≤ 1, prior > 0, global_prior > 0 and thumbs_weight ≥ 0")
+        if not 0 < self.layer <= 1 or min(self.prior, self.alone_prior, self.global_prior) <= 0 \
+                or self.thumbs_weight < 0 or self.components < 0:
+            raise ValueError("reward needs 0 < layer ≤ 1, prior, alone_prior and global_prior > 0, thumbs_weight ≥ 0 "
+                             "and components ≥ 0")
         if not 0.5 <= self.trust_accuracy <= 1 or self.trust_min_pairs < 1:
             raise ValueError("reward.trust_accuracy must be in [0.5, 1] and trust_min_pairs ≥ 1")
         if self.best_of < 1 or self.keep_versions < 1:
