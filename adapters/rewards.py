@@ -1,5 +1,6 @@
-"""Each profile's learned reward in the product: its votes' features kept, θ refitted after every vote (the request
-path), versioned in the database beside the adapter versions, read by the RLOO objective and best-of-n serving.
+"""Each profile's learned reward in the product: its votes' features kept, θ refitted after every vote (on the
+learner's own thread, the vote's request returns first), versioned in the database beside the adapter versions, read
+by the RLOO objective and best-of-n serving.
 
 θ_profile = θ_global + δ: everyone's reward is the prior centre of each profile's (`RewardConfig.prior`), so a
 newcomer starts from the crowd's taste and a regular's votes move their own; the fit is in everyone's space, the
@@ -17,6 +18,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import torch
 
@@ -40,12 +42,15 @@ class RewardLearner:
         self.layer = feature_layer(loaded, self.config.layer)
         self.kind = f"{loaded.model_id}|hidden{self.layer}+fluency+length|v2"
         self._scale: Scale | None = None
-        self._lock = threading.Lock()
+        self._lock, self._scale_lock = threading.Lock(), threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        self._queued: set[str] = set()
 
     # ---- features ----------------------------------------------------------------------------------------------
 
     def scale(self) -> Scale:
-        with self._lock:
+        with self._scale_lock:
             if self._scale is None:
                 self._scale = everyday_scale(self.loaded, self.layer)
             return self._scale
@@ -166,6 +171,38 @@ class RewardLearner:
                                    "components": basis.shape[1] - 2 if self.config.components else 0},
                                   self.config.keep_versions, basis=basis.float().numpy().tobytes())
         log.info("Everyone's reward refitted on %d profiles' votes (%d replies)", len(owners), len(shown))
+
+    # ---- refits after the vote --------------------------------------------------------------------------------
+
+    def refit_later(self, profile_id: str) -> None:
+        """Queue a refit of this profile's reward on the learner's own thread and return at once: the vote's request
+        does not wait for the reply features' forward pass (0.7–2 s on the busy 2-core machine). A profile whose
+        refit is already queued, not started, is not queued twice: that refit will read this vote too."""
+        with self._lock:
+            if profile_id in self._queued:
+                return
+            self._queued.add(profile_id)
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="reward-refit")
+            self._pending.append(self._pool.submit(self._refit, profile_id))
+
+    def _refit(self, profile_id: str) -> None:
+        with self._lock:
+            self._queued.discard(profile_id)  # (a vote from now on queues another refit)
+        try:
+            row = self.update(profile_id)
+        except Exception:  # noqa: BLE001 — a failed refit must not lose the vote, which is stored already
+            log.exception("The reward of profile %s could not be refitted; the previous version stays", profile_id)
+            return
+        m = row["metrics"]
+        log.info("Reward of profile %s: version %d, held-out %s/%s, features %.0f ms, fit %.0f ms", profile_id,
+                 row["version"], m["held_out_right"], m["held_out_pairs"], m["features_ms"], m["fit_ms"])
+
+    def settle(self) -> None:
+        """Wait until every refit queued so far is done (before erasing or exporting a profile, and in benchmarks)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        wait(pending)
 
     # ---- reading -----------------------------------------------------------------------------------------------
 

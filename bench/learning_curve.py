@@ -257,6 +257,7 @@ class Harness:
         other = {"a": comparison.b, "b": comparison.a}.get(choice)
         comment = self._comment(env.user, prompt, other.content) if other else None
         self.service.choose(profile_id, comparison.id, choice, comment or "")
+        self.settle()
         arms = {"a": comparison.a.settings.get("probe"), "b": comparison.b.settings.get("probe")}
         self.shown.setdefault(profile_id, []).append((choice, *info["user_rewards"], arms))
         self._train()
@@ -283,6 +284,7 @@ class Harness:
     def _vote(self, user, profile_id: str, prompt: str, reply, vote: int, retry: bool) -> str | None:
         comment = self._comment(user, prompt, reply.content) if vote < 0 else None
         self.service.vote(profile_id, reply.id, vote, comment)
+        self.settle()
         self.thumbed.setdefault(profile_id, []).append({
             "vote": vote, "reward": user.reward(prompt, reply.content), "probe": reply.settings.get("probe"),
             "explored": bool(reply.settings.get("explored")), "comment": comment, "retry": retry})
@@ -292,7 +294,13 @@ class Harness:
         write = getattr(user, "comment", None)
         return write(prompt, reply) if self.config.comments and write else None
 
+    def settle(self) -> None:
+        """Wait for the learned reward's refits queued by the votes so far (the app runs them on their own thread)."""
+        if self.service.rewards:
+            self.service.rewards.settle()
+
     def _train(self) -> None:
+        self.settle()  # (every vote's refit done: what is trained and measured never depends on thread timing)
         while self.on_main(self.worker.run_once):  # the worker's jobs, before the next prompt
             pass
 
@@ -513,6 +521,7 @@ def reward_point(ev: Evaluation, user, profile_id: str, pairs: list[PairExample]
     on the held-out pairs the adapters' `preference_accuracy` is measured on, the app's own held-out figure, and the
     served blend's samples re-ranked by it — best of `served_samples` by the reward against a plain sample (the
     first) and against the best by the user's own reward (the ceiling), each against the base model's samples."""
+    ev.h.settle()
     rewards = ev.h.service.rewards
     fitted = rewards.scorer(profile_id) if rewards else None
     if fitted is None:

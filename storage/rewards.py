@@ -7,6 +7,7 @@ erasing any profile deletes all of its versions (`Erasure.erase_profile`); the n
 from __future__ import annotations
 
 import json
+import uuid
 
 from storage.base import StoreBase, now
 
@@ -16,6 +17,9 @@ def _reward_row(row: dict) -> dict:
 
 
 class Rewards(StoreBase):
+    """(Version ids are random, not drawn from the store's id source: a refit's timing never shifts the ids a
+    seeded benchmark draws for its feedback.)"""
+
     def reward_features(self, profile_id: str, keys: list[str]) -> dict[str, bytes]:
         """The stored feature vectors of these keys for this profile (missing keys are absent)."""
         found: dict[str, bytes] = {}
@@ -48,7 +52,7 @@ class Rewards(StoreBase):
                 self._require_profile(db, profile_id)
             version = self._rows(db, "SELECT COALESCE(MAX(version), 0) AS v FROM reward_versions "
                                      "WHERE profile_id IS ?", (profile_id,))[0]["v"] + 1
-            row = {"id": self._new_id(), "profile_id": profile_id, "version": version, "kind": kind, "theta": theta,
+            row = {"id": uuid.uuid4().hex, "profile_id": profile_id, "version": version, "kind": kind, "theta": theta,
                    "basis": basis, "metrics": json.dumps(metrics), "created_at": created}
             db.execute("INSERT INTO reward_versions (id, profile_id, version, kind, theta, basis, metrics, created_at) "
                        "VALUES (:id, :profile_id, :version, :kind, :theta, :basis, :metrics, :created_at)", row)

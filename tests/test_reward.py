@@ -68,9 +68,11 @@ def service(store, tiny_model_dir, app_config, data_home):
 
 
 def _choose(service, profile: str, n: int, pick: str = "a") -> None:
+    """n choices, each refit done before the next (as when a person takes seconds between votes)."""
     for i in range(n):
         pair = list(service.send(profile, None, f"Plan day {i} of my trip.", SETTINGS, compare=True))[-1].comparison
         service.choose(profile, pair.id, pick)
+        service.rewards.settle()
 
 
 def test_each_vote_refits_the_profile_reward_and_features_are_computed_once(service, store, monkeypatch):

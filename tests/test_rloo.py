@@ -155,7 +155,8 @@ def test_the_worker_scores_rloo_samples_with_the_profile_reward(store, data_home
     registry, service, worker = _loop(store, data_home, tiny_model_dir, app_config, learning)
     ann = service.create_profile("Ann")["id"]
     _choices(service, ann, 4)
-    assert store.current_reward(ann)["metrics"]["events"] == 4  # each choice refitted Ann's reward
+    service.rewards.settle()
+    assert store.current_reward(ann)["metrics"]["events"] == 4  # the choices refitted Ann's reward
     scored = []
     real = worker.rewards.score
     worker.rewards.score = lambda fitted, items: scored.append((fitted, len(items))) or real(fitted, items)

@@ -126,6 +126,8 @@ class ChatService(Learning, Access, Exploring, BestOf):
         global versions that learned from it are marked tainted and a from-scratch global retrain is queued."""
         self.store.get_profile(profile_id)
         self._forget_decoded(profile_id)
+        if self.rewards:  # no refit that read its votes may publish after the erasure
+            self.rewards.settle()
         if self.adapters:
             self.adapters.registry.drop(personal_adapter(profile_id))
             self.adapters.forget(personal_adapter(profile_id))
@@ -148,6 +150,7 @@ class ChatService(Learning, Access, Exploring, BestOf):
 
     def download_data(self, profile_id: str) -> Path:
         """A zip of everything Attune keeps of this profile (assistant/service/archive.py)."""
+        self.rewards and self.rewards.settle()  # the reward of every vote so far
         return write_archive(self.store, self.adapters.registry if self.adapters else None, profile_id)
 
     def get_profile(self, profile_id: str) -> dict:
@@ -326,7 +329,6 @@ class ChatService(Learning, Access, Exploring, BestOf):
                                         prefix=prefix)
         blend = self.adapters.blend_for(profile_id) if self.adapters else None
         sent = ([{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []) + turns
-        # (the conversation as the feedback stores it: what the reward scores, no hidden note or instruction)
         turns, prompt, note = self._with_note(profile_id, settings, turns, prompt, prefix, blend)
         candidates, sides = self._explore(profile_id, settings, turns, prompt) if compare else ((), ({}, {}))
         own: dict = {}

@@ -3,7 +3,6 @@ train now, reset; what the person taught, told in the chat and shown before and 
 
 from __future__ import annotations
 
-import logging
 
 from adapters.blend import auto_alpha, gate_reason
 from adapters.evaluation import HeldOutEval
@@ -13,8 +12,6 @@ from assistant.config import DEFAULT_SYSTEM_PROMPT, GenerationSettings
 from assistant.generation import ReplyStream
 from assistant.prompts import Prompt, build_prompt
 from storage.errors import InvalidInput
-
-log = logging.getLogger(__name__)
 
 BEFORE_AFTER_TOKENS = 128
 """The length of each reply in the before/after view (greedy, so the two differ only by what was learned)."""
@@ -49,24 +46,12 @@ class Learning:
         return {"activate": (lambda: self.adapters.activate(blend)) if blend else None}
 
     def _after_feedback(self, profile_id: str) -> None:
-        """The feedback is committed; refit the profile's reward and queue training if enough new events arrived (the
-        worker picks it up)."""
+        """The feedback is committed; queue training if enough new events arrived (the worker picks it up) and a
+        refit of the profile's reward."""
         if self.adapters:
             enqueue_due(self.store, profile_id, self.learning)
         if self.rewards:
-            self._refit_reward(profile_id)
-
-    def _refit_reward(self, profile_id: str) -> None:
-        """The profile's reward, refitted on its votes now. The vote is already stored: a failure here is logged and
-        leaves the previous reward serving, it does not fail the vote."""
-        try:
-            row = self.rewards.update(profile_id)
-        except Exception:  # noqa: BLE001 — any failure of an optional model must not lose the person's vote
-            log.exception("The reward of profile %s could not be refitted; the previous version stays", profile_id)
-            return
-        m = row["metrics"]
-        log.info("Reward of profile %s: version %d, held-out %s/%s, features %.0f ms, fit %.0f ms", profile_id,
-                 row["version"], m["held_out_right"], m["held_out_pairs"], m["features_ms"], m["fit_ms"])
+            self.rewards.refit_later(profile_id)  # on its own thread: the vote returns now
 
     def _reward_status(self, profile_id: str) -> dict | None:
         """The profile's learned reward for the Learning panel: its held-out record and whether best-of-n uses it."""
