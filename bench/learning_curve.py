@@ -532,7 +532,8 @@ def reward_point(ev: Evaluation, user, profile_id: str, pairs: list[PairExample]
     rejected = rewards.score(fitted, [(system + p.prompt, p.rejected, True) for p in pairs]) if pairs else []
     own = ev.h.store.current_reward(profile_id)
     out = {"accuracy": round(statistics.mean(c > r for c, r in zip(chosen, rejected)), 3) if pairs else None,
-           "own": own is not None, "app_held_out": own["metrics"] if own else None}
+           "own": own is not None,  # the app's own held-out figures, without its timings (they are the clock's)
+           "app_held_out": {k: v for k, v in own["metrics"].items() if not k.endswith("_ms")} if own else None}
     samples = ev.served(ev.h.blends(profile_id)["blend"])
     if samples:
         scores = [rewards.score(fitted, [(system + [{"role": "user", "content": p}], r, True) for r in replies])
