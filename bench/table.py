@@ -206,15 +206,16 @@ def _reward_rows(results: Path) -> list[list[str]]:
         runs = [_experiment(name.format(seed=seed)) for name in RL_REWARD]
         if all(runs):
             accuracy.append(f"seed {seed}: " + " / ".join(
-                f"{r['summary']['all/flat/1.0/32']:.2f} ({r['summary']['all/hierarchical/1.0/32']:.2f})" for r in runs))
+                f"{r['summary']['all/flat/100.0/32']:.2f} ({r['summary']['pca8/hierarchical/10.0/32']:.2f})"
+                for r in runs))
     if accuracy:
-        rows.append(["learned reward, 32 choices", "held-out accuracy, alone (with everyone's as prior): shipped / "
-                     "open", "; ".join(accuracy), "≥ 0.75", link])
+        rows.append(["learned reward, 32 choices (today's settings)", "held-out accuracy, alone (around everyone's): "
+                     "shipped, where they were chosen / open", "; ".join(accuracy), "≥ 0.75", link])
     if (results / "reward_speed.json").exists():
         point = _load(results, "reward_speed.json")["points"]["32"]
         rows.append(["learned reward, 32 votes before", "the refit's fit; its features; the vote's request, vs "
                      "reward off (medians)", f"{point['fit_ms']:.0f} ms; {point['features_ms']:.0f} ms, after the "
-                     f"request; +{point['reward_adds_ms']:.0f} ms", "fit ≤ 100 ms", link])
+                     f"request; {point['reward_adds_ms']:+.0f} ms", "fit ≤ 100 ms", link])
     for population, label in (("population", "shipped"), ("open_population", "open")):
         runs = {o: _experiment(f"{population}_{o}_seed1.json") for o in RL_OBJECTIVES}
         runs = {o: r for o, r in runs.items() if r}
