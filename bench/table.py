@@ -202,15 +202,15 @@ def _reward_rows(results: Path) -> list[list[str]]:
     objectives side by side, and best-of-4 by the reward."""
     link, rows = _link("reward and RL", REWARD), []
     accuracy = []
-    for seed in WORDS_SEEDS:
-        runs = [_experiment(name.format(seed=seed)) for name in RL_REWARD]
-        if all(runs):
-            accuracy.append(f"seed {seed}: " + " / ".join(
-                f"{r['summary']['all/flat/100.0/32']:.2f} ({r['summary']['pca8/hierarchical/10.0/32']:.2f})"
-                for r in runs))
+    for name, label in zip(RL_REWARD, ("shipped", "open")):
+        runs = [(seed, _experiment(name.format(seed=seed))) for seed in WORDS_SEEDS]
+        shown = [f"s{seed} {r['summary']['all/flat/100.0/32']:.2f} ({r['summary']['pca8/hierarchical/10.0/32']:.2f})"
+                 for seed, r in runs if r]
+        if shown:
+            accuracy.append(f"{label}: " + ", ".join(shown))
     if accuracy:
-        rows.append(["learned reward, 32 choices (today's settings)", "held-out accuracy, alone (around everyone's): "
-                     "shipped, where they were chosen / open", "; ".join(accuracy), "≥ 0.75", link])
+        rows.append(["learned reward, 32 choices (today's settings)", "held-out accuracy, alone (around everyone's); "
+                     "chosen on shipped s1", "; ".join(accuracy), "≥ 0.75", link])
     if (results / "reward_speed.json").exists():
         point = _load(results, "reward_speed.json")["points"]["32"]
         rows.append(["learned reward, 32 votes before", "the refit's fit; its features; the vote's request, vs "
