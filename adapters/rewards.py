@@ -121,7 +121,7 @@ class RewardLearner:
             return fit(votes, torch.zeros(len(self.scale().mean)), self.config.alone_prior,
                        self.config.thumbs_weight), "phi"
         everyone, basis = found
-        center = torch.linalg.lstsq(basis, everyone.theta[:, None]).solution[:, 0]  # everyone's θ in its space
+        center = torch.linalg.lstsq(basis.double(), everyone.theta.double()[:, None]).solution[:, 0].float()
         fitted = fit(project(votes, basis), center, self.config.prior, self.config.thumbs_weight)
         return Fitted(basis @ fitted.theta, fitted.z), f"everyone's {basis.shape[1]}"
 
